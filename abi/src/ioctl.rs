@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/mitosis` ioctl numbers and argument structs.
+//!
+//! Every argument struct starts with a [`Header`] carrying the caller's ABI version and
+//! the size of the struct the caller was built with. The ioctl number encodes the same
+//! size, the type byte [`IOC_MAGIC`] and the command number; the module dispatches on the
+//! type and number and then checks the size the way `copy_struct_from_user()` does:
+//!
+//! | condition | errno |
+//! |---|---|
+//! | unknown type, number or direction | `ENOTTY` |
+//! | struct shorter than the module's | `EMSGSIZE` |
+//! | struct longer than the module's, non-zero tail (or over [`MAX_ARG_SIZE`]) | `E2BIG` |
+//! | user pointer not readable or writable | `EFAULT` |
+//! | `Header::abi_version` != [`ABI_VERSION`] (all but `VERSION`) | `EPROTO` |
+//! | `Header::size` disagrees with the number's size | `EBADMSG` |
+//! | a reserved field or padding not zero, a field out of range | `EINVAL` |
+//!
+//! All integers are native-endian (the module and its callers share a host). Padding is
+//! explicit (`_pad*` fields) and must be zero.
+
+/// Version of this ABI. Bumped on any incompatible change.
+pub const ABI_VERSION: u32 = 1;
+
+/// The ioctl type byte of `/dev/mitosis`.
+pub const IOC_MAGIC: u8 = 0xB7;
+
+/// Largest argument struct the module accepts (bounds the copy from user space).
+pub const MAX_ARG_SIZE: usize = 4096;
+
+const IOC_NRBITS: u32 = 8;
+const IOC_TYPEBITS: u32 = 8;
+const IOC_SIZEBITS: u32 = 14;
+const IOC_NRSHIFT: u32 = 0;
+const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
+const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
+const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
+/// `_IOC_READ | _IOC_WRITE`: every Mitosis ioctl copies its struct in and back out.
+pub const IOC_READ_WRITE: u32 = 3;
+
+/// `_IOWR(IOC_MAGIC, nr, size)`.
+pub const fn iowr(nr: u8, size: usize) -> u32 {
+    (IOC_READ_WRITE << IOC_DIRSHIFT)
+        | ((size as u32) << IOC_SIZESHIFT)
+        | ((IOC_MAGIC as u32) << IOC_TYPESHIFT)
+        | ((nr as u32) << IOC_NRSHIFT)
+}
+
+/// The parts of an ioctl number: `(direction, type, nr, size)`.
+pub const fn decode(cmd: u32) -> (u32, u8, u8, usize) {
+    (
+        cmd >> IOC_DIRSHIFT,
+        (cmd >> IOC_TYPESHIFT) as u8,
+        (cmd >> IOC_NRSHIFT) as u8,
+        ((cmd >> IOC_SIZESHIFT) & ((1 << IOC_SIZEBITS) - 1)) as usize,
+    )
+}
+
+/// Common first member of every argument struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The caller's [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// `size_of` the whole argument struct as the caller knows it.
+    pub size: u32,
+}
+
+impl Header {
+    /// A header for an argument struct of type `T` at this ABI version.
+    pub const fn for_struct<T>() -> Self {
+        Header { abi_version: ABI_VERSION, size: core::mem::size_of::<T>() as u32 }
+    }
+}
+
+/// Marker for plain-old-data argument structs: `#[repr(C)]`, only integer fields and
+/// arrays of them, explicit padding, so every bit pattern is a valid value.
+///
+/// # Safety
+///
+/// Implementors must satisfy the description above.
+pub unsafe trait Pod: Copy + Default {
+    /// Views the value as bytes.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Self: Pod` has no padding bytes that are uninitialised (all padding is
+        // explicit fields) and lives for the returned borrow.
+        unsafe {
+            core::slice::from_raw_parts(self as *const Self as *const u8, core::mem::size_of::<Self>())
+        }
+    }
+
+    /// Reads a value from the first `size_of::<Self>()` bytes of `bytes`.
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked; any bit pattern is a valid `Self` (`Pod`);
+        // `read_unaligned` has no alignment requirement.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const Self) })
+    }
+}
+
+// SAFETY: two `u32`s, no padding.
+unsafe impl Pod for Header {}
+
+macro_rules! ioctl_structs {
+    ($($(#[$m:meta])* $name:ident = $nr:expr, $args:ty, $size:expr;)*) => {
+        $(
+            $(#[$m])*
+            pub const $name: u32 = iowr($nr, core::mem::size_of::<$args>());
+            const _: () = assert!(core::mem::size_of::<$args>() == $size);
+            const _: () = assert!(core::mem::size_of::<$args>() % 8 == 0);
+            // SAFETY: checked by review: repr(C), integer fields, explicit padding, and the
+            // size assertion above catches implicit padding growth.
+            unsafe impl Pod for $args {}
+        )*
+        /// Command numbers (`_IOC_NR`) and the argument size the module expects.
+        pub const COMMANDS: &[(u8, usize, &str)] = &[
+            $(($nr, core::mem::size_of::<$args>(), stringify!($name)),)*
+        ];
+    };
+}
+
+/// `MITOSIS_IOC_VERSION`: ping. Works at any [`Header::abi_version`], so a mismatched
+/// caller can learn the module's version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionArgs {
+    pub hdr: Header,
+    /// In: any value. Out: the same value (proves the round trip).
+    pub cookie: u64,
+    /// Out: the module's [`ABI_VERSION`].
+    pub module_abi_version: u32,
+    pub _pad: u32,
+    /// Out: NUL-terminated module version string.
+    pub module_version: [u8; 32],
+}
+
+/// One RDMA device the module sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// NUL-terminated device name (`rxe0`).
+    pub name: [u8; 32],
+    /// `enum ib_port_state` of port 1 (4 = ACTIVE).
+    pub port_state: u32,
+    pub max_fast_reg_page_list_len: u32,
+    pub max_qp_rd_atom: u32,
+    pub _pad: u32,
+}
+
+/// Counters since module load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Outgoing connections established / failed (timeout, reject, unreachable).
+    pub conns_established: u64,
+    pub conns_failed: u64,
+    /// Incoming connections accepted.
+    pub conns_accepted: u64,
+    /// Connections torn down (either side, any reason).
+    pub conns_closed: u64,
+    pub ctrl_msgs_sent: u64,
+    pub ctrl_msgs_received: u64,
+    /// RDMA READ work requests posted, and doorbells (post calls) that carried them.
+    pub read_wrs_posted: u64,
+    pub read_doorbells: u64,
+    pub bytes_read: u64,
+    /// READ completions in error, and READs that timed out.
+    pub read_errors: u64,
+    pub read_timeouts: u64,
+    /// Regions published on this host, remote opens granted and refused.
+    pub regions_live: u64,
+    pub region_opens: u64,
+    pub region_opens_refused: u64,
+    /// Memory registrations (fast-reg MRs) live for peers.
+    pub mrs_live: u64,
+    pub _reserved: [u64; 1],
+}
+
+pub const MAX_DEVICES: usize = 4;
+
+/// `MITOSIS_IOC_STATUS`: devices, connections, counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusArgs {
+    pub hdr: Header,
+    /// Out: entries used in `devices` (the rest are zero).
+    pub n_devices: u32,
+    /// Out: live connections (outgoing pooled + incoming accepted).
+    pub n_connections: u32,
+    /// Out: the control listener's port, 0 if not listening.
+    pub listen_port: u32,
+    pub _pad: u32,
+    pub devices: [DeviceInfo; MAX_DEVICES],
+    pub counters: Counters,
+}
+
+/// `MITOSIS_IOC_REGION_CREATE`: publish a kernel region filled with a known pattern
+/// (test and benchmark support; snapshots use the same publication path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionCreateArgs {
+    pub hdr: Header,
+    /// In: size in bytes, a non-zero multiple of 4096, at most [`MAX_REGION_BYTES`].
+    pub size: u64,
+    /// In: seed of the fill pattern ([`pattern_word`]).
+    pub pattern_seed: u64,
+    /// Out: the region's id on this host.
+    pub region_id: u64,
+    /// Out: the secret a peer must present to open it.
+    pub secret: [u8; 16],
+}
+
+/// Largest test region (bounded kernel allocation).
+pub const MAX_REGION_BYTES: u64 = 256 << 20;
+
+/// `MITOSIS_IOC_REGION_DESTROY`: unpublish; registrations for peers are invalidated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionDestroyArgs {
+    pub hdr: Header,
+    pub region_id: u64,
+}
+
+/// `MITOSIS_IOC_REMOTE_OPEN`: connect (pooled) to a peer and open one of its regions.
+/// The handle belongs to the open file and is closed with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteOpenArgs {
+    pub hdr: Header,
+    /// In: peer IPv4 address in network byte order.
+    pub peer_addr: u32,
+    /// In: peer port (host order); 0 = the module's default.
+    pub peer_port: u16,
+    pub _pad: u16,
+    /// In: connection timeout in ms; 0 = default.
+    pub timeout_ms: u32,
+    pub _pad2: u32,
+    pub region_id: u64,
+    pub secret: [u8; 16],
+    /// Out: handle for READ/CLOSE.
+    pub handle: u64,
+    /// Out: the region's size in bytes.
+    pub size: u64,
+    /// Out: time to get a connection (0 when the pool had one) and to open, in ns.
+    pub connect_ns: u64,
+    pub open_ns: u64,
+}
+
+/// Flags of [`RemoteReadArgs::flags`].
+pub mod read_flags {
+    /// Skip the local bounds check, so the peer's registration has to refuse the access
+    /// (fault-injection tests only).
+    pub const UNCHECKED: u32 = 1 << 0;
+    pub const ALL: u32 = UNCHECKED;
+}
+
+/// `MITOSIS_IOC_REMOTE_READ`: one-sided READ of `[offset, offset+length)` of an opened
+/// region into `user_buf`, `batch_pages` READs per doorbell (1 = one page at a time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteReadArgs {
+    pub hdr: Header,
+    pub handle: u64,
+    /// Byte offset and length, multiples of 4096.
+    pub offset: u64,
+    pub length: u64,
+    /// User address of a buffer of `length` bytes.
+    pub user_buf: u64,
+    /// READs per doorbell, 1..=[`MAX_BATCH_PAGES`].
+    pub batch_pages: u32,
+    pub flags: u32,
+    /// Out: wall time in the module, doorbells rung, READs posted.
+    pub elapsed_ns: u64,
+    pub doorbells: u64,
+    pub reads: u64,
+}
+
+pub const MAX_BATCH_PAGES: u32 = 64;
+
+/// `MITOSIS_IOC_REMOTE_CLOSE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteCloseArgs {
+    pub hdr: Header,
+    pub handle: u64,
+}
+
+ioctl_structs! {
+    /// Ping and version.
+    IOC_VERSION = 0, VersionArgs, 56;
+    /// Devices, connections, counters.
+    IOC_STATUS = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 128;
+    IOC_REGION_CREATE = 2, RegionCreateArgs, 48;
+    IOC_REGION_DESTROY = 3, RegionDestroyArgs, 16;
+    IOC_REMOTE_OPEN = 4, RemoteOpenArgs, 80;
+    IOC_REMOTE_READ = 5, RemoteReadArgs, 72;
+    IOC_REMOTE_CLOSE = 6, RemoteCloseArgs, 16;
+}
+
+/// The 64-bit word at byte offset `off` (a multiple of 8) of a region filled with `seed`.
+/// A cheap mix so every word of every page differs and a misplaced page is caught.
+pub const fn pattern_word(seed: u64, off: u64) -> u64 {
+    let mut x = seed ^ off.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+/// Fills `page` (whose first byte is at region offset `off`) with the pattern.
+pub fn fill_pattern(seed: u64, off: u64, page: &mut [u8]) {
+    for (i, chunk) in page.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&pattern_word(seed, off + 8 * i as u64).to_ne_bytes());
+    }
+}
+
+/// Index of the first 8-byte word of `buf` (at region offset `off`) that differs from
+/// the pattern, if any.
+pub fn check_pattern(seed: u64, off: u64, buf: &[u8]) -> Option<usize> {
+    buf.chunks_exact(8).enumerate().position(|(i, chunk)| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        u64::from_ne_bytes(w) != pattern_word(seed, off + 8 * i as u64)
+    })
+}

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Headers the module's own bindings are generated from (scripts/gen-bindings.sh runs
+ * bindgen on this file with the flags the kernel used for its own bindings).
+ */
+#include <linux/completion.h>
+#include <linux/errno.h>
+#include <linux/fs.h>
+#include <linux/in.h>
+#include <linux/inet.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/random.h>
+#include <linux/scatterlist.h>
+#include <linux/workqueue.h>
+#include <rdma/ib_verbs.h>
+#include <rdma/rdma_cm.h>
+
+#include "helpers.h"

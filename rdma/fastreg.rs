@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Fast registration of page lists: the only way a peer can read our memory.
+//!
+//! A [`Registration`] makes a [`PageSet`] readable (and only readable) by RDMA READs
+//! carrying its keys, on one PD (one peer connection). The set is cut into chunks of at
+//! most the device's `max_fast_reg_page_list_len` pages; each chunk is one fast-reg MR
+//! whose I/O virtual address space starts at the chunk's offset in the set, so peers
+//! never learn a kernel address. Dropping the registration deregisters every MR (any
+//! later READ with those keys fails on the wire) and unmaps the pages.
+
+use super::pages::PageSet;
+use super::verbs::Pd;
+use super::PAGE_SIZE;
+use crate::bindings;
+use core::ptr::NonNull;
+use kernel::error::from_err_ptr;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// One fast-reg MR over consecutive pages of the set.
+///
+/// # Invariants
+///
+/// `mr` was allocated on the owning registration's PD; `sg[..nents]` is mapped on
+/// `dev` with `mapped` DMA entries. Both are released in `Drop`, MR first.
+struct Chunk {
+    mr: NonNull<bindings::ib_mr>,
+    sg: KVVec<bindings::scatterlist>,
+    mapped: i32,
+    dev: *mut bindings::ib_device,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // SAFETY: `mr` is live (type invariant); deregistering invalidates its keys.
+        unsafe { bindings::mitosis_ib_dereg_mr(self.mr.as_ptr()) };
+        // SAFETY: the scatterlist was mapped on `dev` with `sg.len()` entries.
+        unsafe {
+            bindings::mitosis_ib_dma_unmap_sg(
+                self.dev,
+                self.sg.as_mut_ptr(),
+                self.sg.len() as i32,
+                bindings::dma_data_direction_DMA_TO_DEVICE,
+            )
+        };
+    }
+}
+
+/// A page set registered for remote READ on one PD.
+pub(crate) struct Registration {
+    chunks: KVec<Chunk>,
+    chunk_pages: usize,
+    /// Keeps the pages alive while peers may read them.
+    pages: Arc<PageSet>,
+}
+
+// SAFETY: MRs and mappings may be released from any thread.
+unsafe impl Send for Registration {}
+// SAFETY: shared access only reads keys.
+unsafe impl Sync for Registration {}
+
+impl Registration {
+    /// Maps and allocates MRs for `pages` on `pd` (device `dev`), at most `max_chunk_pages`
+    /// pages per MR. Returns the registration and the REG_MR work requests that must be
+    /// posted (in order, before the keys are handed out) on a QP of `pd`; each carries
+    /// `cqe` so a flushed request completes safely.
+    pub(crate) fn new(
+        pages: Arc<PageSet>,
+        pd: &Pd,
+        dev: *mut bindings::ib_device,
+        max_chunk_pages: usize,
+        cqe: *mut bindings::ib_cqe,
+    ) -> Result<(Self, KVec<bindings::ib_reg_wr>)> {
+        let chunk_pages = max_chunk_pages.max(1);
+        let n_chunks = pages.len().div_ceil(chunk_pages);
+        let mut chunks = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
+        let mut wrs = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
+        for (ci, slice) in pages.pages().chunks(chunk_pages).enumerate() {
+            let n = slice.len();
+            let mut sg = KVVec::with_capacity(n, GFP_KERNEL)?;
+            for _ in 0..n {
+                sg.push(bindings::scatterlist::default(), GFP_KERNEL)?;
+            }
+            // SAFETY: `sg` has `n` entries.
+            unsafe { bindings::sg_init_table(sg.as_mut_ptr(), n as u32) };
+            for (i, page) in slice.iter().enumerate() {
+                // SAFETY: `i < n`; `page` is owned by the set, which outlives the mapping.
+                unsafe { bindings::mitosis_sg_set_page(sg.as_mut_ptr().add(i), page.as_ptr().cast()) };
+            }
+            // SAFETY: `sg` is an initialised table of `n` entries on `dev`.
+            let mapped = unsafe {
+                bindings::mitosis_ib_dma_map_sg(dev, sg.as_mut_ptr(), n as i32, bindings::dma_data_direction_DMA_TO_DEVICE)
+            };
+            if mapped <= 0 {
+                return Err(ENOMEM);
+            }
+            // SAFETY: `pd` is live.
+            let mr = match from_err_ptr(unsafe {
+                bindings::ib_alloc_mr(pd.as_ptr(), bindings::ib_mr_type_IB_MR_TYPE_MEM_REG, n as u32)
+            }) {
+                Ok(mr) => mr,
+                Err(e) => {
+                    // SAFETY: mapped just above.
+                    unsafe {
+                        bindings::mitosis_ib_dma_unmap_sg(dev, sg.as_mut_ptr(), n as i32, bindings::dma_data_direction_DMA_TO_DEVICE)
+                    };
+                    return Err(e);
+                }
+            };
+            let chunk = Chunk { mr: NonNull::new(mr).ok_or(ENOMEM)?, sg, mapped, dev };
+            // SAFETY: `mr` is live and unregistered; a fresh key byte makes stale keys of
+            // earlier uses of this MR fail.
+            unsafe { bindings::mitosis_ib_update_fast_reg_key(mr) };
+            // SAFETY: the mapped scatterlist has `mapped` entries; page-sized entries fit
+            // the MR (allocated for `n` pages).
+            let nmapped = unsafe {
+                bindings::ib_map_mr_sg(mr, chunk.sg.as_ptr() as *mut _, mapped, core::ptr::null_mut(), PAGE_SIZE as u32)
+            };
+            if nmapped != mapped {
+                return Err(EINVAL);
+            }
+            // SAFETY: `mr` is live; its I/O address space is rebased at the chunk's offset
+            // in the set before registration, so peers address the set, not the kernel.
+            unsafe { (*mr).iova = (ci * chunk_pages * PAGE_SIZE) as u64 };
+            let mut wr = bindings::ib_reg_wr::default();
+            wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_REG_MR;
+            wr.wr.__bindgen_anon_1.wr_cqe = cqe;
+            wr.mr = mr;
+            // SAFETY: `mr` is live.
+            wr.key = unsafe { (*mr).rkey };
+            wr.access = bindings::ib_access_flags_IB_ACCESS_REMOTE_READ as i32;
+            chunks.push(chunk, GFP_KERNEL)?;
+            wrs.push(wr, GFP_KERNEL)?;
+        }
+        Ok((Registration { chunks, chunk_pages, pages }, wrs))
+    }
+
+    /// Bytes covered by each key (the last may cover less).
+    pub(crate) fn chunk_bytes(&self) -> u64 {
+        (self.chunk_pages * PAGE_SIZE) as u64
+    }
+
+    /// Remote keys, one per chunk, in order.
+    pub(crate) fn rkeys(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        // SAFETY: each MR is live while `self` is.
+        self.chunks.iter().map(|c| unsafe { (*c.mr.as_ptr()).rkey })
+    }
+
+    pub(crate) fn page_set(&self) -> &Arc<PageSet> {
+        &self.pages
+    }
+}

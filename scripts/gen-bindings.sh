@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Generates the module's own bindings (ffi/bindings_generated.rs) from
+# ffi/bindings_wrapper.h with exactly the flags the kernel at KDIR used for its own
+# Rust bindings (read back from rust/bindings/.bindings_generated.rs.cmd), so types and
+# layouts agree with the running kernel's build.
+#
+#   scripts/gen-bindings.sh KDIR OUT
+set -euo pipefail
+kdir=$(cd "$1" && pwd)
+out=$2
+ffi=$(cd "$(dirname "$0")/../ffi" && pwd)
+cmdfile="$kdir/rust/bindings/.bindings_generated.rs.cmd"
+[ -f "$cmdfile" ] || { echo "gen-bindings: $cmdfile missing: is $kdir a built CONFIG_RUST kernel?" >&2; exit 1; }
+
+line=$(sed -n 's/^savedcmd_rust\/bindings\/bindings_generated.rs := //p' "$cmdfile" | sed 's/ ; sed .*//')
+# "bindgen HEADER <bindgen options> -o OUT -- <clang flags>"
+opts=${line%% -o *}
+opts=${opts#bindgen rust/bindings/bindings_helper.h }
+cflags=${line#* -- }
+cflags=$(echo "$cflags" | sed -E 's/-Wp,-MMD,[^ ]+//; s/KBUILD_MODNAME=[^ ]+/KBUILD_MODNAME='"'"'"mitosis"'"'"'/; s/-D__KBUILD_MODNAME=[^ ]+/-D__KBUILD_MODNAME=kmod_mitosis/')
+opts=$(echo "$opts" | sed 's/--ctypes-prefix ffi/--ctypes-prefix kernel::ffi/')
+
+allow_fn='(__)?ib_.*|(__)?rdma_.*|misc_(de)?register|mitosis_.*|complete|complete_all|wait_for_completion_timeout|wait_for_completion_interruptible_timeout|get_random_bytes|sg_init_table|alloc_workqueue|destroy_workqueue|queue_work_on|flush_workqueue|in4_pton|ktime_get|msecs_to_jiffies|_copy_to_user|ib_register_client|ib_unregister_client|ib_get_client_data|ib_set_client_data'
+allow_var='E[A-Z0-9]+|mitosis_.*|AF_INET|init_net|WQ_.*'
+allow_ty='ib_.*|rdma_.*|sockaddr_in|sockaddr|miscdevice|file_operations|file|inode|completion|work_struct|scatterlist|dma_data_direction'
+
+cd "$kdir"
+# shellcheck disable=SC2086
+eval bindgen "$ffi/bindings_wrapper.h" $opts \
+  --allowlist-function "'$allow_fn'" --allowlist-var "'$allow_var'" --allowlist-type "'$allow_ty'" \
+  -o "$out.tmp" -- $cflags -I"$ffi"
+mv "$out.tmp" "$out"

@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/mitosis`: the misc device and ioctl dispatch.
+//!
+//! Each open file owns the peer regions it opened (handles); they are closed with it.
+
+use crate::abi::ioctl::{self as abi, read_flags, Pod};
+use crate::bindings;
+use crate::remote::RemoteRegion;
+use crate::state;
+use crate::uargs::{log_rejected, read_args, require, write_args};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::types::Opaque;
+use kernel::uaccess::{UserPtr, UserSlice};
+
+/// Most peer regions one open file may hold.
+const MAX_HANDLES_PER_FILE: usize = 1024;
+
+/// The registered misc device and its file operations.
+///
+/// # Invariants
+///
+/// `misc.fops` points to `fops`; both are pinned while registered.
+#[pin_data(PinnedDrop)]
+pub(crate) struct MiscDevice {
+    #[pin]
+    fops: Opaque<bindings::file_operations>,
+    #[pin]
+    misc: Opaque<bindings::miscdevice>,
+    registered: core::sync::atomic::AtomicBool,
+}
+
+// SAFETY: the C structs are only mutated by the misc core under its own lock.
+unsafe impl Send for MiscDevice {}
+// SAFETY: as above.
+unsafe impl Sync for MiscDevice {}
+
+impl MiscDevice {
+    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
+        pin_init!(MiscDevice {
+            fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
+                let mut v = bindings::file_operations::default();
+                v.owner = module.as_ptr().cast();
+                v.open = Some(open);
+                v.release = Some(release);
+                v.unlocked_ioctl = Some(ioctl);
+                v.compat_ioctl = Some(ioctl);
+                // SAFETY: `f` is valid for writing.
+                unsafe { f.write(v) };
+            }),
+            misc <- Opaque::ffi_init(|m: *mut bindings::miscdevice| {
+                let mut v = bindings::miscdevice::default();
+                v.minor = 255; // MISC_DYNAMIC_MINOR
+                v.name = kernel::c_str!("mitosis").as_char_ptr();
+                v.mode = 0o600;
+                // SAFETY: `m` is valid for writing.
+                unsafe { m.write(v) };
+            }),
+            registered: core::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn register(self: Pin<&mut Self>) -> Result {
+        // SAFETY: both structs are pinned and initialised; `fops` outlives the
+        // registration (deregistered in `deregister`/Drop).
+        unsafe { (*self.misc.get()).fops = self.fops.get() };
+        // SAFETY: as above.
+        kernel::error::to_result(unsafe { bindings::misc_register(self.misc.get()) })?;
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn deregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: registered in `register`.
+            unsafe { bindings::misc_deregister(self.misc.get()) };
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for MiscDevice {
+    fn drop(self: Pin<&mut Self>) {
+        self.deregister();
+    }
+}
+
+/// Per open file.
+#[pin_data]
+struct FileState {
+    #[pin]
+    remotes: Mutex<KVec<Arc<RemoteRegion>>>,
+    next_handle: AtomicU64,
+}
+
+unsafe extern "C" fn open(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
+    let st = KBox::pin_init(
+        pin_init!(FileState { remotes <- new_mutex!(KVec::new()), next_handle: AtomicU64::new(1) }),
+        GFP_KERNEL,
+    );
+    match st {
+        Ok(st) => {
+            // SAFETY: the file is being opened; we own `private_data` from now on. The box
+            // is turned back into one in `release`; it is never moved (pinned).
+            unsafe { (*file).private_data = KBox::into_raw(Pin::into_inner_unchecked(st)).cast() };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn release(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
+    // SAFETY: set in `open`; no ioctl runs any more on this file.
+    let st = unsafe { KBox::from_raw((*file).private_data as *mut FileState) };
+    for r in crate::util::take_all(&mut st.remotes.lock()).iter() {
+        r.close();
+    }
+    drop(st);
+    0
+}
+
+unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
+    // SAFETY: `private_data` was set in `open` and lives until `release`.
+    let st = unsafe { &*((*file).private_data as *const FileState) };
+    match dispatch(st, cmd, arg) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
+    let (dir, ty, nr, size) = abi::decode(cmd);
+    let known = abi::COMMANDS.iter().find(|(n, _, _)| *n == nr);
+    let Some(&(_, _, name)) = known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE) else {
+        log_rejected(format_args!("unknown command {cmd:#x} (ENOTTY)"));
+        return Err(ENOTTY);
+    };
+    match cmd_nr(nr) {
+        Cmd::Version => call(name, size, arg, false, |a: &mut abi::VersionArgs| {
+            require(a._pad == 0 && a.module_version == [0; 32] && a.module_abi_version == 0, name, "output fields not zero")?;
+            a.module_abi_version = abi::ABI_VERSION;
+            let v = crate::MODULE_VERSION.as_bytes();
+            a.module_version[..v.len()].copy_from_slice(v);
+            Ok(())
+        }),
+        Cmd::Status => call(name, size, arg, true, |a: &mut abi::StatusArgs| {
+            require(*a == abi::StatusArgs { hdr: a.hdr, ..Default::default() }, name, "output fields not zero")?;
+            state::get().status(a);
+            Ok(())
+        }),
+        Cmd::RegionCreate => call(name, size, arg, true, |a: &mut abi::RegionCreateArgs| {
+            require(a.region_id == 0 && a.secret == [0; 16], name, "output fields not zero")?;
+            require(a.size != 0 && a.size % 4096 == 0 && a.size <= abi::MAX_REGION_BYTES, name, "size not a multiple of 4096 in 4 KiB..256 MiB")?;
+            let (id, secret) = state::get().create_region(a.size, a.pattern_seed)?;
+            a.region_id = id;
+            a.secret = secret;
+            Ok(())
+        }),
+        Cmd::RegionDestroy => call(name, size, arg, true, |a: &mut abi::RegionDestroyArgs| {
+            state::get().destroy_region(a.region_id)
+        }),
+        Cmd::RemoteOpen => call(name, size, arg, true, |a: &mut abi::RemoteOpenArgs| {
+            require(a._pad == 0 && a._pad2 == 0, name, "padding not zero")?;
+            require(a.handle == 0 && a.size == 0 && a.connect_ns == 0 && a.open_ns == 0, name, "output fields not zero")?;
+            require(a.peer_addr != 0, name, "no peer address")?;
+            if st.remotes.lock().len() >= MAX_HANDLES_PER_FILE {
+                return Err(EMFILE);
+            }
+            let port = if a.peer_port == 0 { default_port() } else { a.peer_port };
+            let timeout = if a.timeout_ms == 0 { state::connect_timeout_ms() } else { a.timeout_ms };
+            let (conn, connect_ns) = state::get().connection_to(a.peer_addr, port, timeout)?;
+            let start = kernel::time::Ktime::ktime_get();
+            let handle = st.next_handle.fetch_add(1, Ordering::Relaxed);
+            let remote = Arc::new(RemoteRegion::open(conn, handle, a.region_id, a.secret)?, GFP_KERNEL)?;
+            a.open_ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
+            a.connect_ns = connect_ns;
+            a.handle = handle;
+            a.size = remote.size;
+            st.remotes.lock().push(remote, GFP_KERNEL)?;
+            Ok(())
+        }),
+        Cmd::RemoteRead => call(name, size, arg, true, |a: &mut abi::RemoteReadArgs| {
+            require(a.flags & !read_flags::ALL == 0, name, "unknown flags")?;
+            require(a.batch_pages >= 1 && a.batch_pages <= abi::MAX_BATCH_PAGES, name, "batch_pages not in 1..=64")?;
+            require(a.offset % 4096 == 0 && a.length % 4096 == 0 && a.length != 0, name, "offset/length not page multiples")?;
+            require(a.elapsed_ns == 0 && a.doorbells == 0 && a.reads == 0, name, "output fields not zero")?;
+            let remote = st.remotes.lock().iter().find(|r| r.handle == a.handle).cloned().ok_or(ENOENT)?;
+            let len = usize::try_from(a.length).map_err(|_| EINVAL)?;
+            let out = UserSlice::new(a.user_buf as UserPtr, len).writer();
+            let start = kernel::time::Ktime::ktime_get();
+            let done = remote.read(a.offset, a.length, out, a.batch_pages as usize, a.flags)?;
+            a.elapsed_ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
+            a.doorbells = done.doorbells;
+            a.reads = done.reads;
+            Ok(())
+        }),
+        Cmd::RemoteClose => call(name, size, arg, true, |a: &mut abi::RemoteCloseArgs| {
+            let r = crate::util::remove_first(&mut st.remotes.lock(), |r| r.handle == a.handle).ok_or(ENOENT)?;
+            r.close();
+            Ok(())
+        }),
+        Cmd::Unknown => Err(ENOTTY),
+    }
+}
+
+enum Cmd {
+    Version,
+    Status,
+    RegionCreate,
+    RegionDestroy,
+    RemoteOpen,
+    RemoteRead,
+    RemoteClose,
+    Unknown,
+}
+
+fn cmd_nr(nr: u8) -> Cmd {
+    let is = |c: u32| abi::decode(c).2 == nr;
+    if is(abi::IOC_VERSION) {
+        Cmd::Version
+    } else if is(abi::IOC_STATUS) {
+        Cmd::Status
+    } else if is(abi::IOC_REGION_CREATE) {
+        Cmd::RegionCreate
+    } else if is(abi::IOC_REGION_DESTROY) {
+        Cmd::RegionDestroy
+    } else if is(abi::IOC_REMOTE_OPEN) {
+        Cmd::RemoteOpen
+    } else if is(abi::IOC_REMOTE_READ) {
+        Cmd::RemoteRead
+    } else if is(abi::IOC_REMOTE_CLOSE) {
+        Cmd::RemoteClose
+    } else {
+        Cmd::Unknown
+    }
+}
+
+fn default_port() -> u16 {
+    // SAFETY: read-only module parameter.
+    let p = unsafe { bindings::mitosis_param_listen_port };
+    if p == 0 {
+        18515
+    } else {
+        p
+    }
+}
+
+/// Reads `T`, runs `f` on it, writes it back.
+fn call<T: Pod>(name: &str, size: usize, arg: usize, check_version: bool, f: impl FnOnce(&mut T) -> Result) -> Result {
+    let mut a: T = read_args(name, size, arg, check_version)?;
+    f(&mut a)?;
+    write_args(arg, &a)
+}

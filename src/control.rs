@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Control requests served to peers (server side of a connection, workqueue context).
+//!
+//! `OpenRegion` (id + secret) registers the region's pages for that peer only (fast-reg
+//! MRs on the peer's connection PD) and replies with their keys; `CloseRegion` drops the
+//! registration. A wrong secret or an unknown id gets a distinct errno in the reply and a
+//! log line; a malformed message is logged and dropped.
+
+use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply};
+use crate::errno;
+use crate::rdma::connection::{Connection, Ipv4};
+use crate::rdma::fastreg::Registration;
+use crate::region::{REGION_OPENS, REGION_OPENS_REFUSED};
+use crate::state;
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+/// Most pages one fast-reg MR covers (the device may allow fewer).
+const MAX_CHUNK_PAGES: usize = 512;
+
+/// `RequestHandler` of server connections.
+pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
+    let (hdr, body) = match wire::decode(msg) {
+        Ok(v) => v,
+        Err(e) => {
+            pr_warn!("mitosis: malformed control message from {} ({:?}), dropped\n", Ipv4(conn.peer().0), e);
+            return;
+        }
+    };
+    match hdr.kind {
+        Kind::OpenRegion => {
+            let status = match OpenRegion::decode(body) {
+                Ok(req) => match open_region(conn, hdr.seq, &req) {
+                    Ok(()) => return,
+                    Err(e) => e,
+                },
+                Err(_) => errno::ebadmsg(),
+            };
+            REGION_OPENS_REFUSED.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.reply(state::io_timeout_ms(), &mut [], |buf| {
+                wire::encode_status(Kind::OpenRegionReply, hdr.seq, status.to_errno(), buf).map_err(|_| EINVAL)
+            });
+        }
+        Kind::CloseRegion => {
+            if let Ok(req) = CloseRegion::decode(body) {
+                conn.remove_registration(req.region_id);
+            }
+        }
+        Kind::OpenRegionReply => {
+            pr_warn!("mitosis: unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
+        }
+    }
+}
+
+fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
+    let peer = Ipv4(conn.peer().0);
+    let region = state::get().find_region(req.region_id).ok_or_else(|| {
+        pr_info!("mitosis: {} asked for unknown region {}\n", peer, req.region_id);
+        ENOENT
+    })?;
+    if !region.secret_matches(&req.secret) {
+        pr_warn!("mitosis: {} gave a wrong secret for region {}\n", peer, req.region_id);
+        return Err(errno::eacces());
+    }
+    let (reg, mut wrs) = conn.with_pd(|pd, dev| {
+        // SAFETY: `dev` is the connection's live device.
+        let max = unsafe { (*dev).attrs.max_fast_reg_page_list_len } as usize;
+        Registration::new(region.pages.clone(), pd, dev, max.min(MAX_CHUNK_PAGES), conn.reply_cqe())
+    })?;
+    let chunk_bytes = reg.chunk_bytes();
+    let mut rkeys = KVec::with_capacity(wrs.len(), GFP_KERNEL)?;
+    for k in reg.rkeys() {
+        rkeys.push(k, GFP_KERNEL)?;
+    }
+    if rkeys.len() > wire::MAX_REPLY_RKEYS {
+        return Err(E2BIG);
+    }
+    conn.add_registration(region.id, reg)?;
+    // A destroy that raced with us has already swept this connection: undo.
+    if !region.is_live() {
+        conn.remove_registration(region.id);
+        return Err(ENOENT);
+    }
+    let sent = conn.reply(state::io_timeout_ms(), &mut wrs, |buf| {
+        OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf).map_err(|_| EINVAL)
+    });
+    if sent.is_err() {
+        conn.remove_registration(region.id);
+        return sent;
+    }
+    REGION_OPENS.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}

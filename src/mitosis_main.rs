@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Mitosis: remote fork for serverless computing, as a loadable module.
+//!
+//! Where things are:
+//! - `chardev.rs`: `/dev/mitosis` and ioctl dispatch (argument validation in `uargs.rs`);
+//! - `state.rs`: the module-wide state (devices, connection pool, counters);
+//! - `region.rs`: regions published for peers (the publication path snapshots will use);
+//! - `control.rs`: control messages served to peers (open/close region);
+//! - `remote.rs`: regions of peers opened by this host and read with RDMA READ;
+//! - `../rdma/`: safe Rust over kernel verbs (device discovery, PD/CQ, RC QPs via
+//!   rdma_cm, fast registration, batched READs, completions with timeout);
+//! - `../abi/src/`: the ioctl ABI and wire format, shared with user space;
+//! - `../ffi/`: generated bindings and the one-line C helpers.
+
+#![allow(dead_code)]
+#![recursion_limit = "512"]
+
+use kernel::prelude::*;
+
+/// The generated bindings (see `scripts/gen-bindings.sh`).
+#[path = "../ffi/bindings.rs"]
+mod bindings;
+
+/// The ABI crate's sources, compiled into the module.
+#[path = "../abi/src"]
+#[allow(unreachable_pub, missing_docs, clippy::all)]
+mod abi {
+    pub(crate) mod ioctl;
+    pub(crate) mod wire;
+}
+
+#[path = "../rdma/mod.rs"]
+mod rdma;
+
+mod chardev;
+mod control;
+mod errno;
+mod region;
+mod remote;
+mod state;
+mod uargs;
+mod util;
+
+module! {
+    type: MitosisModule,
+    name: "mitosis",
+    author: "Mitosis developers",
+    description: "Remote fork over RDMA for serverless computing",
+    license: "GPL",
+}
+
+/// Version string reported by the VERSION ioctl.
+pub(crate) const MODULE_VERSION: &str = "0.1.0";
+
+struct MitosisModule {
+    state: Pin<KBox<state::Mitosis>>,
+}
+
+impl kernel::Module for MitosisModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let state = state::Mitosis::start(module)?;
+        pr_info!("mitosis: loaded (ABI {})\n", abi::ioctl::ABI_VERSION);
+        Ok(MitosisModule { state })
+    }
+}
+
+impl Drop for MitosisModule {
+    fn drop(&mut self) {
+        self.state.as_ref().stop();
+        pr_info!("mitosis: unloaded\n");
+    }
+}

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Regions published for peers: pages a peer may read after opening the region with
+//! its id and secret. Snapshots are published through the same path.
+
+use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
+use crate::bindings;
+use crate::rdma::pages::PageSet;
+use crate::rdma::PAGE_SIZE;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// Most regions live on one host at once.
+pub(crate) const MAX_REGIONS: usize = 64;
+
+/// Region counters since load.
+pub(crate) static REGION_OPENS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static REGION_OPENS_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) struct Region {
+    pub(crate) id: u64,
+    secret: [u8; 16],
+    pub(crate) size: u64,
+    pub(crate) pages: Arc<PageSet>,
+    /// Cleared when the region is destroyed: no new registrations.
+    live: AtomicBool,
+}
+
+impl Region {
+    /// Compares `secret` in constant time.
+    pub(crate) fn secret_matches(&self, secret: &[u8; 16]) -> bool {
+        let diff = self.secret.iter().zip(secret.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        core::hint::black_box(diff) == 0
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+/// Regions of this host by id.
+pub(crate) struct Registry {
+    next_id: u64,
+    regions: KVec<Arc<Region>>,
+}
+
+impl Registry {
+    pub(crate) const fn new() -> Self {
+        Registry { next_id: 1, regions: KVec::new() }
+    }
+
+    /// Publishes a region of `size` bytes filled with the pattern of `seed`.
+    pub(crate) fn create(&mut self, size: u64, seed: u64) -> Result<(u64, [u8; 16])> {
+        if size == 0 || size % PAGE_SIZE as u64 != 0 || size > MAX_REGION_BYTES {
+            return Err(EINVAL);
+        }
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(ENOSPC);
+        }
+        let n = (size / PAGE_SIZE as u64) as usize;
+        let pages = PageSet::new(n, |i, page| {
+            let mut chunk = [0u8; 256];
+            for part in 0..PAGE_SIZE / chunk.len() {
+                let off = (i * PAGE_SIZE + part * chunk.len()) as u64;
+                fill_pattern(seed, off, &mut chunk);
+                // SAFETY: `chunk` is valid for reading `chunk.len()` bytes, which fit in
+                // the page at this offset.
+                unsafe { page.write_raw(chunk.as_ptr(), part * chunk.len(), chunk.len())? };
+            }
+            Ok(())
+        })?;
+        let mut secret = [0u8; 16];
+        // SAFETY: `secret` is valid for writing 16 bytes.
+        unsafe { bindings::get_random_bytes(secret.as_mut_ptr().cast(), secret.len()) };
+        let id = self.next_id;
+        let region = Arc::new(Region { id, secret, size, pages: Arc::new(pages, GFP_KERNEL)?, live: AtomicBool::new(true) }, GFP_KERNEL)?;
+        self.regions.push(region, GFP_KERNEL)?;
+        self.next_id += 1;
+        Ok((id, secret))
+    }
+
+    pub(crate) fn find(&self, id: u64) -> Option<Arc<Region>> {
+        self.regions.iter().find(|r| r.id == id).cloned()
+    }
+
+    /// Unpublishes region `id`; the caller then drops its registrations on every
+    /// connection (pages are freed with the last registration).
+    pub(crate) fn remove(&mut self, id: u64) -> Result<Arc<Region>> {
+        let region = crate::util::remove_first(&mut self.regions, |r| r.id == id).ok_or(ENOENT)?;
+        region.live.store(false, Ordering::Release);
+        Ok(region)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Removes every region (module unload).
+    pub(crate) fn clear(&mut self) {
+        for r in self.regions.iter() {
+            r.live.store(false, Ordering::Release);
+        }
+        drop(crate::util::take_all(&mut self.regions));
+    }
+}

@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Regions of peers opened by this host, read with one-sided RDMA READs.
+
+use crate::abi::ioctl::read_flags;
+use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply};
+use crate::errno;
+use crate::rdma::connection::{Connection, MAX_READ_BATCH};
+use crate::rdma::PAGE_SIZE;
+use crate::state;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::uaccess::UserSliceWriter;
+
+/// An opened peer region: where each byte is and with which key.
+pub(crate) struct RemoteRegion {
+    pub(crate) handle: u64,
+    conn: Arc<Connection>,
+    region_id: u64,
+    pub(crate) size: u64,
+    chunk_bytes: u64,
+    rkeys: KVec<u32>,
+}
+
+/// What one read did.
+pub(crate) struct ReadOutcome {
+    pub(crate) doorbells: u64,
+    pub(crate) reads: u64,
+}
+
+impl RemoteRegion {
+    /// Opens region `region_id` of the peer over `conn`.
+    pub(crate) fn open(conn: Arc<Connection>, handle: u64, region_id: u64, secret: [u8; 16]) -> Result<Self> {
+        let req = OpenRegion { region_id, secret };
+        let (size, chunk_bytes, rkeys) = conn.rpc(
+            state::io_timeout_ms(),
+            |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
+            |reply| {
+                if reply.header.kind != Kind::OpenRegionReply {
+                    return Err(errno::ebadmsg());
+                }
+                if reply.header.status < 0 {
+                    return Err(Error::from_errno(reply.header.status));
+                }
+                let r = OpenRegionReply::decode(reply.body).map_err(|_| errno::ebadmsg())?;
+                let mut keys = KVec::with_capacity(r.n_keys(), GFP_KERNEL)?;
+                for i in 0..r.n_keys() {
+                    keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
+                }
+                Ok((r.size, r.chunk_bytes, keys))
+            },
+        )?;
+        Ok(RemoteRegion { handle, conn, region_id, size, chunk_bytes, rkeys })
+    }
+
+    /// Remote address and key of the page at `off`. Past the end (only with
+    /// `UNCHECKED`), the last key with an address past its registration.
+    fn locate(&self, off: u64) -> Option<(u64, u32)> {
+        let last = self.rkeys.len().checked_sub(1)?;
+        let chunk = ((off / self.chunk_bytes) as usize).min(last);
+        Some((off - chunk as u64 * self.chunk_bytes, self.rkeys[chunk]))
+    }
+
+    /// Reads `[offset, offset + length)` into `out`, `batch` pages per doorbell.
+    pub(crate) fn read(&self, offset: u64, length: u64, mut out: UserSliceWriter, batch: usize, flags: u32) -> Result<ReadOutcome> {
+        let page = PAGE_SIZE as u64;
+        if offset % page != 0 || length % page != 0 || length == 0 || batch == 0 || batch > MAX_READ_BATCH {
+            return Err(EINVAL);
+        }
+        let end = offset.checked_add(length).ok_or(errno::erange())?;
+        if flags & read_flags::UNCHECKED == 0 && end > self.size {
+            return Err(errno::erange());
+        }
+        let bufs = self.conn.alloc_read_buffers(batch)?;
+        let mut remote = KVec::with_capacity(batch, GFP_KERNEL)?;
+        let mut outcome = ReadOutcome { doorbells: 0, reads: 0 };
+        let mut off = offset;
+        while off < end {
+            let n = (((end - off) / page) as usize).min(batch);
+            remote.clear_for_reuse();
+            for i in 0..n {
+                remote.push(self.locate(off + i as u64 * page).ok_or(EINVAL)?, GFP_KERNEL)?;
+            }
+            self.conn.read_pages(&remote, &bufs, state::io_timeout_ms())?;
+            for b in &bufs[..n] {
+                out.write_slice(b.bytes())?;
+            }
+            outcome.doorbells += 1;
+            outcome.reads += n as u64;
+            off += n as u64 * page;
+        }
+        Ok(outcome)
+    }
+
+    /// Tells the peer we are done (best effort: its registration also ends with the
+    /// connection).
+    pub(crate) fn close(&self) {
+        let req = CloseRegion { region_id: self.region_id };
+        let _ = self.conn.notify(state::io_timeout_ms(), |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL));
+    }
+}
+
+/// Emptying a `KVec` while keeping its allocation.
+trait ClearForReuse {
+    fn clear_for_reuse(&mut self);
+}
+
+impl<T: Copy> ClearForReuse for KVec<T> {
+    fn clear_for_reuse(&mut self) {
+        // SAFETY: `T: Copy` has no destructor, so forgetting the elements is fine.
+        unsafe { self.set_len(0) };
+    }
+}

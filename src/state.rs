@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Module-wide state: devices, the connection pool, accepted connections, regions.
+//!
+//! Outgoing connections are pooled per peer address and shared by every user on this
+//! host; a dead one is replaced on next use. Accepted connections are kept until they
+//! close. Unload tears everything down in order: no new opens (device node gone), no
+//! new peers (listener gone), connections drained and destroyed, queued work finished,
+//! devices released, regions freed.
+
+use crate::abi::ioctl::{Counters, StatusArgs};
+use crate::bindings;
+use crate::chardev::MiscDevice;
+use crate::errno;
+use crate::rdma::connection::{Connection, Ipv4};
+use crate::rdma::device::DeviceClient;
+use crate::rdma::listener::{AcceptHooks, Listener};
+use crate::rdma::{self, STATS};
+use crate::region::{Region, Registry, REGION_OPENS, REGION_OPENS_REFUSED};
+use crate::util::{remove_first, take_all};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+
+/// Most pooled outgoing connections (distinct peers).
+const MAX_POOLED: usize = 256;
+/// Most accepted connections.
+const MAX_ACCEPTED: usize = 1024;
+
+/// # Invariants
+///
+/// `STATE` points to the pinned state from `start` until `Drop`; every callback that
+/// reads it (ioctls, CM handlers, workqueue, ib_client) is stopped before `Drop`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Mitosis {
+    #[pin]
+    chardev: MiscDevice,
+    #[pin]
+    devices: DeviceClient,
+    #[pin]
+    pool: Mutex<KVec<Arc<Connection>>>,
+    /// Serialises new outgoing connections so concurrent users share one per peer.
+    #[pin]
+    connect_lock: Mutex<()>,
+    #[pin]
+    accepted: Mutex<KVec<Arc<Connection>>>,
+    #[pin]
+    regions: Mutex<Registry>,
+    #[pin]
+    listener: Mutex<Option<Listener>>,
+}
+
+static STATE: AtomicPtr<Mitosis> = AtomicPtr::new(ptr::null_mut());
+
+static ACCEPT_HOOKS: AcceptHooks = AcceptHooks {
+    on_request: crate::control::handle_request,
+    on_closed: connection_closed,
+    on_accepted: connection_accepted,
+};
+
+/// The module state (valid from `start` until unload, see the type invariant).
+pub(crate) fn get() -> &'static Mitosis {
+    // SAFETY: only called by callbacks that run while the state lives (type invariant).
+    unsafe { &*STATE.load(Ordering::Acquire) }
+}
+
+pub(crate) fn connect_timeout_ms() -> u32 {
+    // SAFETY: a module parameter: a plain integer that may change at any time.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_connect_timeout_ms)) }.max(1)
+}
+
+pub(crate) fn io_timeout_ms() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_io_timeout_ms)) }.max(1)
+}
+
+fn listen_port() -> u16 {
+    // SAFETY: read-only module parameter (0444).
+    unsafe { bindings::mitosis_param_listen_port }
+}
+
+impl Mitosis {
+    /// Brings the module up; on error everything started so far is stopped.
+    pub(crate) fn start(module: &'static ThisModule) -> Result<Pin<KBox<Self>>> {
+        rdma::start_workqueue()?;
+        let state = KBox::pin_init(
+            try_pin_init!(Mitosis {
+                chardev <- MiscDevice::new(module),
+                devices <- DeviceClient::new(device_removed),
+                pool <- new_mutex!(KVec::new()),
+                connect_lock <- new_mutex!(()),
+                accepted <- new_mutex!(KVec::new()),
+                regions <- new_mutex!(Registry::new()),
+                listener <- new_mutex!(None),
+            }? Error),
+            GFP_KERNEL,
+        );
+        let mut state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                rdma::stop_workqueue();
+                return Err(e);
+            }
+        };
+        STATE.store(&*state as *const Self as *mut Self, Ordering::Release);
+        let started = (|| {
+            // SAFETY: we do not move out of the pinned state.
+            let fields = unsafe { state.as_mut().get_unchecked_mut() };
+            // SAFETY: `devices` is structurally pinned.
+            unsafe { Pin::new_unchecked(&mut fields.devices) }.register()?;
+            if listen_port() != 0 {
+                let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
+                    pr_err!("mitosis: cannot listen on port {}: {:?}\n", listen_port(), e);
+                })?;
+                *fields.listener.lock() = Some(l);
+            }
+            // SAFETY: `chardev` is structurally pinned.
+            unsafe { Pin::new_unchecked(&mut fields.chardev) }.register()
+        })();
+        if let Err(e) = started {
+            state.as_ref().stop();
+            return Err(e);
+        }
+        Ok(state)
+    }
+
+    /// Stops everything that can call back into the state (see the module docs).
+    pub(crate) fn stop(self: Pin<&Self>) {
+        self.chardev.deregister();
+        drop(self.listener.lock().take());
+        for c in take_all(&mut self.accepted.lock()).iter() {
+            c.teardown();
+        }
+        for c in take_all(&mut self.pool.lock()).iter() {
+            c.teardown();
+        }
+        rdma::stop_workqueue();
+        self.regions.lock().clear();
+    }
+
+    /// A pooled connection to `addr:port`, connecting if there is none. Returns it and
+    /// the time spent connecting (0 when pooled).
+    pub(crate) fn connection_to(&self, addr: u32, port: u16, timeout_ms: u32) -> Result<(Arc<Connection>, u64)> {
+        let _serial = self.connect_lock.lock();
+        {
+            let mut pool = self.pool.lock();
+            while remove_first(&mut pool, |c| !c.is_up()).is_some() {}
+            if let Some(c) = pool.iter().find(|c| c.peer() == (addr, port)) {
+                return Ok((c.clone(), 0));
+            }
+            if pool.len() >= MAX_POOLED {
+                return Err(ENOSPC);
+            }
+        }
+        let start = kernel::time::Ktime::ktime_get();
+        let conn = Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
+            pr_info!("mitosis: connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
+        })?;
+        let ns = (kernel::time::Ktime::ktime_get() - start).to_ns().max(1) as u64;
+        self.pool.lock().push(conn.clone(), GFP_KERNEL)?;
+        Ok((conn, ns))
+    }
+
+    pub(crate) fn find_region(&self, id: u64) -> Option<Arc<Region>> {
+        self.regions.lock().find(id)
+    }
+
+    pub(crate) fn create_region(&self, size: u64, seed: u64) -> Result<(u64, [u8; 16])> {
+        self.regions.lock().create(size, seed)
+    }
+
+    /// Unpublishes a region: every peer's registration of it stops working now.
+    pub(crate) fn destroy_region(&self, id: u64) -> Result {
+        let region = self.regions.lock().remove(id)?;
+        for c in self.accepted.lock().iter() {
+            c.remove_registration(region.id);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn status(&self, out: &mut StatusArgs) {
+        out.n_devices = self.devices.infos(&mut out.devices);
+        let live = |v: &KVec<Arc<Connection>>| v.iter().filter(|c| c.is_up()).count() as u32;
+        out.n_connections = live(&self.pool.lock()) + live(&self.accepted.lock());
+        out.listen_port = self.listener.lock().as_ref().map_or(0, |l| l.port() as u32);
+        let l = |c: &core::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        out.counters = Counters {
+            conns_established: l(&STATS.conns_established),
+            conns_failed: l(&STATS.conns_failed),
+            conns_accepted: l(&STATS.conns_accepted),
+            conns_closed: l(&STATS.conns_closed),
+            ctrl_msgs_sent: l(&STATS.ctrl_msgs_sent),
+            ctrl_msgs_received: l(&STATS.ctrl_msgs_received),
+            read_wrs_posted: l(&STATS.read_wrs_posted),
+            read_doorbells: l(&STATS.read_doorbells),
+            bytes_read: l(&STATS.bytes_read),
+            read_errors: l(&STATS.read_errors),
+            read_timeouts: l(&STATS.read_timeouts),
+            regions_live: self.regions.lock().len() as u64,
+            region_opens: l(&REGION_OPENS),
+            region_opens_refused: l(&REGION_OPENS_REFUSED),
+            mrs_live: l(&STATS.mrs_live),
+            _reserved: [0],
+        };
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Mitosis {
+    fn drop(self: Pin<&mut Self>) {
+        // `devices` unregisters in its own drop, after which no callback can run.
+        STATE.store(ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// `ClosedHandler`: a torn-down connection leaves the lists.
+fn connection_closed(conn: &Arc<Connection>) {
+    let s = get();
+    remove_first(&mut s.pool.lock(), |c| Arc::ptr_eq(c, conn));
+    remove_first(&mut s.accepted.lock(), |c| Arc::ptr_eq(c, conn));
+}
+
+/// Keeps an accepted connection.
+fn connection_accepted(conn: Arc<Connection>) -> Result {
+    let mut accepted = get().accepted.lock();
+    if accepted.len() >= MAX_ACCEPTED {
+        return Err(errno::econnrefused());
+    }
+    accepted.push(conn, GFP_KERNEL)?;
+    Ok(())
+}
+
+/// `ib_client` removal: tear down every connection on `dev` before it goes.
+fn device_removed(dev: *mut bindings::ib_device) {
+    let s = get();
+    for list in [&s.pool, &s.accepted] {
+        let mut victims = KVec::new();
+        {
+            let mut l = list.lock();
+            while let Some(c) = remove_first(&mut l, |c| c.device() == dev) {
+                if let Err(kernel::alloc::AllocError) = victims.push(c.clone(), GFP_KERNEL) {
+                    // No room to defer it: tear it down here, under the list lock.
+                    c.teardown();
+                }
+            }
+        }
+        for c in victims.iter() {
+            c.teardown();
+        }
+    }
+}
