@@ -145,9 +145,9 @@ pub(crate) struct Connection {
     #[pin]
     reply_done: Waiter,
     next_seq: AtomicU64,
-    /// Server: page sets registered for this peer, by key.
+    /// Server: page sets registered for this peer: (key, opens, registration).
     #[pin]
-    registrations: Mutex<KVec<(u64, Registration)>>,
+    registrations: Mutex<KVec<(u64, u32, Registration)>>,
     #[pin]
     teardown_work: Opaque<bindings::work_struct>,
     on_request: Option<RequestHandler>,
@@ -167,7 +167,13 @@ pub(crate) struct Reply<'a> {
 }
 
 impl Connection {
-    fn new(role: Role, peer_addr: u32, peer_port: u16, on_request: Option<RequestHandler>, on_closed: ClosedHandler) -> impl PinInit<Self, Error> {
+    fn new(
+        role: Role,
+        peer_addr: u32,
+        peer_port: u16,
+        on_request: Option<RequestHandler>,
+        on_closed: ClosedHandler,
+    ) -> impl PinInit<Self, Error> {
         try_pin_init!(Connection {
             role,
             peer_addr,
@@ -237,8 +243,16 @@ impl Connection {
 
     /// Connects to `addr:port` (IPv4, network-order address), waiting at most
     /// `timeout_ms` for the whole setup.
-    pub(crate) fn connect(addr: u32, port: u16, timeout_ms: u32, on_closed: ClosedHandler) -> Result<Arc<Self>> {
-        let conn = Arc::pin_init(Self::new(Role::Client, addr, port, None, on_closed), GFP_KERNEL)?;
+    pub(crate) fn connect(
+        addr: u32,
+        port: u16,
+        timeout_ms: u32,
+        on_closed: ClosedHandler,
+    ) -> Result<Arc<Self>> {
+        let conn = Arc::pin_init(
+            Self::new(Role::Client, addr, port, None, on_closed),
+            GFP_KERNEL,
+        )?;
         // SAFETY: `init_net` is the initial network namespace, alive forever; the handler
         // and context stay valid until the id is destroyed in `teardown`.
         let id = kernel::error::from_err_ptr(unsafe {
@@ -255,7 +269,14 @@ impl Connection {
         conn.connected.arm();
         let dst = sockaddr_in(addr, port);
         // SAFETY: `id` is live; `dst` is a valid `sockaddr_in` for the call.
-        let r = unsafe { bindings::rdma_resolve_addr(id, ptr::null_mut(), &dst as *const _ as *const bindings::sockaddr, timeout_ms as _) };
+        let r = unsafe {
+            bindings::rdma_resolve_addr(
+                id,
+                ptr::null_mut(),
+                &dst as *const _ as *const bindings::sockaddr,
+                timeout_ms as _,
+            )
+        };
         let outcome = if r != 0 {
             Err(Error::from_errno(r))
         } else {
@@ -282,10 +303,18 @@ impl Connection {
 
     /// Accepts a CONNECT_REQUEST on the new `id` (called from the CM handler). On error
     /// the caller returns non-zero and the CM destroys `id`.
-    fn accept(id: *mut bindings::rdma_cm_id, event: &bindings::rdma_cm_event, on_request: RequestHandler, on_closed: ClosedHandler) -> Result<Arc<Self>> {
+    fn accept(
+        id: *mut bindings::rdma_cm_id,
+        event: &bindings::rdma_cm_event,
+        on_request: RequestHandler,
+        on_closed: ClosedHandler,
+    ) -> Result<Arc<Self>> {
         // SAFETY: the CM passes a live id with a resolved route.
         let (addr, port) = unsafe { peer_of(id) };
-        let conn = Arc::pin_init(Self::new(Role::Server, addr, port, Some(on_request), on_closed), GFP_KERNEL)?;
+        let conn = Arc::pin_init(
+            Self::new(Role::Server, addr, port, Some(on_request), on_closed),
+            GFP_KERNEL,
+        )?;
         let result = (|| {
             // SAFETY: we are in the CM handler of `id`, setting it up.
             unsafe { conn.create_resources(id)? };
@@ -296,8 +325,12 @@ impl Connection {
             // SAFETY: `id` has a device.
             let attrs = unsafe { &(*(*id).device).attrs };
             let mut param = bindings::rdma_conn_param::default();
-            param.responder_resources = (theirs.initiator_depth as u32).min(attrs.max_qp_rd_atom as u32).min(RD_ATOM) as u8;
-            param.initiator_depth = (theirs.responder_resources as u32).min(attrs.max_qp_init_rd_atom as u32).min(RD_ATOM) as u8;
+            param.responder_resources = (theirs.initiator_depth as u32)
+                .min(attrs.max_qp_rd_atom as u32)
+                .min(RD_ATOM) as u8;
+            param.initiator_depth = (theirs.responder_resources as u32)
+                .min(attrs.max_qp_init_rd_atom as u32)
+                .min(RD_ATOM) as u8;
             param.retry_count = 7;
             param.rnr_retry_count = 7;
             // SAFETY: in the CM handler of `id` with a QP created on it.
@@ -333,7 +366,7 @@ impl Connection {
             return Err(ENODEV);
         }
         let pd = Pd::new(dev)?;
-        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1, Poll::SoftIrq)?;
+        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1, Poll::Workqueue)?;
         let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1, Poll::Workqueue)?;
         let send_buf = DmaPage::new(dev, bindings::dma_data_direction_DMA_TO_DEVICE)?;
         let mut recv_bufs = KVec::with_capacity(RECV_DEPTH, GFP_KERNEL)?;
@@ -364,7 +397,14 @@ impl Connection {
         attr.qp_type = bindings::ib_qp_type_IB_QPT_RC;
         // SAFETY: `id` is bound to `dev`, `pd` and the CQs belong to `dev`.
         kernel::error::to_result(unsafe { bindings::rdma_create_qp(id, pd.as_ptr(), &mut attr) })?;
-        let res = Resources { id, recv_bufs, send_buf, send_cq, recv_cq, pd };
+        let res = Resources {
+            id,
+            recv_bufs,
+            send_buf,
+            send_cq,
+            recv_cq,
+            pd,
+        };
         for buf in res.recv_bufs.iter() {
             Self::post_recv(&res, buf)?;
         }
@@ -374,7 +414,11 @@ impl Connection {
     }
 
     fn post_recv(res: &Resources, buf: &RecvBuf) -> Result {
-        let mut sge = bindings::ib_sge { addr: buf.page.dma_addr(), length: wire::MSG_SIZE as u32, lkey: res.pd.local_dma_lkey() };
+        let mut sge = bindings::ib_sge {
+            addr: buf.page.dma_addr(),
+            length: wire::MSG_SIZE as u32,
+            lkey: res.pd.local_dma_lkey(),
+        };
         let mut wr = bindings::ib_recv_wr::default();
         wr.__bindgen_anon_1.wr_cqe = buf.cqe.get();
         wr.sg_list = &mut sge;
@@ -382,21 +426,30 @@ impl Connection {
         buf.page.sync_for_device();
         // SAFETY: the QP is live; `wr` and `sge` are copied by the post; the buffer stays
         // mapped until the QP is drained.
-        kernel::error::to_result(unsafe { bindings::mitosis_ib_post_recv(res.qp(), &wr, ptr::null_mut()) })
+        kernel::error::to_result(unsafe {
+            bindings::mitosis_ib_post_recv(res.qp(), &wr, ptr::null_mut())
+        })
     }
 
     /// `ib_cqe.done` of receive buffers (recv CQ, workqueue context: may sleep).
     unsafe extern "C" fn recv_done(_cq: *mut bindings::ib_cq, wc: *mut bindings::ib_wc) {
         // SAFETY: the core passes a valid completion; `wr_cqe` is a `RecvBuf::cqe`.
-        let (cqe, status, len) = unsafe { ((*wc).__bindgen_anon_1.wr_cqe, (*wc).status, (*wc).byte_len) };
+        let (cqe, status, len) =
+            unsafe { ((*wc).__bindgen_anon_1.wr_cqe, (*wc).status, (*wc).byte_len) };
         // SAFETY: `cqe` is the `cqe` field of a pinned `RecvBuf` alive until the QP is
         // drained (which completes all receives first).
-        let buf = unsafe { &*kernel::container_of!(cqe as *const Opaque<bindings::ib_cqe>, RecvBuf, cqe) };
+        let buf = unsafe {
+            &*kernel::container_of!(cqe as *const Opaque<bindings::ib_cqe>, RecvBuf, cqe)
+        };
         // SAFETY: `conn` owns the buffer (type invariant of `RecvBuf`).
         let conn = unsafe { &*buf.conn };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             if status != bindings::ib_wc_status_IB_WC_WR_FLUSH_ERR {
-                pr_warn!("mitosis: receive failed on connection to {}: wc status {}\n", Ipv4(conn.peer_addr), status);
+                pr_warn!(
+                    "mitosis: receive failed on connection to {}: wc status {}\n",
+                    Ipv4(conn.peer_addr),
+                    status
+                );
                 conn.fail(errno::econnreset());
             }
             return;
@@ -404,7 +457,9 @@ impl Connection {
         count(&STATS.ctrl_msgs_received, 1);
         buf.page.sync_for_cpu();
         // SAFETY: we are a completion handler of this connection (type invariant).
-        let Ok(res) = (unsafe { conn.res() }) else { return };
+        let Ok(res) = (unsafe { conn.res() }) else {
+            return;
+        };
         let len = (len as usize).min(wire::MSG_SIZE);
         match conn.role {
             Role::Client => {
@@ -418,7 +473,10 @@ impl Connection {
                     unsafe { bindings::complete(conn.reply_done.completion_ptr()) };
                     return;
                 }
-                pr_warn!("mitosis: dropped unexpected control message from {}\n", Ipv4(conn.peer_addr));
+                pr_warn!(
+                    "mitosis: dropped unexpected control message from {}\n",
+                    Ipv4(conn.peer_addr)
+                );
             }
             Role::Server => {
                 if let Some(handler) = conn.on_request {
@@ -453,14 +511,22 @@ impl Connection {
         // SAFETY: `rpc_lock` serialises request sends and the previous one completed.
         let len = encode(seq, unsafe { res.send_buf.bytes_mut_unchecked() })?;
         self.post_send(res, len, &mut [], self.send_waiter.cqe())?;
-        let status = self.send_waiter.wait(timeout_ms).inspect_err(|e| self.fail(*e))?;
+        let status = self
+            .send_waiter
+            .wait(timeout_ms)
+            .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
         }
-        self.reply_done.wait(timeout_ms).inspect_err(|e| self.fail(*e))?;
+        self.reply_done
+            .wait(timeout_ms)
+            .inspect_err(|e| self.fail(*e))?;
         let slot = self.reply_slot.swap(-1, Ordering::AcqRel);
-        let buf = usize::try_from(slot).ok().and_then(|i| res.recv_bufs.get(i)).ok_or(errno::econnreset())?;
+        let buf = usize::try_from(slot)
+            .ok()
+            .and_then(|i| res.recv_bufs.get(i))
+            .ok_or(errno::econnreset())?;
         let len = self.reply_len.load(Ordering::Relaxed) as usize;
         let parsed = match wire::decode(&buf.page.bytes()[..len]) {
             Ok((header, body)) => parse(Reply { header, body }),
@@ -473,7 +539,11 @@ impl Connection {
     }
 
     /// Sends a message that gets no reply, built by `encode(seq, buf)`.
-    pub(crate) fn notify(&self, timeout_ms: u32, encode: impl FnOnce(u64, &mut [u8]) -> Result<usize>) -> Result {
+    pub(crate) fn notify(
+        &self,
+        timeout_ms: u32,
+        encode: impl FnOnce(u64, &mut [u8]) -> Result<usize>,
+    ) -> Result {
         let _guard = self.rpc_lock.lock();
         if !self.is_up() {
             return Err(errno::enotconn());
@@ -485,7 +555,10 @@ impl Connection {
         // SAFETY: `rpc_lock` serialises sends and the previous one completed.
         let len = encode(seq, unsafe { res.send_buf.bytes_mut_unchecked() })?;
         self.post_send(res, len, &mut [], self.send_waiter.cqe())?;
-        let status = self.send_waiter.wait(timeout_ms).inspect_err(|e| self.fail(*e))?;
+        let status = self
+            .send_waiter
+            .wait(timeout_ms)
+            .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
@@ -495,7 +568,12 @@ impl Connection {
 
     /// Server side, from the request handler: posts `regs` (REG_MR requests, in order)
     /// then a reply built by `encode(buf)`, and waits for the reply to be sent.
-    pub(crate) fn reply(&self, timeout_ms: u32, regs: &mut [bindings::ib_reg_wr], encode: impl FnOnce(&mut [u8]) -> Result<usize>) -> Result {
+    pub(crate) fn reply(
+        &self,
+        timeout_ms: u32,
+        regs: &mut [bindings::ib_reg_wr],
+        encode: impl FnOnce(&mut [u8]) -> Result<usize>,
+    ) -> Result {
         // SAFETY: called from this connection's receive handler (type invariant).
         let res = unsafe { self.res()? };
         self.send_waiter.arm();
@@ -503,9 +581,16 @@ impl Connection {
         // and waits for each reply to complete before the next.
         let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
         self.post_send(res, len, regs, self.send_waiter.cqe())?;
-        let status = self.send_waiter.wait(timeout_ms).inspect_err(|e| self.fail(*e))?;
+        let status = self
+            .send_waiter
+            .wait(timeout_ms)
+            .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            pr_warn!("mitosis: reply to {} failed: wc status {}\n", Ipv4(self.peer_addr), status);
+            pr_warn!(
+                "mitosis: reply to {} failed: wc status {}\n",
+                Ipv4(self.peer_addr),
+                status
+            );
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
         }
@@ -514,8 +599,18 @@ impl Connection {
 
     /// Posts `regs` then one signalled SEND of `len` bytes of the send buffer, with one
     /// doorbell.
-    fn post_send(&self, res: &Resources, len: usize, regs: &mut [bindings::ib_reg_wr], cqe: *mut bindings::ib_cqe) -> Result {
-        let mut sge = bindings::ib_sge { addr: res.send_buf.dma_addr(), length: len as u32, lkey: res.pd.local_dma_lkey() };
+    fn post_send(
+        &self,
+        res: &Resources,
+        len: usize,
+        regs: &mut [bindings::ib_reg_wr],
+        cqe: *mut bindings::ib_cqe,
+    ) -> Result {
+        let mut sge = bindings::ib_sge {
+            addr: res.send_buf.dma_addr(),
+            length: len as u32,
+            lkey: res.pd.local_dma_lkey(),
+        };
         let mut send = bindings::ib_send_wr::default();
         send.__bindgen_anon_1.wr_cqe = cqe;
         send.sg_list = &mut sge;
@@ -556,14 +651,22 @@ impl Connection {
         let dev = unsafe { self.res()? }.dev();
         let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
-            v.push(DmaPage::new(dev, bindings::dma_data_direction_DMA_FROM_DEVICE)?, GFP_KERNEL)?;
+            v.push(
+                DmaPage::new(dev, bindings::dma_data_direction_DMA_FROM_DEVICE)?,
+                GFP_KERNEL,
+            )?;
         }
         Ok(v)
     }
 
     /// Reads one page into each of `bufs` from `(remote address, rkey)` of `remote`,
     /// with one doorbell, and waits (bounded) for all of them.
-    pub(crate) fn read_pages(&self, remote: &[(u64, u32)], bufs: &[DmaPage], timeout_ms: u32) -> Result {
+    pub(crate) fn read_pages(
+        &self,
+        remote: &[(u64, u32)],
+        bufs: &[DmaPage],
+        timeout_ms: u32,
+    ) -> Result {
         let n = remote.len();
         if n == 0 || n > MAX_READ_BATCH || bufs.len() < n {
             return Err(EINVAL);
@@ -577,7 +680,14 @@ impl Connection {
         let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
         let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
         for (i, &(raddr, rkey)) in remote.iter().enumerate() {
-            sges.push(bindings::ib_sge { addr: bufs[i].dma_addr(), length: super::PAGE_SIZE as u32, lkey: res.pd.local_dma_lkey() }, GFP_KERNEL)?;
+            sges.push(
+                bindings::ib_sge {
+                    addr: bufs[i].dma_addr(),
+                    length: super::PAGE_SIZE as u32,
+                    lkey: res.pd.local_dma_lkey(),
+                },
+                GFP_KERNEL,
+            )?;
             let mut wr = bindings::ib_rdma_wr::default();
             // Every request carries the waiter: an unsignalled one that fails completes.
             wr.wr.__bindgen_anon_1.wr_cqe = self.read_waiter.cqe();
@@ -610,14 +720,22 @@ impl Connection {
             Ok(s) => s,
             Err(e) => {
                 count(&STATS.read_timeouts, 1);
-                pr_warn!("mitosis: READ of {} pages from {} timed out\n", n, Ipv4(self.peer_addr));
+                pr_warn!(
+                    "mitosis: READ of {} pages from {} timed out\n",
+                    n,
+                    Ipv4(self.peer_addr)
+                );
                 self.fail(e);
                 return Err(e);
             }
         };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             count(&STATS.read_errors, 1);
-            pr_warn!("mitosis: READ from {} failed: wc status {}\n", Ipv4(self.peer_addr), status);
+            pr_warn!(
+                "mitosis: READ from {} failed: wc status {}\n",
+                Ipv4(self.peer_addr),
+                status
+            );
             // The QP is in error now: every later request would flush.
             self.fail(errno::econnreset());
             return Err(if status == bindings::ib_wc_status_IB_WC_REM_ACCESS_ERR {
@@ -633,22 +751,53 @@ impl Connection {
         Ok(())
     }
 
-    /// Keeps `reg` for this peer under `key` (server side). Replaces and drops any
-    /// registration with the same key.
+    /// Keeps `reg` for this peer under `key` (server side), opened once. Fails with
+    /// `EEXIST` if there is one already ([`Connection::reopen_registration`]).
     pub(crate) fn add_registration(&self, key: u64, reg: Registration) -> Result {
         let mut regs = self.registrations.lock();
-        if remove_first(&mut regs, |(k, _)| *k == key).is_some() {
-            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+        if regs.iter().any(|(k, _, _)| *k == key) {
+            return Err(EEXIST);
         }
-        regs.push((key, reg), GFP_KERNEL)?;
+        regs.push((key, 1, reg), GFP_KERNEL)?;
         count(&STATS.mrs_live, 1);
         Ok(())
     }
 
-    /// Drops the registration under `key` (its keys stop working). Returns whether there
-    /// was one.
+    /// Opens the registration under `key` once more and returns its chunk size and rkeys,
+    /// if there is one: a peer opening a region twice shares one registration.
+    pub(crate) fn reopen_registration(&self, key: u64) -> Result<Option<(u64, KVec<u32>)>> {
+        let mut regs = self.registrations.lock();
+        let Some(entry) = regs.iter_mut().find(|(k, _, _)| *k == key) else {
+            return Ok(None);
+        };
+        let mut keys = KVec::with_capacity(entry.2.rkeys().len(), GFP_KERNEL)?;
+        for k in entry.2.rkeys() {
+            keys.push(k, GFP_KERNEL)?;
+        }
+        entry.1 = entry.1.saturating_add(1);
+        Ok(Some((entry.2.chunk_bytes(), keys)))
+    }
+
+    /// Closes one open of the registration under `key`; the last close drops it.
+    pub(crate) fn release_registration(&self, key: u64) {
+        let mut regs = self.registrations.lock();
+        let last = match regs.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(entry) => {
+                entry.1 -= 1;
+                entry.1 == 0
+            }
+            None => false,
+        };
+        if last {
+            drop(remove_first(&mut regs, |(k, _, _)| *k == key));
+            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the registration under `key` whatever its opens (its keys stop working).
+    /// Returns whether there was one.
     pub(crate) fn remove_registration(&self, key: u64) -> bool {
-        let removed = remove_first(&mut self.registrations.lock(), |(k, _)| *k == key);
+        let removed = remove_first(&mut self.registrations.lock(), |(k, _, _)| *k == key);
         if removed.is_some() {
             STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
         }
@@ -657,7 +806,10 @@ impl Connection {
 
     /// The PD and device for registering memory for this peer (server side, from the
     /// request handler).
-    pub(crate) fn with_pd<T>(&self, f: impl FnOnce(&Pd, *mut bindings::ib_device) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_pd<T>(
+        &self,
+        f: impl FnOnce(&Pd, *mut bindings::ib_device) -> Result<T>,
+    ) -> Result<T> {
         // SAFETY: called from this connection's receive handler (type invariant).
         let res = unsafe { self.res()? };
         f(&res.pd, res.dev())
@@ -678,7 +830,9 @@ impl Connection {
         if prev == DOWN {
             return;
         }
-        let _ = self.status.compare_exchange(0, err.to_errno(), Ordering::AcqRel, Ordering::Relaxed);
+        let _ =
+            self.status
+                .compare_exchange(0, err.to_errno(), Ordering::AcqRel, Ordering::Relaxed);
         // SAFETY: connections live in an `Arc` (type invariant) and `self` is borrowed, so
         // the refcount is non-zero.
         let arc: Arc<Self> = unsafe { ArcBorrow::from_raw(self as *const Self) }.into();
@@ -695,7 +849,13 @@ impl Connection {
     unsafe extern "C" fn teardown_work_fn(work: *mut bindings::work_struct) {
         // SAFETY: `work` is the `teardown_work` of a connection queued by `fail`, which
         // leaked one `Arc` reference for this run.
-        let conn = unsafe { Arc::from_raw(kernel::container_of!(work as *const Opaque<bindings::work_struct>, Connection, teardown_work)) };
+        let conn = unsafe {
+            Arc::from_raw(kernel::container_of!(
+                work as *const Opaque<bindings::work_struct>,
+                Connection,
+                teardown_work
+            ))
+        };
         conn.teardown();
         (conn.on_closed)(&conn);
     }
@@ -724,7 +884,9 @@ impl Connection {
         drop(self.rpc_lock.lock());
         drop(self.io_lock.lock());
         let regs = take_all(&mut self.registrations.lock());
-        STATS.mrs_live.fetch_sub(regs.len() as u64, Ordering::Relaxed);
+        STATS
+            .mrs_live
+            .fetch_sub(regs.len() as u64, Ordering::Relaxed);
         drop(regs);
         // SAFETY: drained and users gone: no one reads `res` any more.
         let res = unsafe { (*self.res.get()).take() };
@@ -745,9 +907,10 @@ impl Connection {
     /// or destroy the id).
     fn on_cm_event(&self, id: *mut bindings::rdma_cm_id, event: &bindings::rdma_cm_event) {
         let connecting = self.state.load(Ordering::Acquire) == CONNECTING;
-        let finish = |status: Error| {
+        // `status`: 0 or a negative errno.
+        let finish = |status: i32| {
             if connecting {
-                self.status.store(status.to_errno(), Ordering::Release);
+                self.status.store(status, Ordering::Release);
                 // SAFETY: `connected` is only completed by hand.
                 unsafe { bindings::complete(self.connected.completion_ptr()) };
             }
@@ -758,7 +921,7 @@ impl Connection {
                 // SAFETY: `id` is live (we are in its handler).
                 let r = unsafe { bindings::rdma_resolve_route(id, timeout as _) };
                 if r != 0 {
-                    finish(Error::from_errno(r));
+                    finish(r);
                 }
             }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ROUTE_RESOLVED => {
@@ -772,10 +935,12 @@ impl Connection {
                     param.retry_count = 7;
                     param.rnr_retry_count = 7;
                     // SAFETY: in the handler of `id`, which has a QP.
-                    kernel::error::to_result(unsafe { bindings::rdma_connect_locked(id, &mut param) })
+                    kernel::error::to_result(unsafe {
+                        bindings::rdma_connect_locked(id, &mut param)
+                    })
                 });
                 if let Err(e) = r {
-                    finish(e);
+                    finish(e.to_errno());
                 }
             }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ESTABLISHED => {
@@ -784,20 +949,25 @@ impl Connection {
                     if self.role == Role::Server {
                         count(&STATS.conns_accepted, 1);
                     }
-                    finish(Error::from_errno(0));
-                    self.status.store(0, Ordering::Release);
+                    finish(0);
                 }
             }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ADDR_ERROR
             | bindings::rdma_cm_event_type_RDMA_CM_EVENT_ROUTE_ERROR
-            | bindings::rdma_cm_event_type_RDMA_CM_EVENT_UNREACHABLE => finish(errno::ehostunreach()),
-            bindings::rdma_cm_event_type_RDMA_CM_EVENT_REJECTED => finish(errno::econnrefused()),
-            bindings::rdma_cm_event_type_RDMA_CM_EVENT_CONNECT_ERROR => finish(errno::econnreset()),
+            | bindings::rdma_cm_event_type_RDMA_CM_EVENT_UNREACHABLE => {
+                finish(errno::ehostunreach().to_errno())
+            }
+            bindings::rdma_cm_event_type_RDMA_CM_EVENT_REJECTED => {
+                finish(errno::econnrefused().to_errno())
+            }
+            bindings::rdma_cm_event_type_RDMA_CM_EVENT_CONNECT_ERROR => {
+                finish(errno::econnreset().to_errno())
+            }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_DISCONNECTED
             | bindings::rdma_cm_event_type_RDMA_CM_EVENT_DEVICE_REMOVAL
             | bindings::rdma_cm_event_type_RDMA_CM_EVENT_ADDR_CHANGE => {
                 if connecting {
-                    finish(errno::econnreset());
+                    finish(errno::econnreset().to_errno());
                 } else {
                     self.fail(errno::econnreset());
                 }
@@ -824,7 +994,10 @@ impl Waiter {
 
 /// Handler of every CM id the module creates: the listener (context NULL; it only gets
 /// CONNECT_REQUEST) and connections (context = the connection).
-pub(crate) unsafe extern "C" fn cm_event_handler(id: *mut bindings::rdma_cm_id, event: *mut bindings::rdma_cm_event) -> i32 {
+pub(crate) unsafe extern "C" fn cm_event_handler(
+    id: *mut bindings::rdma_cm_id,
+    event: *mut bindings::rdma_cm_event,
+) -> i32 {
     // SAFETY: the CM passes a valid event.
     let event = unsafe { &*event };
     if event.event == bindings::rdma_cm_event_type_RDMA_CM_EVENT_CONNECT_REQUEST {
@@ -846,7 +1019,12 @@ pub(crate) unsafe extern "C" fn cm_event_handler(id: *mut bindings::rdma_cm_id, 
 }
 
 /// Accepts `id` as a server connection (called by the listener).
-pub(crate) fn accept(id: *mut bindings::rdma_cm_id, event: &bindings::rdma_cm_event, on_request: RequestHandler, on_closed: ClosedHandler) -> Result<Arc<Connection>> {
+pub(crate) fn accept(
+    id: *mut bindings::rdma_cm_id,
+    event: &bindings::rdma_cm_event,
+    on_request: RequestHandler,
+    on_closed: ClosedHandler,
+) -> Result<Arc<Connection>> {
     Connection::accept(id, event, on_request, on_closed)
 }
 
@@ -865,7 +1043,8 @@ fn sockaddr_in(addr: u32, port: u16) -> bindings::sockaddr_in {
 /// `id` must be live.
 unsafe fn peer_of(id: *mut bindings::rdma_cm_id) -> (u32, u16) {
     // SAFETY: the destination of an IPv4 connection is a `sockaddr_in`.
-    let sa = unsafe { &*(ptr::addr_of!((*id).route.addr.dst_addr) as *const bindings::sockaddr_in) };
+    let sa =
+        unsafe { &*(ptr::addr_of!((*id).route.addr.dst_addr) as *const bindings::sockaddr_in) };
     (sa.sin_addr.s_addr, u16::from_be(sa.sin_port))
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct DeviceClient {
     #[pin]
     devices: Mutex<KVec<*mut bindings::ib_device>>,
     on_remove: RemoveHook,
-    registered: bool,
+    registered: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: device pointers are only used while the core holds the devices registered.
@@ -77,7 +77,7 @@ impl DeviceClient {
             }),
             devices <- new_mutex!(KVec::new()),
             on_remove,
-            registered: false,
+            registered: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -87,11 +87,12 @@ impl DeviceClient {
         let this = unsafe { self.get_unchecked_mut() };
         CLIENT.store(this as *mut Self, Ordering::Release);
         // SAFETY: `client` is initialised and pinned; it stays registered until Drop.
-        let r = kernel::error::to_result(unsafe { bindings::ib_register_client(this.client.get()) });
+        let r =
+            kernel::error::to_result(unsafe { bindings::ib_register_client(this.client.get()) });
         if r.is_err() {
             CLIENT.store(ptr::null_mut(), Ordering::Release);
         } else {
-            this.registered = true;
+            this.registered.store(true, Ordering::Release);
         }
         r
     }
@@ -103,17 +104,25 @@ impl DeviceClient {
     }
 
     unsafe extern "C" fn add(dev: *mut bindings::ib_device) -> i32 {
-        let Some(this) = Self::get() else { return -(bindings::ENODEV as i32) };
+        let Some(this) = Self::get() else {
+            return -(bindings::ENODEV as i32);
+        };
         if this.devices.lock().push(dev, GFP_KERNEL).is_err() {
             return -(bindings::ENOMEM as i32);
         }
-        pr_info!("mitosis: device {} added\n", kernel::str::BStr::from_bytes(name_of(dev)));
+        pr_info!(
+            "mitosis: device {} added\n",
+            kernel::str::BStr::from_bytes(name_of(dev))
+        );
         0
     }
 
     unsafe extern "C" fn remove(dev: *mut bindings::ib_device, _data: *mut core::ffi::c_void) {
         let Some(this) = Self::get() else { return };
-        pr_info!("mitosis: device {} removed: closing its connections\n", kernel::str::BStr::from_bytes(name_of(dev)));
+        pr_info!(
+            "mitosis: device {} removed: closing its connections\n",
+            kernel::str::BStr::from_bytes(name_of(dev))
+        );
         (this.on_remove)(dev);
         crate::util::remove_first(&mut this.devices.lock(), |&d| d == dev);
     }
@@ -142,13 +151,20 @@ impl DeviceClient {
     }
 }
 
-#[pinned_drop]
-impl PinnedDrop for DeviceClient {
-    fn drop(self: Pin<&mut Self>) {
-        if self.registered {
-            // SAFETY: registered in `register`; `remove` runs for each device first.
+impl DeviceClient {
+    /// Unregisters the client (idempotent): `remove` runs for every device first.
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: registered in `register`.
             unsafe { bindings::ib_unregister_client(self.client.get()) };
             CLIENT.store(ptr::null_mut(), Ordering::Release);
         }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for DeviceClient {
+    fn drop(self: Pin<&mut Self>) {
+        self.unregister();
     }
 }

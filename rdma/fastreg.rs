@@ -86,36 +86,63 @@ impl Registration {
             unsafe { bindings::sg_init_table(sg.as_mut_ptr(), n as u32) };
             for (i, page) in slice.iter().enumerate() {
                 // SAFETY: `i < n`; `page` is owned by the set, which outlives the mapping.
-                unsafe { bindings::mitosis_sg_set_page(sg.as_mut_ptr().add(i), page.as_ptr().cast()) };
+                unsafe {
+                    bindings::mitosis_sg_set_page(sg.as_mut_ptr().add(i), page.as_ptr().cast())
+                };
             }
             // SAFETY: `sg` is an initialised table of `n` entries on `dev`.
             let mapped = unsafe {
-                bindings::mitosis_ib_dma_map_sg(dev, sg.as_mut_ptr(), n as i32, bindings::dma_data_direction_DMA_TO_DEVICE)
+                bindings::mitosis_ib_dma_map_sg(
+                    dev,
+                    sg.as_mut_ptr(),
+                    n as i32,
+                    bindings::dma_data_direction_DMA_TO_DEVICE,
+                )
             };
             if mapped <= 0 {
                 return Err(ENOMEM);
             }
             // SAFETY: `pd` is live.
             let mr = match from_err_ptr(unsafe {
-                bindings::ib_alloc_mr(pd.as_ptr(), bindings::ib_mr_type_IB_MR_TYPE_MEM_REG, n as u32)
+                bindings::ib_alloc_mr(
+                    pd.as_ptr(),
+                    bindings::ib_mr_type_IB_MR_TYPE_MEM_REG,
+                    n as u32,
+                )
             }) {
                 Ok(mr) => mr,
                 Err(e) => {
                     // SAFETY: mapped just above.
                     unsafe {
-                        bindings::mitosis_ib_dma_unmap_sg(dev, sg.as_mut_ptr(), n as i32, bindings::dma_data_direction_DMA_TO_DEVICE)
+                        bindings::mitosis_ib_dma_unmap_sg(
+                            dev,
+                            sg.as_mut_ptr(),
+                            n as i32,
+                            bindings::dma_data_direction_DMA_TO_DEVICE,
+                        )
                     };
                     return Err(e);
                 }
             };
-            let chunk = Chunk { mr: NonNull::new(mr).ok_or(ENOMEM)?, sg, mapped, dev };
+            let chunk = Chunk {
+                mr: NonNull::new(mr).ok_or(ENOMEM)?,
+                sg,
+                mapped,
+                dev,
+            };
             // SAFETY: `mr` is live and unregistered; a fresh key byte makes stale keys of
             // earlier uses of this MR fail.
             unsafe { bindings::mitosis_ib_update_fast_reg_key(mr) };
             // SAFETY: the mapped scatterlist has `mapped` entries; page-sized entries fit
             // the MR (allocated for `n` pages).
             let nmapped = unsafe {
-                bindings::ib_map_mr_sg(mr, chunk.sg.as_ptr() as *mut _, mapped, core::ptr::null_mut(), PAGE_SIZE as u32)
+                bindings::ib_map_mr_sg(
+                    mr,
+                    chunk.sg.as_ptr() as *mut _,
+                    mapped,
+                    core::ptr::null_mut(),
+                    PAGE_SIZE as u32,
+                )
             };
             if nmapped != mapped {
                 return Err(EINVAL);
@@ -133,7 +160,14 @@ impl Registration {
             chunks.push(chunk, GFP_KERNEL)?;
             wrs.push(wr, GFP_KERNEL)?;
         }
-        Ok((Registration { chunks, chunk_pages, pages }, wrs))
+        Ok((
+            Registration {
+                chunks,
+                chunk_pages,
+                pages,
+            },
+            wrs,
+        ))
     }
 
     /// Bytes covered by each key (the last may cover less).

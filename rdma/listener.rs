@@ -57,7 +57,9 @@ impl Listener {
         sa.sin_family = bindings::AF_INET as u16;
         sa.sin_port = port.to_be();
         // SAFETY: `id` is live; `sa` is a valid wildcard `sockaddr_in`.
-        kernel::error::to_result(unsafe { bindings::rdma_bind_addr(id.as_ptr(), &mut sa as *mut _ as *mut bindings::sockaddr) })?;
+        kernel::error::to_result(unsafe {
+            bindings::rdma_bind_addr(id.as_ptr(), &mut sa as *mut _ as *mut bindings::sockaddr)
+        })?;
         // SAFETY: `id` is bound.
         kernel::error::to_result(unsafe { bindings::rdma_listen(id.as_ptr(), 64) })?;
         Ok(listener)
@@ -77,7 +79,10 @@ impl Drop for Listener {
 }
 
 /// CONNECT_REQUEST on the listener: accept the new id as a server connection.
-pub(crate) fn on_connect_request(id: *mut bindings::rdma_cm_id, event: &bindings::rdma_cm_event) -> Result {
+pub(crate) fn on_connect_request(
+    id: *mut bindings::rdma_cm_id,
+    event: &bindings::rdma_cm_event,
+) -> Result {
     let hooks = HOOKS.load(Ordering::Acquire);
     if hooks.is_null() {
         return Err(crate::errno::econnrefused());

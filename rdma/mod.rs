@@ -67,12 +67,14 @@ pub(crate) fn count(c: &AtomicU64, n: u64) {
 }
 
 /// The module's workqueue (connection teardown runs there, outside CM handlers).
-static WORKQUEUE: AtomicPtr<crate::bindings::workqueue_struct> = AtomicPtr::new(core::ptr::null_mut());
+static WORKQUEUE: AtomicPtr<crate::bindings::workqueue_struct> =
+    AtomicPtr::new(core::ptr::null_mut());
 
 /// Creates the workqueue; called once at module load before anything can queue work.
 pub(crate) fn start_workqueue() -> kernel::error::Result {
     // SAFETY: the format is a NUL-terminated string without conversions.
-    let wq = unsafe { crate::bindings::alloc_workqueue(kernel::c_str!("mitosis").as_char_ptr(), 0, 0) };
+    let wq =
+        unsafe { crate::bindings::alloc_workqueue(kernel::c_str!("mitosis").as_char_ptr(), 0, 0) };
     if wq.is_null() {
         return Err(kernel::error::code::ENOMEM);
     }

@@ -71,7 +71,14 @@ impl Cq {
         };
         // SAFETY: `dev` is a registered device.
         let cq = from_err_ptr(unsafe {
-            bindings::__ib_alloc_cq(dev, core::ptr::null_mut(), entries, 0, ctx, CALLER.as_char_ptr())
+            bindings::__ib_alloc_cq(
+                dev,
+                core::ptr::null_mut(),
+                entries,
+                0,
+                ctx,
+                CALLER.as_char_ptr(),
+            )
         })?;
         NonNull::new(cq).map(Cq).ok_or(ENOMEM)
     }
@@ -109,7 +116,10 @@ pub(crate) struct DmaPage {
 
 impl DmaPage {
     /// Allocates a zeroed page and maps it for `dev`.
-    pub(crate) fn new(dev: *mut bindings::ib_device, dir: bindings::dma_data_direction) -> Result<Self> {
+    pub(crate) fn new(
+        dev: *mut bindings::ib_device,
+        dir: bindings::dma_data_direction,
+    ) -> Result<Self> {
         let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
         // SAFETY: `dev` is registered and `page` is a valid page we own.
         let addr = unsafe { bindings::mitosis_ib_dma_map_page(dev, page.as_ptr().cast(), dir) };
@@ -117,7 +127,12 @@ impl DmaPage {
         if unsafe { bindings::mitosis_ib_dma_mapping_error(dev, addr) } != 0 {
             return Err(ENOMEM);
         }
-        Ok(DmaPage { page, dev, addr, dir })
+        Ok(DmaPage {
+            page,
+            dev,
+            addr,
+            dir,
+        })
     }
 
     /// The address the device uses (never a physical address: rxe maps to virtual).

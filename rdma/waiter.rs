@@ -77,8 +77,11 @@ impl Waiter {
         let (cqe, status) = unsafe { ((*wc).__bindgen_anon_1.wr_cqe, (*wc).status) };
         // SAFETY: `cqe` is the `cqe` field of a `Waiter` (see above); `Opaque` is
         // `repr(transparent)`.
-        let this = unsafe { &*kernel::container_of!(cqe as *const Opaque<bindings::ib_cqe>, Waiter, cqe) };
-        let _ = this.status.compare_exchange(PENDING, status, Ordering::AcqRel, Ordering::Relaxed);
+        let this =
+            unsafe { &*kernel::container_of!(cqe as *const Opaque<bindings::ib_cqe>, Waiter, cqe) };
+        let _ = this
+            .status
+            .compare_exchange(PENDING, status, Ordering::AcqRel, Ordering::Relaxed);
         // SAFETY: the completion is initialised (type invariant).
         unsafe { bindings::complete(this.completion.get()) };
     }

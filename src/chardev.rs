@@ -133,26 +133,46 @@ unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> i
 fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
     let (dir, ty, nr, size) = abi::decode(cmd);
     let known = abi::COMMANDS.iter().find(|(n, _, _)| *n == nr);
-    let Some(&(_, _, name)) = known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE) else {
+    let Some(&(_, _, name)) = known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE)
+    else {
         log_rejected(format_args!("unknown command {cmd:#x} (ENOTTY)"));
         return Err(ENOTTY);
     };
     match cmd_nr(nr) {
         Cmd::Version => call(name, size, arg, false, |a: &mut abi::VersionArgs| {
-            require(a._pad == 0 && a.module_version == [0; 32] && a.module_abi_version == 0, name, "output fields not zero")?;
+            require(
+                a._pad == 0 && a.module_version == [0; 32] && a.module_abi_version == 0,
+                name,
+                "output fields not zero",
+            )?;
             a.module_abi_version = abi::ABI_VERSION;
             let v = crate::MODULE_VERSION.as_bytes();
             a.module_version[..v.len()].copy_from_slice(v);
             Ok(())
         }),
         Cmd::Status => call(name, size, arg, true, |a: &mut abi::StatusArgs| {
-            require(*a == abi::StatusArgs { hdr: a.hdr, ..Default::default() }, name, "output fields not zero")?;
+            require(
+                *a == abi::StatusArgs {
+                    hdr: a.hdr,
+                    ..Default::default()
+                },
+                name,
+                "output fields not zero",
+            )?;
             state::get().status(a);
             Ok(())
         }),
         Cmd::RegionCreate => call(name, size, arg, true, |a: &mut abi::RegionCreateArgs| {
-            require(a.region_id == 0 && a.secret == [0; 16], name, "output fields not zero")?;
-            require(a.size != 0 && a.size % 4096 == 0 && a.size <= abi::MAX_REGION_BYTES, name, "size not a multiple of 4096 in 4 KiB..256 MiB")?;
+            require(
+                a.region_id == 0 && a.secret == [0; 16],
+                name,
+                "output fields not zero",
+            )?;
+            require(
+                a.size != 0 && a.size % 4096 == 0 && a.size <= abi::MAX_REGION_BYTES,
+                name,
+                "size not a multiple of 4096 in 4 KiB..256 MiB",
+            )?;
             let (id, secret) = state::get().create_region(a.size, a.pattern_seed)?;
             a.region_id = id;
             a.secret = secret;
@@ -163,17 +183,32 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
         }),
         Cmd::RemoteOpen => call(name, size, arg, true, |a: &mut abi::RemoteOpenArgs| {
             require(a._pad == 0 && a._pad2 == 0, name, "padding not zero")?;
-            require(a.handle == 0 && a.size == 0 && a.connect_ns == 0 && a.open_ns == 0, name, "output fields not zero")?;
+            require(
+                a.handle == 0 && a.size == 0 && a.connect_ns == 0 && a.open_ns == 0,
+                name,
+                "output fields not zero",
+            )?;
             require(a.peer_addr != 0, name, "no peer address")?;
             if st.remotes.lock().len() >= MAX_HANDLES_PER_FILE {
                 return Err(EMFILE);
             }
-            let port = if a.peer_port == 0 { default_port() } else { a.peer_port };
-            let timeout = if a.timeout_ms == 0 { state::connect_timeout_ms() } else { a.timeout_ms };
+            let port = if a.peer_port == 0 {
+                default_port()
+            } else {
+                a.peer_port
+            };
+            let timeout = if a.timeout_ms == 0 {
+                state::connect_timeout_ms()
+            } else {
+                a.timeout_ms
+            };
             let (conn, connect_ns) = state::get().connection_to(a.peer_addr, port, timeout)?;
             let start = kernel::time::Ktime::ktime_get();
             let handle = st.next_handle.fetch_add(1, Ordering::Relaxed);
-            let remote = Arc::new(RemoteRegion::open(conn, handle, a.region_id, a.secret)?, GFP_KERNEL)?;
+            let remote = Arc::new(
+                RemoteRegion::open(conn, handle, a.region_id, a.secret)?,
+                GFP_KERNEL,
+            )?;
             a.open_ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
             a.connect_ns = connect_ns;
             a.handle = handle;
@@ -183,10 +218,28 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
         }),
         Cmd::RemoteRead => call(name, size, arg, true, |a: &mut abi::RemoteReadArgs| {
             require(a.flags & !read_flags::ALL == 0, name, "unknown flags")?;
-            require(a.batch_pages >= 1 && a.batch_pages <= abi::MAX_BATCH_PAGES, name, "batch_pages not in 1..=64")?;
-            require(a.offset % 4096 == 0 && a.length % 4096 == 0 && a.length != 0, name, "offset/length not page multiples")?;
-            require(a.elapsed_ns == 0 && a.doorbells == 0 && a.reads == 0, name, "output fields not zero")?;
-            let remote = st.remotes.lock().iter().find(|r| r.handle == a.handle).cloned().ok_or(ENOENT)?;
+            require(
+                a.batch_pages >= 1 && a.batch_pages <= abi::MAX_BATCH_PAGES,
+                name,
+                "batch_pages not in 1..=64",
+            )?;
+            require(
+                a.offset % 4096 == 0 && a.length % 4096 == 0 && a.length != 0,
+                name,
+                "offset/length not page multiples",
+            )?;
+            require(
+                a.elapsed_ns == 0 && a.doorbells == 0 && a.reads == 0,
+                name,
+                "output fields not zero",
+            )?;
+            let remote = st
+                .remotes
+                .lock()
+                .iter()
+                .find(|r| r.handle == a.handle)
+                .cloned()
+                .ok_or(ENOENT)?;
             let len = usize::try_from(a.length).map_err(|_| EINVAL)?;
             let out = UserSlice::new(a.user_buf as UserPtr, len).writer();
             let start = kernel::time::Ktime::ktime_get();
@@ -197,7 +250,8 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
             Ok(())
         }),
         Cmd::RemoteClose => call(name, size, arg, true, |a: &mut abi::RemoteCloseArgs| {
-            let r = crate::util::remove_first(&mut st.remotes.lock(), |r| r.handle == a.handle).ok_or(ENOENT)?;
+            let r = crate::util::remove_first(&mut st.remotes.lock(), |r| r.handle == a.handle)
+                .ok_or(ENOENT)?;
             r.close();
             Ok(())
         }),
@@ -248,7 +302,13 @@ fn default_port() -> u16 {
 }
 
 /// Reads `T`, runs `f` on it, writes it back.
-fn call<T: Pod>(name: &str, size: usize, arg: usize, check_version: bool, f: impl FnOnce(&mut T) -> Result) -> Result {
+fn call<T: Pod>(
+    name: &str,
+    size: usize,
+    arg: usize,
+    check_version: bool,
+    f: impl FnOnce(&mut T) -> Result,
+) -> Result {
     let mut a: T = read_args(name, size, arg, check_version)?;
     f(&mut a)?;
     write_args(arg, &a)

@@ -24,7 +24,11 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
     let (hdr, body) = match wire::decode(msg) {
         Ok(v) => v,
         Err(e) => {
-            pr_warn!("mitosis: malformed control message from {} ({:?}), dropped\n", Ipv4(conn.peer().0), e);
+            pr_warn!(
+                "mitosis: malformed control message from {} ({:?}), dropped\n",
+                Ipv4(conn.peer().0),
+                e
+            );
             return;
         }
     };
@@ -39,16 +43,20 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
             };
             REGION_OPENS_REFUSED.fetch_add(1, Ordering::Relaxed);
             let _ = conn.reply(state::io_timeout_ms(), &mut [], |buf| {
-                wire::encode_status(Kind::OpenRegionReply, hdr.seq, status.to_errno(), buf).map_err(|_| EINVAL)
+                wire::encode_status(Kind::OpenRegionReply, hdr.seq, status.to_errno(), buf)
+                    .map_err(|_| EINVAL)
             });
         }
         Kind::CloseRegion => {
             if let Ok(req) = CloseRegion::decode(body) {
-                conn.remove_registration(req.region_id);
+                conn.release_registration(req.region_id);
             }
         }
         Kind::OpenRegionReply => {
-            pr_warn!("mitosis: unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
+            pr_warn!(
+                "mitosis: unexpected reply from {}, dropped\n",
+                Ipv4(conn.peer().0)
+            );
         }
     }
 }
@@ -56,17 +64,44 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
 fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     let peer = Ipv4(conn.peer().0);
     let region = state::get().find_region(req.region_id).ok_or_else(|| {
-        pr_info!("mitosis: {} asked for unknown region {}\n", peer, req.region_id);
+        pr_info!(
+            "mitosis: {} asked for unknown region {}\n",
+            peer,
+            req.region_id
+        );
         ENOENT
     })?;
     if !region.secret_matches(&req.secret) {
-        pr_warn!("mitosis: {} gave a wrong secret for region {}\n", peer, req.region_id);
+        pr_warn!(
+            "mitosis: {} gave a wrong secret for region {}\n",
+            peer,
+            req.region_id
+        );
         return Err(errno::eacces());
+    }
+    // Opened before by this peer: share that registration.
+    if let Some((chunk_bytes, rkeys)) = conn.reopen_registration(region.id)? {
+        let sent = conn.reply(state::io_timeout_ms(), &mut [], |buf| {
+            OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf)
+                .map_err(|_| EINVAL)
+        });
+        if sent.is_err() {
+            conn.release_registration(region.id);
+            return sent;
+        }
+        REGION_OPENS.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
     }
     let (reg, mut wrs) = conn.with_pd(|pd, dev| {
         // SAFETY: `dev` is the connection's live device.
         let max = unsafe { (*dev).attrs.max_fast_reg_page_list_len } as usize;
-        Registration::new(region.pages.clone(), pd, dev, max.min(MAX_CHUNK_PAGES), conn.reply_cqe())
+        Registration::new(
+            region.pages.clone(),
+            pd,
+            dev,
+            max.min(MAX_CHUNK_PAGES),
+            conn.reply_cqe(),
+        )
     })?;
     let chunk_bytes = reg.chunk_bytes();
     let mut rkeys = KVec::with_capacity(wrs.len(), GFP_KERNEL)?;
@@ -83,7 +118,8 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
         return Err(ENOENT);
     }
     let sent = conn.reply(state::io_timeout_ms(), &mut wrs, |buf| {
-        OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf).map_err(|_| EINVAL)
+        OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf)
+            .map_err(|_| EINVAL)
     });
     if sent.is_err() {
         conn.remove_registration(region.id);

@@ -30,7 +30,11 @@ pub(crate) struct Region {
 impl Region {
     /// Compares `secret` in constant time.
     pub(crate) fn secret_matches(&self, secret: &[u8; 16]) -> bool {
-        let diff = self.secret.iter().zip(secret.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = self
+            .secret
+            .iter()
+            .zip(secret.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         core::hint::black_box(diff) == 0
     }
 
@@ -47,7 +51,10 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) const fn new() -> Self {
-        Registry { next_id: 1, regions: KVec::new() }
+        Registry {
+            next_id: 1,
+            regions: KVec::new(),
+        }
     }
 
     /// Publishes a region of `size` bytes filled with the pattern of `seed`.
@@ -74,7 +81,16 @@ impl Registry {
         // SAFETY: `secret` is valid for writing 16 bytes.
         unsafe { bindings::get_random_bytes(secret.as_mut_ptr().cast(), secret.len()) };
         let id = self.next_id;
-        let region = Arc::new(Region { id, secret, size, pages: Arc::new(pages, GFP_KERNEL)?, live: AtomicBool::new(true) }, GFP_KERNEL)?;
+        let region = Arc::new(
+            Region {
+                id,
+                secret,
+                size,
+                pages: Arc::new(pages, GFP_KERNEL)?,
+                live: AtomicBool::new(true),
+            },
+            GFP_KERNEL,
+        )?;
         self.regions.push(region, GFP_KERNEL)?;
         self.next_id += 1;
         Ok((id, secret))

@@ -30,7 +30,12 @@ pub(crate) struct ReadOutcome {
 
 impl RemoteRegion {
     /// Opens region `region_id` of the peer over `conn`.
-    pub(crate) fn open(conn: Arc<Connection>, handle: u64, region_id: u64, secret: [u8; 16]) -> Result<Self> {
+    pub(crate) fn open(
+        conn: Arc<Connection>,
+        handle: u64,
+        region_id: u64,
+        secret: [u8; 16],
+    ) -> Result<Self> {
         let req = OpenRegion { region_id, secret };
         let (size, chunk_bytes, rkeys) = conn.rpc(
             state::io_timeout_ms(),
@@ -50,21 +55,41 @@ impl RemoteRegion {
                 Ok((r.size, r.chunk_bytes, keys))
             },
         )?;
-        Ok(RemoteRegion { handle, conn, region_id, size, chunk_bytes, rkeys })
+        Ok(RemoteRegion {
+            handle,
+            conn,
+            region_id,
+            size,
+            chunk_bytes,
+            rkeys,
+        })
     }
 
-    /// Remote address and key of the page at `off`. Past the end (only with
-    /// `UNCHECKED`), the last key with an address past its registration.
+    /// Remote address and key of the page at `off`: the address is the region offset
+    /// itself (each registration's I/O addresses start at its chunk's offset). Past the
+    /// end (only with `UNCHECKED`), the last key, with an address outside it.
     fn locate(&self, off: u64) -> Option<(u64, u32)> {
         let last = self.rkeys.len().checked_sub(1)?;
         let chunk = ((off / self.chunk_bytes) as usize).min(last);
-        Some((off - chunk as u64 * self.chunk_bytes, self.rkeys[chunk]))
+        Some((off, *self.rkeys.get(chunk)?))
     }
 
     /// Reads `[offset, offset + length)` into `out`, `batch` pages per doorbell.
-    pub(crate) fn read(&self, offset: u64, length: u64, mut out: UserSliceWriter, batch: usize, flags: u32) -> Result<ReadOutcome> {
+    pub(crate) fn read(
+        &self,
+        offset: u64,
+        length: u64,
+        mut out: UserSliceWriter,
+        batch: usize,
+        flags: u32,
+    ) -> Result<ReadOutcome> {
         let page = PAGE_SIZE as u64;
-        if offset % page != 0 || length % page != 0 || length == 0 || batch == 0 || batch > MAX_READ_BATCH {
+        if offset % page != 0
+            || length % page != 0
+            || length == 0
+            || batch == 0
+            || batch > MAX_READ_BATCH
+        {
             return Err(EINVAL);
         }
         let end = offset.checked_add(length).ok_or(errno::erange())?;
@@ -73,15 +98,22 @@ impl RemoteRegion {
         }
         let bufs = self.conn.alloc_read_buffers(batch)?;
         let mut remote = KVec::with_capacity(batch, GFP_KERNEL)?;
-        let mut outcome = ReadOutcome { doorbells: 0, reads: 0 };
+        let mut outcome = ReadOutcome {
+            doorbells: 0,
+            reads: 0,
+        };
         let mut off = offset;
         while off < end {
             let n = (((end - off) / page) as usize).min(batch);
             remote.clear_for_reuse();
             for i in 0..n {
-                remote.push(self.locate(off + i as u64 * page).ok_or(EINVAL)?, GFP_KERNEL)?;
+                remote.push(
+                    self.locate(off + i as u64 * page).ok_or(EINVAL)?,
+                    GFP_KERNEL,
+                )?;
             }
-            self.conn.read_pages(&remote, &bufs, state::io_timeout_ms())?;
+            self.conn
+                .read_pages(&remote, &bufs, state::io_timeout_ms())?;
             for b in &bufs[..n] {
                 out.write_slice(b.bytes())?;
             }
@@ -95,8 +127,12 @@ impl RemoteRegion {
     /// Tells the peer we are done (best effort: its registration also ends with the
     /// connection).
     pub(crate) fn close(&self) {
-        let req = CloseRegion { region_id: self.region_id };
-        let _ = self.conn.notify(state::io_timeout_ms(), |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL));
+        let req = CloseRegion {
+            region_id: self.region_id,
+        };
+        let _ = self.conn.notify(state::io_timeout_ms(), |seq, buf| {
+            req.encode(seq, buf).map_err(|_| EINVAL)
+        });
     }
 }
 

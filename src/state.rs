@@ -111,7 +111,11 @@ impl Mitosis {
             unsafe { Pin::new_unchecked(&mut fields.devices) }.register()?;
             if listen_port() != 0 {
                 let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
-                    pr_err!("mitosis: cannot listen on port {}: {:?}\n", listen_port(), e);
+                    pr_err!(
+                        "mitosis: cannot listen on port {}: {:?}\n",
+                        listen_port(),
+                        e
+                    );
                 })?;
                 *fields.listener.lock() = Some(l);
             }
@@ -136,12 +140,18 @@ impl Mitosis {
             c.teardown();
         }
         rdma::stop_workqueue();
+        self.devices.unregister();
         self.regions.lock().clear();
     }
 
     /// A pooled connection to `addr:port`, connecting if there is none. Returns it and
     /// the time spent connecting (0 when pooled).
-    pub(crate) fn connection_to(&self, addr: u32, port: u16, timeout_ms: u32) -> Result<(Arc<Connection>, u64)> {
+    pub(crate) fn connection_to(
+        &self,
+        addr: u32,
+        port: u16,
+        timeout_ms: u32,
+    ) -> Result<(Arc<Connection>, u64)> {
         let _serial = self.connect_lock.lock();
         {
             let mut pool = self.pool.lock();
@@ -154,9 +164,15 @@ impl Mitosis {
             }
         }
         let start = kernel::time::Ktime::ktime_get();
-        let conn = Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
-            pr_info!("mitosis: connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
-        })?;
+        let conn =
+            Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
+                pr_info!(
+                    "mitosis: connecting to {}:{} failed: {:?}\n",
+                    Ipv4(addr),
+                    port,
+                    e
+                );
+            })?;
         let ns = (kernel::time::Ktime::ktime_get() - start).to_ns().max(1) as u64;
         self.pool.lock().push(conn.clone(), GFP_KERNEL)?;
         Ok((conn, ns))

@@ -30,32 +30,55 @@ pub(crate) fn log_rejected(args: core::fmt::Arguments<'_>) {
 /// `EMSGSIZE`; longer is accepted only if the extra bytes are zero (else `E2BIG`), like
 /// `copy_struct_from_user()`. The header must repeat the size (`EBADMSG`) and, when
 /// `check_version`, carry [`ABI_VERSION`] (`EPROTO`).
-pub(crate) fn read_args<T: Pod>(name: &str, size: usize, arg: usize, check_version: bool) -> Result<T> {
+pub(crate) fn read_args<T: Pod>(
+    name: &str,
+    size: usize,
+    arg: usize,
+    check_version: bool,
+) -> Result<T> {
     let want = core::mem::size_of::<T>();
     if size < want {
-        log_rejected(format_args!("{name}: struct of {size} bytes, at least {want} needed (EMSGSIZE)"));
+        log_rejected(format_args!(
+            "{name}: struct of {size} bytes, at least {want} needed (EMSGSIZE)"
+        ));
         return Err(errno::emsgsize());
     }
     if size > MAX_ARG_SIZE {
-        log_rejected(format_args!("{name}: struct of {size} bytes, over {MAX_ARG_SIZE} (E2BIG)"));
+        log_rejected(format_args!(
+            "{name}: struct of {size} bytes, over {MAX_ARG_SIZE} (E2BIG)"
+        ));
         return Err(E2BIG);
     }
     let mut bytes = KVec::new();
-    if UserSlice::new(arg as UserPtr, size).read_all(&mut bytes, GFP_KERNEL).is_err() {
-        log_rejected(format_args!("{name}: argument at {arg:#x} not readable (EFAULT)"));
+    if UserSlice::new(arg as UserPtr, size)
+        .read_all(&mut bytes, GFP_KERNEL)
+        .is_err()
+    {
+        log_rejected(format_args!(
+            "{name}: argument at {arg:#x} not readable (EFAULT)"
+        ));
         return Err(EFAULT);
     }
     if bytes[want..].iter().any(|&b| b != 0) {
-        log_rejected(format_args!("{name}: {} unknown trailing bytes not zero (E2BIG)", size - want));
+        log_rejected(format_args!(
+            "{name}: {} unknown trailing bytes not zero (E2BIG)",
+            size - want
+        ));
         return Err(E2BIG);
     }
     let hdr = Header::from_bytes(&bytes).ok_or(EFAULT)?;
     if hdr.size as usize != size {
-        log_rejected(format_args!("{name}: header says {} bytes, ioctl number {size} (EBADMSG)", hdr.size));
+        log_rejected(format_args!(
+            "{name}: header says {} bytes, ioctl number {size} (EBADMSG)",
+            hdr.size
+        ));
         return Err(errno::ebadmsg());
     }
     if check_version && hdr.abi_version != ABI_VERSION {
-        log_rejected(format_args!("{name}: ABI version {}, module speaks {ABI_VERSION} (EPROTO)", hdr.abi_version));
+        log_rejected(format_args!(
+            "{name}: ABI version {}, module speaks {ABI_VERSION} (EPROTO)",
+            hdr.abi_version
+        ));
         return Err(errno::eproto());
     }
     T::from_bytes(&bytes).ok_or(EFAULT)
@@ -63,7 +86,9 @@ pub(crate) fn read_args<T: Pod>(name: &str, size: usize, arg: usize, check_versi
 
 /// Writes `value` back to user address `arg` (only the bytes of `T`).
 pub(crate) fn write_args<T: Pod>(arg: usize, value: &T) -> Result {
-    UserSlice::new(arg as UserPtr, core::mem::size_of::<T>()).writer().write_slice(value.as_bytes())
+    UserSlice::new(arg as UserPtr, core::mem::size_of::<T>())
+        .writer()
+        .write_slice(value.as_bytes())
 }
 
 /// `EINVAL` with a log line unless `ok`.

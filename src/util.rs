@@ -21,7 +21,10 @@ pub(crate) fn swap_remove<T, A: Allocator>(v: &mut Vec<T, A>, i: usize) -> Optio
 }
 
 /// Removes the first element matching `pred`.
-pub(crate) fn remove_first<T, A: Allocator>(v: &mut Vec<T, A>, pred: impl FnMut(&T) -> bool) -> Option<T> {
+pub(crate) fn remove_first<T, A: Allocator>(
+    v: &mut Vec<T, A>,
+    pred: impl FnMut(&T) -> bool,
+) -> Option<T> {
     let i = v.iter().position(pred)?;
     swap_remove(v, i)
 }

@@ -70,7 +70,10 @@ pub struct Header {
 impl Header {
     /// A header for an argument struct of type `T` at this ABI version.
     pub const fn for_struct<T>() -> Self {
-        Header { abi_version: ABI_VERSION, size: core::mem::size_of::<T>() as u32 }
+        Header {
+            abi_version: ABI_VERSION,
+            size: core::mem::size_of::<T>() as u32,
+        }
     }
 }
 
@@ -86,7 +89,10 @@ pub unsafe trait Pod: Copy + Default {
         // SAFETY: `Self: Pod` has no padding bytes that are uninitialised (all padding is
         // explicit fields) and lives for the returned borrow.
         unsafe {
-            core::slice::from_raw_parts(self as *const Self as *const u8, core::mem::size_of::<Self>())
+            core::slice::from_raw_parts(
+                self as *const Self as *const u8,
+                core::mem::size_of::<Self>(),
+            )
         }
     }
 
@@ -177,6 +183,18 @@ pub struct Counters {
     /// Memory registrations (fast-reg MRs) live for peers.
     pub mrs_live: u64,
     pub _reserved: [u64; 1],
+}
+
+impl DeviceInfo {
+    /// The device name up to its NUL ("?" if not UTF-8).
+    pub fn name_str(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
 }
 
 pub const MAX_DEVICES: usize = 4;

@@ -99,8 +99,14 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        let end = self.pos.checked_add(bytes.len()).ok_or(WireError::TooLarge)?;
-        self.buf.get_mut(self.pos..end).ok_or(WireError::TooLarge)?.copy_from_slice(bytes);
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .ok_or(WireError::TooLarge)?;
+        self.buf
+            .get_mut(self.pos..end)
+            .ok_or(WireError::TooLarge)?
+            .copy_from_slice(bytes);
         self.pos = end;
         Ok(())
     }
@@ -113,7 +119,13 @@ fn check_room(buf: &[u8], total: usize) -> Result<(), WireError> {
     Ok(())
 }
 
-fn put_header(w: &mut Writer<'_>, kind: Kind, seq: u64, status: i32, body_len: usize) -> Result<(), WireError> {
+fn put_header(
+    w: &mut Writer<'_>,
+    kind: Kind,
+    seq: u64,
+    status: i32,
+    body_len: usize,
+) -> Result<(), WireError> {
     w.put(&MAGIC.to_le_bytes())?;
     w.put(&WIRE_VERSION.to_le_bytes())?;
     w.put(&(kind as u16).to_le_bytes())?;
@@ -139,11 +151,21 @@ pub fn decode(buf: &[u8]) -> Result<(MsgHeader, &[u8]), WireError> {
     let seq = c.u64()?;
     let status = c.u32()? as i32;
     let body_len = c.u32()?;
-    let body = c.take(body_len as usize).map_err(|_| WireError::BadLength)?;
+    let body = c
+        .take(body_len as usize)
+        .map_err(|_| WireError::BadLength)?;
     if c.pos != buf.len() {
         return Err(WireError::BadLength);
     }
-    Ok((MsgHeader { kind, seq, status, body_len }, body))
+    Ok((
+        MsgHeader {
+            kind,
+            seq,
+            status,
+            body_len,
+        },
+        body,
+    ))
 }
 
 /// Body of [`Kind::OpenRegion`].
@@ -181,8 +203,9 @@ impl OpenRegion {
 
 /// Body of a successful [`Kind::OpenRegionReply`]: the region is registered for this
 /// connection as `rkeys.len()` memory regions of `chunk_bytes` each (the last may be
-/// shorter); byte `off` of the region is at remote address `off % chunk_bytes` of the
-/// region keyed `rkeys[off / chunk_bytes]` (each registration's address space starts at 0).
+/// shorter); byte `off` of the region is at remote address `off` with the key
+/// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
+/// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenRegionReply<'a> {
     pub size: u64,
@@ -204,7 +227,9 @@ impl<'a> OpenRegionReply<'a> {
 
     /// The `i`th rkey.
     pub fn rkey(&self, i: usize) -> Option<u32> {
-        let s = self.rkeys.get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
+        let s = self
+            .rkeys
+            .get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
         Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
@@ -247,12 +272,21 @@ impl<'a> OpenRegionReply<'a> {
         if size.div_ceil(chunk_bytes) != n as u64 {
             return Err(WireError::BadLength);
         }
-        Ok(OpenRegionReply { size, chunk_bytes, rkeys })
+        Ok(OpenRegionReply {
+            size,
+            chunk_bytes,
+            rkeys,
+        })
     }
 }
 
 /// Encodes an error reply (`status` < 0) of `kind` with an empty body.
-pub fn encode_status(kind: Kind, seq: u64, status: i32, buf: &mut [u8]) -> Result<usize, WireError> {
+pub fn encode_status(
+    kind: Kind,
+    seq: u64,
+    status: i32,
+    buf: &mut [u8],
+) -> Result<usize, WireError> {
     check_room(buf, HEADER_LEN)?;
     let mut w = Writer { buf, pos: 0 };
     put_header(&mut w, kind, seq, status, 0)?;
@@ -281,6 +315,8 @@ impl CloseRegion {
             return Err(WireError::BadLength);
         }
         let mut c = Cursor { buf: body, pos: 0 };
-        Ok(CloseRegion { region_id: c.u64()? })
+        Ok(CloseRegion {
+            region_id: c.u64()?,
+        })
     }
 }

@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-pub use mitosis_abi::ioctl::{Counters, DeviceInfo, StatusArgs};
 use mitosis_abi::ioctl::{self as abi, Header, Pod};
+pub use mitosis_abi::ioctl::{Counters, DeviceInfo, StatusArgs};
 
 /// Default device node.
 pub const DEVICE_PATH: &str = "/dev/mitosis";
@@ -63,13 +63,6 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-impl DeviceInfo {
-    /// The device name as a string.
-    pub fn name_str(&self) -> String {
-        c_string(&self.name)
-    }
-}
-
 impl Mitosis {
     /// Opens [`DEVICE_PATH`].
     pub fn open() -> io::Result<Self> {
@@ -105,12 +98,21 @@ impl Mitosis {
 
     /// Pings the module: returns its ABI and module version.
     pub fn version(&self) -> io::Result<Version> {
-        let mut a = abi::VersionArgs { cookie: 0x6d69_746f_7369_7321, ..Default::default() };
+        let mut a = abi::VersionArgs {
+            cookie: 0x6d69_746f_7369_7321,
+            ..Default::default()
+        };
         self.call(abi::IOC_VERSION, &mut a)?;
         if a.cookie != 0x6d69_746f_7369_7321 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "ping cookie not echoed"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ping cookie not echoed",
+            ));
         }
-        Ok(Version { abi_version: a.module_abi_version, module_version: c_string(&a.module_version) })
+        Ok(Version {
+            abi_version: a.module_abi_version,
+            module_version: c_string(&a.module_version),
+        })
     }
 
     /// Devices, connections and counters.
@@ -122,13 +124,23 @@ impl Mitosis {
 
     /// Publishes a kernel region of `size` bytes filled with the pattern of `seed`.
     pub fn region_create(&self, size: u64, seed: u64) -> io::Result<RegionId> {
-        let mut a = abi::RegionCreateArgs { size, pattern_seed: seed, ..Default::default() };
+        let mut a = abi::RegionCreateArgs {
+            size,
+            pattern_seed: seed,
+            ..Default::default()
+        };
         self.call(abi::IOC_REGION_CREATE, &mut a)?;
-        Ok(RegionId { id: a.region_id, secret: a.secret })
+        Ok(RegionId {
+            id: a.region_id,
+            secret: a.secret,
+        })
     }
 
     pub fn region_destroy(&self, id: u64) -> io::Result<()> {
-        let mut a = abi::RegionDestroyArgs { region_id: id, ..Default::default() };
+        let mut a = abi::RegionDestroyArgs {
+            region_id: id,
+            ..Default::default()
+        };
         self.call(abi::IOC_REGION_DESTROY, &mut a)
     }
 
@@ -149,7 +161,12 @@ impl Mitosis {
             ..Default::default()
         };
         self.call(abi::IOC_REMOTE_OPEN, &mut a)?;
-        Ok(RemoteRegion { handle: a.handle, size: a.size, connect_ns: a.connect_ns, open_ns: a.open_ns })
+        Ok(RemoteRegion {
+            handle: a.handle,
+            size: a.size,
+            connect_ns: a.connect_ns,
+            open_ns: a.open_ns,
+        })
     }
 
     /// Reads `buf.len()` bytes at `offset` of an opened region, `batch_pages` READs per
@@ -172,11 +189,18 @@ impl Mitosis {
             ..Default::default()
         };
         self.call(abi::IOC_REMOTE_READ, &mut a)?;
-        Ok(ReadStats { elapsed_ns: a.elapsed_ns, doorbells: a.doorbells, reads: a.reads })
+        Ok(ReadStats {
+            elapsed_ns: a.elapsed_ns,
+            doorbells: a.doorbells,
+            reads: a.reads,
+        })
     }
 
     pub fn remote_close(&self, handle: u64) -> io::Result<()> {
-        let mut a = abi::RemoteCloseArgs { handle, ..Default::default() };
+        let mut a = abi::RemoteCloseArgs {
+            handle,
+            ..Default::default()
+        };
         self.call(abi::IOC_REMOTE_CLOSE, &mut a)
     }
 }
@@ -204,7 +228,9 @@ mod tests {
 
     #[test]
     fn secret_round_trip() {
-        let s = [0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xfe, 0xff];
+        let s = [
+            0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xfe, 0xff,
+        ];
         assert_eq!(parse_secret(&format_secret(&s)), Some(s));
         assert_eq!(parse_secret("abc"), None);
         assert_eq!(parse_secret(&"zz".repeat(16)), None);

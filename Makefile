@@ -1,0 +1,75 @@
+# Mitosis: build, test and demo entry points. See README.md.
+#
+#   make            module + user-space tools (builds the cached test kernel if needed)
+#   make check      everything a fresh machine needs, host tests, two-guest scenarios
+#   make demo       two-guest demo with its numbers
+#
+# KDIR=/path/to/kernel/build builds against another prepared CONFIG_RUST kernel.
+# KVARIANT=perf uses the kernel without debug options (benchmarks).
+
+SHELL := /bin/bash
+OUT ?= out
+KVARIANT ?= debug
+GUEST_TARGET := x86_64-unknown-linux-gnu
+GUEST_BIN := target/guest/$(GUEST_TARGET)/release
+TIMEOUT ?= 1500
+
+ifdef KDIR
+kdir := $(KDIR)
+kernel_dep :=
+else
+kdir = $$(cat $(OUT)/kdir-$(KVARIANT))
+kernel_dep := kernel
+endif
+
+.PHONY: all setup kernel module userspace guest-bins image test-host test-guests check demo fmt clippy clean
+
+all: module userspace
+
+setup:
+	@scripts/setup.sh
+
+$(OUT):
+	@mkdir -p $(OUT)
+
+kernel: setup | $(OUT)
+	@scripts/build-kernel.sh $(KVARIANT) > $(OUT)/kdir-$(KVARIANT).tmp && mv $(OUT)/kdir-$(KVARIANT).tmp $(OUT)/kdir-$(KVARIANT)
+
+module: $(kernel_dep)
+	$(MAKE) -C $(kdir) M=$(CURDIR) modules
+
+userspace:
+	cargo build --release --workspace
+
+guest-bins:
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target $(GUEST_TARGET) \
+		--target-dir target/guest -p mitosis-guest-tests -p mitosis-cli
+
+image: module guest-bins | $(OUT)
+	scripts/build-image.sh mitosis.ko $(GUEST_BIN) $(OUT)/initramfs-$(KVARIANT).cpio.gz
+
+fmt:
+	cargo fmt --all -- --check
+	rustfmt --check --edition 2021 src/mitosis_main.rs
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-host: setup
+	cargo test --workspace
+
+test-guests: image
+	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+		--scenario foundation --expect tests/scenarios/foundation.expect \
+		--out $(OUT)/foundation-$(KVARIANT) --timeout $(TIMEOUT)
+
+check: fmt test-host clippy test-guests
+
+demo: image
+	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+		--scenario demo --expect tests/scenarios/demo.expect --out $(OUT)/demo-$(KVARIANT) --timeout $(TIMEOUT)
+
+clean:
+	-$(MAKE) -C $(kdir) M=$(CURDIR) clean
+	cargo clean
+	rm -rf $(OUT) ffi/bindings_generated.rs

@@ -1,0 +1,195 @@
+//! Host tests of the ABI: ioctl numbering and struct layout, pattern helpers, and the
+//! wire codec (round trips, and no input can make decoding panic or read out of bounds).
+
+use mitosis_abi::ioctl::{self, Pod};
+use mitosis_abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply, WireError};
+use proptest::prelude::*;
+
+#[test]
+fn ioctl_numbers_are_distinct_and_encode_their_size() {
+    let mut nrs: Vec<u8> = ioctl::COMMANDS.iter().map(|c| c.0).collect();
+    nrs.sort();
+    nrs.dedup();
+    assert_eq!(nrs.len(), ioctl::COMMANDS.len());
+    for &(nr, size, name) in ioctl::COMMANDS {
+        let cmd = ioctl::iowr(nr, size);
+        assert_eq!(
+            ioctl::decode(cmd),
+            (ioctl::IOC_READ_WRITE, ioctl::IOC_MAGIC, nr, size),
+            "{name}"
+        );
+        assert!(size <= ioctl::MAX_ARG_SIZE, "{name}");
+    }
+    // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
+    assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
+    assert_eq!(ioctl::IOC_STATUS, 0xc158_b701);
+}
+
+#[test]
+fn struct_sizes_and_offsets_are_pinned() {
+    use std::mem::{offset_of, size_of};
+    assert_eq!(size_of::<ioctl::Header>(), 8);
+    assert_eq!(size_of::<ioctl::VersionArgs>(), 56);
+    assert_eq!(size_of::<ioctl::DeviceInfo>(), 48);
+    assert_eq!(size_of::<ioctl::Counters>(), 128);
+    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 128);
+    assert_eq!(size_of::<ioctl::RemoteOpenArgs>(), 80);
+    assert_eq!(offset_of!(ioctl::RemoteOpenArgs, region_id), 24);
+    assert_eq!(offset_of!(ioctl::RemoteOpenArgs, handle), 48);
+    assert_eq!(size_of::<ioctl::RemoteReadArgs>(), 72);
+    assert_eq!(offset_of!(ioctl::RemoteReadArgs, batch_pages), 40);
+}
+
+#[test]
+fn header_for_struct_carries_version_and_size() {
+    let h = ioctl::Header::for_struct::<ioctl::StatusArgs>();
+    assert_eq!(h.abi_version, ioctl::ABI_VERSION);
+    assert_eq!(h.size as usize, std::mem::size_of::<ioctl::StatusArgs>());
+}
+
+#[test]
+fn pod_round_trip_and_short_input() {
+    let v = ioctl::RemoteReadArgs {
+        handle: 7,
+        offset: 4096,
+        length: 8192,
+        batch_pages: 3,
+        ..Default::default()
+    };
+    let bytes = v.as_bytes().to_vec();
+    assert_eq!(ioctl::RemoteReadArgs::from_bytes(&bytes), Some(v));
+    assert_eq!(ioctl::RemoteReadArgs::from_bytes(&bytes[..10]), None);
+}
+
+#[test]
+fn pattern_detects_a_misplaced_page() {
+    let mut page = vec![0u8; 4096];
+    ioctl::fill_pattern(42, 8192, &mut page);
+    assert_eq!(ioctl::check_pattern(42, 8192, &page), None);
+    assert_eq!(ioctl::check_pattern(42, 4096, &page), Some(0));
+    assert_eq!(ioctl::check_pattern(43, 8192, &page), Some(0));
+    page[4000] ^= 1;
+    assert_eq!(ioctl::check_pattern(42, 8192, &page), Some(500));
+}
+
+#[test]
+fn wire_open_round_trip() {
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let req = OpenRegion {
+        region_id: 99,
+        secret: [7; 16],
+    };
+    let n = req.encode(5, &mut buf).unwrap();
+    let (h, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!((h.kind, h.seq, h.status), (Kind::OpenRegion, 5, 0));
+    assert_eq!(OpenRegion::decode(body).unwrap(), req);
+}
+
+#[test]
+fn wire_reply_round_trip_and_consistency() {
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let keys = [1u32, 2, 3];
+    let n = OpenRegionReply::encode(
+        9,
+        3 * 2 * 1024 * 1024 - 4096,
+        2 << 20,
+        keys.iter().copied(),
+        &mut buf,
+    )
+    .unwrap();
+    let (h, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!((h.kind, h.seq), (Kind::OpenRegionReply, 9));
+    let r = OpenRegionReply::decode(body).unwrap();
+    assert_eq!(r.n_keys(), 3);
+    assert_eq!((r.rkey(0), r.rkey(2), r.rkey(3)), (Some(1), Some(3), None));
+    // Size not covered exactly by the keys: refused.
+    let n =
+        OpenRegionReply::encode(9, 4 * (2 << 20), 2 << 20, keys.iter().copied(), &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
+    // Too many keys for one message.
+    let many = vec![0u32; wire::MAX_REPLY_RKEYS + 1];
+    assert_eq!(
+        OpenRegionReply::encode(1, 4096, 4096, many.into_iter(), &mut buf),
+        Err(WireError::TooLarge)
+    );
+}
+
+#[test]
+fn wire_status_and_close() {
+    let mut buf = [0u8; 64];
+    let n = wire::encode_status(Kind::OpenRegionReply, 3, -13, &mut buf).unwrap();
+    let (h, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!((h.status, body.len()), (-13, 0));
+    let n = CloseRegion { region_id: 4 }.encode(8, &mut buf).unwrap();
+    let (h, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!(h.kind, Kind::CloseRegion);
+    assert_eq!(CloseRegion::decode(body).unwrap().region_id, 4);
+    assert_eq!(
+        OpenRegion {
+            region_id: 1,
+            secret: [0; 16]
+        }
+        .encode(1, &mut buf[..20]),
+        Err(WireError::TooLarge)
+    );
+}
+
+#[test]
+fn wire_rejects_bad_headers() {
+    let mut buf = [0u8; 64];
+    let n = CloseRegion { region_id: 4 }.encode(8, &mut buf).unwrap();
+    let mut bad = buf;
+    bad[0] ^= 1;
+    assert_eq!(wire::decode(&bad[..n]), Err(WireError::BadMagic));
+    let mut bad = buf;
+    bad[4] = 9;
+    assert_eq!(wire::decode(&bad[..n]), Err(WireError::BadVersion));
+    let mut bad = buf;
+    bad[6] = 77;
+    assert_eq!(wire::decode(&bad[..n]), Err(WireError::UnknownKind));
+    assert_eq!(wire::decode(&buf[..n - 1]), Err(WireError::BadLength));
+    assert_eq!(wire::decode(&buf[..n + 1]), Err(WireError::BadLength));
+    assert_eq!(wire::decode(&buf[..3]), Err(WireError::Truncated));
+}
+
+proptest! {
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok((h, body)) = wire::decode(&bytes) {
+            prop_assert_eq!(body.len(), h.body_len as usize);
+            let _ = OpenRegion::decode(body);
+            let _ = CloseRegion::decode(body);
+            if let Ok(r) = OpenRegionReply::decode(body) {
+                for i in 0..=r.n_keys() {
+                    let _ = r.rkey(i);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_of_mutated_reply_is_safe(keys in proptest::collection::vec(any::<u32>(), 1..40),
+                                       flip in 0usize..400, bit in 0u8..8) {
+        let mut buf = [0u8; wire::MSG_SIZE];
+        let size = keys.len() as u64 * 8192;
+        let n = OpenRegionReply::encode(1, size, 8192, keys.iter().copied(), &mut buf).unwrap();
+        if flip < n {
+            buf[flip] ^= 1 << bit;
+        }
+        if let Ok((_, body)) = wire::decode(&buf[..n]) {
+            if let Ok(r) = OpenRegionReply::decode(body) {
+                prop_assert!(r.size <= r.chunk_bytes * r.n_keys() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn open_round_trips(id in any::<u64>(), secret in any::<[u8; 16]>(), seq in any::<u64>()) {
+        let mut buf = [0u8; 128];
+        let n = OpenRegion { region_id: id, secret }.encode(seq, &mut buf).unwrap();
+        let (h, body) = wire::decode(&buf[..n]).unwrap();
+        prop_assert_eq!(h.seq, seq);
+        prop_assert_eq!(OpenRegion::decode(body).unwrap(), OpenRegion { region_id: id, secret });
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the guest initramfs: busybox, rdma (iproute2) with its libraries, the module,
+# the static user-space tools and the scenario scripts.
+#
+#   scripts/build-image.sh MODULE.ko BINDIR OUT.cpio.gz
+set -euo pipefail
+ko=$1 bindir=$2 out=$3
+root=$(cd "$(dirname "$0")/.." && pwd)
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,scenarios,etc}
+cp /bin/busybox "$stage/bin/busybox"
+file /bin/busybox | grep -q "statically linked" || { echo "build-image: /bin/busybox is not static (install busybox-static)" >&2; exit 1; }
+cp /usr/bin/rdma "$stage/usr/bin/rdma"
+# rdma is dynamic: bring its loader and libraries at their paths.
+ldd /usr/bin/rdma | grep -o '/[^ ]*' | while read -r lib; do
+  mkdir -p "$stage$(dirname "$lib")"
+  cp -L "$lib" "$stage$lib"
+done
+cp "$ko" "$stage/mitosis.ko"
+cp "$bindir/mitosis" "$bindir/mitosis-test" "$stage/bin/"
+cp "$root/tests/guest/rootfs/init" "$stage/init"
+cp "$root"/tests/scenarios/*.sh "$stage/scenarios/"
+chmod +x "$stage/init"
+echo "root:x:0:0:root:/:/bin/sh" > "$stage/etc/passwd"
+(cd "$stage" && find . | cpio -o -H newc --quiet) | gzip -1 > "$out.tmp"
+mv "$out.tmp" "$out"
+echo "build-image: $out ($(du -h "$out" | cut -f1))" >&2

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Boots N QEMU (TCG) guests on one virtual link, runs a scenario on each, collects
+machine-readable results and full console logs, and kills every guest on every exit
+path (normal end, timeout, Ctrl-C, error).
+
+    vmrun.py --kernel BZIMAGE --initrd IMAGE --scenario NAME --out DIR
+             [--guests 2] [--timeout 1200] [--mem 768] [--expect FILE]
+
+Guest i gets role a, b, c..., address 169.254.77.(i+1) on eth0 and runs
+/scenarios/NAME-ROLE.sh. A run passes when every guest finished with rc=0, every
+MITOSIS-RESULT line passed, every check named in the --expect file was reported, and
+no console log has a kernel warning, BUG, oops, KASAN, lockdep, kmemleak or hung-task
+report. Results go to DIR/results.json; logs to DIR/guest-ROLE.log.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+BAD = re.compile(
+    r"WARNING:|BUG:|Oops|KASAN|UBSAN|general protection fault|Kernel panic|"
+    r"possible circular locking|possible recursive locking|inconsistent lock state|"
+    r"lockdep|suspicious RCU usage|unreferenced object|blocked for more than|"
+    r"soft lockup|hard LOCKUP|DMA-API:|kfence|list_add corruption|list_del corruption|"
+    r"refcount_t:|double free|use-after-free|rust_panic|panicked at"
+)
+RESULT = re.compile(r"MITOSIS-RESULT (\{.*\})\s*$")
+
+procs = []
+
+
+def kill_all():
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def on_signal(signum, _frame):
+    kill_all()
+    sys.exit(128 + signum)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Guest:
+    def __init__(self, index, args, port, out):
+        self.role = chr(ord("a") + index)
+        self.ip = f"169.254.77.{index + 1}"
+        self.peer = "169.254.77.2" if index == 0 else "169.254.77.1"
+        self.log_path = os.path.join(out, f"guest-{self.role}.log")
+        self.results = []
+        self.bad = []
+        self.booted_s = None
+        self.ready_s = None
+        self.done_rc = None
+        self.start = time.monotonic()
+        netdev = f"socket,id=n0,{'listen' if index == 0 else 'connect'}=127.0.0.1:{port}"
+        append = (
+            f"console=ttyS0 panic=-1 loglevel=6 MROLE={self.role} MIP={self.ip} "
+            f"MPEER={self.peer} MSCENARIO={args.scenario}"
+        )
+        cmd = [
+            "qemu-system-x86_64", "-machine", "pc", "-cpu", "max", "-smp", "1",
+            "-m", str(args.mem), "-nographic", "-no-reboot", "-monitor", "none",
+            "-kernel", args.kernel, "-initrd", args.initrd, "-append", append,
+            "-netdev", netdev,
+            "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:77:00:{index + 1:02x}",
+        ]
+        self.log = open(self.log_path, "w", buffering=1)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append(self.proc)
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()
+
+    def read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.log.write(line + "\n")
+            now = time.monotonic() - self.start
+            if "MITOSIS-BOOTED" in line and self.booted_s is None:
+                self.booted_s = now
+            if "MITOSIS-READY" in line and self.ready_s is None:
+                self.ready_s = now
+            m = re.search(r"MITOSIS-DONE role=\w+ rc=(\d+)", line)
+            if m:
+                self.done_rc = int(m.group(1))
+            m = RESULT.search(line)
+            if m:
+                try:
+                    self.results.append(json.loads(m.group(1)))
+                except json.JSONDecodeError:
+                    self.bad.append(f"unparsable result line: {line}")
+            elif BAD.search(line):
+                self.bad.append(line)
+            if line.startswith(("MITOSIS-RESULT", "mitosis-test")) or "MITOSIS-" in line:
+                print(f"[{self.role} {now:7.1f}s] {line}", flush=True)
+        self.log.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--initrd", required=True)
+    ap.add_argument("--scenario", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--guests", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=1200)
+    ap.add_argument("--mem", type=int, default=768)
+    ap.add_argument("--expect", help="file of 'ROLE CHECK' lines that must be reported")
+    args = ap.parse_args()
+    if args.guests < 2:
+        ap.error("--guests must be at least 2")
+    os.makedirs(args.out, exist_ok=True)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    started = time.monotonic()
+    guests = []
+    try:
+        port = free_port()
+        for i in range(args.guests):
+            guests.append(Guest(i, args, port, args.out))
+            if i == 0:
+                time.sleep(1.0)  # the listening end must be up before others connect
+        deadline = started + args.timeout
+        timed_out = False
+        for g in guests:
+            left = deadline - time.monotonic()
+            try:
+                g.proc.wait(timeout=max(left, 0.1))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                break
+    finally:
+        kill_all()
+    for g in guests:
+        g.reader.join(timeout=10)
+    wall = time.monotonic() - started
+
+    failures = []
+    if timed_out:
+        failures.append(f"timed out after {args.timeout} s")
+    checks = []
+    for g in guests:
+        if g.done_rc is None:
+            failures.append(f"guest {g.role} did not finish (see {g.log_path})")
+        elif g.done_rc != 0:
+            failures.append(f"guest {g.role} scenario exited rc={g.done_rc}")
+        for line in g.bad:
+            failures.append(f"guest {g.role} log: {line.strip()}")
+        for r in g.results:
+            checks.append(r)
+            if not r.get("pass"):
+                failures.append(f"guest {g.role} check {r.get('check')} failed: {r.get('detail')}")
+    if args.expect:
+        seen = {(r.get("guest"), r.get("check")) for r in checks}
+        with open(args.expect) as f:
+            for line in f:
+                line = line.split("#")[0].strip()
+                if not line:
+                    continue
+                role, check = line.split()
+                if (role, check) not in seen:
+                    failures.append(f"guest {role} never reported check {check}")
+
+    passed = sum(1 for r in checks if r.get("pass"))
+    failed = len(checks) - passed
+    summary = {
+        "scenario": args.scenario,
+        "wall_s": round(wall, 1),
+        "guests": [
+            {"role": g.role, "boot_s": g.booted_s, "ready_s": g.ready_s, "rc": g.done_rc, "log": g.log_path}
+            for g in guests
+        ],
+        "checks": checks,
+        "failures": failures,
+        "pass": not failures,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print()
+    print(f"vmrun {args.scenario}: wall {wall:.1f} s; " + ", ".join(
+        f"{g.role}: boot {g.booted_s or float('nan'):.1f} s, ready {g.ready_s or float('nan'):.1f} s" for g in guests))
+    for r in checks:
+        metrics = {k: v for k, v in r.items() if k not in ("guest", "check", "pass", "detail")}
+        mtxt = " ".join(f"{k}={v}" for k, v in metrics.items())
+        print(f"  {'PASS' if r.get('pass') else 'FAIL'} {r.get('guest')} {r.get('check')} {mtxt}")
+    for f_ in failures:
+        print(f"  FAILURE: {f_}")
+    print(f"vmrun: {passed} passed, {failed + (len(failures) - failed if len(failures) > failed else 0)} failed")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

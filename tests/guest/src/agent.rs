@@ -1,0 +1,83 @@
+//! The agent on guest A: a line protocol over TCP on the guests' link, so the driver on
+//! B can make A publish and destroy regions and run commands (rmmod, insmod).
+//!
+//! ```text
+//! create SIZE SEED   -> ok ID SECRET | err ERRNO
+//! destroy ID         -> ok | err ERRNO
+//! sh COMMAND...      -> ok EXIT_STATUS
+//! quit               -> ok (and the agent exits)
+//! ```
+
+use mitosis::{format_secret, Mitosis};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Command, ExitCode};
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn handle(line: &str) -> (String, bool) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["create", size, seed] => {
+            let (Ok(size), Ok(seed)) = (size.parse(), seed.parse()) else {
+                return ("err 22".into(), false);
+            };
+            match Mitosis::open().and_then(|m| m.region_create(size, seed)) {
+                Ok(r) => (format!("ok {} {}", r.id, format_secret(&r.secret)), false),
+                Err(e) => (format!("err {}", errno_of(&e)), false),
+            }
+        }
+        ["destroy", id] => {
+            let Ok(id) = id.parse() else {
+                return ("err 22".into(), false);
+            };
+            match Mitosis::open().and_then(|m| m.region_destroy(id)) {
+                Ok(()) => ("ok".into(), false),
+                Err(e) => (format!("err {}", errno_of(&e)), false),
+            }
+        }
+        ["sh", ..] => {
+            let cmd = line.trim_start().trim_start_matches("sh").trim();
+            println!("agent: running '{cmd}'");
+            let status = Command::new("/bin/sh").arg("-c").arg(cmd).status();
+            match status {
+                Ok(s) => (format!("ok {}", s.code().unwrap_or(-1)), false),
+                Err(e) => (format!("err {}", errno_of(&e)), false),
+            }
+        }
+        ["quit"] => ("ok".into(), true),
+        _ => ("err 22".into(), false),
+    }
+}
+
+/// Serves one driver connection at a time until `quit`.
+pub fn serve(port: u16) -> ExitCode {
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("agent: cannot listen on {port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("agent: listening on port {port}");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let Ok(mut out) = stream.try_clone() else {
+            continue;
+        };
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let (reply, quit) = handle(&line);
+            if writeln!(out, "{reply}").is_err() {
+                break;
+            }
+            if quit {
+                println!("agent: quit");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,72 @@
+//! `mitosis-test`: the scenario programs run inside the test guests.
+//!
+//! ```text
+//! mitosis-test local [--device rxe0]        scenario 1 on this guest
+//! mitosis-test abi                          scenario 5 (malformed ioctls) on this guest
+//! mitosis-test agent [--port 7000]          on guest A: serves the driver's requests
+//! mitosis-test driver --peer IP [--port 7000] [--size 64M] [--demo]
+//!                                           on guest B: scenarios 2, 3, 4 against A
+//!                                           (--demo: scenario 2 only)
+//! ```
+//! Every check prints one `MITOSIS-RESULT {json}` line; the exit status is non-zero if
+//! any check failed.
+
+mod abi_checks;
+mod agent;
+mod driver;
+mod report;
+
+use std::process::ExitCode;
+
+pub const AGENT_PORT: u16 = 7000;
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let guest = std::env::var("MROLE").unwrap_or_else(|_| "guest".into());
+    let mut report = report::Report::new(&guest);
+    let port = arg_value(&args, "--port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(AGENT_PORT);
+    match args.first().map(String::as_str) {
+        Some("local") => {
+            let dev = arg_value(&args, "--device").unwrap_or_else(|| "rxe0".into());
+            driver::local(&mut report, &dev);
+        }
+        Some("abi") => abi_checks::run(&mut report),
+        Some("agent") => return agent::serve(port),
+        Some("driver") => {
+            let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {
+                eprintln!("mitosis-test driver: --peer IP required");
+                return ExitCode::from(2);
+            };
+            let size = arg_value(&args, "--size")
+                .and_then(|s| s.trim_end_matches('M').parse::<u64>().ok())
+                .unwrap_or(64)
+                << 20;
+            driver::run(
+                &mut report,
+                peer,
+                port,
+                size,
+                args.iter().any(|a| a == "--demo"),
+            );
+        }
+        _ => {
+            eprintln!("usage: mitosis-test local|abi|agent|driver (see the source header)");
+            return ExitCode::from(2);
+        }
+    }
+    report.summary();
+    if report.failed == 0 && report.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
