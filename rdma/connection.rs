@@ -507,18 +507,8 @@ impl Connection {
         self.reply_slot.store(-1, Ordering::Relaxed);
         self.reply_seq.store(seq, Ordering::Release);
         self.reply_done.arm();
-        self.send_waiter.arm();
-        // SAFETY: `rpc_lock` serialises request sends and the previous one completed.
-        let len = encode(seq, unsafe { res.send_buf.bytes_mut_unchecked() })?;
-        self.post_send(res, len, &mut [], self.send_waiter.cqe())?;
-        let status = self
-            .send_waiter
-            .wait(timeout_ms)
-            .inspect_err(|e| self.fail(*e))?;
-        if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            self.fail(errno::econnreset());
-            return Err(errno::econnreset());
-        }
+        // SAFETY: `rpc_lock` serialises request sends.
+        unsafe { self.send_and_wait(res, timeout_ms, &mut [], |buf| encode(seq, buf))? };
         self.reply_done
             .wait(timeout_ms)
             .inspect_err(|e| self.fail(*e))?;
@@ -551,19 +541,8 @@ impl Connection {
         // SAFETY: `rpc_lock` held and the state is UP.
         let res = unsafe { self.res()? };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.send_waiter.arm();
-        // SAFETY: `rpc_lock` serialises sends and the previous one completed.
-        let len = encode(seq, unsafe { res.send_buf.bytes_mut_unchecked() })?;
-        self.post_send(res, len, &mut [], self.send_waiter.cqe())?;
-        let status = self
-            .send_waiter
-            .wait(timeout_ms)
-            .inspect_err(|e| self.fail(*e))?;
-        if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            self.fail(errno::econnreset());
-            return Err(errno::econnreset());
-        }
-        Ok(())
+        // SAFETY: `rpc_lock` serialises sends.
+        unsafe { self.send_and_wait(res, timeout_ms, &mut [], |buf| encode(seq, buf)) }
     }
 
     /// Server side, from the request handler: posts `regs` (REG_MR requests, in order)
@@ -576,9 +555,28 @@ impl Connection {
     ) -> Result {
         // SAFETY: called from this connection's receive handler (type invariant).
         let res = unsafe { self.res()? };
+        // SAFETY: the receive handler is the only sender on a server connection and runs
+        // one request at a time.
+        unsafe { self.send_and_wait(res, timeout_ms, regs, encode) }
+    }
+
+    /// Encodes a message into the send buffer, posts `regs` then the SEND, and waits
+    /// (bounded) for the SEND to complete. Any failure fails the connection.
+    ///
+    /// # Safety
+    ///
+    /// The caller must be the only user of the send buffer (holding `rpc_lock` on a
+    /// client connection, or being the receive handler of a server connection).
+    unsafe fn send_and_wait(
+        &self,
+        res: &Resources,
+        timeout_ms: u32,
+        regs: &mut [bindings::ib_reg_wr],
+        encode: impl FnOnce(&mut [u8]) -> Result<usize>,
+    ) -> Result {
         self.send_waiter.arm();
-        // SAFETY: the handler is the only user of the send buffer on a server connection
-        // and waits for each reply to complete before the next.
+        // SAFETY: exclusive per the caller's guarantee; the previous SEND completed
+        // (every send waits for its completion before returning).
         let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
         self.post_send(res, len, regs, self.send_waiter.cqe())?;
         let status = self
@@ -587,7 +585,7 @@ impl Connection {
             .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             pr_warn!(
-                "mitosis: reply to {} failed: wc status {}\n",
+                "mitosis: SEND to {} failed: wc status {}\n",
                 Ipv4(self.peer_addr),
                 status
             );

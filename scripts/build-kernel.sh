@@ -53,5 +53,9 @@ done
 jobs=$(( $(nproc) + 1 ))
 make -s -j"$jobs" bzImage modules >&2
 touch "$kdir/.mitosis-built"
+# Older builds of this variant (other keys) are dead weight: drop them.
+for old in "$cache"/kernel-"$variant"-*; do
+  [ "$old" = "$kdir" ] || rm -rf "$old"
+done
 echo "build-kernel: built in $(( $(date +%s) - start )) s" >&2
 echo "$kdir"

@@ -11,7 +11,7 @@ use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply};
 use crate::errno;
 use crate::rdma::connection::{Connection, Ipv4};
 use crate::rdma::fastreg::Registration;
-use crate::region::{REGION_OPENS, REGION_OPENS_REFUSED};
+use crate::region::{Region, REGION_OPENS, REGION_OPENS_REFUSED};
 use crate::state;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -81,16 +81,8 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     }
     // Opened before by this peer: share that registration.
     if let Some((chunk_bytes, rkeys)) = conn.reopen_registration(region.id)? {
-        let sent = conn.reply(state::io_timeout_ms(), &mut [], |buf| {
-            OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf)
-                .map_err(|_| EINVAL)
-        });
-        if sent.is_err() {
-            conn.release_registration(region.id);
-            return sent;
-        }
-        REGION_OPENS.fetch_add(1, Ordering::Relaxed);
-        return Ok(());
+        return send_keys(conn, seq, &region, chunk_bytes, &rkeys, &mut [])
+            .inspect_err(|_| conn.release_registration(region.id));
     }
     let (reg, mut wrs) = conn.with_pd(|pd, dev| {
         // SAFETY: `dev` is the connection's live device.
@@ -117,14 +109,25 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
         conn.remove_registration(region.id);
         return Err(ENOENT);
     }
-    let sent = conn.reply(state::io_timeout_ms(), &mut wrs, |buf| {
+    send_keys(conn, seq, &region, chunk_bytes, &rkeys, &mut wrs).inspect_err(|_| {
+        conn.remove_registration(region.id);
+    })
+}
+
+/// Replies to an open with the region's keys, after posting `regs` (the REG_MRs making
+/// them valid, if new).
+fn send_keys(
+    conn: &Connection,
+    seq: u64,
+    region: &Region,
+    chunk_bytes: u64,
+    rkeys: &[u32],
+    regs: &mut [crate::bindings::ib_reg_wr],
+) -> Result {
+    conn.reply(state::io_timeout_ms(), regs, |buf| {
         OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf)
             .map_err(|_| EINVAL)
-    });
-    if sent.is_err() {
-        conn.remove_registration(region.id);
-        return sent;
-    }
+    })?;
     REGION_OPENS.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

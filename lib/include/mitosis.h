@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * C ABI of the Mitosis user-space library (libmitosis, crate `mitosis`).
+ * Every function returns 0 or a negative errno. Link with -lmitosis.
+ */
+#ifndef MITOSIS_H
+#define MITOSIS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MITOSIS_MAX_DEVICES 4
+
+struct mitosis;
+
+struct mitosis_header {
+	uint32_t abi_version;
+	uint32_t size;
+};
+
+struct mitosis_device_info {
+	char name[32];
+	uint32_t port_state;		/* enum ib_port_state; 4 = ACTIVE */
+	uint32_t max_fast_reg_page_list_len;
+	uint32_t max_qp_rd_atom;
+	uint32_t _pad;
+};
+
+struct mitosis_counters {
+	uint64_t conns_established, conns_failed, conns_accepted, conns_closed;
+	uint64_t ctrl_msgs_sent, ctrl_msgs_received;
+	uint64_t read_wrs_posted, read_doorbells, bytes_read, read_errors, read_timeouts;
+	uint64_t regions_live, region_opens, region_opens_refused, mrs_live;
+	uint64_t _reserved[1];
+};
+
+/* Same layout as mitosis_abi::ioctl::StatusArgs (344 bytes). */
+struct mitosis_status {
+	struct mitosis_header hdr;
+	uint32_t n_devices;
+	uint32_t n_connections;
+	uint32_t listen_port;
+	uint32_t _pad;
+	struct mitosis_device_info devices[MITOSIS_MAX_DEVICES];
+	struct mitosis_counters counters;
+};
+
+int mitosis_open(struct mitosis **out);
+void mitosis_close(struct mitosis *m);
+int mitosis_version(const struct mitosis *m, uint32_t *abi_version);
+int mitosis_status(const struct mitosis *m, struct mitosis_status *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MITOSIS_H */

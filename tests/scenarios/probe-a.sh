@@ -1,0 +1,1 @@
+mitosis-test agent

@@ -1,0 +1,1 @@
+mitosis-test driver --peer "$MPEER" --demo --size 2M
