@@ -1,1 +1,0 @@
-mitosis-test agent

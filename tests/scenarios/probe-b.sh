@@ -1,1 +1,0 @@
-mitosis-test driver --peer "$MPEER" --demo --size 2M
