@@ -35,7 +35,11 @@ $(OUT):
 kernel: setup | $(OUT)
 	@scripts/build-kernel.sh $(KVARIANT) > $(OUT)/kdir-$(KVARIANT).tmp && mv $(OUT)/kdir-$(KVARIANT).tmp $(OUT)/kdir-$(KVARIANT)
 
+# Objects and generated bindings belong to one kernel build: switching KDIR (or a
+# rebuilt kernel) starts over.
 module: $(kernel_dep)
+	@k=$(kdir); if [ "$$(cat .kdir-built 2>/dev/null)" != "$$k" ]; then \
+		$(MAKE) -s -C $$k M=$(CURDIR) clean; rm -f ffi/bindings_generated.rs; echo "$$k" > .kdir-built; fi
 	$(MAKE) -C $(kdir) M=$(CURDIR) modules
 
 userspace:
