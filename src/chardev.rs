@@ -114,7 +114,8 @@ unsafe extern "C" fn open(_inode: *mut bindings::inode, file: *mut bindings::fil
 unsafe extern "C" fn release(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
     // SAFETY: set in `open`; no ioctl runs any more on this file.
     let st = unsafe { KBox::from_raw((*file).private_data as *mut FileState) };
-    for r in crate::util::take_all(&mut st.remotes.lock()).iter() {
+    let remotes = crate::util::take_all(&mut st.remotes.lock());
+    for r in remotes.iter() {
         r.close();
     }
     drop(st);

@@ -133,11 +133,13 @@ impl Mitosis {
     pub(crate) fn stop(self: Pin<&Self>) {
         self.chardev.deregister();
         drop(self.listener.lock().take());
-        for c in take_all(&mut self.accepted.lock()).iter() {
-            c.teardown();
-        }
-        for c in take_all(&mut self.pool.lock()).iter() {
-            c.teardown();
+        // Never tear down under a list lock: CM handlers take the lists' locks while
+        // holding their id's handler mutex, which teardown waits for.
+        for list in [&self.accepted, &self.pool] {
+            let conns = take_all(&mut list.lock());
+            for c in conns.iter() {
+                c.teardown();
+            }
         }
         rdma::stop_workqueue();
         self.devices.unregister();
@@ -251,18 +253,14 @@ fn connection_accepted(conn: Arc<Connection>) -> Result {
 fn device_removed(dev: *mut bindings::ib_device) {
     let s = get();
     for list in [&s.pool, &s.accepted] {
-        let mut victims = KVec::new();
-        {
-            let mut l = list.lock();
-            while let Some(c) = remove_first(&mut l, |c| c.device() == dev) {
-                if let Err(kernel::alloc::AllocError) = victims.push(c.clone(), GFP_KERNEL) {
-                    // No room to defer it: tear it down here, under the list lock.
-                    c.teardown();
-                }
+        // One at a time, each torn down outside the list lock (see `stop`); no
+        // allocation, so nothing can make us skip one.
+        loop {
+            let victim = remove_first(&mut list.lock(), |c| c.device() == dev);
+            match victim {
+                Some(c) => c.teardown(),
+                None => break,
             }
-        }
-        for c in victims.iter() {
-            c.teardown();
         }
     }
 }

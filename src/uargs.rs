@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use kernel::prelude::*;
 use kernel::uaccess::{UserPtr, UserSlice};
 
-/// Logs at most 10 rejected-ioctl lines per second, so a misbehaving caller cannot
+/// Logs at most 32 rejected-ioctl lines per second, so a misbehaving caller cannot
 /// flood the log.
 pub(crate) fn log_rejected(args: core::fmt::Arguments<'_>) {
     static WINDOW_START_MS: AtomicI64 = AtomicI64::new(0);
@@ -19,7 +19,7 @@ pub(crate) fn log_rejected(args: core::fmt::Arguments<'_>) {
         WINDOW_START_MS.store(now, Ordering::Relaxed);
         IN_WINDOW.store(0, Ordering::Relaxed);
     }
-    if IN_WINDOW.fetch_add(1, Ordering::Relaxed) < 10 {
+    if IN_WINDOW.fetch_add(1, Ordering::Relaxed) < 32 {
         pr_info!("mitosis: ioctl rejected: {}\n", args);
     }
 }
