@@ -163,6 +163,21 @@ fn read_verify(
     }
 }
 
+/// Has A publish a region, opens it from here and reads and checks all of it.
+fn publish_open_verify(
+    m: &Mitosis,
+    agent: &mut Agent,
+    peer: Ipv4Addr,
+    size: u64,
+    seed: u64,
+) -> Result<(f64, u64, u64), String> {
+    let region = agent.create(size, seed)?;
+    let x = m
+        .remote_open(peer, 0, region, None)
+        .map_err(|e| e.to_string())?;
+    read_verify(m, x.handle, 0, size as usize, 64, seed)
+}
+
 fn run_sh(cmd: &str) -> i32 {
     println!("driver: running '{cmd}'");
     Command::new("/bin/sh")
@@ -485,15 +500,7 @@ fn scenario4(r: &mut Report, agent: &mut Agent, peer: Ipv4Addr) {
         &[("seconds", secs)],
     );
     let rc = agent.sh("insmod /mitosis.ko");
-    let again = agent
-        .create(size, seed)
-        .map_err(|e| e.to_string())
-        .and_then(|region| {
-            let x = m
-                .remote_open(peer, 0, region, None)
-                .map_err(|e| e.to_string())?;
-            read_verify(&m, x.handle, 0, size as usize, 64, seed)
-        });
+    let again = publish_open_verify(&m, agent, peer, size, seed);
     r.check(
         "s4-peer-reload-then-read",
         rc == Ok(0) && again.is_ok(),
@@ -518,13 +525,10 @@ fn scenario4(r: &mut Report, agent: &mut Agent, peer: Ipv4Addr) {
     let rc = run_sh("rdma link add rxe0 type rxe netdev eth0");
     let back = wait_device(m.as_ref(), "rxe0");
     r.check("s4-link-readd", rc == 0 && back, format!("rc {rc}"), &[]);
-    let after = m.as_ref().ok_or("no device".to_string()).and_then(|m| {
-        let region = agent.create(size, seed)?;
-        let x = m
-            .remote_open(peer, 0, region, None)
-            .map_err(|e| e.to_string())?;
-        read_verify(m, x.handle, 0, size as usize, 64, seed)
-    });
+    let after = m
+        .as_ref()
+        .ok_or("no device".to_string())
+        .and_then(|m| publish_open_verify(m, agent, peer, size, seed));
     r.check(
         "s4-read-after-link-readd",
         after.is_ok(),
@@ -548,11 +552,7 @@ fn scenario4(r: &mut Report, agent: &mut Agent, peer: Ipv4Addr) {
         if !wait_device(Some(&m), "rxe0") {
             return Err("no device".into());
         }
-        let region = agent.create(size, seed)?;
-        let x = m
-            .remote_open(peer, 0, region, None)
-            .map_err(|e| e.to_string())?;
-        read_verify(&m, x.handle, 0, size as usize, 64, seed)
+        publish_open_verify(&m, agent, peer, size, seed)
     });
     r.check(
         "s4-read-after-local-reload",
