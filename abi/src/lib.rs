@@ -16,4 +16,5 @@
 #![no_std]
 
 pub mod ioctl;
+pub mod snapshot;
 pub mod wire;
