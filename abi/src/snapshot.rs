@@ -194,7 +194,11 @@ impl<'a> Descriptor<'a> {
         let mut next_run = 0u64;
         for i in 0..self.n_vmas {
             let v = self.vma_unchecked(i);
-            if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 || v.start < prev_end {
+            if v.start >= v.end
+                || !v.start.is_multiple_of(PAGE)
+                || !v.end.is_multiple_of(PAGE)
+                || v.start < prev_end
+            {
                 return Err(DescError::BadVma);
             }
             prev_end = v.end;
