@@ -16,7 +16,7 @@
 //!   destroys the QP, CQs, buffers, registrations, PD and the CM id, in that order.
 
 use super::fastreg::Registration;
-use super::verbs::{Cq, DmaPage, Pd, Poll};
+use super::verbs::{Cq, DmaPage, Pd};
 use super::waiter::Waiter;
 use super::{count, workqueue, CALLER, STATS};
 use crate::abi::wire;
@@ -64,8 +64,9 @@ struct Resources {
     id: *mut bindings::rdma_cm_id,
     recv_bufs: KVec<Pin<KBox<RecvBuf>>>,
     send_buf: DmaPage,
-    send_cq: Cq,
-    recv_cq: Cq,
+    // Held for their `Drop` only (after the QP that uses them is destroyed).
+    _send_cq: Cq,
+    _recv_cq: Cq,
     pd: Pd,
 }
 
@@ -203,10 +204,6 @@ impl Connection {
         }? Error)
     }
 
-    pub(crate) fn role(&self) -> Role {
-        self.role
-    }
-
     /// Peer IPv4 address (network order) and port.
     pub(crate) fn peer(&self) -> (u32, u16) {
         (self.peer_addr, self.peer_port)
@@ -214,10 +211,6 @@ impl Connection {
 
     pub(crate) fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
-    }
-
-    pub(crate) fn is_dead(&self) -> bool {
-        self.state.load(Ordering::Acquire) == DEAD
     }
 
     /// The device this connection runs on, if it has resources.
@@ -366,8 +359,8 @@ impl Connection {
             return Err(ENODEV);
         }
         let pd = Pd::new(dev)?;
-        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1, Poll::Workqueue)?;
-        let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1, Poll::Workqueue)?;
+        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1)?;
+        let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1)?;
         let send_buf = DmaPage::new(dev, bindings::dma_data_direction_DMA_TO_DEVICE)?;
         let mut recv_bufs = KVec::with_capacity(RECV_DEPTH, GFP_KERNEL)?;
         for index in 0..RECV_DEPTH {
@@ -401,8 +394,8 @@ impl Connection {
             id,
             recv_bufs,
             send_buf,
-            send_cq,
-            recv_cq,
+            _send_cq: send_cq,
+            _recv_cq: recv_cq,
             pd,
         };
         for buf in res.recv_bufs.iter() {

@@ -23,11 +23,10 @@ use kernel::sync::Arc;
 /// # Invariants
 ///
 /// `mr` was allocated on the owning registration's PD; `sg[..nents]` is mapped on
-/// `dev` with `mapped` DMA entries. Both are released in `Drop`, MR first.
+/// `dev`. Both are released in `Drop`, MR first.
 struct Chunk {
     mr: NonNull<bindings::ib_mr>,
     sg: KVVec<bindings::scatterlist>,
-    mapped: i32,
     dev: *mut bindings::ib_device,
 }
 
@@ -52,7 +51,7 @@ pub(crate) struct Registration {
     chunks: KVec<Chunk>,
     chunk_pages: usize,
     /// Keeps the pages alive while peers may read them.
-    pages: Arc<PageSet>,
+    _pages: Arc<PageSet>,
 }
 
 // SAFETY: MRs and mappings may be released from any thread.
@@ -127,7 +126,6 @@ impl Registration {
             let chunk = Chunk {
                 mr: NonNull::new(mr).ok_or(ENOMEM)?,
                 sg,
-                mapped,
                 dev,
             };
             // SAFETY: `mr` is live and unregistered; a fresh key byte makes stale keys of
@@ -164,7 +162,7 @@ impl Registration {
             Registration {
                 chunks,
                 chunk_pages,
-                pages,
+                _pages: pages,
             },
             wrs,
         ))
@@ -179,9 +177,5 @@ impl Registration {
     pub(crate) fn rkeys(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
         // SAFETY: each MR is live while `self` is.
         self.chunks.iter().map(|c| unsafe { (*c.mr.as_ptr()).rkey })
-    }
-
-    pub(crate) fn page_set(&self) -> &Arc<PageSet> {
-        &self.pages
     }
 }

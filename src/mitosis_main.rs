@@ -13,7 +13,6 @@
 //! - `../abi/src/`: the ioctl ABI and wire format, shared with user space;
 //! - `../ffi/`: generated bindings and the one-line C helpers.
 
-#![allow(dead_code)]
 #![recursion_limit = "512"]
 
 use kernel::prelude::*;
@@ -24,7 +23,7 @@ mod bindings;
 
 /// The ABI crate's sources, compiled into the module.
 #[path = "../abi/src"]
-#[allow(unreachable_pub, missing_docs, clippy::all)]
+#[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
 mod abi {
     pub(crate) mod ioctl;
     pub(crate) mod wire;
