@@ -264,36 +264,19 @@ impl<'a> Descriptor<'a> {
     /// The run covering byte `addr` of the seed's address space (present or hole), with
     /// its VMA; `None` outside every run.
     pub fn lookup(&self, addr: u64) -> Option<(Vma, PageRun)> {
-        // VMAs are sorted and disjoint: binary search, then within the VMA's runs.
-        let (mut lo, mut hi) = (0usize, self.n_vmas);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let v = self.vma_unchecked(mid);
-            if addr < v.start {
-                hi = mid;
-            } else if addr >= v.end {
-                lo = mid + 1;
-            } else {
-                let page = (addr - v.start) / PAGE;
-                let (mut a, mut b) = (
-                    v.first_run as usize,
-                    v.first_run as usize + v.n_runs as usize,
-                );
-                while a < b {
-                    let m = a + (b - a) / 2;
-                    let r = self.run_unchecked(m);
-                    if page < r.page {
-                        b = m;
-                    } else if page >= r.page + r.n_pages as u64 {
-                        a = m + 1;
-                    } else {
-                        return Some((v, r));
-                    }
-                }
-                return None;
-            }
-        }
-        None
+        // VMAs are sorted and disjoint, and so are each VMA's runs.
+        let vi = search(0, self.n_vmas, |i| {
+            let v = self.vma_unchecked(i);
+            cmp_range(addr, v.start, v.end)
+        })?;
+        let v = self.vma_unchecked(vi);
+        let page = (addr - v.start) / PAGE;
+        let first = v.first_run as usize;
+        let ri = search(first, first + v.n_runs as usize, |i| {
+            let r = self.run_unchecked(i);
+            cmp_range(page, r.page, r.page + r.n_pages as u64)
+        })?;
+        Some((v, self.run_unchecked(ri)))
     }
 
     fn vma_unchecked(&self, i: usize) -> Vma {
@@ -322,4 +305,33 @@ impl<'a> Descriptor<'a> {
             data_page: get_u64(b, at + 16),
         }
     }
+}
+
+/// Where `x` stands against `[start, end)`.
+fn cmp_range(x: u64, start: u64, end: u64) -> core::cmp::Ordering {
+    if x < start {
+        core::cmp::Ordering::Greater
+    } else if x >= end {
+        core::cmp::Ordering::Less
+    } else {
+        core::cmp::Ordering::Equal
+    }
+}
+
+/// Binary search over indices `[lo, hi)` ordered by `cmp` (the element's order
+/// relative to the target); the index comparing `Equal`, if any.
+fn search(
+    mut lo: usize,
+    mut hi: usize,
+    cmp: impl Fn(usize) -> core::cmp::Ordering,
+) -> Option<usize> {
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match cmp(mid) {
+            core::cmp::Ordering::Greater => hi = mid,
+            core::cmp::Ordering::Less => lo = mid + 1,
+            core::cmp::Ordering::Equal => return Some(mid),
+        }
+    }
+    None
 }
