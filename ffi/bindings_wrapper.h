@@ -10,6 +10,17 @@
 #include <linux/inet.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
+#include <linux/mman.h>
+#include <linux/pagemap.h>
+#include <linux/pseudo_fs.h>
+#include <linux/fs_context.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/signal.h>
+#include <linux/mount.h>
+#include <linux/file.h>
+#include <asm/fpu/api.h>
+#include <asm/fpu/types.h>
 #include <linux/random.h>
 #include <linux/scatterlist.h>
 #include <linux/workqueue.h>

@@ -4,6 +4,14 @@
  * Everything else is Rust (src/, rdma/).
  */
 #include <linux/module.h>
+#include <linux/mmap_lock.h>
+#include <linux/pagemap.h>
+#include <linux/rseq.h>
+#include <linux/sched/signal.h>
+#include <linux/uaccess.h>
+#include <asm/fsgsbase.h>
+#include <asm/msr.h>
+#include <asm/segment.h>
 #include <linux/moduleparam.h>
 #include "helpers.h"
 
@@ -84,3 +92,110 @@ void mitosis_init_work(struct work_struct *work, work_func_t fn)
 
 bool mitosis_queue_work(struct workqueue_struct *wq, struct work_struct *work)
 { return queue_work(wq, work); }
+
+unsigned int mitosis_param_prefetch_pages = 8;
+module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
+MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");
+
+/* Pages, folios, files. */
+struct page *mitosis_alloc_zeroed_page(void)
+{ return alloc_page(GFP_KERNEL | __GFP_ZERO); }
+
+void mitosis_put_page(struct page *page)
+{ put_page(page); }
+
+struct page *mitosis_folio_page(struct folio *folio)
+{ return &folio->page; }
+
+void mitosis_folio_mark_uptodate(struct folio *folio)
+{ folio_mark_uptodate(folio); }
+
+bool mitosis_folio_test_uptodate(struct folio *folio)
+{ return folio_test_uptodate(folio); }
+
+void mitosis_folio_zero(struct folio *folio)
+{ folio_zero_range(folio, 0, folio_size(folio)); }
+
+void mitosis_folio_put(struct folio *folio)
+{ folio_put(folio); }
+
+struct folio *mitosis_readahead_folio(struct readahead_control *rac)
+{ return readahead_folio(rac); }
+
+struct folio *mitosis_grab_folio(struct address_space *mapping, pgoff_t index)
+{ return filemap_grab_folio(mapping, index); }
+
+void mitosis_i_size_write(struct inode *inode, loff_t size)
+{ i_size_write(inode, size); }
+
+bool mitosis_try_module_get(struct module *mod)
+{ return try_module_get(mod); }
+
+void mitosis_module_put(struct module *mod)
+{ module_put(mod); }
+
+/* Address spaces. */
+void mitosis_mmap_read_lock(struct mm_struct *mm)
+{ mmap_read_lock(mm); }
+
+void mitosis_mmap_read_unlock(struct mm_struct *mm)
+{ mmap_read_unlock(mm); }
+
+int mitosis_mmap_write_lock_killable(struct mm_struct *mm)
+{ return mmap_write_lock_killable(mm); }
+
+void mitosis_mmap_write_unlock(struct mm_struct *mm)
+{ mmap_write_unlock(mm); }
+
+void mitosis_vma_set_growsdown(struct vm_area_struct *vma)
+{ vm_flags_set(vma, VM_GROWSDOWN); }
+
+/* Tasks. */
+struct task_struct *mitosis_current(void)
+{ return current; }
+
+struct pt_regs *mitosis_task_pt_regs(struct task_struct *task)
+{ return task_pt_regs(task); }
+
+pid_t mitosis_current_tid(void)
+{ return task_pid_vnr(current); }
+
+void mitosis_sighand_lock(struct task_struct *task)
+{ spin_lock_irq(&task->sighand->siglock); }
+
+void mitosis_sighand_unlock(struct task_struct *task)
+{ spin_unlock_irq(&task->sighand->siglock); }
+
+void mitosis_rseq_notify_resume(struct task_struct *task)
+{ rseq_set_notify_resume(task); }
+
+int mitosis_put_user_u32(u32 value, u32 __user *addr)
+{ return put_user(value, addr); }
+
+/* x86-64 register state (what arch_prctl(ARCH_SET_FS/GS) does for the current task). */
+struct fpstate *mitosis_current_fpstate(void)
+{ return current->thread.fpu.fpstate; }
+
+unsigned long mitosis_read_fsbase(void)
+{ return x86_fsbase_read_cpu(); }
+
+unsigned long mitosis_read_gsbase(void)
+{ unsigned long v; rdmsrl(MSR_KERNEL_GS_BASE, v); return v; }
+
+void mitosis_write_fsgsbase(unsigned long fsbase, unsigned long gsbase)
+{
+	preempt_disable();
+	loadsegment(fs, 0);
+	x86_fsbase_write_cpu(fsbase);
+	current->thread.fsindex = 0;
+	current->thread.fsbase = fsbase;
+	wrmsrl(MSR_KERNEL_GS_BASE, gsbase);
+	current->thread.gsbase = gsbase;
+	preempt_enable();
+}
+
+pgoff_t mitosis_folio_index(struct folio *folio)
+{ return folio->index; }
+
+struct inode *mitosis_folio_inode(struct folio *folio)
+{ return folio_inode(folio); }

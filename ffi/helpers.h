@@ -7,6 +7,10 @@
 #define MITOSIS_HELPERS_H
 
 #include <linux/completion.h>
+#include <linux/fs.h>
+#include <linux/mm.h>
+#include <linux/pagemap.h>
+#include <linux/sched.h>
 #include <linux/scatterlist.h>
 #include <linux/workqueue.h>
 #include <rdma/ib_verbs.h>
@@ -15,6 +19,7 @@ extern unsigned short mitosis_param_listen_port;
 extern char *mitosis_param_device;
 extern unsigned int mitosis_param_connect_timeout_ms;
 extern unsigned int mitosis_param_io_timeout_ms;
+extern unsigned int mitosis_param_prefetch_pages;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
 			 const struct ib_send_wr **bad_wr);
@@ -42,5 +47,37 @@ void mitosis_init_completion(struct completion *c);
 void mitosis_reinit_completion(struct completion *c);
 void mitosis_init_work(struct work_struct *work, work_func_t fn);
 bool mitosis_queue_work(struct workqueue_struct *wq, struct work_struct *work);
+
+struct page *mitosis_alloc_zeroed_page(void);
+void mitosis_put_page(struct page *page);
+struct page *mitosis_folio_page(struct folio *folio);
+void mitosis_folio_mark_uptodate(struct folio *folio);
+bool mitosis_folio_test_uptodate(struct folio *folio);
+void mitosis_folio_zero(struct folio *folio);
+void mitosis_folio_put(struct folio *folio);
+struct folio *mitosis_readahead_folio(struct readahead_control *rac);
+struct folio *mitosis_grab_folio(struct address_space *mapping, pgoff_t index);
+void mitosis_i_size_write(struct inode *inode, loff_t size);
+bool mitosis_try_module_get(struct module *mod);
+void mitosis_module_put(struct module *mod);
+void mitosis_mmap_read_lock(struct mm_struct *mm);
+void mitosis_mmap_read_unlock(struct mm_struct *mm);
+int mitosis_mmap_write_lock_killable(struct mm_struct *mm);
+void mitosis_mmap_write_unlock(struct mm_struct *mm);
+void mitosis_vma_set_growsdown(struct vm_area_struct *vma);
+struct task_struct *mitosis_current(void);
+struct pt_regs *mitosis_task_pt_regs(struct task_struct *task);
+pid_t mitosis_current_tid(void);
+void mitosis_sighand_lock(struct task_struct *task);
+void mitosis_sighand_unlock(struct task_struct *task);
+void mitosis_rseq_notify_resume(struct task_struct *task);
+int mitosis_put_user_u32(u32 value, u32 __user *addr);
+struct fpstate *mitosis_current_fpstate(void);
+unsigned long mitosis_read_fsbase(void);
+unsigned long mitosis_read_gsbase(void);
+void mitosis_write_fsgsbase(unsigned long fsbase, unsigned long gsbase);
+
+pgoff_t mitosis_folio_index(struct folio *folio);
+struct inode *mitosis_folio_inode(struct folio *folio);
 
 #endif

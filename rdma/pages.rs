@@ -1,35 +1,101 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A set of kernel pages that can be registered for remote reading.
+//! Pages that can be registered for remote reading: pages the module allocated (test
+//! regions, snapshot descriptors) and pages of a seed's address space it captured.
 
-use kernel::page::Page;
+use crate::bindings;
+use core::ptr::NonNull;
 use kernel::prelude::*;
+
+use super::PAGE_SIZE;
+
+/// One reference on a kernel page.
+///
+/// # Invariants
+///
+/// `self.0` is a live `struct page` on which this value owns one reference (dropped
+/// with `put_page`), so the frame cannot be freed or reused while the value lives.
+pub(crate) struct PageRef(NonNull<bindings::page>);
+
+// SAFETY: a page reference may be dropped from any thread.
+unsafe impl Send for PageRef {}
+// SAFETY: shared access only reads the pointer.
+unsafe impl Sync for PageRef {}
+
+impl PageRef {
+    /// Takes over one reference the caller holds on `page` (from GUP or allocation).
+    ///
+    /// # Safety
+    ///
+    /// `page` is live and the caller owns one reference on it, which it gives up.
+    pub(crate) unsafe fn from_raw(page: NonNull<bindings::page>) -> Self {
+        PageRef(page)
+    }
+
+    /// A fresh zeroed page.
+    pub(crate) fn alloc_zeroed() -> Result<Self> {
+        // SAFETY: plain allocation; a non-null result carries one reference.
+        let p = unsafe { bindings::mitosis_alloc_zeroed_page() };
+        NonNull::new(p).map(PageRef).ok_or(ENOMEM)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::page {
+        self.0.as_ptr()
+    }
+
+    /// Copies `src` into the page at byte `off`.
+    pub(crate) fn write(&self, off: usize, src: &[u8]) -> Result {
+        let end = off.checked_add(src.len()).ok_or(EINVAL)?;
+        if end > PAGE_SIZE {
+            return Err(EINVAL);
+        }
+        // SAFETY: the page is live (type invariant); x86-64 has no highmem, so its
+        // kernel address is permanent.
+        let base = unsafe { bindings::mitosis_page_address(self.as_ptr()) } as *mut u8;
+        // SAFETY: `[off, end)` lies within the page; `src` cannot overlap a page only
+        // this module writes.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off), src.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant).
+        unsafe { bindings::mitosis_put_page(self.as_ptr()) };
+    }
+}
 
 /// Pages in order; page `i` holds bytes `[i * PAGE_SIZE, (i + 1) * PAGE_SIZE)`.
 ///
 /// Registrations hold an `Arc` of the set, so pages outlive every registration that lets
 /// a peer read them.
 pub(crate) struct PageSet {
-    pages: KVVec<Page>,
+    pages: KVVec<PageRef>,
 }
 
 impl PageSet {
-    /// Allocates `n` pages, each filled by `fill(index, page)`.
-    pub(crate) fn new(n: usize, mut fill: impl FnMut(usize, &Page) -> Result) -> Result<Self> {
+    /// Allocates `n` zeroed pages, each filled by `fill(index, page)`.
+    pub(crate) fn new(n: usize, mut fill: impl FnMut(usize, &PageRef) -> Result) -> Result<Self> {
         let mut pages = KVVec::with_capacity(n, GFP_KERNEL)?;
         for i in 0..n {
-            let page = Page::alloc_page(GFP_KERNEL)?;
+            let page = PageRef::alloc_zeroed()?;
             fill(i, &page)?;
             pages.push(page, GFP_KERNEL)?;
         }
         Ok(PageSet { pages })
     }
 
+    /// A set of pages the caller already holds.
+    pub(crate) fn from_pages(pages: KVVec<PageRef>) -> Self {
+        PageSet { pages }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.pages.len()
     }
 
-    pub(crate) fn pages(&self) -> &[Page] {
+    pub(crate) fn pages(&self) -> &[PageRef] {
         &self.pages
     }
 }

@@ -126,12 +126,13 @@ unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> i
     // SAFETY: `private_data` was set in `open` and lives until `release`.
     let st = unsafe { &*((*file).private_data as *const FileState) };
     match dispatch(st, cmd, arg) {
-        Ok(()) => 0,
+        Ok(v) => v,
         Err(e) => e.to_errno() as isize,
     }
 }
 
-fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
+/// Dispatches one ioctl; the value is the syscall's return value.
+fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
     let (dir, ty, nr, size) = abi::decode(cmd);
     let known = abi::COMMANDS.iter().find(|(n, _, _)| *n == nr);
     let Some(&(_, _, name)) = known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE)
@@ -139,7 +140,61 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
         log_rejected(format_args!("unknown command {cmd:#x} (ENOTTY)"));
         return Err(ENOTTY);
     };
-    match cmd_nr(nr) {
+    let r = match cmd_nr(nr) {
+        Cmd::ForkCapture => {
+            call(name, size, arg, true, |a: &mut abi::ForkCaptureArgs| {
+                require(a.flags & !abi::capture_flags::ALL == 0, name, "unknown flags")?;
+                require(
+                    *a == abi::ForkCaptureArgs {
+                        hdr: a.hdr,
+                        flags: a.flags,
+                        ..Default::default()
+                    },
+                    name,
+                    "output fields not zero",
+                )?;
+                let start = kernel::time::Ktime::ktime_get();
+                let c = crate::capture::capture(arg as u64).inspect_err(|e| {
+                    pr_info!("mitosis: fork_prepare capture failed: {:?}\n", e);
+                })?;
+                a.capture_ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
+                a.listen_port = default_port() as u32;
+                a.snapshot_id = c.id;
+                a.secret = c.secret;
+                a.n_vmas = c.n_vmas;
+                a.present_pages = c.present;
+                a.hole_pages = c.holes;
+                a.desc_bytes = c.desc_bytes;
+                Ok(())
+            })?;
+            // 1 in the seed; a child resumed from this snapshot sees 0 here.
+            return Ok(1);
+        }
+        Cmd::ForkResume => {
+            // Never copied back: on success the caller's memory is the seed's.
+            let a: abi::ForkResumeArgs = read_args(name, size, arg, true)?;
+            require(a._pad == 0, name, "padding not zero")?;
+            require(a.flags & !abi::resume_flags::ALL == 0, name, "unknown flags")?;
+            require(a.peer_addr != 0, name, "no peer address")?;
+            let port = if a.peer_port == 0 {
+                default_port()
+            } else {
+                a.peer_port
+            };
+            let timeout = if a.timeout_ms == 0 {
+                state::connect_timeout_ms()
+            } else {
+                a.timeout_ms
+            };
+            let eager = a.flags & abi::resume_flags::EAGER != 0;
+            crate::restore::resume(&a, port, timeout, eager)
+        }
+        Cmd::ForkRelease => call(name, size, arg, true, |a: &mut abi::ForkReleaseArgs| {
+            require(a._pad == 0, name, "padding not zero")?;
+            require(a.flags & !abi::release_flags::ALL == 0, name, "unknown flags")?;
+            let force = a.flags & abi::release_flags::FORCE != 0;
+            state::get().release_snapshot(a.snapshot_id, &a.secret, force)
+        }),
         Cmd::Version => call(name, size, arg, false, |a: &mut abi::VersionArgs| {
             require(
                 a._pad == 0 && a.module_version == [0; 32] && a.module_abi_version == 0,
@@ -257,10 +312,14 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result {
             Ok(())
         }),
         Cmd::Unknown => Err(ENOTTY),
-    }
+    };
+    r.map(|()| 0)
 }
 
 enum Cmd {
+    ForkCapture,
+    ForkResume,
+    ForkRelease,
     Version,
     Status,
     RegionCreate,
@@ -273,7 +332,13 @@ enum Cmd {
 
 fn cmd_nr(nr: u8) -> Cmd {
     let is = |c: u32| abi::decode(c).2 == nr;
-    if is(abi::IOC_VERSION) {
+    if is(abi::IOC_FORK_CAPTURE) {
+        Cmd::ForkCapture
+    } else if is(abi::IOC_FORK_RESUME) {
+        Cmd::ForkResume
+    } else if is(abi::IOC_FORK_RELEASE) {
+        Cmd::ForkRelease
+    } else if is(abi::IOC_VERSION) {
         Cmd::Version
     } else if is(abi::IOC_STATUS) {
         Cmd::Status

@@ -17,7 +17,7 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 /// Most pages one fast-reg MR covers (the device may allow fewer).
-const MAX_CHUNK_PAGES: usize = 512;
+pub(crate) const MAX_CHUNK_PAGES: usize = 512;
 
 /// `RequestHandler` of server connections.
 pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
@@ -125,7 +125,14 @@ fn send_keys(
     regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
     conn.reply(state::io_timeout_ms(), regs, |buf| {
-        OpenRegionReply::encode(seq, region.size, chunk_bytes, rkeys.iter().copied(), buf)
+        OpenRegionReply::encode(
+            seq,
+            region.size,
+            chunk_bytes,
+            region.info,
+            rkeys.iter().copied(),
+            buf,
+        )
             .map_err(|_| EINVAL)
     })?;
     REGION_OPENS.fetch_add(1, Ordering::Relaxed);

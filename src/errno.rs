@@ -43,3 +43,9 @@ pub(crate) fn eacces() -> Error {
 pub(crate) fn erange() -> Error {
     err(bindings::ERANGE)
 }
+pub(crate) fn eaddrinuse() -> Error {
+    err(bindings::EADDRINUSE)
+}
+pub(crate) fn eopnotsupp() -> Error {
+    err(bindings::EOPNOTSUPP)
+}

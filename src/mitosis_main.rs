@@ -5,7 +5,11 @@
 //! Where things are:
 //! - `chardev.rs`: `/dev/mitosis` and ioctl dispatch (argument validation in `uargs.rs`);
 //! - `state.rs`: the module-wide state (devices, connection pool, counters);
-//! - `region.rs`: regions published for peers (the publication path snapshots will use);
+//! - `capture.rs`: fork_prepare: a seed task captured into a snapshot;
+//! - `restore.rs`: fork_resume: a snapshot restored into the calling launcher;
+//! - `pager.rs`: the snapshot-file pager, where a child's page faults are served;
+//! - `mm.rs`: mmap-lock guards and VMA views;
+//! - `region.rs`: page sets published for peers (test regions and snapshots);
 //! - `control.rs`: control messages served to peers (open/close region);
 //! - `remote.rs`: regions of peers opened by this host and read with RDMA READ;
 //! - `../rdma/`: safe Rust over kernel verbs (device discovery, PD/CQ, RC QPs via
@@ -26,17 +30,22 @@ mod bindings;
 #[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
 mod abi {
     pub(crate) mod ioctl;
+    pub(crate) mod snapshot;
     pub(crate) mod wire;
 }
 
 #[path = "../rdma/mod.rs"]
 mod rdma;
 
+mod capture;
 mod chardev;
 mod control;
 mod errno;
+mod mm;
+mod pager;
 mod region;
 mod remote;
+mod restore;
 mod state;
 mod uargs;
 mod util;

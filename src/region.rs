@@ -12,7 +12,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 /// Most regions live on one host at once.
-pub(crate) const MAX_REGIONS: usize = 64;
+pub(crate) const MAX_REGIONS: usize = 1024;
 
 /// Region counters since load.
 pub(crate) static REGION_OPENS: AtomicU64 = AtomicU64::new(0);
@@ -23,6 +23,9 @@ pub(crate) struct Region {
     secret: [u8; 16],
     pub(crate) size: u64,
     pub(crate) pages: Arc<PageSet>,
+    /// For snapshots: the descriptor's length (it fills the first pages); 0 for test
+    /// regions. Sent to peers with the keys.
+    pub(crate) info: u64,
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
 }
@@ -71,12 +74,18 @@ impl Registry {
             for part in 0..PAGE_SIZE / chunk.len() {
                 let off = (i * PAGE_SIZE + part * chunk.len()) as u64;
                 fill_pattern(seed, off, &mut chunk);
-                // SAFETY: `chunk` is valid for reading `chunk.len()` bytes, which fit in
-                // the page at this offset.
-                unsafe { page.write_raw(chunk.as_ptr(), part * chunk.len(), chunk.len())? };
+                page.write(part * chunk.len(), &chunk)?;
             }
             Ok(())
         })?;
+        self.publish(pages, 0)
+    }
+
+    /// Publishes `pages` under a fresh id and random secret.
+    pub(crate) fn publish(&mut self, pages: PageSet, info: u64) -> Result<(u64, [u8; 16])> {
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(ENOSPC);
+        }
         let mut secret = [0u8; 16];
         // SAFETY: `secret` is valid for writing 16 bytes.
         unsafe { bindings::get_random_bytes(secret.as_mut_ptr().cast(), secret.len()) };
@@ -85,15 +94,25 @@ impl Registry {
             Region {
                 id,
                 secret,
-                size,
+                size: (pages.len() * PAGE_SIZE) as u64,
                 pages: Arc::new(pages, GFP_KERNEL)?,
+                info,
                 live: AtomicBool::new(true),
             },
             GFP_KERNEL,
         )?;
+        self.regions.reserve(1, GFP_KERNEL)?;
         self.regions.push(region, GFP_KERNEL)?;
         self.next_id += 1;
         Ok((id, secret))
+    }
+
+    /// Snapshots live and the pages they hold.
+    pub(crate) fn snapshot_totals(&self) -> (u64, u64) {
+        self.regions
+            .iter()
+            .filter(|r| r.info != 0)
+            .fold((0, 0), |(n, p), r| (n + 1, p + r.pages.len() as u64))
     }
 
     pub(crate) fn find(&self, id: u64) -> Option<Arc<Region>> {

@@ -18,6 +18,8 @@ pub(crate) struct RemoteRegion {
     conn: Arc<Connection>,
     region_id: u64,
     pub(crate) size: u64,
+    /// The region's `info` (a snapshot's descriptor length).
+    pub(crate) info: u64,
     chunk_bytes: u64,
     rkeys: KVec<u32>,
 }
@@ -37,7 +39,7 @@ impl RemoteRegion {
         secret: [u8; 16],
     ) -> Result<Self> {
         let req = OpenRegion { region_id, secret };
-        let (size, chunk_bytes, rkeys) = conn.rpc(
+        let (size, chunk_bytes, info, rkeys) = conn.rpc(
             state::io_timeout_ms(),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
@@ -52,7 +54,7 @@ impl RemoteRegion {
                 for i in 0..r.n_keys() {
                     keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.size, r.chunk_bytes, keys))
+                Ok((r.size, r.chunk_bytes, r.info, keys))
             },
         )?;
         Ok(RemoteRegion {
@@ -60,9 +62,31 @@ impl RemoteRegion {
             conn,
             region_id,
             size,
+            info,
             chunk_bytes,
             rkeys,
         })
+    }
+
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// Reads the pages at region offsets `offs` (at most [`MAX_READ_BATCH`], each
+    /// page-aligned and inside the region) into `bufs`, with one doorbell.
+    pub(crate) fn read_batch(&self, offs: &[u64], bufs: &[crate::rdma::verbs::DmaPage]) -> Result {
+        let mut remote = [(0u64, 0u32); MAX_READ_BATCH];
+        if offs.len() > MAX_READ_BATCH {
+            return Err(EINVAL);
+        }
+        for (slot, &off) in remote.iter_mut().zip(offs) {
+            if off % PAGE_SIZE as u64 != 0 || off >= self.size {
+                return Err(errno::erange());
+            }
+            *slot = self.locate(off).ok_or(EINVAL)?;
+        }
+        let remote = remote.get(..offs.len()).ok_or(EINVAL)?;
+        self.conn.read_pages(remote, bufs, state::io_timeout_ms())
     }
 
     /// Remote address and key of the page at `off`: the address is the region offset
@@ -70,7 +94,7 @@ impl RemoteRegion {
     /// end (only with `UNCHECKED`), the last key, with an address outside it.
     fn locate(&self, off: u64) -> Option<(u64, u32)> {
         let last = self.rkeys.len().checked_sub(1)?;
-        let chunk = ((off / self.chunk_bytes) as usize).min(last);
+        let chunk = (off.checked_div(self.chunk_bytes)? as usize).min(last);
         Some((off, *self.rkeys.get(chunk)?))
     }
 

@@ -15,6 +15,8 @@ use crate::errno;
 use crate::rdma::connection::{Connection, Ipv4};
 use crate::rdma::device::DeviceClient;
 use crate::rdma::listener::{AcceptHooks, Listener};
+use crate::pager::SnapshotFs;
+use crate::rdma::pages::PageSet;
 use crate::rdma::{self, STATS};
 use crate::region::{Region, Registry, REGION_OPENS, REGION_OPENS_REFUSED};
 use crate::util::{remove_first, take_all};
@@ -49,6 +51,8 @@ pub(crate) struct Mitosis {
     regions: Mutex<Registry>,
     #[pin]
     listener: Mutex<Option<Listener>>,
+    #[pin]
+    snapshot_fs: SnapshotFs,
 }
 
 static STATE: AtomicPtr<Mitosis> = AtomicPtr::new(ptr::null_mut());
@@ -63,6 +67,18 @@ static ACCEPT_HOOKS: AcceptHooks = AcceptHooks {
 pub(crate) fn get() -> &'static Mitosis {
     // SAFETY: only called by callbacks that run while the state lives (type invariant).
     unsafe { &*STATE.load(Ordering::Acquire) }
+}
+
+/// The module state, if it is up (for callbacks that may run during unload).
+pub(crate) fn try_get() -> Option<&'static Mitosis> {
+    // SAFETY: as in `get`; null outside the state's lifetime.
+    unsafe { STATE.load(Ordering::Acquire).as_ref() }
+}
+
+pub(crate) fn prefetch_pages() -> u32 {
+    // SAFETY: a module parameter: a plain integer that may change at any time.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_prefetch_pages)) }
+        .min(crate::rdma::connection::MAX_READ_BATCH as u32 * 4)
 }
 
 pub(crate) fn connect_timeout_ms() -> u32 {
@@ -93,6 +109,7 @@ impl Mitosis {
                 accepted <- new_mutex!(KVec::new()),
                 regions <- new_mutex!(Registry::new()),
                 listener <- new_mutex!(None),
+                snapshot_fs <- SnapshotFs::new(module),
             }? Error),
             GFP_KERNEL,
         );
@@ -109,6 +126,7 @@ impl Mitosis {
             let fields = unsafe { state.as_mut().get_unchecked_mut() };
             // SAFETY: `devices` is structurally pinned.
             unsafe { Pin::new_unchecked(&mut fields.devices) }.register()?;
+            fields.snapshot_fs.mount()?;
             if listen_port() != 0 {
                 let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
                     pr_err!(
@@ -144,6 +162,34 @@ impl Mitosis {
         rdma::stop_workqueue();
         self.devices.unregister();
         self.regions.lock().clear();
+        self.snapshot_fs.unmount();
+    }
+
+    pub(crate) fn snapshot_fs(&self) -> &SnapshotFs {
+        &self.snapshot_fs
+    }
+
+    /// Publishes a captured snapshot (descriptor of `desc_len` bytes in front).
+    pub(crate) fn publish_snapshot(&self, pages: PageSet, desc_len: u64) -> Result<(u64, [u8; 16])> {
+        self.regions.lock().publish(pages, desc_len)
+    }
+
+    /// Ends snapshot `id`: no new opens; with `force`, every peer's access ends now.
+    pub(crate) fn release_snapshot(&self, id: u64, secret: &[u8; 16], force: bool) -> Result {
+        let region = {
+            let mut regions = self.regions.lock();
+            let r = regions.find(id).filter(|r| r.info != 0).ok_or(ENOENT)?;
+            if !r.secret_matches(secret) {
+                return Err(errno::eacces());
+            }
+            regions.remove(id)?
+        };
+        if force {
+            for c in self.accepted.lock().iter() {
+                c.remove_registration(region.id);
+            }
+        }
+        Ok(())
     }
 
     /// A pooled connection to `addr:port`, connecting if there is none. Returns it and
@@ -203,6 +249,7 @@ impl Mitosis {
         out.n_connections = live(&self.pool.lock()) + live(&self.accepted.lock());
         out.listen_port = self.listener.lock().as_ref().map_or(0, |l| l.port() as u32);
         let l = |c: &core::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let (snapshots_live, snapshot_pages) = self.regions.lock().snapshot_totals();
         out.counters = Counters {
             conns_established: l(&STATS.conns_established),
             conns_failed: l(&STATS.conns_failed),
@@ -219,6 +266,13 @@ impl Mitosis {
             region_opens: l(&REGION_OPENS),
             region_opens_refused: l(&REGION_OPENS_REFUSED),
             mrs_live: l(&STATS.mrs_live),
+            snapshots_live,
+            snapshot_pages,
+            resumes: l(&crate::restore::RESUMES),
+            resumes_failed: l(&crate::restore::RESUMES_FAILED),
+            pages_fetched: l(&crate::pager::PAGES_FETCHED),
+            pages_zeroed: l(&crate::pager::PAGES_ZEROED),
+            fetch_failures: l(&crate::pager::FETCH_FAILURES),
             _reserved: [0],
         };
     }

@@ -4,22 +4,15 @@
 
 use crate::abi::ioctl::{Header, Pod, ABI_VERSION, MAX_ARG_SIZE};
 use crate::errno;
-use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use crate::util::RateLimit;
 use kernel::prelude::*;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// Logs at most 32 rejected-ioctl lines per second, so a misbehaving caller cannot
 /// flood the log.
 pub(crate) fn log_rejected(args: core::fmt::Arguments<'_>) {
-    static WINDOW_START_MS: AtomicI64 = AtomicI64::new(0);
-    static IN_WINDOW: AtomicU32 = AtomicU32::new(0);
-    let now = kernel::time::Ktime::ktime_get().to_ms();
-    let start = WINDOW_START_MS.load(Ordering::Relaxed);
-    if now - start >= 1000 {
-        WINDOW_START_MS.store(now, Ordering::Relaxed);
-        IN_WINDOW.store(0, Ordering::Relaxed);
-    }
-    if IN_WINDOW.fetch_add(1, Ordering::Relaxed) < 32 {
+    static LIMIT: RateLimit = RateLimit::new(32);
+    if LIMIT.allow() {
         pr_info!("mitosis: ioctl rejected: {}\n", args);
     }
 }

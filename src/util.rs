@@ -3,6 +3,7 @@
 //! Small `KVec` helpers the 6.12 `kernel` crate lacks.
 
 use kernel::alloc::Allocator;
+use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use kernel::prelude::*;
 
 /// Removes element `i` by swapping the last one into its place (order is not kept).
@@ -32,4 +33,31 @@ pub(crate) fn remove_first<T, A: Allocator>(
 /// Takes every element out, leaving `v` empty.
 pub(crate) fn take_all<T>(v: &mut KVec<T>) -> KVec<T> {
     core::mem::replace(v, KVec::new())
+}
+
+/// At most `burst` events per second (log lines a peer or caller could otherwise flood).
+pub(crate) struct RateLimit {
+    window_start_ms: AtomicI64,
+    in_window: AtomicU32,
+    burst: u32,
+}
+
+impl RateLimit {
+    pub(crate) const fn new(burst: u32) -> Self {
+        RateLimit {
+            window_start_ms: AtomicI64::new(0),
+            in_window: AtomicU32::new(0),
+            burst,
+        }
+    }
+
+    /// Whether one more event fits in the current one-second window.
+    pub(crate) fn allow(&self) -> bool {
+        let now = kernel::time::Ktime::ktime_get().to_ms();
+        if now - self.window_start_ms.load(Ordering::Relaxed) >= 1000 {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.in_window.store(0, Ordering::Relaxed);
+        }
+        self.in_window.fetch_add(1, Ordering::Relaxed) < self.burst
+    }
 }

@@ -21,7 +21,7 @@
 //! explicit (`_pad*` fields) and must be zero.
 
 /// Version of this ABI. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The ioctl type byte of `/dev/mitosis`.
 pub const IOC_MAGIC: u8 = 0xB7;
@@ -182,6 +182,18 @@ pub struct Counters {
     pub region_opens_refused: u64,
     /// Memory registrations (fast-reg MRs) live for peers.
     pub mrs_live: u64,
+    /// Snapshots published on this host, and the seed pages they hold.
+    pub snapshots_live: u64,
+    pub snapshot_pages: u64,
+    /// Resumes that reached the child's first instruction, and that failed.
+    pub resumes: u64,
+    pub resumes_failed: u64,
+    /// Snapshot pages this host fetched from peers (fault, prefetch or eager) and hole
+    /// pages it zero-filled locally.
+    pub pages_fetched: u64,
+    pub pages_zeroed: u64,
+    /// Remote faults that failed (the faulting child got SIGBUS).
+    pub fetch_failures: u64,
     pub _reserved: [u64; 1],
 }
 
@@ -306,16 +318,110 @@ pub struct RemoteCloseArgs {
     pub handle: u64,
 }
 
+/// Flags of [`ForkCaptureArgs::flags`] (none yet).
+pub mod capture_flags {
+    pub const ALL: u32 = 0;
+}
+
+/// `MITOSIS_IOC_FORK_CAPTURE`: called by the seed, the library's `fork()` copy of the
+/// process being prepared. The module captures the calling task (registers, FPU, signal
+/// state, every VMA and page) into a snapshot and returns **1** with the handle filled
+/// in; the seed then hands the handle to its parent and exits (the module holds every
+/// page). When a child resumes from the snapshot, this same call returns **0** in the
+/// child, with the `child_*` fields filled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkCaptureArgs {
+    pub hdr: Header,
+    /// In: [`capture_flags`].
+    pub flags: u32,
+    /// Out (seed): the control listener's port.
+    pub listen_port: u32,
+    /// Out (seed): the snapshot's id and secret on this host.
+    pub snapshot_id: u64,
+    pub secret: [u8; 16],
+    /// Out (seed): capture time in the module, ns; VMAs, present pages, hole pages and
+    /// descriptor bytes.
+    pub capture_ns: u64,
+    pub n_vmas: u64,
+    pub present_pages: u64,
+    pub hole_pages: u64,
+    pub desc_bytes: u64,
+    /// Out (child): where the child's vDSO and vvar are now and where the seed had them
+    /// (the library moves them back with `mremap` before anything calls the vDSO).
+    pub child_vdso: u64,
+    pub child_vvar: u64,
+    pub seed_vdso: u64,
+    pub seed_vvar: u64,
+    pub vdso_len: u64,
+    pub vvar_len: u64,
+    /// Out (child): `CLOCK_MONOTONIC` ns when the resume call entered the module, and
+    /// pages fetched eagerly.
+    pub resume_start_ns: u64,
+    pub eager_pages: u64,
+}
+
+/// Flags of [`ForkResumeArgs::flags`].
+pub mod resume_flags {
+    /// Fetch every present page of the snapshot before the child runs.
+    pub const EAGER: u32 = 1 << 0;
+    pub const ALL: u32 = EAGER;
+}
+
+/// `MITOSIS_IOC_FORK_RESUME`: replaces the caller's address space and execution state
+/// with snapshot `snapshot_id` of the peer. Does not return on success: the caller
+/// continues as a child from the seed's `FORK_CAPTURE`, which returns 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkResumeArgs {
+    pub hdr: Header,
+    /// In: parent host IPv4 address in network byte order (the module's own address
+    /// works too: a child on the parent's host).
+    pub peer_addr: u32,
+    /// In: port (host order), 0 = default.
+    pub peer_port: u16,
+    pub _pad: u16,
+    /// In: connection timeout in ms, 0 = default.
+    pub timeout_ms: u32,
+    /// In: [`resume_flags`].
+    pub flags: u32,
+    pub snapshot_id: u64,
+    pub secret: [u8; 16],
+}
+
+/// Flags of [`ForkReleaseArgs::flags`].
+pub mod release_flags {
+    /// Also revoke every peer's access now: running children get SIGBUS on their next
+    /// remote fault.
+    pub const FORCE: u32 = 1 << 0;
+    pub const ALL: u32 = FORCE;
+}
+
+/// `MITOSIS_IOC_FORK_RELEASE`: ends a snapshot of this host. New resumes fail with
+/// `ENOENT`; children already running keep reading it (unless [`release_flags::FORCE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkReleaseArgs {
+    pub hdr: Header,
+    pub snapshot_id: u64,
+    pub secret: [u8; 16],
+    pub flags: u32,
+    pub _pad: u32,
+}
+
 ioctl_structs! {
     /// Ping and version.
     IOC_VERSION = 0, VersionArgs, 56;
     /// Devices, connections, counters.
-    IOC_STATUS = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 128;
+    IOC_STATUS = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 184;
     IOC_REGION_CREATE = 2, RegionCreateArgs, 48;
     IOC_REGION_DESTROY = 3, RegionDestroyArgs, 16;
     IOC_REMOTE_OPEN = 4, RemoteOpenArgs, 80;
     IOC_REMOTE_READ = 5, RemoteReadArgs, 72;
     IOC_REMOTE_CLOSE = 6, RemoteCloseArgs, 16;
+    IOC_FORK_CAPTURE = 7, ForkCaptureArgs, 144;
+    IOC_FORK_RESUME = 8, ForkResumeArgs, 48;
+    IOC_FORK_RELEASE = 9, ForkReleaseArgs, 40;
 }
 
 /// The 64-bit word at byte offset `off` (a multiple of 8) of a region filled with `seed`.

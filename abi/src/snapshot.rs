@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The snapshot descriptor: what a child fetches with one RDMA READ to rebuild a seed's
-//! address space (issue 3; the capture and resume paths that use it are not built yet).
+//! The snapshot descriptor: what a child fetches with one batch of RDMA READs (one
+//! doorbell) to rebuild a seed's address space and execution state.
 //!
 //! Layout, little-endian: a 40-byte header, then `n_vmas` 48-byte VMA records, then
-//! `n_runs` 24-byte page runs. Each VMA owns `n_runs` consecutive runs starting at
+//! `n_runs` 24-byte page runs, then `state_len` bytes of task state (a [`TaskState`]
+//! followed by the FPU image, opaque to the codec). Each VMA owns `n_runs` consecutive runs starting at
 //! `first_run`; a run covers `n_pages` pages from VMA page `page` and is either present
 //! (its data is pages `data_page..data_page + n_pages` of the snapshot's published page
 //! set) or a hole (zero-filled locally). The checksum is CRC-32 (IEEE) of everything
@@ -36,13 +37,34 @@ pub enum DescError {
     TooLarge,
 }
 
+/// Bits of [`Vma::flags`].
+pub mod vma_flags {
+    /// `VM_READ`, `VM_WRITE`, `VM_EXEC` of the seed's VMA (its protection).
+    pub const READ: u32 = 1 << 0;
+    pub const WRITE: u32 = 1 << 1;
+    pub const EXEC: u32 = 1 << 2;
+    /// The seed's VMA was shared (`VM_SHARED`); children get a private copy.
+    pub const SHARED: u32 = 1 << 3;
+    /// Stack-like: grows down on faults below it.
+    pub const GROWSDOWN: u32 = 1 << 4;
+    /// File-backed in the seed (its content is captured whole).
+    pub const FILE: u32 = 1 << 5;
+    /// The vDSO and vvar special mappings: recorded, not mapped from the snapshot.
+    pub const VDSO: u32 = 1 << 6;
+    pub const VVAR: u32 = 1 << 7;
+    /// Heap (`[start_brk, brk)`).
+    pub const HEAP: u32 = 1 << 8;
+    pub const ALL: u32 = (1 << 9) - 1;
+}
+
 /// One VMA of the seed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Vma {
     pub start: u64,
     pub end: u64,
-    /// `PROT_*` and `VM_*`-style flags as captured.
+    /// Reserved (0).
     pub prot: u32,
+    /// [`vma_flags`].
     pub flags: u32,
     pub file_offset: u64,
     pub first_run: u32,
@@ -91,23 +113,24 @@ fn get_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Length of the encoding of `n_vmas` VMAs, `n_runs` runs and `state_len` state bytes.
+pub fn encoded_len(n_vmas: usize, n_runs: usize, state_len: usize) -> Option<usize> {
+    n_vmas
+        .checked_mul(VMA_LEN)?
+        .checked_add(n_runs.checked_mul(RUN_LEN)?)?
+        .checked_add(state_len)?
+        .checked_add(HEADER_LEN)
+}
+
 /// Encodes a descriptor for a page set of `data_pages` pages; returns its length.
 pub fn encode(
     vmas: &[Vma],
     runs: &[PageRun],
     data_pages: u64,
+    state: &[u8],
     out: &mut [u8],
 ) -> Result<usize, DescError> {
-    let total = vmas
-        .len()
-        .checked_mul(VMA_LEN)
-        .and_then(|v| {
-            runs.len()
-                .checked_mul(RUN_LEN)
-                .and_then(|r| r.checked_add(v))
-        })
-        .and_then(|b| b.checked_add(HEADER_LEN))
-        .ok_or(DescError::TooLarge)?;
+    let total = encoded_len(vmas.len(), runs.len(), state.len()).ok_or(DescError::TooLarge)?;
     if total > out.len() || total > u32::MAX as usize {
         return Err(DescError::TooLarge);
     }
@@ -131,6 +154,7 @@ pub fn encode(
         out[at + 16..at + 24].copy_from_slice(&r.data_page.to_le_bytes());
         at += RUN_LEN;
     }
+    out[at..at + state.len()].copy_from_slice(state);
     let sum = crc32(&out[HEADER_LEN..]);
     out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     out[4..6].copy_from_slice(&VERSION.to_le_bytes());
@@ -140,7 +164,8 @@ pub fn encode(
     out[16..20].copy_from_slice(&(vmas.len() as u32).to_le_bytes());
     out[20..24].copy_from_slice(&(runs.len() as u32).to_le_bytes());
     out[24..32].copy_from_slice(&data_pages.to_le_bytes());
-    out[32..40].copy_from_slice(&0u64.to_le_bytes());
+    out[32..36].copy_from_slice(&(state.len() as u32).to_le_bytes());
+    out[36..40].copy_from_slice(&0u32.to_le_bytes());
     Ok(total)
 }
 
@@ -150,6 +175,7 @@ pub struct Descriptor<'a> {
     bytes: &'a [u8],
     n_vmas: usize,
     n_runs: usize,
+    state_len: usize,
     pub data_pages: u64,
 }
 
@@ -171,9 +197,12 @@ impl<'a> Descriptor<'a> {
         }
         let n_vmas = get_u32(bytes, 16) as usize;
         let n_runs = get_u32(bytes, 20) as usize;
-        let expect =
-            (n_vmas as u64) * VMA_LEN as u64 + (n_runs as u64) * RUN_LEN as u64 + HEADER_LEN as u64;
-        if expect != total as u64 {
+        let state_len = get_u32(bytes, 32) as usize;
+        let expect = (n_vmas as u64) * VMA_LEN as u64
+            + (n_runs as u64) * RUN_LEN as u64
+            + state_len as u64
+            + HEADER_LEN as u64;
+        if expect != total as u64 || get_u32(bytes, 36) != 0 {
             return Err(DescError::BadLength);
         }
         if crc32(&bytes[HEADER_LEN..]) != get_u32(bytes, 12) {
@@ -183,10 +212,37 @@ impl<'a> Descriptor<'a> {
             bytes,
             n_vmas,
             n_runs,
+            state_len,
             data_pages: get_u64(bytes, 24),
         };
         d.validate()?;
         Ok(d)
+    }
+
+    /// Re-opens bytes that passed [`Descriptor::parse`] before (kept unchanged), without
+    /// re-checking the checksum and every record: O(1), for the fault path. Only the
+    /// header's lengths are checked, and lookups stay in bounds on any input.
+    pub fn parse_validated(bytes: &'a [u8]) -> Result<Self, DescError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(DescError::Truncated);
+        }
+        let n_vmas = get_u32(bytes, 16) as usize;
+        let n_runs = get_u32(bytes, 20) as usize;
+        let state_len = get_u32(bytes, 32) as usize;
+        let expect = (n_vmas as u64) * VMA_LEN as u64
+            + (n_runs as u64) * RUN_LEN as u64
+            + state_len as u64
+            + HEADER_LEN as u64;
+        if expect != bytes.len() as u64 {
+            return Err(DescError::BadLength);
+        }
+        Ok(Descriptor {
+            bytes,
+            n_vmas,
+            n_runs,
+            state_len,
+            data_pages: get_u64(bytes, 24),
+        })
     }
 
     fn validate(&self) -> Result<(), DescError> {
@@ -195,6 +251,7 @@ impl<'a> Descriptor<'a> {
         for i in 0..self.n_vmas {
             let v = self.vma_unchecked(i);
             if v.start >= v.end
+                || v.flags & !vma_flags::ALL != 0
                 || !v.start.is_multiple_of(PAGE)
                 || !v.end.is_multiple_of(PAGE)
                 || v.start < prev_end
@@ -243,6 +300,12 @@ impl<'a> Descriptor<'a> {
         Ok(())
     }
 
+    /// The task state bytes (a [`TaskState`] and the FPU image).
+    pub fn state(&self) -> &'a [u8] {
+        let at = self.bytes.len() - self.state_len;
+        &self.bytes[at..]
+    }
+
     pub fn n_vmas(&self) -> usize {
         self.n_vmas
     }
@@ -271,10 +334,11 @@ impl<'a> Descriptor<'a> {
         })?;
         let v = self.vma_unchecked(vi);
         let page = (addr - v.start) / PAGE;
-        let first = v.first_run as usize;
-        let ri = search(first, first + v.n_runs as usize, |i| {
+        let first = (v.first_run as usize).min(self.n_runs);
+        let last = first.saturating_add(v.n_runs as usize).min(self.n_runs);
+        let ri = search(first, last, |i| {
             let r = self.run_unchecked(i);
-            cmp_range(page, r.page, r.page + r.n_pages as u64)
+            cmp_range(page, r.page, r.page.saturating_add(r.n_pages as u64))
         })?;
         Some((v, self.run_unchecked(ri)))
     }
@@ -335,3 +399,119 @@ fn search(
     }
     None
 }
+
+/// x86-64 `struct pt_regs`, as 21 words in kernel order.
+pub const PT_REGS_WORDS: usize = 21;
+/// Index of `ip`, `cs`, `flags`, `sp`, `ss`, `ax` and `orig_ax` in [`TaskState::regs`].
+pub mod reg {
+    pub const R15: usize = 0;
+    pub const R14: usize = 1;
+    pub const R13: usize = 2;
+    pub const R12: usize = 3;
+    pub const BP: usize = 4;
+    pub const BX: usize = 5;
+    pub const AX: usize = 10;
+    pub const ORIG_AX: usize = 15;
+    pub const IP: usize = 16;
+    pub const CS: usize = 17;
+    pub const FLAGS: usize = 18;
+    pub const SP: usize = 19;
+    pub const SS: usize = 20;
+}
+
+/// Number of signals whose dispositions are captured.
+pub const NSIG: usize = 64;
+
+/// One signal disposition (`struct sigaction` as the kernel keeps it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// The seed's execution state, captured at its `FORK_CAPTURE` syscall. The kernel's
+/// FPU image (`fpu_len` bytes, the format of the capturing kernel: children check
+/// that it matches theirs) follows it in the descriptor's state section.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    pub regs: [u64; PT_REGS_WORDS],
+    pub fsbase: u64,
+    pub gsbase: u64,
+    pub rseq: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    pub robust_list: u64,
+    pub clear_child_tid: u64,
+    pub set_child_tid: u64,
+    pub sas_ss_sp: u64,
+    pub sas_ss_size: u64,
+    pub sas_ss_flags: u32,
+    pub fpu_len: u32,
+    /// Blocked signal mask.
+    pub blocked: u64,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// User address of the seed's `ForkCaptureArgs` (the child's resume report goes there).
+    pub capture_args: u64,
+    /// `xfeatures` the FPU image was saved with, and the image's `xcomp_bv`.
+    pub fpu_xfeatures: u64,
+    pub fpu_xcomp_bv: u64,
+    pub sigactions: [SigAction; NSIG],
+}
+
+impl Default for TaskState {
+    fn default() -> Self {
+        TaskState {
+            regs: [0; PT_REGS_WORDS],
+            fsbase: 0,
+            gsbase: 0,
+            rseq: 0,
+            rseq_len: 0,
+            rseq_sig: 0,
+            robust_list: 0,
+            clear_child_tid: 0,
+            set_child_tid: 0,
+            sas_ss_sp: 0,
+            sas_ss_size: 0,
+            sas_ss_flags: 0,
+            fpu_len: 0,
+            blocked: 0,
+            start_code: 0,
+            end_code: 0,
+            start_data: 0,
+            end_data: 0,
+            start_brk: 0,
+            brk: 0,
+            start_stack: 0,
+            arg_start: 0,
+            arg_end: 0,
+            env_start: 0,
+            env_end: 0,
+            capture_args: 0,
+            fpu_xfeatures: 0,
+            fpu_xcomp_bv: 0,
+            sigactions: [SigAction::default(); NSIG],
+        }
+    }
+}
+
+/// Size of [`TaskState`] in the descriptor.
+pub const TASK_STATE_LEN: usize = core::mem::size_of::<TaskState>();
+const _: () = assert!(TASK_STATE_LEN == 8 * PT_REGS_WORDS + 8 * 25 + 32 * NSIG);
+
+// SAFETY: `repr(C)`, only `u64`/`u32` fields paired so there is no implicit padding
+// (checked by the size assertion above).
+unsafe impl super::ioctl::Pod for TaskState {}

@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -210,15 +210,18 @@ impl OpenRegion {
 pub struct OpenRegionReply<'a> {
     pub size: u64,
     pub chunk_bytes: u64,
+    /// For snapshots: the descriptor's length in bytes (it starts at offset 0).
+    /// 0 for test regions.
+    pub info: u64,
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
 }
 
 /// Most rkeys one reply carries.
-pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - 20) / 4;
+pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - 28) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 20;
+    const FIXED_LEN: usize = 28;
 
     /// Number of rkeys.
     pub fn n_keys(&self) -> usize {
@@ -238,6 +241,7 @@ impl<'a> OpenRegionReply<'a> {
         seq: u64,
         size: u64,
         chunk_bytes: u64,
+        info: u64,
         rkeys: impl ExactSizeIterator<Item = u32>,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
@@ -251,6 +255,7 @@ impl<'a> OpenRegionReply<'a> {
         put_header(&mut w, Kind::OpenRegionReply, seq, 0, body)?;
         w.put(&size.to_le_bytes())?;
         w.put(&chunk_bytes.to_le_bytes())?;
+        w.put(&info.to_le_bytes())?;
         w.put(&(n as u32).to_le_bytes())?;
         for k in rkeys {
             w.put(&k.to_le_bytes())?;
@@ -264,6 +269,7 @@ impl<'a> OpenRegionReply<'a> {
         let mut c = Cursor { buf: body, pos: 0 };
         let size = c.u64()?;
         let chunk_bytes = c.u64()?;
+        let info = c.u64()?;
         let n = c.u32()? as usize;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
         if c.pos != body.len() || size == 0 || chunk_bytes == 0 || chunk_bytes % 4096 != 0 {
@@ -275,6 +281,7 @@ impl<'a> OpenRegionReply<'a> {
         Ok(OpenRegionReply {
             size,
             chunk_bytes,
+            info,
             rkeys,
         })
     }

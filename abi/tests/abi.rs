@@ -22,7 +22,10 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     }
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
-    assert_eq!(ioctl::IOC_STATUS, 0xc158_b701);
+    assert_eq!(ioctl::IOC_STATUS, 0xc190_b701);
+    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc090_b707);
+    assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
+    assert_eq!(ioctl::IOC_FORK_RELEASE, 0xc028_b709);
 }
 
 #[test]
@@ -31,8 +34,12 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(size_of::<ioctl::Header>(), 8);
     assert_eq!(size_of::<ioctl::VersionArgs>(), 56);
     assert_eq!(size_of::<ioctl::DeviceInfo>(), 48);
-    assert_eq!(size_of::<ioctl::Counters>(), 128);
-    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 128);
+    assert_eq!(size_of::<ioctl::Counters>(), 184);
+    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 184);
+    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, snapshot_id), 16);
+    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, child_vdso), 80);
+    assert_eq!(offset_of!(ioctl::ForkResumeArgs, snapshot_id), 24);
+    assert_eq!(offset_of!(ioctl::ForkReleaseArgs, flags), 32);
     assert_eq!(size_of::<ioctl::RemoteOpenArgs>(), 80);
     assert_eq!(offset_of!(ioctl::RemoteOpenArgs, region_id), 24);
     assert_eq!(offset_of!(ioctl::RemoteOpenArgs, handle), 48);
@@ -93,6 +100,7 @@ fn wire_reply_round_trip_and_consistency() {
         9,
         3 * 2 * 1024 * 1024 - 4096,
         2 << 20,
+        777,
         keys.iter().copied(),
         &mut buf,
     )
@@ -100,17 +108,17 @@ fn wire_reply_round_trip_and_consistency() {
     let (h, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!((h.kind, h.seq), (Kind::OpenRegionReply, 9));
     let r = OpenRegionReply::decode(body).unwrap();
-    assert_eq!(r.n_keys(), 3);
+    assert_eq!((r.n_keys(), r.info), (3, 777));
     assert_eq!((r.rkey(0), r.rkey(2), r.rkey(3)), (Some(1), Some(3), None));
     // Size not covered exactly by the keys: refused.
-    let n =
-        OpenRegionReply::encode(9, 4 * (2 << 20), 2 << 20, keys.iter().copied(), &mut buf).unwrap();
+    let n = OpenRegionReply::encode(9, 4 * (2 << 20), 2 << 20, 0, keys.iter().copied(), &mut buf)
+        .unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
     // Too many keys for one message.
     let many = vec![0u32; wire::MAX_REPLY_RKEYS + 1];
     assert_eq!(
-        OpenRegionReply::encode(1, 4096, 4096, many.into_iter(), &mut buf),
+        OpenRegionReply::encode(1, 4096, 4096, 0, many.into_iter(), &mut buf),
         Err(WireError::TooLarge)
     );
 }
@@ -173,7 +181,7 @@ proptest! {
                                        flip in 0usize..400, bit in 0u8..8) {
         let mut buf = [0u8; wire::MSG_SIZE];
         let size = keys.len() as u64 * 8192;
-        let n = OpenRegionReply::encode(1, size, 8192, keys.iter().copied(), &mut buf).unwrap();
+        let n = OpenRegionReply::encode(1, size, 8192, 0, keys.iter().copied(), &mut buf).unwrap();
         if flip < n {
             buf[flip] ^= 1 << bit;
         }

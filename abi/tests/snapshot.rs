@@ -36,9 +36,11 @@ fn sample() -> (Vec<Vma>, Vec<PageRun>) {
     )
 }
 
+const STATE: &[u8] = b"task state bytes";
+
 fn encode(vmas: &[Vma], runs: &[PageRun], data: u64) -> Result<Vec<u8>, DescError> {
     let mut buf = vec![0u8; 1 << 16];
-    let n = snapshot::encode(vmas, runs, data, &mut buf)?;
+    let n = snapshot::encode(vmas, runs, data, STATE, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -57,6 +59,7 @@ fn round_trip_and_lookup() {
     assert_eq!(d.vma(1), Some(v[1]));
     assert_eq!(d.run(2), Some(r[2]));
     assert_eq!(d.vma(2), None);
+    assert_eq!(d.state(), STATE);
     assert_eq!(d.lookup(0x10000 + 3 * 4096).map(|x| x.1), Some(r[0]));
     assert_eq!(d.lookup(0x10000 + 4 * 4096), None); // between runs: never touched
     assert_eq!(
@@ -143,7 +146,7 @@ fn refuses_bad_headers() {
     );
     let mut small = [0u8; 64];
     assert_eq!(
-        snapshot::encode(&v, &r, 5, &mut small),
+        snapshot::encode(&v, &r, 5, STATE, &mut small),
         Err(DescError::TooLarge)
     );
 }
@@ -192,4 +195,24 @@ proptest! {
             prop_assert_eq!(d.lookup(v.end - 1).map(|x| x.1), Some(runs[i]));
         }
     }
+}
+
+#[test]
+fn unknown_vma_flags_refused() {
+    let (mut v, r) = sample();
+    v[0].flags = 1 << 31;
+    assert_eq!(
+        Descriptor::parse(&encode(&v, &r, 5).unwrap()).err(),
+        Some(DescError::BadVma)
+    );
+}
+
+#[test]
+fn state_length_must_match() {
+    let (v, r) = sample();
+    let mut bytes = encode(&v, &r, 5).unwrap();
+    // Claim one more state byte than there is (checksum still over the same bytes).
+    let len = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) + 1;
+    bytes[32..36].copy_from_slice(&len.to_le_bytes());
+    assert_eq!(Descriptor::parse(&bytes).err(), Some(DescError::BadLength));
 }

@@ -34,10 +34,12 @@ struct mitosis_counters {
 	uint64_t ctrl_msgs_sent, ctrl_msgs_received;
 	uint64_t read_wrs_posted, read_doorbells, bytes_read, read_errors, read_timeouts;
 	uint64_t regions_live, region_opens, region_opens_refused, mrs_live;
+	uint64_t snapshots_live, snapshot_pages, resumes, resumes_failed;
+	uint64_t pages_fetched, pages_zeroed, fetch_failures;
 	uint64_t _reserved[1];
 };
 
-/* Same layout as mitosis_abi::ioctl::StatusArgs (344 bytes). */
+/* Same layout as mitosis_abi::ioctl::StatusArgs (400 bytes). */
 struct mitosis_status {
 	struct mitosis_header hdr;
 	uint32_t n_devices;
@@ -52,6 +54,21 @@ int mitosis_open(struct mitosis **out);
 void mitosis_close(struct mitosis *m);
 int mitosis_version(const struct mitosis *m, uint32_t *abi_version);
 int mitosis_status(const struct mitosis *m, struct mitosis_status *out);
+
+/*
+ * Remote fork. A snapshot handle is text: "IP:PORT/ID/SECRET" (secret: 32 hex digits),
+ * at most MITOSIS_HANDLE_MAX bytes with the NUL.
+ *
+ * mitosis_fork_prepare returns twice, like fork(): 1 in the caller, with the handle in
+ * `handle` (the snapshot lives until released), and 0 in every child resumed from it.
+ * mitosis_fork_resume does not return on success; on failure the caller is unchanged.
+ */
+#define MITOSIS_HANDLE_MAX 80
+#define MITOSIS_RESUME_EAGER 1u
+#define MITOSIS_RELEASE_FORCE 1u
+int mitosis_fork_prepare(const struct mitosis *m, char *handle, uint32_t handle_len);
+int mitosis_fork_resume(const struct mitosis *m, const char *handle, uint32_t flags);
+int mitosis_fork_release(const struct mitosis *m, const char *handle, uint32_t flags);
 
 #ifdef __cplusplus
 }

@@ -2,8 +2,9 @@
 //!
 //! Every function returns 0 or a negative errno; nothing panics across the boundary.
 
-use crate::Mitosis;
+use crate::{Forked, Mitosis, ResumeOptions, SnapshotHandle};
 use mitosis_abi::ioctl::StatusArgs;
+use std::ffi::{c_char, CStr};
 use std::io;
 
 fn errno(e: io::Error) -> i32 {
@@ -81,6 +82,117 @@ pub unsafe extern "C" fn mitosis_status(m: *const Mitosis, out: *mut StatusArgs)
             unsafe { out.write(s) };
             0
         }
+        Err(e) => errno(e),
+    }
+}
+
+/// Parses a NUL-terminated handle string.
+///
+/// # Safety
+///
+/// `s` is null or a valid C string.
+unsafe fn handle_arg(s: *const c_char) -> Result<SnapshotHandle, i32> {
+    if s.is_null() {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: per the contract.
+    let s = unsafe { CStr::from_ptr(s) };
+    s.to_str()
+        .map_err(|_| -libc::EINVAL)?
+        .parse()
+        .map_err(|_| -libc::EINVAL)
+}
+
+/// Snapshots the caller: 1 in the caller (handle text in `handle`), 0 in each
+/// resumed child, or a negative errno.
+///
+/// # Safety
+///
+/// `m` from `mitosis_open`; `handle` valid for writing `handle_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mitosis_fork_prepare(
+    m: *const Mitosis,
+    handle: *mut c_char,
+    handle_len: u32,
+) -> i32 {
+    // SAFETY: per the contract.
+    let (Some(m), false) = (unsafe { m.as_ref() }, handle.is_null()) else {
+        return -libc::EINVAL;
+    };
+    match m.fork_prepare() {
+        Ok(Forked::Child(_)) => 0,
+        Ok(Forked::Parent(p)) => {
+            let text = p.handle.to_string();
+            if text.len() + 1 > handle_len as usize {
+                let _ = m.fork_release(&p.handle, false);
+                return -libc::ENAMETOOLONG;
+            }
+            // SAFETY: `handle` has room for the text and its NUL (checked).
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), handle.cast(), text.len());
+                *handle.add(text.len()) = 0;
+            }
+            1
+        }
+        Err(e) => errno(e),
+    }
+}
+
+/// Becomes a child of the snapshot; returns only on failure (negative errno).
+///
+/// # Safety
+///
+/// `m` from `mitosis_open`; `handle` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn mitosis_fork_resume(
+    m: *const Mitosis,
+    handle: *const c_char,
+    flags: u32,
+) -> i32 {
+    // SAFETY: per the contract.
+    let Some(m) = (unsafe { m.as_ref() }) else {
+        return -libc::EINVAL;
+    };
+    // SAFETY: per the contract.
+    let h = match unsafe { handle_arg(handle) } {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    if flags & !1 != 0 {
+        return -libc::EINVAL;
+    }
+    let opts = ResumeOptions {
+        eager: flags & 1 != 0,
+        connect_timeout: None,
+    };
+    errno(m.fork_resume(&h, opts))
+}
+
+/// Ends a snapshot of this host (`MITOSIS_RELEASE_FORCE`: children lose access too).
+///
+/// # Safety
+///
+/// `m` from `mitosis_open`; `handle` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn mitosis_fork_release(
+    m: *const Mitosis,
+    handle: *const c_char,
+    flags: u32,
+) -> i32 {
+    // SAFETY: per the contract.
+    let Some(m) = (unsafe { m.as_ref() }) else {
+        return -libc::EINVAL;
+    };
+    // SAFETY: per the contract.
+    let h = match unsafe { handle_arg(handle) } {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    if flags & !1 != 0 {
+        return -libc::EINVAL;
+    }
+    match m.fork_release(&h, flags & 1 != 0) {
+        Ok(()) => 0,
         Err(e) => errno(e),
     }
 }

@@ -6,6 +6,9 @@
 //! [`capi`] (header: `lib/include/mitosis.h`).
 
 pub mod capi;
+pub mod fork;
+
+pub use fork::{Forked, Prepared, ResumeOptions, Resumed, SnapshotHandle};
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -6,8 +6,8 @@ use mitosis_abi::ioctl::StatusArgs;
 #[test]
 fn header_struct_sizes_match_rust() {
     let header = include_str!("../include/mitosis.h");
-    assert!(header.contains("(344 bytes)"));
-    assert_eq!(std::mem::size_of::<StatusArgs>(), 344);
+    assert!(header.contains("(400 bytes)"));
+    assert_eq!(std::mem::size_of::<StatusArgs>(), 400);
     assert!(header.contains(&format!(
         "#define MITOSIS_MAX_DEVICES {}",
         mitosis_abi::ioctl::MAX_DEVICES

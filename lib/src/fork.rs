@@ -1,0 +1,471 @@
+//! Remote fork: [`Mitosis::fork_prepare`], [`Mitosis::fork_resume`],
+//! [`Mitosis::fork_release`].
+//!
+//! `fork_prepare` is fork-like. It `fork()`s a *seed*, a copy-on-write image of the
+//! caller at this moment, which enters the `FORK_CAPTURE` ioctl: the module captures it
+//! (registers, FPU, signal state, every VMA and page, pages referenced until release),
+//! the seed sends the handle back through a pipe and exits. The caller gets
+//! [`Forked::Parent`]. A launcher anywhere calls `fork_resume(handle)`: its address
+//! space and registers become the seed's and it continues *inside this function*, in
+//! the seed's branch, where `FORK_CAPTURE` now returns 0: the function returns
+//! [`Forked::Child`] there. The child keeps the launcher's pid, credentials, namespaces
+//! and file descriptors.
+//!
+//! Before anything else the child's branch moves the vDSO and vvar back to the seed's
+//! addresses (the C library caches vDSO entry points), re-points the seed's
+//! `/dev/mitosis` descriptor number at the device (so the [`Mitosis`] value stays
+//! usable: a child can prepare again) and restores the signal mask, which the seed
+//! blocked for this window.
+
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::str::FromStr;
+use std::time::Duration;
+
+use mitosis_abi::ioctl::{self as abi, release_flags, resume_flags, Header};
+
+use crate::{format_secret, parse_secret, Mitosis, DEVICE_PATH};
+
+/// Everything a launcher needs to resume from a snapshot: where, which, and the
+/// secret. Text form: `IP:PORT/ID/SECRET` (secret as 32 hex digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotHandle {
+    pub host: Ipv4Addr,
+    pub port: u16,
+    pub id: u64,
+    pub secret: [u8; 16],
+}
+
+impl fmt::Display for SnapshotHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}/{}",
+            self.host,
+            self.port,
+            self.id,
+            format_secret(&self.secret)
+        )
+    }
+}
+
+impl FromStr for SnapshotHandle {
+    type Err = io::Error;
+
+    fn from_str(s: &str) -> io::Result<Self> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a snapshot handle (IP:PORT/ID/SECRET): {s:?}"),
+            )
+        };
+        let mut parts = s.trim().split('/');
+        let (addr, id, secret) = (
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+        );
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let (host, port) = addr.split_once(':').ok_or_else(bad)?;
+        Ok(SnapshotHandle {
+            host: host.parse().map_err(|_| bad())?,
+            port: port.parse().map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+            secret: parse_secret(secret).ok_or_else(bad)?,
+        })
+    }
+}
+
+/// What `fork_prepare` measured in the parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub handle: SnapshotHandle,
+    /// Wall time of the whole call (fork, capture, handle back), and of the capture in
+    /// the module.
+    pub total: Duration,
+    pub capture: Duration,
+    pub n_vmas: u64,
+    pub present_pages: u64,
+    pub hole_pages: u64,
+    pub desc_bytes: u64,
+}
+
+/// What a resumed child learns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    /// From the resume call entering the module to the child's first instruction
+    /// after the vDSO move (both `CLOCK_MONOTONIC`).
+    pub resume: Duration,
+    /// Pages fetched before the child ran (eager mode).
+    pub eager_pages: u64,
+}
+
+/// The two returns of [`Mitosis::fork_prepare`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    Parent(Prepared),
+    Child(Resumed),
+}
+
+/// How a launcher resumes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeOptions {
+    /// Fetch every present page before the child runs.
+    pub eager: bool,
+    pub connect_timeout: Option<Duration>,
+}
+
+/// The message a seed sends its parent: the capture result or an errno.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SeedReport {
+    errno: i64,
+    args: abi::ForkCaptureArgs,
+}
+
+/// This host's address for handles: `MITOSIS_HOST` if set, else the first IPv4 address
+/// of an interface that is up and not loopback.
+pub fn local_host() -> io::Result<Ipv4Addr> {
+    if let Ok(h) = std::env::var("MITOSIS_HOST") {
+        return h.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MITOSIS_HOST is not an IPv4 address: {h:?}"),
+            )
+        });
+    }
+    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `ifa` receives a list we free below.
+    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = ifa;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let i = unsafe { &*cur };
+        cur = i.ifa_next;
+        let up = i.ifa_flags & libc::IFF_UP as u32 != 0;
+        let lo = i.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+        // SAFETY: `ifa_addr` is null or a valid sockaddr.
+        if !up
+            || lo
+            || i.ifa_addr.is_null()
+            || unsafe { (*i.ifa_addr).sa_family } as i32 != libc::AF_INET
+        {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(i.ifa_addr as *const libc::sockaddr_in) };
+        found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        break;
+    }
+    // SAFETY: from getifaddrs.
+    unsafe { libc::freeifaddrs(ifa) };
+    found.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no IPv4 interface for the snapshot handle",
+        )
+    })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `mremap(from, len) -> to` by raw syscall (nothing here may touch the vDSO yet).
+fn move_mapping(from: u64, to: u64, len: u64) -> io::Result<()> {
+    if from == to || len == 0 {
+        return Ok(());
+    }
+    // SAFETY: moves a special mapping of this process; the target is free in the
+    // child (the module never maps the seed's vDSO/vvar ranges).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mremap,
+            from,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to,
+        )
+    };
+    if r as u64 != to {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts the vDSO and vvar where the seed had them. Moves through a scratch area when
+/// a target overlaps the other mapping's current place.
+fn restore_vdso(a: &abi::ForkCaptureArgs) -> io::Result<()> {
+    let overlap = |s1: u64, l1: u64, s2: u64, l2: u64| s1 < s2 + l2 && s2 < s1 + l1;
+    let (mut vvar, mut vdso) = (a.child_vvar, a.child_vdso);
+    if overlap(a.seed_vvar, a.vvar_len, vdso, a.vdso_len)
+        || overlap(a.seed_vdso, a.vdso_len, vvar, a.vvar_len)
+    {
+        let total = a.vvar_len + a.vdso_len;
+        // SAFETY: a fresh reservation, replaced by the moves below.
+        let scratch = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                0usize,
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1i32,
+                0usize,
+            )
+        } as u64;
+        if scratch > u64::MAX - 4095 {
+            return Err(io::Error::last_os_error());
+        }
+        move_mapping(vvar, scratch, a.vvar_len)?;
+        move_mapping(vdso, scratch + a.vvar_len, a.vdso_len)?;
+        vvar = scratch;
+        vdso = scratch + a.vvar_len;
+    }
+    move_mapping(vvar, a.seed_vvar, a.vvar_len)?;
+    move_mapping(vdso, a.seed_vdso, a.vdso_len)
+}
+
+/// The child's first steps (see the module docs); returns what it learned.
+fn child_start(m: &Mitosis, a: &abi::ForkCaptureArgs, old_mask: &libc::sigset_t) -> Forked {
+    if restore_vdso(a).is_err() {
+        // No usable vDSO: the C library would crash on the first clock read.
+        // SAFETY: terminating the process is always sound.
+        unsafe { libc::syscall(libc::SYS_exit_group, 127) };
+    }
+    let first = monotonic_ns();
+    m.reattach();
+    // SAFETY: `old_mask` is the mask saved before the seed blocked signals.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut()) };
+    Forked::Child(Resumed {
+        resume: Duration::from_nanos(first.saturating_sub(a.resume_start_ns)),
+        eager_pages: a.eager_pages,
+    })
+}
+
+impl Mitosis {
+    /// Makes this value's descriptor number refer to `/dev/mitosis` again in a resumed
+    /// child (the number was the seed's; the child has the launcher's table).
+    fn reattach(&self) {
+        let fd = self.file.as_raw_fd();
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut dev: libc::stat = unsafe { std::mem::zeroed() };
+        let path = c"/dev/mitosis";
+        debug_assert_eq!(path.to_bytes(), DEVICE_PATH.as_bytes());
+        // SAFETY: `st`/`dev` are writable stat buffers; `path` is NUL-terminated.
+        let same = unsafe {
+            libc::fstat(fd, &mut st) == 0
+                && libc::stat(path.as_ptr(), &mut dev) == 0
+                && st.st_rdev == dev.st_rdev
+                && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        };
+        if same {
+            return;
+        }
+        // SAFETY: plain open/dup2/close of descriptors this function owns.
+        unsafe {
+            let nfd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if nfd >= 0 {
+                libc::dup3(nfd, fd, libc::O_CLOEXEC);
+                libc::close(nfd);
+            }
+        }
+    }
+
+    /// Snapshots the calling process (see the module docs). Returns twice, like
+    /// `fork()`: [`Forked::Parent`] here, [`Forked::Child`] in every resumed child.
+    pub fn fork_prepare(&self) -> io::Result<Forked> {
+        let host = local_host()?;
+        let start = monotonic_ns();
+        let mut pipe = [0i32; 2];
+        // SAFETY: `pipe` has room for two descriptors.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (rd, wr) = (pipe[0], pipe[1]);
+        // SAFETY: zeroed sigset_t is a valid (empty) set, then filled.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sets.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        // SAFETY: the seed branch only makes raw syscalls until it exits (or, resumed,
+        // until it has restored the vDSO).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut a = abi::ForkCaptureArgs {
+                hdr: Header::for_struct::<abi::ForkCaptureArgs>(),
+                ..Default::default()
+            };
+            // SAFETY: `a` is a valid ForkCaptureArgs.
+            let r = unsafe {
+                libc::ioctl(
+                    self.file.as_raw_fd(),
+                    abi::IOC_FORK_CAPTURE as _,
+                    &mut a as *mut abi::ForkCaptureArgs,
+                )
+            };
+            if r == 0 {
+                // A child resumed from this snapshot.
+                return Ok(child_start(self, &a, &old));
+            }
+            let report = SeedReport {
+                errno: if r == 1 {
+                    0
+                } else {
+                    io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO) as i64
+                },
+                args: a,
+            };
+            // SAFETY: writing a plain struct to our pipe, then leaving without running
+            // any of the parent's exit handlers.
+            unsafe {
+                libc::write(
+                    wr,
+                    &report as *const SeedReport as *const libc::c_void,
+                    std::mem::size_of::<SeedReport>(),
+                );
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: restoring the caller's mask; closing our copy of the write end.
+        unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::close(wr);
+        }
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: our descriptor.
+            unsafe { libc::close(rd) };
+            return Err(e);
+        }
+        let mut report = SeedReport::default();
+        let want = std::mem::size_of::<SeedReport>();
+        let mut got = 0usize;
+        while got < want {
+            // SAFETY: reading into the rest of `report`.
+            let n = unsafe {
+                libc::read(
+                    rd,
+                    (&mut report as *mut SeedReport as *mut u8).add(got) as *mut libc::c_void,
+                    want - got,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        // SAFETY: reaping our own child; closing our descriptor.
+        unsafe {
+            let mut status = 0;
+            while libc::waitpid(pid, &mut status, 0) < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+            libc::close(rd);
+        }
+        if got != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the seed exited without a report",
+            ));
+        }
+        if report.errno != 0 {
+            return Err(io::Error::from_raw_os_error(report.errno as i32));
+        }
+        let a = report.args;
+        Ok(Forked::Parent(Prepared {
+            handle: SnapshotHandle {
+                host,
+                port: a.listen_port as u16,
+                id: a.snapshot_id,
+                secret: a.secret,
+            },
+            total: Duration::from_nanos(monotonic_ns() - start),
+            capture: Duration::from_nanos(a.capture_ns),
+            n_vmas: a.n_vmas,
+            present_pages: a.present_pages,
+            hole_pages: a.hole_pages,
+            desc_bytes: a.desc_bytes,
+        }))
+    }
+
+    /// Becomes a child of the snapshot: does not return on success (the process goes
+    /// on in the seed's `fork_prepare`, which returns [`Forked::Child`]). The error
+    /// says why the launcher is still itself.
+    pub fn fork_resume(&self, handle: &SnapshotHandle, opts: ResumeOptions) -> io::Error {
+        let mut a = abi::ForkResumeArgs {
+            peer_addr: u32::from_ne_bytes(handle.host.octets()),
+            peer_port: handle.port,
+            timeout_ms: opts
+                .connect_timeout
+                .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32),
+            flags: if opts.eager { resume_flags::EAGER } else { 0 },
+            snapshot_id: handle.id,
+            secret: handle.secret,
+            ..Default::default()
+        };
+        match self.call(abi::IOC_FORK_RESUME, &mut a) {
+            Err(e) => e,
+            Ok(()) => io::Error::other("resume returned without replacing the process"),
+        }
+    }
+
+    /// Ends a snapshot of this host. With `force`, running children lose access too.
+    pub fn fork_release(&self, handle: &SnapshotHandle, force: bool) -> io::Result<()> {
+        let mut a = abi::ForkReleaseArgs {
+            snapshot_id: handle.id,
+            secret: handle.secret,
+            flags: if force { release_flags::FORCE } else { 0 },
+            ..Default::default()
+        };
+        self.call(abi::IOC_FORK_RELEASE, &mut a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_text_round_trip() {
+        let h = SnapshotHandle {
+            host: Ipv4Addr::new(169, 254, 77, 1),
+            port: 18515,
+            id: 42,
+            secret: [7; 16],
+        };
+        let s = h.to_string();
+        assert_eq!(s, "169.254.77.1:18515/42/07070707070707070707070707070707");
+        assert_eq!(s.parse::<SnapshotHandle>().unwrap(), h);
+        for bad in [
+            "",
+            "1.2.3.4/1/00",
+            "1.2.3.4:1/x/07070707070707070707070707070707",
+            "1.2.3.4:1/1/0707/extra",
+        ] {
+            assert!(bad.parse::<SnapshotHandle>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! fork_prepare, parent side: where a snapshot is captured.
+//!
+//! The caller is the *seed*: the user-space library's `fork()` copy of the process
+//! being prepared, so its memory is a copy-on-write image of the parent at the prepare
+//! call and nothing else runs in it. At its `FORK_CAPTURE` syscall we record its
+//! execution state ([`TaskState`] + the FPU image), every VMA, and take a reference on
+//! every present page (GUP with `FOLL_DUMP`: present pages and THP subpages are
+//! returned, swapped-out pages are brought back, never-touched anonymous pages are
+//! holes). The references keep the frames (and so the snapshot) unchanged after the
+//! seed exits: a parent write copies, because the page is not exclusively its own.
+//! The descriptor goes into fresh pages in front of the data pages, and the whole set
+//! is published like a region: a peer can read only these pages, with the snapshot's
+//! id and secret.
+
+use crate::abi::ioctl::Pod;
+use crate::abi::snapshot::{
+    encode, encoded_len, vma_flags, PageRun, SigAction, TaskState, Vma, NSIG, PAGE,
+    PT_REGS_WORDS, RUN_PRESENT, TASK_STATE_LEN,
+};
+use crate::bindings;
+use crate::errno;
+use crate::mm::{MmapReadGuard, Special, VmaView, MAX_VMAS};
+use crate::rdma::pages::{PageRef, PageSet};
+use crate::state;
+use core::ptr::{self, NonNull};
+use kernel::prelude::*;
+
+/// Largest FPU image accepted (x86 xsave areas are a few KiB; AMX is 11 KiB).
+pub(crate) const MAX_FPU_BYTES: usize = 64 << 10;
+/// Pages asked of GUP per call.
+const GUP_BATCH: usize = 64;
+/// `KFPU_387 | KFPU_MXCSR`.
+pub(crate) const KFPU_DEFAULT: u32 = 3;
+/// Most pages one snapshot may hold (keys for them must fit one control reply).
+const MAX_SNAPSHOT_PAGES: usize =
+    crate::abi::wire::MAX_REPLY_RKEYS * crate::control::MAX_CHUNK_PAGES;
+
+/// What a capture produced.
+pub(crate) struct Captured {
+    pub(crate) id: u64,
+    pub(crate) secret: [u8; 16],
+    pub(crate) n_vmas: u64,
+    pub(crate) present: u64,
+    pub(crate) holes: u64,
+    pub(crate) desc_bytes: u64,
+}
+
+/// Captures the calling task; `args_addr` is its `ForkCaptureArgs` (children get their
+/// resume report there).
+pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
+    let mut st = TaskState::default();
+    st.capture_args = args_addr;
+    capture_task(&mut st);
+    let fpu = capture_fpu(&mut st)?;
+    let mut vmas = KVVec::new();
+    let mut runs = KVVec::new();
+    let mut data = KVVec::new();
+    let mut holes = 0u64;
+    {
+        let mm = MmapReadGuard::current()?;
+        capture_mm_fields(mm.mm(), &mut st);
+        let mut addr = 0u64;
+        while let Some(v) = mm.vma_from(addr) {
+            addr = v.end;
+            let flags = match v.special {
+                Special::Vdso => vma_flags::VDSO,
+                Special::Vvar => vma_flags::VVAR,
+                // Device memory is never captured (documented in docs/design.md).
+                Special::Other => continue,
+                Special::None => prot_flags(&v, &st),
+            };
+            if vmas.len() >= MAX_VMAS {
+                return Err(E2BIG);
+            }
+            let first_run = runs.len();
+            if v.special == Special::None {
+                holes += capture_pages(&mm, &v, &mut runs, &mut data)?;
+            }
+            vmas.push(
+                Vma {
+                    start: v.start,
+                    end: v.end,
+                    prot: 0,
+                    flags,
+                    file_offset: 0,
+                    first_run: first_run as u32,
+                    n_runs: (runs.len() - first_run) as u32,
+                    file_id: 0,
+                    _pad: 0,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+    }
+    st.fpu_len = fpu.len() as u32;
+    let mut state_bytes = KVVec::with_capacity(TASK_STATE_LEN + fpu.len(), GFP_KERNEL)?;
+    state_bytes.extend_from_slice(st.as_bytes(), GFP_KERNEL)?;
+    state_bytes.extend_from_slice(&fpu, GFP_KERNEL)?;
+    drop(fpu);
+
+    let desc_len = encoded_len(vmas.len(), runs.len(), state_bytes.len()).ok_or(E2BIG)?;
+    let mut desc = KVVec::from_elem(0u8, desc_len, GFP_KERNEL)?;
+    encode(&vmas, &runs, data.len() as u64, &state_bytes, &mut desc).map_err(|_| EINVAL)?;
+    let desc_pages = desc_len.div_ceil(PAGE as usize);
+    if desc_pages + data.len() > MAX_SNAPSHOT_PAGES {
+        return Err(E2BIG);
+    }
+    let mut pages = KVVec::with_capacity(desc_pages + data.len(), GFP_KERNEL)?;
+    for chunk in desc.chunks(PAGE as usize) {
+        let p = PageRef::alloc_zeroed()?;
+        p.write(0, chunk)?;
+        pages.push(p, GFP_KERNEL)?;
+    }
+    let present = data.len() as u64;
+    for p in data.into_iter() {
+        pages.push(p, GFP_KERNEL)?;
+    }
+    let (id, secret) = state::get().publish_snapshot(PageSet::from_pages(pages), desc_len as u64)?;
+    Ok(Captured {
+        id,
+        secret,
+        n_vmas: vmas.len() as u64,
+        present,
+        holes,
+        desc_bytes: desc_len as u64,
+    })
+}
+
+/// The VMA's protection and kind as descriptor flags.
+fn prot_flags(v: &VmaView, st: &TaskState) -> u32 {
+    let f = v.flags;
+    let mut out = 0;
+    for (vm, bit) in [
+        (bindings::VM_READ, vma_flags::READ),
+        (bindings::VM_WRITE, vma_flags::WRITE),
+        (bindings::VM_EXEC, vma_flags::EXEC),
+        (bindings::VM_SHARED, vma_flags::SHARED),
+        (bindings::VM_GROWSDOWN, vma_flags::GROWSDOWN),
+    ] {
+        if f & vm as u64 != 0 {
+            out |= bit;
+        }
+    }
+    if !v.file.is_null() {
+        out |= vma_flags::FILE;
+    }
+    let holds_start_brk = v.start <= st.start_brk && st.start_brk < v.end;
+    let inside_heap = v.start >= st.start_brk && v.start < st.brk;
+    if v.file.is_null() && (holds_start_brk || inside_heap) {
+        out |= vma_flags::HEAP;
+    }
+    out
+}
+
+/// Takes a reference on every present page of `v`, appending runs (present pages
+/// only; pages between runs are holes) and data pages. Returns the hole count.
+fn capture_pages(
+    mm: &MmapReadGuard,
+    v: &VmaView,
+    runs: &mut KVVec<PageRun>,
+    data: &mut KVVec<PageRef>,
+) -> Result<u64> {
+    let n_pages = (v.end - v.start) / PAGE;
+    // Pages of a snapshot file the child never touched are the source snapshot's
+    // holes: keep them holes instead of faulting them in.
+    let source = state::get().snapshot_fs().pager_of_file(v.file);
+    let source_desc = source.map(|p| p.descriptor()).transpose()?;
+    let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
+    let mut holes = 0u64;
+    let mut p = 0u64;
+    let first_run = runs.len();
+    while p < n_pages {
+        let addr = v.start + p * PAGE;
+        if let Some(d) = &source_desc {
+            if d.lookup(addr).is_none() && !present_in_page_table(mm, addr) {
+                holes += 1;
+                p += 1;
+                continue;
+            }
+        }
+        let want = ((n_pages - p) as usize).min(GUP_BATCH);
+        let want = if source_desc.is_some() { 1 } else { want };
+        // SAFETY: the mm is read-locked by `mm` for the whole call (`locked` = NULL);
+        // `got` has room for `want` pointers.
+        let r = unsafe {
+            bindings::get_user_pages_remote(
+                mm.mm(),
+                addr as _,
+                want as _,
+                (bindings::FOLL_FORCE | bindings::FOLL_DUMP) as u32,
+                got.as_mut_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        if r == -(bindings::EFAULT as kernel::ffi::c_long) || r == 0 {
+            // Never touched (or the shared zero page): a hole.
+            holes += 1;
+            p += 1;
+            continue;
+        }
+        if r < 0 {
+            return Err(Error::from_errno(r as i32));
+        }
+        for (i, &page) in got[..r as usize].iter().enumerate() {
+            let Some(page) = NonNull::new(page) else {
+                return Err(EFAULT);
+            };
+            // SAFETY: GUP returned the page with one reference we now own.
+            let page = unsafe { PageRef::from_raw(page) };
+            let vma_page = p + i as u64;
+            let data_page = data.len() as u64;
+            data.push(page, GFP_KERNEL)?;
+            let in_this_vma = runs.len() > first_run;
+            match runs.last_mut() {
+                Some(last)
+                    if in_this_vma
+                        && last.page + last.n_pages as u64 == vma_page
+                        && last.data_page + last.n_pages as u64 == data_page
+                        && last.n_pages < u32::MAX =>
+                {
+                    last.n_pages += 1;
+                }
+                _ => runs.push(
+                    PageRun {
+                        page: vma_page,
+                        n_pages: 1,
+                        kind: RUN_PRESENT,
+                        data_page,
+                    },
+                    GFP_KERNEL,
+                )?,
+            }
+        }
+        p += r as u64;
+    }
+    Ok(holes)
+}
+
+/// Whether `addr` has a page in the page tables (a child's own write of a page it
+/// had not fetched). Checked with GUP's fast path, which never faults.
+fn present_in_page_table(_mm: &MmapReadGuard, addr: u64) -> bool {
+    let mut page = ptr::null_mut::<bindings::page>();
+    // SAFETY: `page` has room for one pointer; the fast path needs no lock.
+    let r = unsafe { bindings::get_user_pages_fast_only(addr as _, 1, 0, &mut page) };
+    if r == 1 && !page.is_null() {
+        // SAFETY: the reference GUP just took.
+        unsafe { bindings::mitosis_put_page(page) };
+        true
+    } else {
+        false
+    }
+}
+
+/// Registers, FS/GS base, kernel-registered user pointers, signal state.
+fn capture_task(st: &mut TaskState) {
+    // SAFETY: `current` is live; its user register frame is at the top of its stack.
+    let task = unsafe { bindings::mitosis_current() };
+    // SAFETY: as above; `pt_regs` is 21 words on x86-64.
+    let regs = unsafe { bindings::mitosis_task_pt_regs(task) } as *const u64;
+    for i in 0..PT_REGS_WORDS {
+        // SAFETY: `i` < 21 words of the frame.
+        st.regs[i] = unsafe { *regs.add(i) };
+    }
+    // SAFETY: reading the current task's own register state.
+    unsafe {
+        st.fsbase = bindings::mitosis_read_fsbase() as u64;
+        st.gsbase = bindings::mitosis_read_gsbase() as u64;
+    }
+    // SAFETY: these fields of the current task are only changed by the task itself.
+    unsafe {
+        st.rseq = (*task).rseq as u64;
+        st.rseq_len = (*task).rseq_len;
+        st.rseq_sig = (*task).rseq_sig;
+        st.robust_list = (*task).robust_list as u64;
+        st.clear_child_tid = (*task).clear_child_tid as u64;
+        st.set_child_tid = (*task).set_child_tid as u64;
+        st.sas_ss_sp = (*task).sas_ss_sp as u64;
+        st.sas_ss_size = (*task).sas_ss_size as u64;
+        st.sas_ss_flags = (*task).sas_ss_flags;
+        st.blocked = (*task).blocked.sig[0] as u64;
+    }
+    // SAFETY: the sighand lock keeps the dispositions stable while we copy them.
+    unsafe {
+        bindings::mitosis_sighand_lock(task);
+        let actions = ptr::addr_of!((*(*task).sighand).action) as *const bindings::k_sigaction;
+        for (i, out) in st.sigactions.iter_mut().enumerate().take(NSIG) {
+            let sa = ptr::addr_of!((*actions.add(i)).sa);
+            *out = SigAction {
+                handler: ptr::read(ptr::addr_of!((*sa).sa_handler) as *const u64),
+                flags: (*sa).sa_flags as u64,
+                restorer: ptr::read(ptr::addr_of!((*sa).sa_restorer) as *const u64),
+                mask: (*sa).sa_mask.sig[0] as u64,
+            };
+        }
+        bindings::mitosis_sighand_unlock(task);
+    }
+}
+
+fn capture_mm_fields(mm: *mut bindings::mm_struct, st: &mut TaskState) {
+    // SAFETY: the mm is read-locked by the caller.
+    unsafe {
+        st.start_code = (*mm).__bindgen_anon_1.start_code as u64;
+        st.end_code = (*mm).__bindgen_anon_1.end_code as u64;
+        st.start_data = (*mm).__bindgen_anon_1.start_data as u64;
+        st.end_data = (*mm).__bindgen_anon_1.end_data as u64;
+        st.start_brk = (*mm).__bindgen_anon_1.start_brk as u64;
+        st.brk = (*mm).__bindgen_anon_1.brk as u64;
+        st.start_stack = (*mm).__bindgen_anon_1.start_stack as u64;
+        st.arg_start = (*mm).__bindgen_anon_1.arg_start as u64;
+        st.arg_end = (*mm).__bindgen_anon_1.arg_end as u64;
+        st.env_start = (*mm).__bindgen_anon_1.env_start as u64;
+        st.env_end = (*mm).__bindgen_anon_1.env_end as u64;
+    }
+}
+
+/// The current task's FPU image in the kernel's format: `kernel_fpu_begin` first saves
+/// the live user registers into it.
+fn capture_fpu(st: &mut TaskState) -> Result<KVVec<u8>> {
+    // SAFETY: the current task's FPU state pointer is stable while it runs.
+    let fp = unsafe { bindings::mitosis_current_fpstate() };
+    // SAFETY: as above.
+    let size = unsafe { (*fp).size } as usize;
+    if size < 576 || size > MAX_FPU_BYTES {
+        return Err(errno::eopnotsupp());
+    }
+    let mut image = KVVec::from_elem(0u8, size, GFP_KERNEL)?;
+    // SAFETY: between begin and end the user state is saved in `fp` and nothing else
+    // changes it; `image` has `size` bytes, `regs` spans `size` bytes.
+    unsafe {
+        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
+        let src = ptr::addr_of!((*fp).regs) as *const u8;
+        ptr::copy_nonoverlapping(src, image.as_mut_ptr(), size);
+        st.fpu_xfeatures = (*fp).xfeatures;
+        bindings::kernel_fpu_end();
+    }
+    st.fpu_xcomp_bv = u64::from_le_bytes(image[520..528].try_into().map_err(|_| EINVAL)?);
+    Ok(image)
+}

@@ -1,0 +1,532 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The snapshot-file pager: where a child's page faults are served.
+//!
+//! Every snapshot a child on this host resumes from becomes one inode of an internal
+//! pseudo filesystem ("snapshot file"). File offset = the seed's virtual address, so each
+//! seed VMA is a `MAP_PRIVATE` mapping of the file at offset `vm_start`. A fault on a page
+//! that is not in the page cache calls `read_folio` / `readahead` here, which fill the
+//! page with one-sided RDMA READs of exactly the present pages (one doorbell per batch)
+//! and zero-fill holes locally. The core MM does the rest: copy-on-write when a child
+//! writes, sharing of fetched pages among every child of the snapshot on this host,
+//! reclaim of clean pages (fetched again when needed). The readahead window of each
+//! child's file is the `prefetch_pages` module parameter.
+//!
+//! Inodes are cached by (parent address, port, snapshot id) while some child maps them;
+//! the last unmap evicts the inode, which closes the remote open (the parent drops this
+//! host's registration).
+
+use crate::abi::snapshot::{Descriptor, PAGE, RUN_PRESENT};
+use crate::bindings;
+use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
+use crate::rdma::verbs::DmaPage;
+use crate::rdma::PAGE_SIZE;
+use crate::remote::RemoteRegion;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::types::Opaque;
+
+/// Pages fetched, hole pages zero-filled, failed fetches (counters since load).
+pub(crate) static PAGES_FETCHED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static PAGES_ZEROED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FETCH_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// `statfs` magic of the snapshot filesystem ("MSNF").
+const SNAPSHOT_FS_MAGIC: u64 = 0x4D53_4E46;
+
+/// Most snapshots with live children on this host at once.
+const MAX_CACHED: usize = 1024;
+
+/// Which snapshot an inode holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct PagerKey {
+    pub(crate) addr: u32,
+    pub(crate) port: u16,
+    pub(crate) id: u64,
+}
+
+/// One snapshot as seen from this host: the remote open, the validated descriptor and
+/// bounce buffers for READs.
+pub(crate) struct Pager {
+    key: PagerKey,
+    remote: RemoteRegion,
+    /// The descriptor, validated once by [`Descriptor::parse`] and never changed.
+    desc: KVVec<u8>,
+    /// Region offset of data page 0 (the descriptor fills the pages before it).
+    data_offset: u64,
+    /// READ destinations, one batch at a time (faults on one snapshot are serialised
+    /// here; the connection serialises batches anyway).
+    bufs: Pin<KBox<Mutex<KVec<DmaPage>>>>,
+}
+
+impl Pager {
+    /// A pager over an opened snapshot whose descriptor `desc` passed validation.
+    pub(crate) fn new(key: PagerKey, remote: RemoteRegion, desc: KVVec<u8>) -> Result<Self> {
+        let desc_pages = (desc.len() as u64).div_ceil(PAGE);
+        let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
+        Ok(Pager {
+            key,
+            remote,
+            desc,
+            data_offset: desc_pages * PAGE,
+            bufs: KBox::pin_init(new_mutex!(bufs), GFP_KERNEL)?,
+        })
+    }
+
+    pub(crate) fn descriptor(&self) -> Result<Descriptor<'_>> {
+        Descriptor::parse_validated(&self.desc).map_err(|_| EINVAL)
+    }
+
+    /// Region offset of the snapshot page at seed address `addr`, or `None` for a hole.
+    fn locate(&self, desc: &Descriptor<'_>, addr: u64) -> Option<u64> {
+        let (vma, run) = desc.lookup(addr)?;
+        if run.kind != RUN_PRESENT {
+            return None;
+        }
+        let page_in_run = (addr - vma.start) / PAGE - run.page;
+        Some(self.data_offset + (run.data_page + page_in_run) * PAGE)
+    }
+
+    /// Fills locked, not-uptodate folios (order 0) with their snapshot content, marks
+    /// the filled ones uptodate and unlocks all of them. A folio left not uptodate
+    /// makes the faulting child's access fail with SIGBUS.
+    fn fill(&self, folios: &[NonNull<bindings::folio>]) -> Result {
+        let desc = self.descriptor();
+        let mut offs = [0u64; MAX_READ_BATCH];
+        let mut pending = [ptr::null_mut::<bindings::folio>(); MAX_READ_BATCH];
+        let mut n = 0;
+        let mut result = desc.as_ref().map(|_| ()).map_err(|e| *e);
+        for &f in folios {
+            let f = f.as_ptr();
+            let Ok(desc) = desc.as_ref() else {
+                // SAFETY: the folio is locked by our caller's contract.
+                unsafe { bindings::folio_unlock(f) };
+                continue;
+            };
+            // SAFETY: a locked page-cache folio of our inode.
+            let addr = unsafe { bindings::mitosis_folio_index(f) } as u64 * PAGE;
+            match self.locate(desc, addr) {
+                None => {
+                    // SAFETY: locked folio; zeroing then marking uptodate is how a
+                    // filesystem fills a hole.
+                    unsafe {
+                        bindings::mitosis_folio_zero(f);
+                        bindings::mitosis_folio_mark_uptodate(f);
+                        bindings::folio_unlock(f);
+                    }
+                    PAGES_ZEROED.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(off) => {
+                    offs[n] = off;
+                    pending[n] = f;
+                    n += 1;
+                    if n == MAX_READ_BATCH {
+                        if let Err(e) = self.read_into(&offs[..n], &pending[..n]) {
+                            result = Err(e);
+                        }
+                        n = 0;
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            if let Err(e) = self.read_into(&offs[..n], &pending[..n]) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// One doorbell of READs into `folios`, which are unlocked afterwards.
+    fn read_into(&self, offs: &[u64], folios: &[*mut bindings::folio]) -> Result {
+        let bufs = self.bufs.lock();
+        let r = self.remote.read_batch(offs, &bufs);
+        for (i, &f) in folios.iter().enumerate() {
+            if r.is_ok() {
+                // SAFETY: `f` is a locked order-0 folio; the buffer holds one page
+                // synced for the CPU; x86-64 has no highmem.
+                unsafe {
+                    let dst = bindings::mitosis_page_address(bindings::mitosis_folio_page(f));
+                    ptr::copy_nonoverlapping(bufs[i].bytes().as_ptr(), dst.cast(), PAGE_SIZE);
+                    bindings::mitosis_folio_mark_uptodate(f);
+                }
+            }
+            // SAFETY: locked by our caller's contract.
+            unsafe { bindings::folio_unlock(f) };
+        }
+        match r {
+            Ok(()) => {
+                PAGES_FETCHED.fetch_add(offs.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                FETCH_FAILURES.fetch_add(1, Ordering::Relaxed);
+                static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+                if LOG.allow() {
+                    pr_warn!(
+                    "mitosis: fetching {} pages of snapshot {} from {} failed ({:?}): the faulting child gets SIGBUS\n",
+                    offs.len(),
+                    self.key.id,
+                    Ipv4(self.key.addr),
+                    e
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Eager mode: brings every present page of the snapshot into `mapping`'s page
+    /// cache now. Returns the pages fetched.
+    pub(crate) fn fetch_all(&self, mapping: *mut bindings::address_space) -> Result<u64> {
+        let desc = self.descriptor()?;
+        let mut batch = [NonNull::<bindings::folio>::dangling(); MAX_READ_BATCH];
+        let mut n = 0;
+        let mut fetched = 0u64;
+        let flush = |batch: &[NonNull<bindings::folio>]| -> Result {
+            let r = self.fill(batch);
+            for f in batch {
+                // SAFETY: we hold the reference `grab_folio` returned.
+                unsafe { bindings::mitosis_folio_put(f.as_ptr()) };
+            }
+            r
+        };
+        for ri in 0..desc.n_runs() {
+            let run = desc.run(ri).ok_or(EINVAL)?;
+            if run.kind != RUN_PRESENT {
+                continue;
+            }
+            // The run's VMA: the one whose run range contains `ri`.
+            let vma = (0..desc.n_vmas())
+                .filter_map(|i| desc.vma(i))
+                .find(|v| (v.first_run as usize..(v.first_run + v.n_runs) as usize).contains(&ri))
+                .ok_or(EINVAL)?;
+            for p in 0..run.n_pages as u64 {
+                let index = vma.start / PAGE + run.page + p;
+                // SAFETY: `mapping` is our inode's live mapping.
+                let f = unsafe { bindings::mitosis_grab_folio(mapping, index as _) };
+                let f = kernel::error::from_err_ptr(f)?;
+                let f = NonNull::new(f).ok_or(ENOMEM)?;
+                // SAFETY: a locked folio we hold a reference on.
+                if unsafe { bindings::mitosis_folio_test_uptodate(f.as_ptr()) } {
+                    // SAFETY: as above.
+                    unsafe {
+                        bindings::folio_unlock(f.as_ptr());
+                        bindings::mitosis_folio_put(f.as_ptr());
+                    }
+                    continue;
+                }
+                batch[n] = f;
+                n += 1;
+                fetched += 1;
+                if n == MAX_READ_BATCH {
+                    flush(&batch[..n])?;
+                    n = 0;
+                }
+            }
+        }
+        if n > 0 {
+            flush(&batch[..n])?;
+        }
+        Ok(fetched)
+    }
+}
+
+/// `address_space_operations::read_folio`.
+unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
+    // SAFETY: the VFS calls us with a locked folio of one of our inodes, whose
+    // `i_private` is its pager until eviction (which cannot run while the folio is
+    // being read).
+    let pager = unsafe { pager_of(bindings::mitosis_folio_inode(folio)) };
+    let Some(f) = NonNull::new(folio) else {
+        return EINVAL.to_errno();
+    };
+    match pager.fill(&[f]) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// `address_space_operations::readahead`: the folios of the window arrive locked.
+unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
+    let mut batch = [NonNull::<bindings::folio>::dangling(); MAX_READ_BATCH];
+    let mut n = 0;
+    let mut pager: Option<&Pager> = None;
+    loop {
+        // SAFETY: `rac` is the VFS's live readahead control; each folio returned is
+        // locked and in our mapping.
+        let f = unsafe { bindings::mitosis_readahead_folio(rac) };
+        let Some(f) = NonNull::new(f) else { break };
+        // SAFETY: as in `read_folio`.
+        let p = *pager.get_or_insert_with(|| unsafe { pager_of(bindings::mitosis_folio_inode(f.as_ptr())) });
+        batch[n] = f;
+        n += 1;
+        if n == MAX_READ_BATCH {
+            // Errors leave folios not uptodate: a later fault retries with read_folio.
+            let _ = p.fill(&batch[..n]);
+            n = 0;
+        }
+    }
+    if let (Some(p), true) = (pager, n > 0) {
+        let _ = p.fill(&batch[..n]);
+    }
+}
+
+/// The pager of one of our inodes.
+///
+/// # Safety
+///
+/// `inode` is a live inode of the snapshot filesystem, not yet evicted.
+unsafe fn pager_of<'a>(inode: *mut bindings::inode) -> &'a Pager {
+    // SAFETY: `i_private` is set from `Arc::into_raw` before the inode is used and
+    // released in `evict_inode` only.
+    unsafe { &*((*inode).i_private as *const Pager) }
+}
+
+/// `super_operations::evict_inode`: the last user is gone.
+unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
+    // SAFETY: the VFS evicts a live inode of ours exactly once.
+    unsafe {
+        bindings::truncate_inode_pages_final(ptr::addr_of_mut!((*inode).i_data));
+        bindings::clear_inode(inode);
+    }
+    // SAFETY: see `pager_of`; nothing uses the inode any more.
+    let raw = unsafe { (*inode).i_private } as *const Pager;
+    if raw.is_null() {
+        return;
+    }
+    // SAFETY: produced by `Arc::into_raw` in `SnapshotFs::create`.
+    let pager = unsafe { Arc::from_raw(raw) };
+    if let Some(fs) = crate::state::try_get() {
+        fs.snapshot_fs().forget(inode);
+    }
+    pager.remote.close();
+}
+
+/// `file_system_type::init_fs_context`.
+unsafe extern "C" fn init_fs_context(fc: *mut bindings::fs_context) -> i32 {
+    // SAFETY: `fc` is the VFS's live context.
+    let ctx = unsafe { bindings::init_pseudo(fc, SNAPSHOT_FS_MAGIC as _) };
+    if ctx.is_null() {
+        return ENOMEM.to_errno();
+    }
+    // SAFETY: `ctx` was just allocated for `fc`; the ops table is static.
+    unsafe { (*ctx).ops = &SUPER_OPS };
+    0
+}
+
+static SUPER_OPS: bindings::super_operations = bindings::super_operations {
+    statfs: Some(bindings::simple_statfs),
+    drop_inode: Some(bindings::generic_delete_inode),
+    evict_inode: Some(evict_inode),
+    // SAFETY: all-zero is a valid table (every other callback absent).
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+};
+
+static AOPS: bindings::address_space_operations = bindings::address_space_operations {
+    read_folio: Some(read_folio),
+    readahead: Some(readahead),
+    // SAFETY: as above.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+};
+
+/// The internal filesystem and the cache of snapshot inodes.
+///
+/// # Invariants
+///
+/// While `mnt` is non-null the filesystem is mounted (`kern_mount`) and `fs_type`/`fops`
+/// are pinned; every cached inode pointer is live (removed in `evict_inode`).
+#[pin_data(PinnedDrop)]
+pub(crate) struct SnapshotFs {
+    #[pin]
+    fs_type: Opaque<bindings::file_system_type>,
+    #[pin]
+    fops: Opaque<bindings::file_operations>,
+    mnt: core::sync::atomic::AtomicPtr<bindings::vfsmount>,
+    module: &'static ThisModule,
+    #[pin]
+    cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
+}
+
+// SAFETY: the C structs are used by the VFS under its own locking; the cache is behind a
+// mutex.
+unsafe impl Send for SnapshotFs {}
+// SAFETY: as above.
+unsafe impl Sync for SnapshotFs {}
+
+impl SnapshotFs {
+    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
+        pin_init!(SnapshotFs {
+            fs_type <- Opaque::ffi_init(move |t: *mut bindings::file_system_type| {
+                let mut v = bindings::file_system_type::default();
+                v.name = kernel::c_str!("mitosis-snapshot").as_char_ptr();
+                v.init_fs_context = Some(init_fs_context);
+                v.kill_sb = Some(bindings::kill_anon_super);
+                v.owner = module.as_ptr().cast();
+                // SAFETY: `t` is valid for writing.
+                unsafe { t.write(v) };
+            }),
+            fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
+                let mut v = bindings::file_operations::default();
+                v.owner = module.as_ptr().cast();
+                v.mmap = Some(bindings::generic_file_mmap);
+                // SAFETY: `f` is valid for writing.
+                unsafe { f.write(v) };
+            }),
+            mnt: core::sync::atomic::AtomicPtr::new(ptr::null_mut()),
+            module,
+            cache <- new_mutex!(KVec::new()),
+        })
+    }
+
+    /// Mounts the internal filesystem.
+    pub(crate) fn mount(&self) -> Result {
+        // SAFETY: `fs_type` is pinned and initialised, and outlives the mount.
+        let mnt = kernel::error::from_err_ptr(unsafe { bindings::kern_mount(self.fs_type.get()) })?;
+        // Snapshot files carry program text: the pseudo-fs default forbids PROT_EXEC.
+        // SAFETY: the superblock was just created for us and nothing uses it yet.
+        unsafe { (*(*mnt).mnt_sb).s_iflags &= !(bindings::SB_I_NOEXEC as kernel::ffi::c_ulong) };
+        self.mnt.store(mnt, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn unmount(&self) {
+        let mnt = self.mnt.swap(ptr::null_mut(), Ordering::AcqRel);
+        if !mnt.is_null() {
+            // SAFETY: mounted in `mount`; every file of ours holds a module reference, so
+            // no file is left when the module unloads.
+            unsafe { bindings::kern_unmount(mnt) };
+        }
+    }
+
+    /// The inode of snapshot `key` with a reference, if a child on this host maps it.
+    pub(crate) fn lookup(&self, key: PagerKey) -> Option<NonNull<bindings::inode>> {
+        let cache = self.cache.lock();
+        let &(_, inode) = cache.iter().find(|(k, _)| *k == key)?;
+        // SAFETY: cached inodes are live (type invariant); `igrab` fails on one being
+        // freed.
+        NonNull::new(unsafe { bindings::igrab(inode) })
+    }
+
+    fn forget(&self, inode: *mut bindings::inode) {
+        crate::util::remove_first(&mut self.cache.lock(), |(_, i)| *i == inode);
+    }
+
+    /// A new inode for `pager` (one reference, for the caller), cached by its key.
+    pub(crate) fn create(&self, pager: Pager) -> Result<NonNull<bindings::inode>> {
+        let mnt = self.mnt.load(Ordering::Acquire);
+        if mnt.is_null() {
+            return Err(ENODEV);
+        }
+        let key = pager.key;
+        let mut cache = self.cache.lock();
+        if cache.len() >= MAX_CACHED {
+            return Err(ENOSPC);
+        }
+        cache.reserve(1, GFP_KERNEL)?;
+        let pager = Arc::new(pager, GFP_KERNEL)?;
+        // SAFETY: the filesystem is mounted (type invariant).
+        let inode = kernel::error::from_err_ptr(unsafe { bindings::alloc_anon_inode((*mnt).mnt_sb) })?;
+        // SAFETY: a fresh inode only we know about.
+        unsafe {
+            (*inode).i_private = Arc::into_raw(pager) as *mut _;
+            (*(*inode).i_mapping).a_ops = &AOPS;
+            // File offsets are user virtual addresses.
+            bindings::mitosis_i_size_write(inode, i64::MAX);
+        }
+        cache.push((key, inode), GFP_KERNEL)?;
+        NonNull::new(inode).ok_or(ENOMEM)
+    }
+
+    /// A read-only file of `inode` (consumes one inode reference) whose readahead
+    /// window is `prefetch` pages. The file pins the module until its last `fput`.
+    pub(crate) fn open(&self, inode: NonNull<bindings::inode>, prefetch: u32) -> Result<File> {
+        let mnt = self.mnt.load(Ordering::Acquire);
+        // SAFETY: `module` is this module, live while we run.
+        if mnt.is_null() || !unsafe { bindings::mitosis_try_module_get(self.module.as_ptr().cast()) } {
+            // SAFETY: we own the reference.
+            unsafe { bindings::iput(inode.as_ptr()) };
+            return Err(ENODEV);
+        }
+        // SAFETY: `inode` is ours with a reference `alloc_file_pseudo` takes over on
+        // success; `fops` is pinned for the module's lifetime.
+        let file = unsafe {
+            bindings::alloc_file_pseudo(
+                inode.as_ptr(),
+                mnt,
+                kernel::c_str!("mitosis-snapshot").as_char_ptr(),
+                bindings::O_RDONLY as i32,
+                self.fops.get(),
+            )
+        };
+        match kernel::error::from_err_ptr(file) {
+            Ok(f) => {
+                // SAFETY: a fresh file only we know about.
+                unsafe { (*f).__bindgen_anon_2.f_ra.ra_pages = prefetch };
+                Ok(File(f))
+            }
+            Err(e) => {
+                // SAFETY: on failure we still own the inode reference and the module
+                // reference.
+                unsafe {
+                    bindings::iput(inode.as_ptr());
+                    bindings::mitosis_module_put(self.module.as_ptr().cast());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `file` is one of our snapshot files, and its pager.
+    pub(crate) fn pager_of_file(&self, file: *mut bindings::file) -> Option<&Pager> {
+        let mnt = self.mnt.load(Ordering::Acquire);
+        if file.is_null() || mnt.is_null() {
+            return None;
+        }
+        // SAFETY: `file` is a live file (its VMA is held under the mmap lock).
+        let inode = unsafe { (*file).f_inode };
+        // SAFETY: as above.
+        if inode.is_null() || unsafe { (*inode).i_sb != (*mnt).mnt_sb } {
+            return None;
+        }
+        // SAFETY: an inode of ours, held by the file.
+        Some(unsafe { pager_of(inode) })
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for SnapshotFs {
+    fn drop(self: Pin<&mut Self>) {
+        self.unmount();
+    }
+}
+
+/// A file reference we own (dropped with `fput`).
+pub(crate) struct File(*mut bindings::file);
+
+impl File {
+    pub(crate) fn as_ptr(&self) -> *mut bindings::file {
+        self.0
+    }
+
+    /// The file's page cache.
+    pub(crate) fn mapping(&self) -> *mut bindings::address_space {
+        // SAFETY: the file is live while we hold it.
+        unsafe { (*self.0).f_mapping }
+    }
+
+    /// The file's pager.
+    pub(crate) fn pager(&self) -> &Pager {
+        // SAFETY: our files are only made over our inodes.
+        unsafe { pager_of((*self.0).f_inode) }
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference.
+        unsafe { bindings::fput(self.0) };
+    }
+}

@@ -1,0 +1,473 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! fork_resume, child side: where a snapshot is restored into the calling launcher.
+//!
+//! Everything that can fail for a reason outside the caller's control happens first,
+//! while the launcher is intact and can get an errno: the open (id + secret, checked by
+//! the parent in constant time), the descriptor fetch (one doorbell) and its full
+//! validation, the compatibility checks of the state (FPU format, addresses, vDSO
+//! size). Then the point of no return: every launcher VMA except its vDSO and vvar is
+//! unmapped, each seed VMA is mapped privately from the snapshot file at the seed's
+//! address, mm fields, registers, FPU, FS/GS, rseq, robust list, tid pointers,
+//! sigaltstack, signal dispositions and mask are set, and the syscall returns into the
+//! seed's context. A failure after that point kills the caller (SIGKILL) with a log
+//! line: it has no address space to return to.
+//!
+//! The vDSO and vvar stay where the launcher had them; the child-side library moves
+//! them to the seed's addresses (`mremap`, which the vDSO supports) before anything
+//! calls into them, using the report written into the seed's `ForkCaptureArgs`.
+
+use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
+use crate::abi::snapshot::{reg, vma_flags, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN};
+use crate::bindings;
+use crate::capture::KFPU_DEFAULT;
+use crate::errno;
+use crate::mm::{MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
+use crate::pager::{Pager, PagerKey};
+use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
+use crate::remote::RemoteRegion;
+use crate::state;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+
+/// Resumes that reached the child, and that failed.
+pub(crate) static RESUMES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RESUMES_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Largest descriptor accepted from a peer.
+const MAX_DESC_BYTES: u64 = 64 << 20;
+/// User addresses are below this (x86-64, 4-level paging).
+const USER_ADDR_LIMIT: u64 = 1 << 47;
+/// EFLAGS bits user space may set (as `sigreturn` allows), plus IF.
+const USER_EFLAGS: u64 = 0x50DD5;
+const EFLAGS_IF: u64 = 0x200;
+/// `MAP_PRIVATE | MAP_FIXED_NOREPLACE`.
+const MAP_FLAGS: u64 = (bindings::MAP_PRIVATE | bindings::MAP_FIXED_NOREPLACE) as u64;
+
+/// A launcher special mapping.
+#[derive(Clone, Copy, Default)]
+struct Range {
+    start: u64,
+    end: u64,
+}
+
+/// Replaces the caller with snapshot `a.snapshot_id` of the peer. Returns only on
+/// failure before the point of no return (or, after it, with the caller killed); on
+/// success the syscall returns 0 into the seed's context.
+pub(crate) fn resume(a: &ForkResumeArgs, port: u16, timeout_ms: u32, eager: bool) -> Result {
+    let start_ns = kernel::time::Ktime::ktime_get().to_ns() as u64;
+    let r = resume_inner(a, port, timeout_ms, eager, start_ns);
+    match r {
+        Ok(()) => RESUMES.fetch_add(1, Ordering::Relaxed),
+        Err(_) => RESUMES_FAILED.fetch_add(1, Ordering::Relaxed),
+    };
+    r
+}
+
+fn resume_inner(
+    a: &ForkResumeArgs,
+    port: u16,
+    timeout_ms: u32,
+    eager: bool,
+    start_ns: u64,
+) -> Result {
+    let key = PagerKey {
+        addr: a.peer_addr,
+        port,
+        id: a.snapshot_id,
+    };
+    let fs = state::get().snapshot_fs();
+    let (conn, _) = state::get().connection_to(a.peer_addr, port, timeout_ms)?;
+    // Every resume asks the parent: a released snapshot or a wrong secret is refused
+    // even when children on this host still map it.
+    let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
+    let inode = match fs.lookup(key) {
+        Some(inode) => {
+            // Children here already share this snapshot's pages: keep theirs.
+            remote.close();
+            inode
+        }
+        None => {
+            let desc = fetch_descriptor(&remote)?;
+            fs.create(Pager::new(key, remote, desc)?)?
+        }
+    };
+    let prefetch = state::prefetch_pages();
+    let file = fs.open(inode, prefetch)?;
+    let pager = file.pager();
+    let desc = pager.descriptor()?;
+    let (st, fpu) = task_state(&desc)?;
+    check_fpu(&st, fpu)?;
+    check_addresses(&st)?;
+    let (vdso, vvar) = launcher_specials()?;
+    let (seed_vdso, seed_vvar) = seed_specials(&desc)?;
+    if vdso.end - vdso.start != seed_vdso.end - seed_vdso.start
+        || vvar.end - vvar.start != seed_vvar.end - seed_vvar.start
+    {
+        pr_info!("mitosis: resume: the seed's vDSO differs from this kernel's\n");
+        return Err(errno::eopnotsupp());
+    }
+    for i in 0..desc.n_vmas() {
+        let v = desc.vma(i).ok_or(EINVAL)?;
+        if v.flags & (vma_flags::VDSO | vma_flags::VVAR) != 0 {
+            continue;
+        }
+        if overlaps(v.start, v.end, vdso) || overlaps(v.start, v.end, vvar) {
+            pr_info!(
+                "mitosis: resume: seed VMA {:#x}-{:#x} overlaps this process's vDSO\n",
+                v.start,
+                v.end
+            );
+            return Err(errno::eaddrinuse());
+        }
+    }
+
+    // Point of no return.
+    let rebuilt = rebuild(&desc, &file, &st)
+        .and_then(|()| restore_task(&st, fpu))
+        .and_then(|()| {
+            let eager_pages = if eager {
+                pager.fetch_all(file.mapping())?
+            } else {
+                0
+            };
+            report(&st, vdso, vvar, seed_vdso, seed_vvar, start_ns, eager_pages)
+        });
+    if let Err(e) = rebuilt {
+        pr_warn!(
+            "mitosis: resume of snapshot {} from {} failed after the address space was replaced ({:?}): killing the caller\n",
+            a.snapshot_id,
+            Ipv4(a.peer_addr),
+            e
+        );
+        // SAFETY: signalling the current task.
+        unsafe { bindings::force_sig(bindings::SIGKILL as i32) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reads the descriptor (one doorbell per 64 pages: one for any ordinary process) and
+/// validates it completely.
+fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
+    let len = remote.info;
+    if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
+        pr_info!("mitosis: resume: peer's descriptor length {} refused\n", len);
+        return Err(errno::ebadmsg());
+    }
+    let mut desc = KVVec::with_capacity(len as usize, GFP_KERNEL)?;
+    let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
+    let pages = len.div_ceil(PAGE);
+    let mut offs = [0u64; MAX_READ_BATCH];
+    let mut p = 0u64;
+    while p < pages {
+        let n = ((pages - p) as usize).min(MAX_READ_BATCH);
+        for (i, o) in offs[..n].iter_mut().enumerate() {
+            *o = (p + i as u64) * PAGE;
+        }
+        remote.read_batch(&offs[..n], &bufs)?;
+        for b in &bufs[..n] {
+            let want = (len as usize - desc.len()).min(PAGE as usize);
+            desc.extend_from_slice(&b.bytes()[..want], GFP_KERNEL)?;
+        }
+        p += n as u64;
+    }
+    if let Err(e) = Descriptor::parse(&desc) {
+        pr_warn!("mitosis: resume: corrupt snapshot descriptor ({:?}) refused\n", e);
+        return Err(errno::ebadmsg());
+    }
+    Ok(desc)
+}
+
+/// The task state and FPU image of a validated descriptor.
+fn task_state<'a>(desc: &Descriptor<'a>) -> Result<(TaskState, &'a [u8])> {
+    let bytes = desc.state();
+    let st = TaskState::from_bytes(bytes).ok_or_else(errno::ebadmsg)?;
+    let fpu = &bytes[TASK_STATE_LEN..];
+    if fpu.len() != st.fpu_len as usize {
+        return Err(errno::ebadmsg());
+    }
+    Ok((st, fpu))
+}
+
+/// The seed's FPU image must be in this kernel's format.
+fn check_fpu(st: &TaskState, fpu: &[u8]) -> Result {
+    // SAFETY: the current task's FPU state pointer is stable while it runs.
+    let fp = unsafe { bindings::mitosis_current_fpstate() };
+    // SAFETY: as above.
+    let (size, xfeatures) = unsafe { ((*fp).size as usize, (*fp).xfeatures) };
+    let mut local_xcomp = [0u8; 8];
+    // SAFETY: between begin and end our FPU image is saved and stable; it is larger
+    // than 528 bytes (checked at capture on the same kind of kernel, and below).
+    unsafe {
+        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
+        if size >= 528 {
+            let src = (ptr::addr_of!((*fp).regs) as *const u8).add(520);
+            ptr::copy_nonoverlapping(src, local_xcomp.as_mut_ptr(), 8);
+        }
+        bindings::kernel_fpu_end();
+    }
+    let image_xfeatures = fpu
+        .get(512..520)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(errno::ebadmsg)?;
+    if fpu.len() != size
+        || u64::from_le_bytes(local_xcomp) != st.fpu_xcomp_bv
+        || image_xfeatures & !xfeatures != 0
+        || st.fpu_xfeatures & !xfeatures != 0
+    {
+        pr_info!("mitosis: resume: the seed's FPU state format differs from this host's\n");
+        return Err(errno::eopnotsupp());
+    }
+    Ok(())
+}
+
+fn check_addresses(st: &TaskState) -> Result {
+    let user = |x: u64| x < USER_ADDR_LIMIT;
+    if !user(st.regs[reg::IP])
+        || !user(st.regs[reg::SP])
+        || !user(st.fsbase)
+        || !user(st.gsbase)
+        || st.start_brk > st.brk
+    {
+        pr_warn!("mitosis: resume: snapshot registers out of user range, refused\n");
+        return Err(errno::ebadmsg());
+    }
+    Ok(())
+}
+
+fn overlaps(start: u64, end: u64, r: Range) -> bool {
+    r.start < end && start < r.end
+}
+
+/// The launcher's vDSO and vvar.
+fn launcher_specials() -> Result<(Range, Range)> {
+    let mm = MmapReadGuard::current()?;
+    let (mut vdso, mut vvar) = (Range::default(), Range::default());
+    let mut addr = 0;
+    while let Some(v) = mm.vma_from(addr) {
+        addr = v.end;
+        match v.special {
+            Special::Vdso => vdso = Range { start: v.start, end: v.end },
+            Special::Vvar => vvar = Range { start: v.start, end: v.end },
+            _ => {}
+        }
+    }
+    if vdso.start == 0 || vvar.start == 0 {
+        return Err(errno::eopnotsupp());
+    }
+    Ok((vdso, vvar))
+}
+
+fn seed_specials(desc: &Descriptor<'_>) -> Result<(Range, Range)> {
+    let (mut vdso, mut vvar) = (Range::default(), Range::default());
+    for i in 0..desc.n_vmas() {
+        let v = desc.vma(i).ok_or(EINVAL)?;
+        if v.flags & vma_flags::VDSO != 0 {
+            vdso = Range { start: v.start, end: v.end };
+        } else if v.flags & vma_flags::VVAR != 0 {
+            vvar = Range { start: v.start, end: v.end };
+        }
+    }
+    if vdso.start == 0 || vvar.start == 0 {
+        return Err(errno::ebadmsg());
+    }
+    Ok((vdso, vvar))
+}
+
+/// Unmaps the launcher (except vDSO/vvar) and maps every seed VMA from the file.
+fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> Result {
+    let mut doomed = KVVec::new();
+    {
+        let mm = MmapReadGuard::current()?;
+        let mut addr = 0;
+        while let Some(v) = mm.vma_from(addr) {
+            addr = v.end;
+            if !matches!(v.special, Special::Vdso | Special::Vvar) {
+                if doomed.len() >= MAX_VMAS {
+                    return Err(E2BIG);
+                }
+                doomed.push((v.start, v.end), GFP_KERNEL)?;
+            }
+        }
+    }
+    for &(start, end) in doomed.iter() {
+        // SAFETY: unmapping a range of the current process.
+        let r = unsafe { bindings::vm_munmap(start as _, (end - start) as _) };
+        kernel::error::to_result(r)?;
+    }
+    let mut stacks = KVVec::new();
+    for i in 0..desc.n_vmas() {
+        let v = desc.vma(i).ok_or(EINVAL)?;
+        if v.flags & (vma_flags::VDSO | vma_flags::VVAR) != 0 {
+            continue;
+        }
+        let mut prot = 0;
+        for (bit, p) in [
+            (vma_flags::READ, bindings::PROT_READ),
+            (vma_flags::WRITE, bindings::PROT_WRITE),
+            (vma_flags::EXEC, bindings::PROT_EXEC),
+        ] {
+            if v.flags & bit != 0 {
+                prot |= p;
+            }
+        }
+        // SAFETY: mapping our live file into the current process at the seed's
+        // address; file offset = address (see pager.rs).
+        let got = unsafe {
+            bindings::vm_mmap(
+                file.as_ptr(),
+                v.start as _,
+                (v.end - v.start) as _,
+                prot as _,
+                MAP_FLAGS as _,
+                v.start as _,
+            )
+        } as u64;
+        if got != v.start {
+            let e = if got > u64::MAX - 4095 { got as i64 as i32 } else { -(bindings::EEXIST as i32) };
+            pr_warn!(
+                "mitosis: resume: mapping {:#x}-{:#x} failed ({})\n",
+                v.start,
+                v.end,
+                e
+            );
+            return Err(Error::from_errno(e));
+        }
+        if v.flags & vma_flags::GROWSDOWN != 0 {
+            stacks.push(v.start, GFP_KERNEL)?;
+        }
+    }
+    let mm = MmapWriteGuard::current()?;
+    for &s in stacks.iter() {
+        mm.set_growsdown(s)?;
+    }
+    let m = mm.mm();
+    // SAFETY: the mm is write-locked.
+    unsafe {
+        (*m).__bindgen_anon_1.start_code = st.start_code as _;
+        (*m).__bindgen_anon_1.end_code = st.end_code as _;
+        (*m).__bindgen_anon_1.start_data = st.start_data as _;
+        (*m).__bindgen_anon_1.end_data = st.end_data as _;
+        (*m).__bindgen_anon_1.start_brk = st.start_brk as _;
+        (*m).__bindgen_anon_1.brk = st.brk as _;
+        (*m).__bindgen_anon_1.start_stack = st.start_stack as _;
+        (*m).__bindgen_anon_1.arg_start = st.arg_start as _;
+        (*m).__bindgen_anon_1.arg_end = st.arg_end as _;
+        (*m).__bindgen_anon_1.env_start = st.env_start as _;
+        (*m).__bindgen_anon_1.env_end = st.env_end as _;
+    }
+    Ok(())
+}
+
+/// Registers, FPU, FS/GS, per-thread user pointers and signal state.
+fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
+    // SAFETY: `current` is live.
+    let task = unsafe { bindings::mitosis_current() };
+    // SAFETY: the current task's user register frame; 21 words on x86-64.
+    let regs = unsafe { bindings::mitosis_task_pt_regs(task) } as *mut u64;
+    for (i, &v) in st.regs.iter().enumerate() {
+        // The launcher's code and stack segments stay; the seed's orig_ax would only
+        // confuse syscall restart.
+        if i == reg::CS || i == reg::SS || i == reg::ORIG_AX {
+            continue;
+        }
+        let v = if i == reg::FLAGS {
+            (v & USER_EFLAGS) | EFLAGS_IF
+        } else {
+            v
+        };
+        // SAFETY: `i` < 21 words of the frame.
+        unsafe { *regs.add(i) = v };
+    }
+    // SAFETY: the current task's own state, validated above.
+    unsafe {
+        bindings::mitosis_write_fsgsbase(st.fsbase as _, st.gsbase as _);
+        let fp = bindings::mitosis_current_fpstate();
+        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
+        // The image replaces the saved user state, which is loaded on return to user
+        // mode (kernel_fpu_begin marked it as needing a reload).
+        ptr::copy_nonoverlapping(fpu.as_ptr(), ptr::addr_of_mut!((*fp).regs) as *mut u8, fpu.len());
+        bindings::kernel_fpu_end();
+
+        (*task).rseq = st.rseq as *mut _;
+        (*task).rseq_len = st.rseq_len;
+        (*task).rseq_sig = st.rseq_sig;
+        bindings::mitosis_rseq_notify_resume(task);
+        (*task).robust_list = st.robust_list as *mut _;
+        (*task).clear_child_tid = st.clear_child_tid as *mut _;
+        (*task).set_child_tid = st.set_child_tid as *mut _;
+        (*task).sas_ss_sp = st.sas_ss_sp as _;
+        (*task).sas_ss_size = st.sas_ss_size as _;
+        (*task).sas_ss_flags = st.sas_ss_flags;
+    }
+    if st.set_child_tid != 0 {
+        // Like CLONE_CHILD_SETTID: the C library's cached thread id becomes ours.
+        // SAFETY: a user address of the rebuilt address space; put_user checks it.
+        let tid = unsafe { bindings::mitosis_current_tid() } as u32;
+        // SAFETY: as above.
+        let r = unsafe { bindings::mitosis_put_user_u32(tid, st.set_child_tid as *mut u32) };
+        kernel::error::to_result(r)?;
+    }
+    // SAFETY: the sighand lock serialises dispositions with signal delivery.
+    unsafe {
+        bindings::mitosis_sighand_lock(task);
+        let actions = ptr::addr_of_mut!((*(*task).sighand).action) as *mut bindings::k_sigaction;
+        for (i, a) in st.sigactions.iter().enumerate().take(NSIG) {
+            let sig = i as u32 + 1;
+            if sig == bindings::SIGKILL || sig == bindings::SIGSTOP {
+                continue;
+            }
+            let sa = ptr::addr_of_mut!((*actions.add(i)).sa);
+            ptr::write(ptr::addr_of_mut!((*sa).sa_handler) as *mut u64, a.handler);
+            (*sa).sa_flags = a.flags as _;
+            ptr::write(ptr::addr_of_mut!((*sa).sa_restorer) as *mut u64, a.restorer);
+            (*sa).sa_mask.sig[0] = a.mask as _;
+        }
+        bindings::mitosis_sighand_unlock(task);
+    }
+    let never_blocked = (1u64 << (bindings::SIGKILL - 1)) | (1u64 << (bindings::SIGSTOP - 1));
+    let mut set = bindings::sigset_t::default();
+    set.sig[0] = (st.blocked & !never_blocked) as _;
+    // SAFETY: `set` is a valid signal set; the old set is not wanted.
+    let r = unsafe { bindings::sigprocmask(bindings::SIG_SETMASK as i32, &mut set, ptr::null_mut()) };
+    kernel::error::to_result(r)
+}
+
+/// Writes the child's report into the seed's `ForkCaptureArgs`.
+fn report(
+    st: &TaskState,
+    vdso: Range,
+    vvar: Range,
+    seed_vdso: Range,
+    seed_vvar: Range,
+    start_ns: u64,
+    eager_pages: u64,
+) -> Result {
+    let fields = [
+        vdso.start,
+        vvar.start,
+        seed_vdso.start,
+        seed_vvar.start,
+        vdso.end - vdso.start,
+        vvar.end - vvar.start,
+        start_ns,
+        eager_pages,
+    ];
+    let at = st.capture_args + core::mem::offset_of!(ForkCaptureArgs, child_vdso) as u64;
+    let bytes = fields.as_slice();
+    // SAFETY: plain words; the destination is a user address checked by the copy.
+    let left = unsafe {
+        bindings::_copy_to_user(
+            at as *mut _,
+            bytes.as_ptr().cast(),
+            core::mem::size_of_val(bytes) as _,
+        )
+    };
+    if left != 0 {
+        return Err(EFAULT);
+    }
+    Ok(())
+}
