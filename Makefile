@@ -22,7 +22,7 @@ kdir = $$(cat $(OUT)/kdir-$(KVARIANT))
 kernel_dep := kernel
 endif
 
-.PHONY: all setup kernel module userspace guest-bins image test-host test-guests check demo fmt clippy clean
+.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork check demo fmt clippy clean
 
 all: module userspace
 
@@ -67,7 +67,12 @@ test-guests: image
 		--scenario foundation --expect tests/scenarios/foundation.expect \
 		--out $(OUT)/foundation-$(KVARIANT) --timeout $(TIMEOUT)
 
-check: fmt test-host clippy test-guests
+test-fork: image
+	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+		--scenario remote-fork --expect tests/scenarios/remote-fork.expect \
+		--out $(OUT)/remote-fork-$(KVARIANT) --timeout $(TIMEOUT)
+
+check: fmt test-host clippy test-guests test-fork
 
 demo: image
 	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \

@@ -151,23 +151,11 @@ void mitosis_vma_set_growsdown(struct vm_area_struct *vma)
 { vm_flags_set(vma, VM_GROWSDOWN); }
 
 /* Tasks. */
-struct task_struct *mitosis_current(void)
-{ return current; }
-
-struct pt_regs *mitosis_task_pt_regs(struct task_struct *task)
-{ return task_pt_regs(task); }
+struct pt_regs *mitosis_current_pt_regs(void)
+{ return task_pt_regs(current); }
 
 pid_t mitosis_current_tid(void)
 { return task_pid_vnr(current); }
-
-void mitosis_sighand_lock(struct task_struct *task)
-{ spin_lock_irq(&task->sighand->siglock); }
-
-void mitosis_sighand_unlock(struct task_struct *task)
-{ spin_unlock_irq(&task->sighand->siglock); }
-
-void mitosis_rseq_notify_resume(struct task_struct *task)
-{ rseq_set_notify_resume(task); }
 
 int mitosis_put_user_u32(u32 value, u32 __user *addr)
 { return put_user(value, addr); }
@@ -199,3 +187,73 @@ pgoff_t mitosis_folio_index(struct folio *folio)
 
 struct inode *mitosis_folio_inode(struct folio *folio)
 { return folio_inode(folio); }
+
+/* Layout of the kernel structs whose fields the Rust side reads through bindgen: the
+ * module refuses to load if the generated bindings disagree with the compiler. */
+void mitosis_layout(unsigned long out[12])
+{
+	out[0] = sizeof(struct mm_struct);
+	out[1] = offsetof(struct mm_struct, start_brk);
+	out[2] = sizeof(struct vm_area_struct);
+	out[3] = offsetof(struct vm_area_struct, vm_file);
+	out[4] = sizeof(struct file);
+	out[5] = offsetof(struct file, f_ra);
+	out[6] = offsetof(struct inode, i_private);
+	out[7] = offsetof(struct inode, i_data);
+	out[8] = offsetof(struct super_block, s_iflags);
+	out[9] = offsetof(struct fpstate, regs);
+	out[10] = sizeof(struct k_sigaction);
+	out[11] = offsetof(struct file, f_inode);
+}
+
+/*
+ * task_struct fields, in C: bindgen's layout of task_struct is not the compiler's on
+ * this kernel (fields before `mm` differ), so Rust never reads it directly.
+ * Order of `v`: rseq, rseq_len, rseq_sig, robust_list, clear_child_tid,
+ * set_child_tid, sas_ss_sp, sas_ss_size, sas_ss_flags, blocked.
+ */
+struct mm_struct *mitosis_current_mm(void)
+{ return current->mm; }
+
+void mitosis_get_task_user_state(u64 v[10])
+{
+	struct task_struct *t = current;
+
+	v[0] = (u64)t->rseq; v[1] = t->rseq_len; v[2] = t->rseq_sig;
+	v[3] = (u64)t->robust_list; v[4] = (u64)t->clear_child_tid;
+	v[5] = (u64)t->set_child_tid; v[6] = t->sas_ss_sp; v[7] = t->sas_ss_size;
+	v[8] = t->sas_ss_flags; v[9] = t->blocked.sig[0];
+}
+
+void mitosis_set_task_user_state(const u64 v[10])
+{
+	struct task_struct *t = current;
+
+	t->rseq = (struct rseq __user *)v[0]; t->rseq_len = v[1]; t->rseq_sig = v[2];
+	rseq_set_notify_resume(t);
+	t->robust_list = (struct robust_list_head __user *)v[3];
+	t->clear_child_tid = (int __user *)v[4]; t->set_child_tid = (int __user *)v[5];
+	t->sas_ss_sp = v[6]; t->sas_ss_size = v[7]; t->sas_ss_flags = v[8];
+}
+
+struct k_sigaction *mitosis_sigactions(void)
+{ return current->sighand->action; }
+
+void mitosis_sighand_lock_current(void)
+{ spin_lock_irq(&current->sighand->siglock); }
+
+void mitosis_sighand_unlock_current(void)
+{ spin_unlock_irq(&current->sighand->siglock); }
+
+pid_t mitosis_current_tgid(void)
+{ return task_tgid_vnr(current); }
+
+/* A captured seed ends here: its exit must not write the captured memory (no
+ * clear_child_tid store, no robust-list walk), and SIGKILL is handled before it could
+ * run another user instruction. */
+void mitosis_seed_finish(void)
+{
+	current->clear_child_tid = NULL;
+	current->robust_list = NULL;
+	force_sig(SIGKILL);
+}

@@ -65,12 +65,14 @@ void mitosis_mmap_read_unlock(struct mm_struct *mm);
 int mitosis_mmap_write_lock_killable(struct mm_struct *mm);
 void mitosis_mmap_write_unlock(struct mm_struct *mm);
 void mitosis_vma_set_growsdown(struct vm_area_struct *vma);
-struct task_struct *mitosis_current(void);
-struct pt_regs *mitosis_task_pt_regs(struct task_struct *task);
+struct pt_regs *mitosis_current_pt_regs(void);
+struct mm_struct *mitosis_current_mm(void);
+void mitosis_get_task_user_state(u64 v[10]);
+void mitosis_set_task_user_state(const u64 v[10]);
+struct k_sigaction *mitosis_sigactions(void);
+void mitosis_sighand_lock_current(void);
+void mitosis_sighand_unlock_current(void);
 pid_t mitosis_current_tid(void);
-void mitosis_sighand_lock(struct task_struct *task);
-void mitosis_sighand_unlock(struct task_struct *task);
-void mitosis_rseq_notify_resume(struct task_struct *task);
 int mitosis_put_user_u32(u32 value, u32 __user *addr);
 struct fpstate *mitosis_current_fpstate(void);
 unsigned long mitosis_read_fsbase(void);
@@ -79,5 +81,10 @@ void mitosis_write_fsgsbase(unsigned long fsbase, unsigned long gsbase);
 
 pgoff_t mitosis_folio_index(struct folio *folio);
 struct inode *mitosis_folio_inode(struct folio *folio);
+
+void mitosis_layout(unsigned long out[12]);
+
+pid_t mitosis_current_tgid(void);
+void mitosis_seed_finish(void);
 
 #endif

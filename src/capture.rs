@@ -53,13 +53,15 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     let mut st = TaskState::default();
     st.capture_args = args_addr;
     capture_task(&mut st);
-    let fpu = capture_fpu(&mut st)?;
+    let fpu = capture_fpu(&mut st)
+        .inspect_err(|e| pr_warn!("mitosis: capture: FPU state: {:?}\n", e))?;
     let mut vmas = KVVec::new();
     let mut runs = KVVec::new();
     let mut data = KVVec::new();
     let mut holes = 0u64;
     {
-        let mm = MmapReadGuard::current()?;
+        let mm = MmapReadGuard::current()
+            .inspect_err(|e| pr_warn!("mitosis: capture: no address space: {:?}\n", e))?;
         capture_mm_fields(mm.mm(), &mut st);
         let mut addr = 0u64;
         while let Some(v) = mm.vma_from(addr) {
@@ -76,7 +78,15 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
             }
             let first_run = runs.len();
             if v.special == Special::None {
-                holes += capture_pages(&mm, &v, &mut runs, &mut data)?;
+                holes += capture_pages(&mm, &v, &mut runs, &mut data).inspect_err(|e| {
+                    pr_warn!(
+                        "mitosis: capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
+                        v.start,
+                        v.end,
+                        v.flags,
+                        e
+                    )
+                })?;
             }
             vmas.push(
                 Vma {
@@ -102,7 +112,10 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
 
     let desc_len = encoded_len(vmas.len(), runs.len(), state_bytes.len()).ok_or(E2BIG)?;
     let mut desc = KVVec::from_elem(0u8, desc_len, GFP_KERNEL)?;
-    encode(&vmas, &runs, data.len() as u64, &state_bytes, &mut desc).map_err(|_| EINVAL)?;
+    encode(&vmas, &runs, data.len() as u64, &state_bytes, &mut desc).map_err(|e| {
+        pr_warn!("mitosis: capture: descriptor encoding failed: {:?}\n", e);
+        EINVAL
+    })?;
     let desc_pages = desc_len.div_ceil(PAGE as usize);
     if desc_pages + data.len() > MAX_SNAPSHOT_PAGES {
         return Err(E2BIG);
@@ -117,7 +130,9 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     for p in data.into_iter() {
         pages.push(p, GFP_KERNEL)?;
     }
-    let (id, secret) = state::get().publish_snapshot(PageSet::from_pages(pages), desc_len as u64)?;
+    let (id, secret) = state::get()
+        .publish_snapshot(PageSet::from_pages(pages), desc_len as u64)
+        .inspect_err(|e| pr_warn!("mitosis: capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,
         secret,
@@ -138,6 +153,7 @@ fn prot_flags(v: &VmaView, st: &TaskState) -> u32 {
         (bindings::VM_EXEC, vma_flags::EXEC),
         (bindings::VM_SHARED, vma_flags::SHARED),
         (bindings::VM_GROWSDOWN, vma_flags::GROWSDOWN),
+        (bindings::VM_NORESERVE, vma_flags::NORESERVE),
     ] {
         if f & vm as u64 != 0 {
             out |= bit;
@@ -201,6 +217,14 @@ fn capture_pages(
             continue;
         }
         if r < 0 {
+            pr_warn!(
+                "mitosis: capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {}\n",
+                addr,
+                v.start,
+                v.end,
+                v.flags,
+                r
+            );
             return Err(Error::from_errno(r as i32));
         }
         for (i, &page) in got[..r as usize].iter().enumerate() {
@@ -255,36 +279,34 @@ fn present_in_page_table(_mm: &MmapReadGuard, addr: u64) -> bool {
 
 /// Registers, FS/GS base, kernel-registered user pointers, signal state.
 fn capture_task(st: &mut TaskState) {
-    // SAFETY: `current` is live; its user register frame is at the top of its stack.
-    let task = unsafe { bindings::mitosis_current() };
-    // SAFETY: as above; `pt_regs` is 21 words on x86-64.
-    let regs = unsafe { bindings::mitosis_task_pt_regs(task) } as *const u64;
+    // SAFETY: the current task's user register frame; 21 words on x86-64.
+    let regs = unsafe { bindings::mitosis_current_pt_regs() } as *const u64;
     for i in 0..PT_REGS_WORDS {
         // SAFETY: `i` < 21 words of the frame.
         st.regs[i] = unsafe { *regs.add(i) };
     }
-    // SAFETY: reading the current task's own register state.
+    let mut v = [0u64; 10];
+    // SAFETY: reading the current task's own state; `v` has room for 10 values.
     unsafe {
         st.fsbase = bindings::mitosis_read_fsbase() as u64;
         st.gsbase = bindings::mitosis_read_gsbase() as u64;
+        bindings::mitosis_get_task_user_state(v.as_mut_ptr());
     }
-    // SAFETY: these fields of the current task are only changed by the task itself.
+    st.rseq = v[0];
+    st.rseq_len = v[1] as u32;
+    st.rseq_sig = v[2] as u32;
+    st.robust_list = v[3];
+    st.clear_child_tid = v[4];
+    st.set_child_tid = v[5];
+    st.sas_ss_sp = v[6];
+    st.sas_ss_size = v[7];
+    st.sas_ss_flags = v[8] as u32;
+    st.blocked = v[9];
+    // SAFETY: the sighand lock keeps the dispositions stable while we copy them; the
+    // table has NSIG (64) entries.
     unsafe {
-        st.rseq = (*task).rseq as u64;
-        st.rseq_len = (*task).rseq_len;
-        st.rseq_sig = (*task).rseq_sig;
-        st.robust_list = (*task).robust_list as u64;
-        st.clear_child_tid = (*task).clear_child_tid as u64;
-        st.set_child_tid = (*task).set_child_tid as u64;
-        st.sas_ss_sp = (*task).sas_ss_sp as u64;
-        st.sas_ss_size = (*task).sas_ss_size as u64;
-        st.sas_ss_flags = (*task).sas_ss_flags;
-        st.blocked = (*task).blocked.sig[0] as u64;
-    }
-    // SAFETY: the sighand lock keeps the dispositions stable while we copy them.
-    unsafe {
-        bindings::mitosis_sighand_lock(task);
-        let actions = ptr::addr_of!((*(*task).sighand).action) as *const bindings::k_sigaction;
+        bindings::mitosis_sighand_lock_current();
+        let actions = bindings::mitosis_sigactions();
         for (i, out) in st.sigactions.iter_mut().enumerate().take(NSIG) {
             let sa = ptr::addr_of!((*actions.add(i)).sa);
             *out = SigAction {
@@ -294,7 +316,7 @@ fn capture_task(st: &mut TaskState) {
                 mask: (*sa).sa_mask.sig[0] as u64,
             };
         }
-        bindings::mitosis_sighand_unlock(task);
+        bindings::mitosis_sighand_unlock_current();
     }
 }
 

@@ -142,34 +142,58 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
     };
     let r = match cmd_nr(nr) {
         Cmd::ForkCapture => {
-            call(name, size, arg, true, |a: &mut abi::ForkCaptureArgs| {
-                require(a.flags & !abi::capture_flags::ALL == 0, name, "unknown flags")?;
-                require(
-                    *a == abi::ForkCaptureArgs {
-                        hdr: a.hdr,
-                        flags: a.flags,
-                        ..Default::default()
-                    },
-                    name,
-                    "output fields not zero",
-                )?;
-                let start = kernel::time::Ktime::ktime_get();
-                let c = crate::capture::capture(arg as u64).inspect_err(|e| {
-                    pr_info!("mitosis: fork_prepare capture failed: {:?}\n", e);
-                })?;
-                a.capture_ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
-                a.listen_port = default_port() as u32;
-                a.snapshot_id = c.id;
-                a.secret = c.secret;
-                a.n_vmas = c.n_vmas;
-                a.present_pages = c.present;
-                a.hole_pages = c.holes;
-                a.desc_bytes = c.desc_bytes;
-                Ok(())
+            // Never copied back: the seed's memory is the snapshot now.
+            let a: abi::ForkCaptureArgs = read_args(name, size, arg, true)?;
+            require(a.flags & !abi::capture_flags::ALL == 0, name, "unknown flags")?;
+            require(
+                a == abi::ForkCaptureArgs {
+                    hdr: a.hdr,
+                    flags: a.flags,
+                    claim_token: a.claim_token,
+                    ..Default::default()
+                },
+                name,
+                "padding or output fields not zero",
+            )?;
+            let start = kernel::time::Ktime::ktime_get();
+            let c = crate::capture::capture(arg as u64).inspect_err(|e| {
+                pr_warn!("fork_prepare capture failed: {:?}\n", e);
             })?;
-            // 1 in the seed; a child resumed from this snapshot sees 0 here.
-            return Ok(1);
+            let ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
+            // SAFETY: plain reads of the current task.
+            let tgid = unsafe { bindings::mitosis_current_tgid() };
+            let id = c.id;
+            state::get()
+                .file_claim(tgid, a.claim_token, ns, c)
+                .inspect_err(|_| {
+                    let _ = state::get().destroy_region(id);
+                })?;
+            // SAFETY: ends the current task (the seed) before it returns to user mode.
+            unsafe { bindings::mitosis_seed_finish() };
+            Ok(())
         }
+        Cmd::ForkClaim => call(name, size, arg, true, |a: &mut abi::ForkClaimArgs| {
+            require(
+                *a == abi::ForkClaimArgs {
+                    hdr: a.hdr,
+                    seed_pid: a.seed_pid,
+                    claim_token: a.claim_token,
+                    ..Default::default()
+                },
+                name,
+                "output fields not zero",
+            )?;
+            let (ns, c) = state::get().claim(a.seed_pid as i32, a.claim_token)?;
+            a.listen_port = default_port() as u32;
+            a.snapshot_id = c.id;
+            a.secret = c.secret;
+            a.capture_ns = ns;
+            a.n_vmas = c.n_vmas;
+            a.present_pages = c.present;
+            a.hole_pages = c.holes;
+            a.desc_bytes = c.desc_bytes;
+            Ok(())
+        }),
         Cmd::ForkResume => {
             // Never copied back: on success the caller's memory is the seed's.
             let a: abi::ForkResumeArgs = read_args(name, size, arg, true)?;
@@ -318,6 +342,7 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
 
 enum Cmd {
     ForkCapture,
+    ForkClaim,
     ForkResume,
     ForkRelease,
     Version,
@@ -334,6 +359,8 @@ fn cmd_nr(nr: u8) -> Cmd {
     let is = |c: u32| abi::decode(c).2 == nr;
     if is(abi::IOC_FORK_CAPTURE) {
         Cmd::ForkCapture
+    } else if is(abi::IOC_FORK_CLAIM) {
+        Cmd::ForkClaim
     } else if is(abi::IOC_FORK_RESUME) {
         Cmd::ForkResume
     } else if is(abi::IOC_FORK_RELEASE) {

@@ -89,10 +89,8 @@ impl Drop for MmapWriteGuard {
 }
 
 fn current_mm() -> Result<NonNull<bindings::mm_struct>> {
-    // SAFETY: `current` is always valid in process context.
-    let task = unsafe { bindings::mitosis_current() };
-    // SAFETY: as above; a kernel thread has no mm.
-    NonNull::new(unsafe { (*task).mm }).ok_or(EINVAL)
+    // SAFETY: `current` is always valid in process context; a kernel thread has no mm.
+    NonNull::new(unsafe { bindings::mitosis_current_mm() }).ok_or(EINVAL)
 }
 
 /// Which special mapping a VMA is.

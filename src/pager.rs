@@ -364,7 +364,8 @@ impl SnapshotFs {
                 v.name = kernel::c_str!("mitosis-snapshot").as_char_ptr();
                 v.init_fs_context = Some(init_fs_context);
                 v.kill_sb = Some(bindings::kill_anon_super);
-                v.owner = module.as_ptr().cast();
+                // No owner: the module mounts it at load and unmounts it at unload; an
+                // owner would make the mount pin the module forever. Files pin it.
                 // SAFETY: `t` is valid for writing.
                 unsafe { t.write(v) };
             }),

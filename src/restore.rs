@@ -314,6 +314,11 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
                 prot |= p;
             }
         }
+        let map_flags = if v.flags & vma_flags::NORESERVE != 0 {
+            MAP_FLAGS | bindings::MAP_NORESERVE as u64
+        } else {
+            MAP_FLAGS
+        };
         // SAFETY: mapping our live file into the current process at the seed's
         // address; file offset = address (see pager.rs).
         let got = unsafe {
@@ -322,7 +327,7 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
                 v.start as _,
                 (v.end - v.start) as _,
                 prot as _,
-                MAP_FLAGS as _,
+                map_flags as _,
                 v.start as _,
             )
         } as u64;
@@ -364,10 +369,8 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
 
 /// Registers, FPU, FS/GS, per-thread user pointers and signal state.
 fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
-    // SAFETY: `current` is live.
-    let task = unsafe { bindings::mitosis_current() };
     // SAFETY: the current task's user register frame; 21 words on x86-64.
-    let regs = unsafe { bindings::mitosis_task_pt_regs(task) } as *mut u64;
+    let regs = unsafe { bindings::mitosis_current_pt_regs() } as *mut u64;
     for (i, &v) in st.regs.iter().enumerate() {
         // The launcher's code and stack segments stay; the seed's orig_ax would only
         // confuse syscall restart.
@@ -382,6 +385,18 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
         // SAFETY: `i` < 21 words of the frame.
         unsafe { *regs.add(i) = v };
     }
+    let user = [
+        st.rseq,
+        st.rseq_len as u64,
+        st.rseq_sig as u64,
+        st.robust_list,
+        st.clear_child_tid,
+        st.set_child_tid,
+        st.sas_ss_sp,
+        st.sas_ss_size,
+        st.sas_ss_flags as u64,
+        0,
+    ];
     // SAFETY: the current task's own state, validated above.
     unsafe {
         bindings::mitosis_write_fsgsbase(st.fsbase as _, st.gsbase as _);
@@ -389,32 +404,27 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
         bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
         // The image replaces the saved user state, which is loaded on return to user
         // mode (kernel_fpu_begin marked it as needing a reload).
-        ptr::copy_nonoverlapping(fpu.as_ptr(), ptr::addr_of_mut!((*fp).regs) as *mut u8, fpu.len());
+        ptr::copy_nonoverlapping(
+            fpu.as_ptr(),
+            ptr::addr_of_mut!((*fp).regs) as *mut u8,
+            fpu.len(),
+        );
         bindings::kernel_fpu_end();
-
-        (*task).rseq = st.rseq as *mut _;
-        (*task).rseq_len = st.rseq_len;
-        (*task).rseq_sig = st.rseq_sig;
-        bindings::mitosis_rseq_notify_resume(task);
-        (*task).robust_list = st.robust_list as *mut _;
-        (*task).clear_child_tid = st.clear_child_tid as *mut _;
-        (*task).set_child_tid = st.set_child_tid as *mut _;
-        (*task).sas_ss_sp = st.sas_ss_sp as _;
-        (*task).sas_ss_size = st.sas_ss_size as _;
-        (*task).sas_ss_flags = st.sas_ss_flags;
+        bindings::mitosis_set_task_user_state(user.as_ptr());
     }
     if st.set_child_tid != 0 {
         // Like CLONE_CHILD_SETTID: the C library's cached thread id becomes ours.
-        // SAFETY: a user address of the rebuilt address space; put_user checks it.
+        // SAFETY: reading our own thread id.
         let tid = unsafe { bindings::mitosis_current_tid() } as u32;
-        // SAFETY: as above.
+        // SAFETY: a user address of the rebuilt address space; put_user checks it.
         let r = unsafe { bindings::mitosis_put_user_u32(tid, st.set_child_tid as *mut u32) };
         kernel::error::to_result(r)?;
     }
-    // SAFETY: the sighand lock serialises dispositions with signal delivery.
+    // SAFETY: the sighand lock serialises dispositions with signal delivery; the table
+    // has NSIG (64) entries.
     unsafe {
-        bindings::mitosis_sighand_lock(task);
-        let actions = ptr::addr_of_mut!((*(*task).sighand).action) as *mut bindings::k_sigaction;
+        bindings::mitosis_sighand_lock_current();
+        let actions = bindings::mitosis_sigactions();
         for (i, a) in st.sigactions.iter().enumerate().take(NSIG) {
             let sig = i as u32 + 1;
             if sig == bindings::SIGKILL || sig == bindings::SIGSTOP {
@@ -426,7 +436,7 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
             ptr::write(ptr::addr_of_mut!((*sa).sa_restorer) as *mut u64, a.restorer);
             (*sa).sa_mask.sig[0] = a.mask as _;
         }
-        bindings::mitosis_sighand_unlock(task);
+        bindings::mitosis_sighand_unlock_current();
     }
     let never_blocked = (1u64 << (bindings::SIGKILL - 1)) | (1u64 << (bindings::SIGSTOP - 1));
     let mut set = bindings::sigset_t::default();

@@ -15,6 +15,7 @@ use crate::errno;
 use crate::rdma::connection::{Connection, Ipv4};
 use crate::rdma::device::DeviceClient;
 use crate::rdma::listener::{AcceptHooks, Listener};
+use crate::capture::Captured;
 use crate::pager::SnapshotFs;
 use crate::rdma::pages::PageSet;
 use crate::rdma::{self, STATS};
@@ -53,7 +54,21 @@ pub(crate) struct Mitosis {
     listener: Mutex<Option<Listener>>,
     #[pin]
     snapshot_fs: SnapshotFs,
+    /// Captures waiting for their parent's `FORK_CLAIM`.
+    #[pin]
+    claims: Mutex<KVec<Claim>>,
 }
+
+/// A capture filed by a seed for its parent.
+struct Claim {
+    seed_tgid: i32,
+    token: u64,
+    capture_ns: u64,
+    captured: Captured,
+}
+
+/// Most unclaimed captures kept (a parent that died never claims).
+const MAX_CLAIMS: usize = 256;
 
 static STATE: AtomicPtr<Mitosis> = AtomicPtr::new(ptr::null_mut());
 
@@ -110,6 +125,7 @@ impl Mitosis {
                 regions <- new_mutex!(Registry::new()),
                 listener <- new_mutex!(None),
                 snapshot_fs <- SnapshotFs::new(module),
+                claims <- new_mutex!(KVec::new()),
             }? Error),
             GFP_KERNEL,
         );
@@ -174,6 +190,35 @@ impl Mitosis {
         self.regions.lock().publish(pages, desc_len)
     }
 
+    /// Files a capture for the seed's parent.
+    pub(crate) fn file_claim(&self, seed_tgid: i32, token: u64, capture_ns: u64, c: Captured) -> Result {
+        let mut claims = self.claims.lock();
+        if claims.len() >= MAX_CLAIMS {
+            // The oldest is from a parent that never came back: it keeps its snapshot
+            // (releasable by id and secret), only the claim goes.
+            crate::util::remove_first(&mut claims, |_| true);
+        }
+        claims.push(
+            Claim {
+                seed_tgid,
+                token,
+                capture_ns,
+                captured: c,
+            },
+            GFP_KERNEL,
+        )?;
+        Ok(())
+    }
+
+    /// The capture of seed `seed_tgid`, once, for the holder of its token.
+    pub(crate) fn claim(&self, seed_tgid: i32, token: u64) -> Result<(u64, Captured)> {
+        let c = crate::util::remove_first(&mut self.claims.lock(), |c| {
+            c.seed_tgid == seed_tgid && c.token == token
+        })
+        .ok_or(ENOENT)?;
+        Ok((c.capture_ns, c.captured))
+    }
+
     /// Ends snapshot `id`: no new opens; with `force`, every peer's access ends now.
     pub(crate) fn release_snapshot(&self, id: u64, secret: &[u8; 16], force: bool) -> Result {
         let region = {
@@ -184,6 +229,7 @@ impl Mitosis {
             }
             regions.remove(id)?
         };
+        crate::util::remove_first(&mut self.claims.lock(), |c| c.captured.id == id);
         if force {
             for c in self.accepted.lock().iter() {
                 c.remove_registration(region.id);

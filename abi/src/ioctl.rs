@@ -325,28 +325,21 @@ pub mod capture_flags {
 
 /// `MITOSIS_IOC_FORK_CAPTURE`: called by the seed, the library's `fork()` copy of the
 /// process being prepared. The module captures the calling task (registers, FPU, signal
-/// state, every VMA and page) into a snapshot and returns **1** with the handle filled
-/// in; the seed then hands the handle to its parent and exits (the module holds every
-/// page). When a child resumes from the snapshot, this same call returns **0** in the
-/// child, with the `child_*` fields filled in.
+/// state, every VMA and page) into a snapshot, files the result under the seed's pid and
+/// `claim_token` for [`IOC_FORK_CLAIM`], and ends the seed with SIGKILL before it runs
+/// another user instruction (so nothing it does can change the captured pages). On
+/// failure the call returns the errno and the seed lives on. When a child resumes from
+/// the snapshot, this call returns **0** in the child, with the `child_*` fields filled
+/// in (the module's only write to the child's copy of this struct).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForkCaptureArgs {
     pub hdr: Header,
     /// In: [`capture_flags`].
     pub flags: u32,
-    /// Out (seed): the control listener's port.
-    pub listen_port: u32,
-    /// Out (seed): the snapshot's id and secret on this host.
-    pub snapshot_id: u64,
-    pub secret: [u8; 16],
-    /// Out (seed): capture time in the module, ns; VMAs, present pages, hole pages and
-    /// descriptor bytes.
-    pub capture_ns: u64,
-    pub n_vmas: u64,
-    pub present_pages: u64,
-    pub hole_pages: u64,
-    pub desc_bytes: u64,
+    pub _pad: u32,
+    /// In: a random value the parent presents to claim the result.
+    pub claim_token: u64,
     /// Out (child): where the child's vDSO and vvar are now and where the seed had them
     /// (the library moves them back with `mremap` before anything calls the vDSO).
     pub child_vdso: u64,
@@ -359,6 +352,28 @@ pub struct ForkCaptureArgs {
     /// pages fetched eagerly.
     pub resume_start_ns: u64,
     pub eager_pages: u64,
+}
+
+/// `MITOSIS_IOC_FORK_CLAIM`: the parent collects what the seed `seed_pid` (its child)
+/// captured, presenting the seed's `claim_token`. Once: a second claim is `ENOENT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkClaimArgs {
+    pub hdr: Header,
+    pub seed_pid: u32,
+    /// Out: the control listener's port.
+    pub listen_port: u32,
+    pub claim_token: u64,
+    /// Out: the snapshot's id and secret on this host.
+    pub snapshot_id: u64,
+    pub secret: [u8; 16],
+    /// Out: capture time in the module (ns); VMAs, present pages, hole pages and
+    /// descriptor bytes.
+    pub capture_ns: u64,
+    pub n_vmas: u64,
+    pub present_pages: u64,
+    pub hole_pages: u64,
+    pub desc_bytes: u64,
 }
 
 /// Flags of [`ForkResumeArgs::flags`].
@@ -419,9 +434,10 @@ ioctl_structs! {
     IOC_REMOTE_OPEN = 4, RemoteOpenArgs, 80;
     IOC_REMOTE_READ = 5, RemoteReadArgs, 72;
     IOC_REMOTE_CLOSE = 6, RemoteCloseArgs, 16;
-    IOC_FORK_CAPTURE = 7, ForkCaptureArgs, 144;
+    IOC_FORK_CAPTURE = 7, ForkCaptureArgs, 88;
     IOC_FORK_RESUME = 8, ForkResumeArgs, 48;
     IOC_FORK_RELEASE = 9, ForkReleaseArgs, 40;
+    IOC_FORK_CLAIM = 10, ForkClaimArgs, 88;
 }
 
 /// The 64-bit word at byte offset `off` (a multiple of 8) of a region filled with `seed`.

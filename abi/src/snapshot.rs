@@ -54,7 +54,9 @@ pub mod vma_flags {
     pub const VVAR: u32 = 1 << 7;
     /// Heap (`[start_brk, brk)`).
     pub const HEAP: u32 = 1 << 8;
-    pub const ALL: u32 = (1 << 9) - 1;
+    /// No swap/commit accounting (`MAP_NORESERVE`), as in the seed.
+    pub const NORESERVE: u32 = 1 << 9;
+    pub const ALL: u32 = (1 << 10) - 1;
 }
 
 /// One VMA of the seed.

@@ -23,7 +23,8 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
     assert_eq!(ioctl::IOC_STATUS, 0xc190_b701);
-    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc090_b707);
+    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc058_b707);
+    assert_eq!(ioctl::IOC_FORK_CLAIM, 0xc058_b70a);
     assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
     assert_eq!(ioctl::IOC_FORK_RELEASE, 0xc028_b709);
 }
@@ -36,8 +37,9 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(size_of::<ioctl::DeviceInfo>(), 48);
     assert_eq!(size_of::<ioctl::Counters>(), 184);
     assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 184);
-    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, snapshot_id), 16);
-    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, child_vdso), 80);
+    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, claim_token), 16);
+    assert_eq!(offset_of!(ioctl::ForkCaptureArgs, child_vdso), 24);
+    assert_eq!(offset_of!(ioctl::ForkClaimArgs, snapshot_id), 24);
     assert_eq!(offset_of!(ioctl::ForkResumeArgs, snapshot_id), 24);
     assert_eq!(offset_of!(ioctl::ForkReleaseArgs, flags), 32);
     assert_eq!(size_of::<ioctl::RemoteOpenArgs>(), 80);

@@ -7,10 +7,14 @@
 //! mitosis region destroy ID
 //! mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
 //!              [--length B] [--batch PAGES] [--timeout-ms MS]
+//! mitosis resume HANDLE [--eager] [--timeout-ms MS]
+//! mitosis release HANDLE [--force]
 //! ```
+//! `resume` is the lean launcher: this process becomes a child of the snapshot (same
+//! pid, credentials, namespaces, cgroup and open files) and never returns here.
 //! Sizes accept K, M and G suffixes. Exit status: 0 ok, 1 operation failed, 2 bad usage.
 
-use mitosis::{format_secret, parse_secret, Mitosis, RegionId};
+use mitosis::{format_secret, parse_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
 use mitosis_abi::ioctl::{check_pattern, MAX_BATCH_PAGES};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -22,7 +26,10 @@ const USAGE: &str = "usage:
   mitosis region create --size BYTES [--seed N]
   mitosis region destroy ID
   mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
-               [--length B] [--batch PAGES] [--timeout-ms MS]";
+               [--length B] [--batch PAGES] [--timeout-ms MS]
+  mitosis resume HANDLE [--eager] [--timeout-ms MS]
+  mitosis release HANDLE [--force]
+HANDLE is IP:PORT/ID/SECRET as printed by the program that prepared the snapshot.";
 
 /// A failure with its exit code.
 struct Fail(u8, String);
@@ -139,6 +146,13 @@ fn cmd_status(args: &[String]) -> Result<(), Fail> {
         ("region_opens", c.region_opens),
         ("region_opens_refused", c.region_opens_refused),
         ("mrs_live", c.mrs_live),
+        ("snapshots_live", c.snapshots_live),
+        ("snapshot_pages", c.snapshot_pages),
+        ("resumes", c.resumes),
+        ("resumes_failed", c.resumes_failed),
+        ("pages_fetched", c.pages_fetched),
+        ("pages_zeroed", c.pages_zeroed),
+        ("fetch_failures", c.fetch_failures),
     ];
     let devices: Vec<_> = s.devices[..s.n_devices as usize].iter().collect();
     if o.has("--json") {
@@ -314,6 +328,38 @@ fn cmd_read(args: &[String]) -> Result<(), Fail> {
     Ok(())
 }
 
+fn handle_arg(rest: &[String], cmd: &str) -> Result<SnapshotHandle, Fail> {
+    match rest {
+        [h] => h.parse().map_err(|e: std::io::Error| usage(e.to_string())),
+        _ => Err(usage(format!("{cmd} takes one HANDLE"))),
+    }
+}
+
+/// Becomes a child of the snapshot; returns only on failure.
+fn cmd_resume(args: &[String]) -> Result<(), Fail> {
+    let (o, rest) = Opts::parse(args, &["--eager"], &["--timeout-ms"])?;
+    let handle = handle_arg(&rest, "resume")?;
+    let opts = ResumeOptions {
+        eager: o.has("--eager"),
+        connect_timeout: o.num("--timeout-ms")?.map(Duration::from_millis),
+    };
+    let m = open()?;
+    Err(op(
+        &format!("resume from {handle}"),
+        m.fork_resume(&handle, opts),
+    ))
+}
+
+fn cmd_release(args: &[String]) -> Result<(), Fail> {
+    let (o, rest) = Opts::parse(args, &["--force"], &[])?;
+    let handle = handle_arg(&rest, "release")?;
+    open()?
+        .fork_release(&handle, o.has("--force"))
+        .map_err(|e| op("release", e))?;
+    println!("released snapshot {}", handle.id);
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<(), Fail> {
     match args.first().map(String::as_str) {
         Some("version") => {
@@ -329,6 +375,8 @@ fn run(args: &[String]) -> Result<(), Fail> {
         Some("status") => cmd_status(&args[1..]),
         Some("region") => cmd_region(&args[1..]),
         Some("read") => cmd_read(&args[1..]),
+        Some("resume") => cmd_resume(&args[1..]),
+        Some("release") => cmd_release(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

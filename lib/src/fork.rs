@@ -119,16 +119,49 @@ pub struct ResumeOptions {
     pub connect_timeout: Option<Duration>,
 }
 
-/// The message a seed sends its parent: the capture result or an errno.
+/// Makes the `FORK_CAPTURE` call: `fd` is `/dev/mitosis`, `args` the seed's
+/// argument struct. Returns the syscall result (negative errno on failure).
+pub type CaptureFn = unsafe fn(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64;
+
+/// The default [`CaptureFn`]: `ioctl(2)`.
+///
+/// # Safety
+///
+/// `args` points to a valid, writable `ForkCaptureArgs`.
+pub unsafe fn ioctl_capture(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64 {
+    // SAFETY: per the contract.
+    let r = unsafe { libc::ioctl(fd, abi::IOC_FORK_CAPTURE as _, args) };
+    if r < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as i64)
+    } else {
+        r as i64
+    }
+}
+
+/// What a seed whose capture failed sends its parent (a captured seed is ended by the
+/// module and sends nothing).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct SeedReport {
     errno: i64,
-    args: abi::ForkCaptureArgs,
 }
 
-/// This host's address for handles: `MITOSIS_HOST` if set, else the first IPv4 address
-/// of an interface that is up and not loopback.
+/// 64 random bits from the kernel.
+fn random_u64() -> io::Result<u64> {
+    let mut v = 0u64;
+    // SAFETY: `v` is writable for 8 bytes.
+    let n = unsafe { libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0) };
+    if n != 8 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// This host's address for handles: `MITOSIS_HOST` if set, else the IPv4 address of
+/// the first interface with a route that is not loopback (`/proc/net/route`, then
+/// `SIOCGIFADDR`; this works in static binaries, where `getifaddrs` may not).
 pub fn local_host() -> io::Result<Ipv4Addr> {
     if let Ok(h) = std::env::var("MITOSIS_HOST") {
         return h.parse().map_err(|_| {
@@ -138,40 +171,45 @@ pub fn local_host() -> io::Result<Ipv4Addr> {
             )
         });
     }
-    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `ifa` receives a list we free below.
-    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = None;
-    let mut cur = ifa;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let i = unsafe { &*cur };
-        cur = i.ifa_next;
-        let up = i.ifa_flags & libc::IFF_UP as u32 != 0;
-        let lo = i.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        // SAFETY: `ifa_addr` is null or a valid sockaddr.
-        if !up
-            || lo
-            || i.ifa_addr.is_null()
-            || unsafe { (*i.ifa_addr).sa_family } as i32 != libc::AF_INET
-        {
+    let routes = std::fs::read_to_string("/proc/net/route")?;
+    for name in routes
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if name == "lo" || name.len() >= 16 {
             continue;
         }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*(i.ifa_addr as *const libc::sockaddr_in) };
-        found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-        break;
+        if let Ok(addr) = interface_addr(name) {
+            return Ok(addr);
+        }
     }
-    // SAFETY: from getifaddrs.
-    unsafe { libc::freeifaddrs(ifa) };
-    found.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            "no IPv4 interface for the snapshot handle",
-        )
-    })
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no routed IPv4 interface for the snapshot handle (set MITOSIS_HOST)",
+    ))
+}
+
+/// `SIOCGIFADDR` of interface `name` (shorter than 16 bytes).
+fn interface_addr(name: &str) -> io::Result<Ipv4Addr> {
+    const SIOCGIFADDR: libc::c_ulong = 0x8915;
+    // struct ifreq: 16-byte name, then a sockaddr_in (family, port, address).
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `req` is a 40-byte ifreq the kernel fills.
+    let r = unsafe { libc::ioctl(fd, SIOCGIFADDR as _, req.as_mut_ptr()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return Err(err);
+    }
+    Ok(Ipv4Addr::new(req[20], req[21], req[22], req[23]))
 }
 
 fn monotonic_ns() -> u64 {
@@ -289,12 +327,22 @@ impl Mitosis {
     /// Snapshots the calling process (see the module docs). Returns twice, like
     /// `fork()`: [`Forked::Parent`] here, [`Forked::Child`] in every resumed child.
     pub fn fork_prepare(&self) -> io::Result<Forked> {
-        let host = local_host()?;
+        self.fork_prepare_with(ioctl_capture)
+    }
+
+    /// [`Mitosis::fork_prepare`] with the `FORK_CAPTURE` call made by `capture`
+    /// (for tests that load registers around the raw syscall). `capture` returns the
+    /// syscall's result: 1 (seed), 0 (resumed child) or a negative errno.
+    pub fn fork_prepare_with(&self, capture: CaptureFn) -> io::Result<Forked> {
+        let host = local_host()
+            .map_err(|e| io::Error::new(e.kind(), format!("this host's address: {e}")))?;
         let start = monotonic_ns();
+        let token = random_u64()?;
         let mut pipe = [0i32; 2];
         // SAFETY: `pipe` has room for two descriptors.
         if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("pipe2: {e}")));
         }
         let (rd, wr) = (pipe[0], pipe[1]);
         // SAFETY: zeroed sigset_t is a valid (empty) set, then filled.
@@ -311,29 +359,18 @@ impl Mitosis {
         if pid == 0 {
             let mut a = abi::ForkCaptureArgs {
                 hdr: Header::for_struct::<abi::ForkCaptureArgs>(),
+                claim_token: token,
                 ..Default::default()
             };
             // SAFETY: `a` is a valid ForkCaptureArgs.
-            let r = unsafe {
-                libc::ioctl(
-                    self.file.as_raw_fd(),
-                    abi::IOC_FORK_CAPTURE as _,
-                    &mut a as *mut abi::ForkCaptureArgs,
-                )
-            };
+            let r = unsafe { capture(self.file.as_raw_fd(), &mut a) };
             if r == 0 {
                 // A child resumed from this snapshot.
                 return Ok(child_start(self, &a, &old));
             }
+            // Still here: the capture failed (a captured seed never gets back).
             let report = SeedReport {
-                errno: if r == 1 {
-                    0
-                } else {
-                    io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO) as i64
-                },
-                args: a,
+                errno: if r < 0 { -r } else { libc::EPROTO as i64 },
             };
             // SAFETY: writing a plain struct to our pipe, then leaving without running
             // any of the parent's exit handlers.
@@ -385,16 +422,16 @@ impl Mitosis {
             {}
             libc::close(rd);
         }
-        if got != want {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the seed exited without a report",
-            ));
-        }
-        if report.errno != 0 {
+        if got == want {
             return Err(io::Error::from_raw_os_error(report.errno as i32));
         }
-        let a = report.args;
+        // The seed was captured and ended by the module: collect its result.
+        let mut a = abi::ForkClaimArgs {
+            seed_pid: pid as u32,
+            claim_token: token,
+            ..Default::default()
+        };
+        self.call(abi::IOC_FORK_CLAIM, &mut a)?;
         Ok(Forked::Parent(Prepared {
             handle: SnapshotHandle {
                 host,
@@ -467,5 +504,23 @@ mod tests {
         ] {
             assert!(bad.parse::<SnapshotHandle>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    /// A capture that fails like the module would.
+    unsafe fn refuse(_fd: i32, _args: *mut abi::ForkCaptureArgs) -> i64 {
+        -(libc::EINVAL as i64)
+    }
+
+    #[test]
+    fn seed_errno_reaches_the_parent() {
+        std::env::set_var("MITOSIS_HOST", "192.0.2.7");
+        let m = Mitosis::open_path("/dev/null").unwrap();
+        let e = m.fork_prepare_with(refuse).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
     }
 }

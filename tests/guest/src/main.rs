@@ -7,6 +7,10 @@
 //! mitosis-test driver --peer IP [--port 7000] [--size 64M] [--demo]
 //!                                           on guest B: scenarios 2, 3, 4 against A
 //!                                           (--demo: scenario 2 only)
+//! mitosis-test fork-parent [--port 7001] [--children 4] [--mib 32]
+//!                                           on guest A: remote-fork seed and parent
+//! mitosis-test fork-remote --peer IP [--port 7001] [--children 4]
+//!                                           on guest B: children and failure cases
 //! ```
 //! Every check prints one `MITOSIS-RESULT {json}` line; the exit status is non-zero if
 //! any check failed.
@@ -14,6 +18,7 @@
 mod abi_checks;
 mod agent;
 mod driver;
+mod fork;
 mod report;
 
 use std::process::ExitCode;
@@ -58,8 +63,45 @@ fn main() -> ExitCode {
                 args.iter().any(|a| a == "--demo"),
             );
         }
+        Some("fork-parent") => {
+            let port = arg_value(&args, "--port")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(7001);
+            let n = arg_value(&args, "--children")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(4);
+            let mib = arg_value(&args, "--mib")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(32);
+            let code = fork::parent(&mut report, port, n, mib);
+            report.summary();
+            return if report.failed == 0 {
+                code
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some("fork-remote") => {
+            let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {
+                eprintln!("mitosis-test fork-remote: --peer IP required");
+                return ExitCode::from(2);
+            };
+            let port = arg_value(&args, "--port")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(7001);
+            let n = arg_value(&args, "--children")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(4);
+            let code = fork::remote(&mut report, peer, port, n);
+            report.summary();
+            return if report.failed == 0 {
+                code
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         _ => {
-            eprintln!("usage: mitosis-test local|abi|agent|driver (see the source header)");
+            eprintln!("usage: mitosis-test local|abi|agent|driver|fork-parent|fork-remote (see the source header)");
             return ExitCode::from(2);
         }
     }

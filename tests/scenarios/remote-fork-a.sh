@@ -1,0 +1,11 @@
+# Remote fork, guest A: the parent. Builds and prepares the seed world, runs local
+# children, serves guest B (two-hop grandchild, release), then unloads the module with
+# a snapshot still published (must be clean) and powers off while B's lazy child
+# still has unfetched pages.
+rc=0
+echo 1 > /proc/sys/kernel/print-fatal-signals 2>/dev/null
+MITOSIS_DEBUG=1 mitosis-test fork-parent --children 4 || rc=1
+mitosis status
+dmesg | grep "mitosis:" | tail -20
+rmmod mitosis || { echo "rmmod with a live snapshot failed"; rc=1; }
+exit $rc
