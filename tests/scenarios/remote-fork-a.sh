@@ -4,7 +4,7 @@
 # still has unfetched pages.
 rc=0
 echo 1 > /proc/sys/kernel/print-fatal-signals 2>/dev/null
-MITOSIS_DEBUG=1 mitosis-test fork-parent --children 4 || rc=1
+mitosis-test fork-parent --children 4 || rc=1
 mitosis status
 dmesg | grep "mitosis:" | tail -20
 rmmod mitosis || { echo "rmmod with a live snapshot failed"; rc=1; }

@@ -273,11 +273,7 @@ unsafe fn capture_with_registers(fd: i32, args: *mut abi::ForkCaptureArgs) -> i6
         return unsafe { mitosis::fork::ioctl_capture(fd, args) };
     }
     // SAFETY: AVX is present.
-    let r = unsafe { capture_avx(fd, args) };
-    if std::env::var_os("MITOSIS_DEBUG").is_some() {
-        eprintln!("capture_with_registers: fd {fd} -> {r}");
-    }
-    r
+    unsafe { capture_avx(fd, args) }
 }
 
 #[target_feature(enable = "avx")]
