@@ -2,7 +2,8 @@
 #
 #   make            module + user-space tools (builds the cached test kernel if needed)
 #   make check      everything a fresh machine needs, host tests, two-guest scenarios
-#   make demo       two-guest demo with its numbers
+#   make demo       two-guest remote-fork demo with its numbers
+#   make bench      remote-fork benchmark (KVARIANT=perf for the numbers in docs/)
 #
 # KDIR=/path/to/kernel/build builds against another prepared CONFIG_RUST kernel.
 # KVARIANT=perf uses the kernel without debug options (benchmarks).
@@ -22,7 +23,7 @@ kdir = $$(cat $(OUT)/kdir-$(KVARIANT))
 kernel_dep := kernel
 endif
 
-.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork check demo fmt clippy clean
+.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -73,6 +74,11 @@ test-fork: image
 		--out $(OUT)/remote-fork-$(KVARIANT) --timeout $(TIMEOUT)
 
 check: fmt test-host clippy test-guests test-fork
+
+# Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
+bench: image
+	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+		--scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
 
 demo: image
 	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \

@@ -332,16 +332,31 @@ static AOPS: bindings::address_space_operations = bindings::address_space_operat
     ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
 };
 
+/// The filesystem type. Static because its lock-class keys must be in static storage
+/// for lockdep; only the VFS writes to it (under its own locks).
+struct FsType(core::cell::UnsafeCell<bindings::file_system_type>);
+
+// SAFETY: see the type's comment.
+unsafe impl Sync for FsType {}
+
+static FS_TYPE: FsType = FsType(core::cell::UnsafeCell::new(bindings::file_system_type {
+    name: c"mitosis-snapshot".as_ptr().cast(),
+    init_fs_context: Some(init_fs_context),
+    kill_sb: Some(bindings::kill_anon_super),
+    // No owner: the module mounts it at load and unmounts it at unload; an owner would
+    // make the mount pin the module forever. Files pin it instead.
+    // SAFETY: all-zero is a valid value for every other field.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+}));
+
 /// The internal filesystem and the cache of snapshot inodes.
 ///
 /// # Invariants
 ///
-/// While `mnt` is non-null the filesystem is mounted (`kern_mount`) and `fs_type`/`fops`
-/// are pinned; every cached inode pointer is live (removed in `evict_inode`).
+/// While `mnt` is non-null the filesystem is mounted (`kern_mount`) and `fops` is
+/// pinned; every cached inode pointer is live (removed in `evict_inode`).
 #[pin_data(PinnedDrop)]
 pub(crate) struct SnapshotFs {
-    #[pin]
-    fs_type: Opaque<bindings::file_system_type>,
     #[pin]
     fops: Opaque<bindings::file_operations>,
     mnt: core::sync::atomic::AtomicPtr<bindings::vfsmount>,
@@ -359,16 +374,6 @@ unsafe impl Sync for SnapshotFs {}
 impl SnapshotFs {
     pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
         pin_init!(SnapshotFs {
-            fs_type <- Opaque::ffi_init(move |t: *mut bindings::file_system_type| {
-                let mut v = bindings::file_system_type::default();
-                v.name = kernel::c_str!("mitosis-snapshot").as_char_ptr();
-                v.init_fs_context = Some(init_fs_context);
-                v.kill_sb = Some(bindings::kill_anon_super);
-                // No owner: the module mounts it at load and unmounts it at unload; an
-                // owner would make the mount pin the module forever. Files pin it.
-                // SAFETY: `t` is valid for writing.
-                unsafe { t.write(v) };
-            }),
             fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
                 let mut v = bindings::file_operations::default();
                 v.owner = module.as_ptr().cast();
@@ -384,8 +389,8 @@ impl SnapshotFs {
 
     /// Mounts the internal filesystem.
     pub(crate) fn mount(&self) -> Result {
-        // SAFETY: `fs_type` is pinned and initialised, and outlives the mount.
-        let mnt = kernel::error::from_err_ptr(unsafe { bindings::kern_mount(self.fs_type.get()) })?;
+        // SAFETY: `FS_TYPE` is static and initialised.
+        let mnt = kernel::error::from_err_ptr(unsafe { bindings::kern_mount(FS_TYPE.0.get()) })?;
         // Snapshot files carry program text: the pseudo-fs default forbids PROT_EXEC.
         // SAFETY: the superblock was just created for us and nothing uses it yet.
         unsafe { (*(*mnt).mnt_sb).s_iflags &= !(bindings::SB_I_NOEXEC as kernel::ffi::c_ulong) };

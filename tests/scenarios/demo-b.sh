@@ -1,7 +1,7 @@
-# Demo, guest B: read a 64 MiB region of A by one-sided RDMA READs, verify, report.
+# Demo, guest B: two children of guest A's snapshot, each verifying the data structure
+# and printing its timings.
 rc=0
-mitosis-test local || rc=1
-mitosis-test driver --peer "$MPEER" --demo || rc=1
+mitosis-test fork-demo-remote --peer "$MPEER" --children 2 || rc=1
 echo "--- mitosis status on B after the demo ---"
 mitosis status
 rmmod mitosis || rc=1

@@ -39,7 +39,7 @@ const FILE_PATH: &str = "/tmp/mitosis-seed-file";
 const TLS_MAGIC: u64 = 0x7415_7415_7415_7415;
 const STACK_WORDS: usize = 1024;
 /// Seeds of the fill patterns, one per region.
-const SEED_HEAP: u64 = 11;
+pub const SEED_HEAP: u64 = 11;
 const SEED_SPARSE: u64 = 12;
 const SEED_THP: u64 = 13;
 const SEED_RO: u64 = 14;
@@ -47,7 +47,7 @@ const SEED_NONE: u64 = 15;
 const SEED_FILE: u64 = 16;
 const SEED_DIRTY: u64 = 17;
 const SEED_STACK: u64 = 18;
-const SEED_MAP: u64 = 19;
+pub const SEED_MAP: u64 = 19;
 
 thread_local! {
     static TLS_VALUE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -98,8 +98,8 @@ fn first_bad(p: *const u8, len: usize, seed: u64, off: u64) -> Option<usize> {
 
 /// Everything the seed holds that children verify.
 pub struct World {
-    heap: Vec<u64>,
-    map: std::collections::BTreeMap<u64, String>,
+    pub heap: Vec<u64>,
+    pub map: std::collections::BTreeMap<u64, String>,
     sparse: *mut u8,
     thp: *mut u8,
     thp_backed: bool,
@@ -327,7 +327,7 @@ unsafe fn capture_avx(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64 {
     ret
 }
 
-fn role_of_this_host() -> String {
+pub fn role_of_this_host() -> String {
     match local_host().map(|h| h.octets()[3]) {
         Ok(1) => "a".into(),
         Ok(2) => "b".into(),
@@ -554,6 +554,19 @@ fn child_main(
     let mut r = Report::new(&role);
     let mut words = task.split_whitespace();
     let code = match words.next() {
+        Some("exit") => std::process::exit(0),
+        Some("demo") => {
+            crate::bench::demo_child(&mut r, w, &resumed);
+            0
+        }
+        Some("bench") => {
+            crate::bench::bench_child(&mut r, w, &resumed, words.next().unwrap_or("?"));
+            0
+        }
+        Some("latency") => {
+            crate::bench::latency_child(&mut r, w);
+            0
+        }
         Some("verify") => {
             verify_child(&mut r, w, stack, &resumed);
             let id = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -640,7 +653,7 @@ fn child_main(
 }
 
 /// Builds the world and prepares. Returns in the parent; children never return.
-fn prepare_world(
+pub fn prepare_world(
     r: &mut Report,
     heap_mib: usize,
     registers: bool,
@@ -675,7 +688,7 @@ fn prepare_world(
 }
 
 /// A launcher: `mitosis resume HANDLE` with piped stdin/stdout.
-fn launch(handle: &SnapshotHandle, eager: bool) -> std::io::Result<Child> {
+pub fn launch(handle: &SnapshotHandle, eager: bool) -> std::io::Result<Child> {
     let mut c = Command::new("mitosis");
     c.arg("resume").arg(handle.to_string());
     if eager {
@@ -686,7 +699,7 @@ fn launch(handle: &SnapshotHandle, eager: bool) -> std::io::Result<Child> {
 
 /// Sends `task` and echoes the child's output until it exits; returns its status and
 /// output lines.
-fn run_child(mut c: Child, task: &str) -> (std::process::ExitStatus, Vec<String>) {
+pub fn run_child(mut c: Child, task: &str) -> (std::process::ExitStatus, Vec<String>) {
     if let Some(mut i) = c.stdin.take() {
         let _ = writeln!(i, "{task}");
     }

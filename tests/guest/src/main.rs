@@ -11,12 +11,18 @@
 //!                                           on guest A: remote-fork seed and parent
 //! mitosis-test fork-remote --peer IP [--port 7001] [--children 4]
 //!                                           on guest B: children and failure cases
+//! mitosis-test fork-demo-parent [--mib 48] [--children 2]   make demo, guest A
+//! mitosis-test fork-demo-remote --peer IP [--children 2]    make demo, guest B
+//! mitosis-test bench-parent [--sizes 1,64,1024] [--burst 8]  make bench, guest A
+//! mitosis-test bench-remote --peer IP [--burst 8]            make bench, guest B
+//! mitosis-test bench-cold --mib N           cold start of the benchmark program
 //! ```
 //! Every check prints one `MITOSIS-RESULT {json}` line; the exit status is non-zero if
 //! any check failed.
 
 mod abi_checks;
 mod agent;
+mod bench;
 mod driver;
 mod fork;
 mod report;
@@ -80,6 +86,67 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             };
+        }
+        Some("fork-demo-parent") => {
+            let mib = arg_value(&args, "--mib")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(48);
+            let n = arg_value(&args, "--children")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(2);
+            let code = bench::demo_parent(&mut report, mib, n);
+            report.summary();
+            return if report.failed == 0 {
+                code
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some("fork-demo-remote") | Some("bench-remote") => {
+            let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {
+                eprintln!("mitosis-test: --peer IP required");
+                return ExitCode::from(2);
+            };
+            let code = if args[0] == "bench-remote" {
+                let n = arg_value(&args, "--burst")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(8);
+                bench::bench_remote(&mut report, peer, n)
+            } else {
+                let n = arg_value(&args, "--children")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(2);
+                bench::demo_remote(&mut report, peer, n)
+            };
+            report.summary();
+            return if report.failed == 0 {
+                code
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some("bench-parent") => {
+            let sizes: Vec<usize> = arg_value(&args, "--sizes")
+                .unwrap_or_else(|| "1,64,1024".into())
+                .split(',')
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            let n = arg_value(&args, "--burst")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(8);
+            let code = bench::bench_parent(&mut report, &sizes, n);
+            report.summary();
+            return if report.failed == 0 {
+                code
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some("bench-cold") => {
+            let mib = arg_value(&args, "--mib")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1);
+            return bench::cold(mib);
         }
         Some("fork-remote") => {
             let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {

@@ -1,0 +1,385 @@
+//! The remote-fork demo (`make demo`) and benchmark (`make bench`); the method is in
+//! `docs/benchmarks.md`.
+//!
+//! ```text
+//! demo:  A: fork-demo-parent  builds a 48 MiB world, prepares, runs 2 local children
+//!        B: fork-demo-remote  runs 2 children of A's snapshot
+//! bench: A: bench-parent --sizes 1,64,1024   per seed size: cold start, local fork(),
+//!                                            prepare, children on A, resume rate
+//!        B: bench-remote --peer A            per seed size: children on B (resume,
+//!                                            touch 10% / 100%, pages fetched), fault
+//!                                            latency, resume rate
+//! ```
+//! A and B talk over TCP (port 7002): A sends `seed MIB HANDLE`, B answers `done`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use mitosis::{Mitosis, SnapshotHandle};
+use mitosis_abi::ioctl::pattern_word;
+
+use crate::fork::{launch, prepare_world, run_child, World, SEED_HEAP, SEED_MAP};
+use crate::report::Report;
+
+const PORT: u16 = 7002;
+const PAGE_WORDS: usize = 512;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pages_fetched() -> u64 {
+    Mitosis::open()
+        .and_then(|m| m.status())
+        .map(|s| s.counters.pages_fetched)
+        .unwrap_or(0)
+}
+
+/// Reads one word per page of `heap[range]`; returns whether they are the seed's.
+fn touch_pages(heap: &[u64], from: usize, to: usize) -> bool {
+    (from..to)
+        .step_by(PAGE_WORDS)
+        .all(|i| heap[i] == pattern_word(SEED_HEAP, 8 * i as u64))
+}
+
+/// Demo child: verify the structure, say what it did.
+pub fn demo_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed) {
+    let before = pages_fetched();
+    let t = Instant::now();
+    let heap_ok = w
+        .heap
+        .iter()
+        .enumerate()
+        .all(|(i, v)| *v == pattern_word(SEED_HEAP, 8 * i as u64));
+    let map_ok = w.map.len() == 10_000
+        && w.map
+            .iter()
+            .all(|(k, v)| *v == format!("value-{}", pattern_word(SEED_MAP, *k)));
+    let verify = t.elapsed();
+    let fetched = pages_fetched().saturating_sub(before);
+    let mib = (w.heap.len() * 8) as f64 / (1 << 20) as f64;
+    println!(
+        "child on guest {} (pid {}): resumed in {:.1} ms; verified {:.0} MiB of heap and a 10000-entry map in {:.1} ms; this host fetched {} pages meanwhile",
+        r.guest,
+        std::process::id(),
+        ms(resumed.resume),
+        mib,
+        ms(verify),
+        fetched
+    );
+    r.check(
+        "demo-child-verified",
+        heap_ok && map_ok,
+        format!("heap {heap_ok}, map {map_ok}"),
+        &[
+            ("resume_ms", ms(resumed.resume)),
+            ("verify_ms", ms(verify)),
+            ("heap_mib", mib),
+            ("pages_fetched", fetched as f64),
+        ],
+    );
+}
+
+/// Benchmark child: resume time, time to read 10% and 100% of the heap, pages fetched.
+pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label: &str) {
+    let before = pages_fetched();
+    let n = w.heap.len();
+    let t = Instant::now();
+    let ok10 = touch_pages(&w.heap, 0, n / 10);
+    let t10 = t.elapsed();
+    let ok100 = touch_pages(&w.heap, n / 10, n);
+    let t100 = t.elapsed();
+    let touched = n.div_ceil(PAGE_WORDS);
+    let fetched = pages_fetched().saturating_sub(before);
+    r.check(
+        &format!("bench-child-{label}"),
+        ok10 && ok100,
+        format!("seed {label} MiB"),
+        &[
+            ("resume_ms", ms(resumed.resume)),
+            ("touch_10pct_ms", ms(t10)),
+            ("touch_100pct_ms", ms(t100)),
+            ("pages_touched", touched as f64),
+            ("pages_fetched", fetched as f64),
+            ("eager_pages", resumed.eager_pages as f64),
+        ],
+    );
+}
+
+/// One-page fault latency: reads one word on pages 64 apart (outside each other's
+/// prefetch window), median and p99 over up to 200 faults.
+pub fn latency_child(r: &mut Report, w: &World) {
+    let n = w.heap.len();
+    let mut lat = Vec::new();
+    let mut ok = true;
+    for i in (0..n).step_by(64 * PAGE_WORDS).take(200) {
+        let t = Instant::now();
+        ok &= std::hint::black_box(w.heap[i]) == pattern_word(SEED_HEAP, 8 * i as u64);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    r.check(
+        "bench-fault-latency",
+        ok && !lat.is_empty(),
+        format!("{} faults", lat.len()),
+        &[("median_us", pick(0.5)), ("p99_us", pick(0.99))],
+    );
+}
+
+/// Launches `k` children at once with `task`; returns (all succeeded, wall time).
+fn burst(h: &SnapshotHandle, k: usize, task: &str) -> (bool, Duration) {
+    let t = Instant::now();
+    let kids: Vec<_> = (0..k).filter_map(|_| launch(h, false).ok()).collect();
+    let launched = kids.len();
+    let ok = kids
+        .into_iter()
+        .map(|c| run_child(c, task).0.success())
+        .filter(|&s| s)
+        .count();
+    (launched == k && ok == k, t.elapsed())
+}
+
+fn accept(port: u16) -> Option<(BufReader<TcpStream>, TcpStream)> {
+    let l = TcpListener::bind(("0.0.0.0", port)).ok()?;
+    let (s, _) = l.accept().ok()?;
+    Some((BufReader::new(s.try_clone().ok()?), s))
+}
+
+fn connect(peer: Ipv4Addr, port: u16) -> Option<(BufReader<TcpStream>, TcpStream)> {
+    let addr = std::net::SocketAddr::from((peer, port));
+    (0..240).find_map(|_| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .ok()
+            .and_then(|s| Some((BufReader::new(s.try_clone().ok()?), s)))
+            .or_else(|| {
+                std::thread::sleep(Duration::from_millis(250));
+                None
+            })
+    })
+}
+
+fn line(r: &mut BufReader<TcpStream>) -> String {
+    let mut s = String::new();
+    let _ = r.read_line(&mut s);
+    s.trim().to_string()
+}
+
+/// Demo, guest A.
+pub fn demo_parent(r: &mut Report, mib: usize, n_local: usize) -> ExitCode {
+    println!("demo: guest A builds a {mib} MiB heap and a 10000-entry map (the warm-up)");
+    let t = Instant::now();
+    let Some((m, _w, p)) = prepare_world(r, mib, false) else {
+        return ExitCode::FAILURE;
+    };
+    let warm = t.elapsed() - p.total;
+    println!(
+        "demo: warmed up in {:.0} ms; prepared in {:.1} ms: snapshot {} ({} VMAs, {} pages, descriptor {} bytes)",
+        ms(warm),
+        ms(p.total),
+        p.handle,
+        p.n_vmas,
+        p.present_pages,
+        p.desc_bytes
+    );
+    r.check(
+        "demo-prepare",
+        true,
+        p.handle.to_string(),
+        &[
+            ("warmup_ms", ms(warm)),
+            ("prepare_ms", ms(p.total)),
+            ("present_pages", p.present_pages as f64),
+        ],
+    );
+    let Some((mut rd, mut out)) = accept(PORT) else {
+        r.check("demo-peer", false, "guest B never connected", &[]);
+        return ExitCode::FAILURE;
+    };
+    let _ = writeln!(out, "seed {mib} {}", p.handle);
+    let (ok, wall) = burst(&p.handle, n_local, "demo");
+    r.check(
+        "demo-children-on-a",
+        ok,
+        format!("{n_local} children on A"),
+        &[("wall_ms", ms(wall))],
+    );
+    let done = line(&mut rd);
+    let _ = m.fork_release(&p.handle, false);
+    r.check("demo-remote-done", done == "done", done, &[]);
+    ExitCode::SUCCESS
+}
+
+/// Demo, guest B.
+pub fn demo_remote(r: &mut Report, peer: Ipv4Addr, n: usize) -> ExitCode {
+    let Some((mut rd, mut out)) = connect(peer, PORT) else {
+        r.check("demo-peer", false, "no demo parent on A", &[]);
+        return ExitCode::FAILURE;
+    };
+    let seed = line(&mut rd);
+    let Some(h) = seed
+        .split_whitespace()
+        .nth(2)
+        .and_then(|h| h.parse::<SnapshotHandle>().ok())
+    else {
+        r.check("demo-handle", false, seed, &[]);
+        return ExitCode::FAILURE;
+    };
+    println!("demo: guest B resumes {n} children of {h}");
+    let (ok, wall) = burst(&h, n, "demo");
+    r.check(
+        "demo-children-on-b",
+        ok,
+        format!("{n} children on B"),
+        &[("wall_ms", ms(wall))],
+    );
+    let _ = writeln!(out, "done");
+    ExitCode::SUCCESS
+}
+
+/// Wall time of a cold start: a fresh process that builds the same world and exits.
+fn cold_start(mib: usize) -> Duration {
+    let t = Instant::now();
+    let _ = Command::new("/proc/self/exe")
+        .args(["bench-cold", "--mib", &mib.to_string()])
+        .status();
+    t.elapsed()
+}
+
+/// `bench-cold`: build the world, exit.
+pub fn cold(mib: usize) -> ExitCode {
+    let w = World::build(mib);
+    std::hint::black_box(&w.heap);
+    ExitCode::SUCCESS
+}
+
+/// Time of a local `fork()` of this process (until it returns in the parent).
+fn local_fork() -> Duration {
+    let t = Instant::now();
+    // SAFETY: the child only calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: leaving the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let d = t.elapsed();
+    let mut st = 0;
+    // SAFETY: reaping our child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    d
+}
+
+/// Benchmark, guest A: one seed process per size (`bench-seed`).
+pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode {
+    let Some((mut rd, mut out)) = accept(PORT) else {
+        r.check("bench-peer", false, "guest B never connected", &[]);
+        return ExitCode::FAILURE;
+    };
+    for &mib in sizes {
+        let cold = cold_start(mib);
+        r.check(
+            &format!("bench-cold-start-{mib}"),
+            true,
+            "exec + build + exit",
+            &[("cold_start_ms", ms(cold))],
+        );
+        let t = Instant::now();
+        let Some((m, w, p)) = prepare_world(r, mib, false) else {
+            return ExitCode::FAILURE;
+        };
+        let build = t.elapsed() - p.total;
+        let fork = local_fork();
+        r.check(
+            &format!("bench-prepare-{mib}"),
+            true,
+            p.handle.to_string(),
+            &[
+                ("prepare_ms", ms(p.total)),
+                ("capture_ms", ms(p.capture)),
+                ("local_fork_ms", ms(fork)),
+                ("build_ms", ms(build)),
+                ("present_pages", p.present_pages as f64),
+                ("hole_pages", p.hole_pages as f64),
+                ("desc_bytes", p.desc_bytes as f64),
+            ],
+        );
+        let _ = writeln!(out, "seed {mib} {}", p.handle);
+        // B measures its child first; then both guests resume at once.
+        let _ = line(&mut rd);
+        let (ok, wall) = burst(&p.handle, burst_n, "exit");
+        r.check(
+            &format!("bench-resume-burst-a-{mib}"),
+            ok,
+            format!("{burst_n} children on A at once"),
+            &[
+                ("wall_ms", ms(wall)),
+                ("resumes_per_s", burst_n as f64 / wall.as_secs_f64()),
+            ],
+        );
+        let _ = line(&mut rd);
+        let _ = m.fork_release(&p.handle, false);
+        drop(w);
+    }
+    let _ = writeln!(out, "end");
+    ExitCode::SUCCESS
+}
+
+/// Benchmark, guest B.
+pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode {
+    let Some((mut rd, mut out)) = connect(peer, PORT) else {
+        r.check("bench-peer", false, "no bench parent on A", &[]);
+        return ExitCode::FAILURE;
+    };
+    loop {
+        let msg = line(&mut rd);
+        let words: Vec<&str> = msg.split_whitespace().collect();
+        let (mib, h) = match words.as_slice() {
+            ["seed", mib, h] => match h.parse::<SnapshotHandle>() {
+                Ok(h) => (*mib, h),
+                Err(_) => break,
+            },
+            _ => break,
+        };
+        let child = launch(&h, false).map(|c| run_child(c, &format!("bench {mib}")).0.success());
+        r.check(
+            &format!("bench-child-ran-{mib}"),
+            matches!(child, Ok(true)),
+            "",
+            &[],
+        );
+        let eager =
+            launch(&h, true).map(|c| run_child(c, &format!("bench eager-{mib}")).0.success());
+        r.check(
+            &format!("bench-eager-ran-{mib}"),
+            matches!(eager, Ok(true)),
+            "",
+            &[],
+        );
+        let lat = launch(&h, false).map(|c| run_child(c, "latency").0.success());
+        r.check(
+            &format!("bench-latency-ran-{mib}"),
+            matches!(lat, Ok(true)),
+            "",
+            &[],
+        );
+        let _ = writeln!(out, "go");
+        let (ok, wall) = burst(&h, burst_n, "exit");
+        r.check(
+            &format!("bench-resume-burst-b-{mib}"),
+            ok,
+            format!("{burst_n} children on B at once"),
+            &[
+                ("wall_ms", ms(wall)),
+                ("resumes_per_s", burst_n as f64 / wall.as_secs_f64()),
+            ],
+        );
+        let _ = writeln!(out, "done");
+    }
+    ExitCode::SUCCESS
+}
