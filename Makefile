@@ -48,7 +48,10 @@ userspace:
 
 guest-bins:
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target $(GUEST_TARGET) \
-		--target-dir target/guest -p mitosis-guest-tests -p mitosis-cli
+		--target-dir target/guest -p mitosis-guest-tests -p mitosis-cli -p mitosis
+	# A dynamically linked C program (shared-library scenario), through the C ABI.
+	gcc -O2 -Wall -Werror -o $(GUEST_BIN)/fork-dyn tests/guest/c/fork_dyn.c -Ilib/include \
+		$(GUEST_BIN)/libmitosis.a -static-libgcc -lpthread -ldl -lm
 
 image: module guest-bins | $(OUT)
 	scripts/build-image.sh mitosis.ko $(GUEST_BIN) $(OUT)/initramfs-$(KVARIANT).cpio.gz

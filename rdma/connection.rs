@@ -36,6 +36,8 @@ const RECV_DEPTH: usize = 16;
 pub(crate) const SEND_DEPTH: u32 = 256;
 /// Most READs posted with one doorbell.
 pub(crate) const MAX_READ_BATCH: usize = 64;
+/// Most REG_MR requests chained in one post (well under [`SEND_DEPTH`]).
+const REG_BATCH: usize = 128;
 /// RDMA READs in flight the QP asks for (bounded by the device).
 const RD_ATOM: u32 = 16;
 
@@ -567,11 +569,26 @@ impl Connection {
         regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
+        // A large registration (a 1 GiB snapshot is ~570 MRs) does not fit the send
+        // queue in one chain: post it in signalled batches first, each waited for.
+        let mut regs = regs;
+        while regs.len() > REG_BATCH {
+            let (head, tail) = regs.split_at_mut(REG_BATCH);
+            self.send_waiter.arm();
+            self.post_regs(res, head)?;
+            self.wait_send(timeout_ms)?;
+            regs = tail;
+        }
         self.send_waiter.arm();
         // SAFETY: exclusive per the caller's guarantee; the previous SEND completed
         // (every send waits for its completion before returning).
         let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
         self.post_send(res, len, regs, self.send_waiter.cqe())?;
+        self.wait_send(timeout_ms)
+    }
+
+    /// Waits for the signalled request of the last post; a failure fails the connection.
+    fn wait_send(&self, timeout_ms: u32) -> Result {
         let status = self
             .send_waiter
             .wait(timeout_ms)
@@ -584,6 +601,30 @@ impl Connection {
             );
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
+        }
+        Ok(())
+    }
+
+    /// Posts the REG_MR requests `regs` (at most [`REG_BATCH`]) with one doorbell, the
+    /// last one signalled.
+    fn post_regs(&self, res: &Resources, regs: &mut [bindings::ib_reg_wr]) -> Result {
+        let n = regs.len();
+        if n == 0 || n > REG_BATCH {
+            return Err(EINVAL);
+        }
+        for i in 0..n {
+            let next: *mut bindings::ib_send_wr = match regs.get_mut(i + 1) {
+                Some(r) => &mut r.wr,
+                None => ptr::null_mut(),
+            };
+            regs[i].wr.next = next;
+        }
+        regs[n - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
+        // SAFETY: the QP is live; the chain lives until the post returns.
+        let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &regs[0].wr, ptr::null_mut()) };
+        if r != 0 {
+            self.fail(errno::econnreset());
+            return Err(Error::from_errno(r));
         }
         Ok(())
     }

@@ -13,13 +13,15 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,scenarios,etc}
 cp /bin/busybox "$stage/bin/busybox"
 file /bin/busybox | grep -q "statically linked" || { echo "build-image: /bin/busybox is not static (install busybox-static)" >&2; exit 1; }
 cp /usr/bin/rdma "$stage/usr/bin/rdma"
-# rdma is dynamic: bring its loader and libraries at their paths.
-ldd /usr/bin/rdma | grep -o '/[^ ]*' | while read -r lib; do
-  mkdir -p "$stage$(dirname "$lib")"
-  cp -L "$lib" "$stage$lib"
+# rdma and fork-dyn are dynamic: bring their loader and libraries at their paths.
+for exe in /usr/bin/rdma "$bindir/fork-dyn"; do
+  ldd "$exe" | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+  done
 done
 cp "$ko" "$stage/mitosis.ko"
-cp "$bindir/mitosis" "$bindir/mitosis-test" "$stage/bin/"
+cp "$bindir/mitosis" "$bindir/mitosis-test" "$bindir/fork-dyn" "$stage/bin/"
 cp "$root/tests/guest/rootfs/init" "$stage/init"
 cp "$root"/tests/scenarios/*.sh "$stage/scenarios/"
 chmod +x "$stage/init"

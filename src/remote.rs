@@ -12,6 +12,9 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::uaccess::UserSliceWriter;
 
+/// How many `io_timeout_ms` an open may take.
+const OPEN_TIMEOUT_FACTOR: u32 = 10;
+
 /// An opened peer region: where each byte is and with which key.
 pub(crate) struct RemoteRegion {
     pub(crate) handle: u64,
@@ -39,8 +42,10 @@ impl RemoteRegion {
         secret: [u8; 16],
     ) -> Result<Self> {
         let req = OpenRegion { region_id, secret };
+        // The first open of a region by a host makes the parent register all its pages
+        // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
         let (size, chunk_bytes, info, rkeys) = conn.rpc(
-            state::io_timeout_ms(),
+            state::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
                 if reply.header.kind != Kind::OpenRegionReply {

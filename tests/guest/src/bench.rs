@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use mitosis::{Mitosis, SnapshotHandle};
 use mitosis_abi::ioctl::pattern_word;
 
-use crate::fork::{launch, prepare_world, run_child, World, SEED_HEAP, SEED_MAP};
+use crate::fork::{
+    launch, prepare_world, prepare_world_with, run_child, World, SEED_HEAP, SEED_MAP,
+};
 use crate::report::Report;
 
 const PORT: u16 = 7002;
@@ -254,7 +256,7 @@ fn cold_start(mib: usize) -> Duration {
 
 /// `bench-cold`: build the world, exit.
 pub fn cold(mib: usize) -> ExitCode {
-    let w = World::build(mib);
+    let w = World::build_with(mib, false);
     std::hint::black_box(&w.heap);
     ExitCode::SUCCESS
 }
@@ -290,7 +292,7 @@ pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode
             &[("cold_start_ms", ms(cold))],
         );
         let t = Instant::now();
-        let Some((m, w, p)) = prepare_world(r, mib, false) else {
+        let Some((m, w, p)) = prepare_world_with(r, mib, false, false) else {
             return ExitCode::FAILURE;
         };
         let build = t.elapsed() - p.total;

@@ -109,7 +109,9 @@ pub struct World {
 }
 
 impl World {
-    pub fn build(heap_mib: usize) -> World {
+    /// `full`: also the sparse, THP, read-only, PROT_NONE and file regions (the
+    /// scenarios); without them the world is the heap and the map (benchmark seeds).
+    pub fn build_with(heap_mib: usize, full: bool) -> World {
         let words = heap_mib * (1 << 20) / 8;
         let heap: Vec<u64> = (0..words as u64)
             .map(|i| pattern_word(SEED_HEAP, 8 * i))
@@ -117,6 +119,19 @@ impl World {
         let map: std::collections::BTreeMap<u64, String> = (0..10_000u64)
             .map(|k| (k, format!("value-{}", pattern_word(SEED_MAP, k))))
             .collect();
+        if !full {
+            let none = std::ptr::null_mut();
+            return World {
+                heap,
+                map,
+                sparse: none,
+                thp: none,
+                thp_backed: false,
+                ro: none,
+                none,
+                file: none,
+            };
+        }
         let sparse = map_sparse();
         // THP: a 2 MiB-aligned 2 MiB piece of a 4 MiB mapping.
         let raw = map_anon(2 * THP_BYTES, 0);
@@ -156,6 +171,9 @@ impl World {
 
     /// Bytes of memory the world touched.
     pub fn touched_bytes(&self) -> usize {
+        if self.sparse.is_null() {
+            return self.heap.len() * 8;
+        }
         self.heap.len() * 8
             + SPARSE_TOUCHED * PAGE
             + THP_BYTES
@@ -280,7 +298,6 @@ unsafe fn capture_with_registers(fd: i32, args: *mut abi::ForkCaptureArgs) -> i6
 unsafe fn capture_avx(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64 {
     let mut out = [0u64; 64];
     let ret: i64;
-    let g: [u64; 7];
     let (mut r12, mut r13, mut r14, mut r15) = (GPR[0], GPR[1], GPR[2], GPR[3]);
     let (mut r8, mut r9, mut r10) = (GPR[4], GPR[5], GPR[6]);
     // SAFETY: a raw ioctl syscall; every register it or we change is declared.
@@ -315,7 +332,7 @@ unsafe fn capture_avx(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64 {
             options(nostack),
         );
     }
-    g = [r12, r13, r14, r15, r8, r9, r10];
+    let g = [r12, r13, r14, r15, r8, r9, r10];
     let mut bad = 0;
     if out != REG_PATTERN {
         bad |= 1;
@@ -658,6 +675,16 @@ pub fn prepare_world(
     heap_mib: usize,
     registers: bool,
 ) -> Option<(Mitosis, World, mitosis::Prepared)> {
+    prepare_world_with(r, heap_mib, registers, true)
+}
+
+/// [`prepare_world`] with a lean world when `full` is false.
+pub fn prepare_world_with(
+    r: &mut Report,
+    heap_mib: usize,
+    registers: bool,
+    full: bool,
+) -> Option<(Mitosis, World, mitosis::Prepared)> {
     let m = match Mitosis::open() {
         Ok(m) => m,
         Err(e) => {
@@ -665,7 +692,7 @@ pub fn prepare_world(
             return None;
         }
     };
-    let mut w = World::build(heap_mib);
+    let mut w = World::build_with(heap_mib, full);
     let mut stack = [0u64; STACK_WORDS];
     for (i, v) in stack.iter_mut().enumerate() {
         *v = pattern_word(SEED_STACK, i as u64);
@@ -796,6 +823,24 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     let mut out = stream.try_clone().expect("clone stream");
     let _ = writeln!(out, "handle {}", p.handle);
     let _ = writeln!(out, "lazy {lazy}");
+    // A dynamically linked program prepared through the C ABI (shared-library text
+    // and data); its children run on B.
+    let dyn_handle = Command::new("fork-dyn")
+        .stdout(Stdio::piped())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("HANDLE ").map(String::from))
+        });
+    r.check(
+        "rf-dyn-prepare",
+        dyn_handle.is_some(),
+        format!("{dyn_handle:?}"),
+        &[],
+    );
+    let _ = writeln!(out, "dyn {}", dyn_handle.unwrap_or_default());
     // Local children, concurrently with B's.
     let t = Instant::now();
     let kids: Vec<_> = (0..n_local)
@@ -875,10 +920,21 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
     let h: Option<SnapshotHandle> = next().strip_prefix("handle ").and_then(|s| s.parse().ok());
     let lazy: Option<SnapshotHandle> = next().strip_prefix("lazy ").and_then(|s| s.parse().ok());
+    let dyn_h: Option<SnapshotHandle> = next().strip_prefix("dyn ").and_then(|s| s.parse().ok());
     let (Some(h), Some(lazy)) = (h, lazy) else {
         r.check("rf-handle", false, "no handle from A", &[]);
         return ExitCode::FAILURE;
     };
+    // Children of the dynamically linked C program.
+    let dyn_ok = dyn_h
+        .and_then(|d| launch(&d, false).ok())
+        .map(|c| run_child(c, &role_of_this_host()).0.success());
+    r.check(
+        "rf-dyn-child",
+        dyn_ok == Some(true),
+        format!("{dyn_ok:?}"),
+        &[],
+    );
     let m = Mitosis::open().expect("open");
     // Wrong secret: the launcher stays itself, with a distinct errno.
     let mut wrong = h;
@@ -907,7 +963,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
             let _ = writeln!(i, "lazy");
         }
         let mut line = String::new();
-        c.stdout.as_mut().map(|o| {
+        if let Some(o) = c.stdout.as_mut() {
             let mut b = [0u8; 1];
             while let Ok(1) = o.read(&mut b) {
                 if b[0] == b'\n' {
@@ -915,7 +971,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
                 }
                 line.push(b[0] as char);
             }
-        });
+        }
         line == "READY"
     });
     r.check("rf-lazy-child-ready", lazy_ready, "", &[]);
