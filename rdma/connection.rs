@@ -441,7 +441,7 @@ impl Connection {
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             if status != bindings::ib_wc_status_IB_WC_WR_FLUSH_ERR {
                 pr_warn!(
-                    "mitosis: receive failed on connection to {}: wc status {}\n",
+                    "receive failed on connection to {}: wc status {}\n",
                     Ipv4(conn.peer_addr),
                     status
                 );
@@ -469,7 +469,7 @@ impl Connection {
                     return;
                 }
                 pr_warn!(
-                    "mitosis: dropped unexpected control message from {}\n",
+                    "dropped unexpected control message from {}\n",
                     Ipv4(conn.peer_addr)
                 );
             }
@@ -595,7 +595,7 @@ impl Connection {
             .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             pr_warn!(
-                "mitosis: SEND to {} failed: wc status {}\n",
+                "SEND to {} failed: wc status {}\n",
                 Ipv4(self.peer_addr),
                 status
             );
@@ -753,7 +753,7 @@ impl Connection {
             Err(e) => {
                 count(&STATS.read_timeouts, 1);
                 pr_warn!(
-                    "mitosis: READ of {} pages from {} timed out\n",
+                    "READ of {} pages from {} timed out\n",
                     n,
                     Ipv4(self.peer_addr)
                 );
@@ -764,7 +764,7 @@ impl Connection {
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             count(&STATS.read_errors, 1);
             pr_warn!(
-                "mitosis: READ from {} failed: wc status {}\n",
+                "READ from {} failed: wc status {}\n",
                 Ipv4(self.peer_addr),
                 status
             );

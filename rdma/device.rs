@@ -111,7 +111,7 @@ impl DeviceClient {
             return -(bindings::ENOMEM as i32);
         }
         pr_info!(
-            "mitosis: device {} added\n",
+            "device {} added\n",
             kernel::str::BStr::from_bytes(name_of(dev))
         );
         0
@@ -120,7 +120,7 @@ impl DeviceClient {
     unsafe extern "C" fn remove(dev: *mut bindings::ib_device, _data: *mut core::ffi::c_void) {
         let Some(this) = Self::get() else { return };
         pr_info!(
-            "mitosis: device {} removed: closing its connections\n",
+            "device {} removed: closing its connections\n",
             kernel::str::BStr::from_bytes(name_of(dev))
         );
         (this.on_remove)(dev);

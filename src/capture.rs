@@ -54,14 +54,14 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     st.capture_args = args_addr;
     capture_task(&mut st);
     let fpu = capture_fpu(&mut st)
-        .inspect_err(|e| pr_warn!("mitosis: capture: FPU state: {:?}\n", e))?;
+        .inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
     let mut vmas = KVVec::new();
     let mut runs = KVVec::new();
     let mut data = KVVec::new();
     let mut holes = 0u64;
     {
         let mm = MmapReadGuard::current()
-            .inspect_err(|e| pr_warn!("mitosis: capture: no address space: {:?}\n", e))?;
+            .inspect_err(|e| pr_warn!("capture: no address space: {:?}\n", e))?;
         capture_mm_fields(mm.mm(), &mut st);
         let mut addr = 0u64;
         while let Some(v) = mm.vma_from(addr) {
@@ -80,7 +80,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
             if v.special == Special::None {
                 holes += capture_pages(&mm, &v, &mut runs, &mut data).inspect_err(|e| {
                     pr_warn!(
-                        "mitosis: capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
+                        "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
                         v.start,
                         v.end,
                         v.flags,
@@ -113,7 +113,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     let desc_len = encoded_len(vmas.len(), runs.len(), state_bytes.len()).ok_or(E2BIG)?;
     let mut desc = KVVec::from_elem(0u8, desc_len, GFP_KERNEL)?;
     encode(&vmas, &runs, data.len() as u64, &state_bytes, &mut desc).map_err(|e| {
-        pr_warn!("mitosis: capture: descriptor encoding failed: {:?}\n", e);
+        pr_warn!("capture: descriptor encoding failed: {:?}\n", e);
         EINVAL
     })?;
     let desc_pages = desc_len.div_ceil(PAGE as usize);
@@ -132,7 +132,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     }
     let (id, secret) = state::get()
         .publish_snapshot(PageSet::from_pages(pages), desc_len as u64)
-        .inspect_err(|e| pr_warn!("mitosis: capture: publishing the snapshot: {:?}\n", e))?;
+        .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,
         secret,
@@ -218,7 +218,7 @@ fn capture_pages(
         }
         if r < 0 {
             pr_warn!(
-                "mitosis: capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {}\n",
+                "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {}\n",
                 addr,
                 v.start,
                 v.end,

@@ -25,7 +25,7 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
         Ok(v) => v,
         Err(e) => {
             pr_warn!(
-                "mitosis: malformed control message from {} ({:?}), dropped\n",
+                "malformed control message from {} ({:?}), dropped\n",
                 Ipv4(conn.peer().0),
                 e
             );
@@ -54,7 +54,7 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
         }
         Kind::OpenRegionReply => {
             pr_warn!(
-                "mitosis: unexpected reply from {}, dropped\n",
+                "unexpected reply from {}, dropped\n",
                 Ipv4(conn.peer().0)
             );
         }
@@ -65,7 +65,7 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     let peer = Ipv4(conn.peer().0);
     let region = state::get().find_region(req.region_id).ok_or_else(|| {
         pr_info!(
-            "mitosis: {} asked for unknown region {}\n",
+            "{} asked for unknown region {}\n",
             peer,
             req.region_id
         );
@@ -73,7 +73,7 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     })?;
     if !region.secret_matches(&req.secret) {
         pr_warn!(
-            "mitosis: {} gave a wrong secret for region {}\n",
+            "{} gave a wrong secret for region {}\n",
             peer,
             req.region_id
         );

@@ -69,7 +69,7 @@ impl kernel::Module for MitosisModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         check_layout()?;
         let state = state::Mitosis::start(module)?;
-        pr_info!("mitosis: loaded (ABI {})\n", abi::ioctl::ABI_VERSION);
+        pr_info!("loaded (ABI {})\n", abi::ioctl::ABI_VERSION);
         Ok(MitosisModule { state })
     }
 }
@@ -77,7 +77,7 @@ impl kernel::Module for MitosisModule {
 impl Drop for MitosisModule {
     fn drop(&mut self) {
         self.state.as_ref().stop();
-        pr_info!("mitosis: unloaded\n");
+        pr_info!("unloaded\n");
     }
 }
 
@@ -105,7 +105,7 @@ fn check_layout() -> Result {
     ];
     if rust.iter().zip(c.iter()).any(|(r, c)| *r as u64 != *c as u64) {
         pr_err!(
-            "mitosis: generated bindings disagree with the kernel's struct layout: rust {:?} c {:?}\n",
+            "generated bindings disagree with the kernel's struct layout: rust {:?} c {:?}\n",
             rust,
             c
         );

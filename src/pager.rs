@@ -47,32 +47,74 @@ pub(crate) struct PagerKey {
     pub(crate) id: u64,
 }
 
+/// The open of a snapshot at its parent and READ destinations on that connection.
+struct Link {
+    remote: RemoteRegion,
+    bufs: KVec<DmaPage>,
+}
+
+impl Link {
+    fn new(remote: RemoteRegion) -> Result<Self> {
+        let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
+        Ok(Link { remote, bufs })
+    }
+}
+
 /// One snapshot as seen from this host: the remote open, the validated descriptor and
 /// bounce buffers for READs.
 pub(crate) struct Pager {
     key: PagerKey,
-    remote: RemoteRegion,
+    /// To open the snapshot again after the connection failed.
+    secret: [u8; 16],
     /// The descriptor, validated once by [`Descriptor::parse`] and never changed.
     desc: KVVec<u8>,
     /// Region offset of data page 0 (the descriptor fills the pages before it).
     data_offset: u64,
-    /// READ destinations, one batch at a time (faults on one snapshot are serialised
-    /// here; the connection serialises batches anyway).
-    bufs: Pin<KBox<Mutex<KVec<DmaPage>>>>,
+    /// One batch at a time (faults on one snapshot are serialised here; the
+    /// connection serialises batches anyway).
+    link: Pin<KBox<Mutex<Link>>>,
 }
 
 impl Pager {
     /// A pager over an opened snapshot whose descriptor `desc` passed validation.
-    pub(crate) fn new(key: PagerKey, remote: RemoteRegion, desc: KVVec<u8>) -> Result<Self> {
+    pub(crate) fn new(
+        key: PagerKey,
+        secret: [u8; 16],
+        remote: RemoteRegion,
+        desc: KVVec<u8>,
+    ) -> Result<Self> {
         let desc_pages = (desc.len() as u64).div_ceil(PAGE);
-        let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
         Ok(Pager {
             key,
-            remote,
+            secret,
             desc,
             data_offset: desc_pages * PAGE,
-            bufs: KBox::pin_init(new_mutex!(bufs), GFP_KERNEL)?,
+            link: KBox::pin_init(new_mutex!(Link::new(remote)?), GFP_KERNEL)?,
         })
+    }
+
+    /// After a failed READ: a new connection (pooled) and a new open of the same
+    /// snapshot, once. A released snapshot or a parent that is gone fails here.
+    fn reconnect(&self, link: &mut Link) -> Result {
+        let (conn, _) = crate::state::get().connection_to(
+            self.key.addr,
+            self.key.port,
+            crate::state::connect_timeout_ms(),
+        )?;
+        let remote = RemoteRegion::open(conn, 0, self.key.id, self.secret)?;
+        if remote.size != link.remote.size || remote.info != link.remote.info {
+            remote.close();
+            return Err(EIO);
+        }
+        let fresh = Link::new(remote)?;
+        link.remote.close();
+        *link = fresh;
+        pr_info!(
+            "snapshot {} from {}: reconnected after a failed READ\n",
+            self.key.id,
+            Ipv4(self.key.addr)
+        );
+        Ok(())
     }
 
     pub(crate) fn descriptor(&self) -> Result<Descriptor<'_>> {
@@ -141,8 +183,15 @@ impl Pager {
 
     /// One doorbell of READs into `folios`, which are unlocked afterwards.
     fn read_into(&self, offs: &[u64], folios: &[*mut bindings::folio]) -> Result {
-        let bufs = self.bufs.lock();
-        let r = self.remote.read_batch(offs, &bufs);
+        let mut link = self.link.lock();
+        let r = match link.remote.read_batch(offs, &link.bufs) {
+            Ok(()) => Ok(()),
+            Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
+            Err(_) => self
+                .reconnect(&mut link)
+                .and_then(|()| link.remote.read_batch(offs, &link.bufs)),
+        };
+        let bufs = &link.bufs;
         for (i, &f) in folios.iter().enumerate() {
             if r.is_ok() {
                 // SAFETY: `f` is a locked order-0 folio; the buffer holds one page
@@ -166,7 +215,7 @@ impl Pager {
                 static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
                 if LOG.allow() {
                     pr_warn!(
-                    "mitosis: fetching {} pages of snapshot {} from {} failed ({:?}): the faulting child gets SIGBUS\n",
+                    "fetching {} pages of snapshot {} from {} failed ({:?}): the faulting child gets SIGBUS\n",
                     offs.len(),
                     self.key.id,
                     Ipv4(self.key.addr),
@@ -302,7 +351,7 @@ unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
     if let Some(fs) = crate::state::try_get() {
         fs.snapshot_fs().forget(inode);
     }
-    pager.remote.close();
+    pager.link.lock().remote.close();
 }
 
 /// `file_system_type::init_fs_context`.

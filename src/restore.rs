@@ -90,7 +90,7 @@ fn resume_inner(
         }
         None => {
             let desc = fetch_descriptor(&remote)?;
-            fs.create(Pager::new(key, remote, desc)?)?
+            fs.create(Pager::new(key, a.secret, remote, desc)?)?
         }
     };
     let prefetch = state::prefetch_pages();
@@ -105,7 +105,7 @@ fn resume_inner(
     if vdso.end - vdso.start != seed_vdso.end - seed_vdso.start
         || vvar.end - vvar.start != seed_vvar.end - seed_vvar.start
     {
-        pr_info!("mitosis: resume: the seed's vDSO differs from this kernel's\n");
+        pr_info!("resume: the seed's vDSO differs from this kernel's\n");
         return Err(errno::eopnotsupp());
     }
     for i in 0..desc.n_vmas() {
@@ -115,7 +115,7 @@ fn resume_inner(
         }
         if overlaps(v.start, v.end, vdso) || overlaps(v.start, v.end, vvar) {
             pr_info!(
-                "mitosis: resume: seed VMA {:#x}-{:#x} overlaps this process's vDSO\n",
+                "resume: seed VMA {:#x}-{:#x} overlaps this process's vDSO\n",
                 v.start,
                 v.end
             );
@@ -136,7 +136,7 @@ fn resume_inner(
         });
     if let Err(e) = rebuilt {
         pr_warn!(
-            "mitosis: resume of snapshot {} from {} failed after the address space was replaced ({:?}): killing the caller\n",
+            "resume of snapshot {} from {} failed after the address space was replaced ({:?}): killing the caller\n",
             a.snapshot_id,
             Ipv4(a.peer_addr),
             e
@@ -153,7 +153,7 @@ fn resume_inner(
 fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
-        pr_info!("mitosis: resume: peer's descriptor length {} refused\n", len);
+        pr_info!("resume: peer's descriptor length {} refused\n", len);
         return Err(errno::ebadmsg());
     }
     let mut desc = KVVec::with_capacity(len as usize, GFP_KERNEL)?;
@@ -174,7 +174,7 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
         p += n as u64;
     }
     if let Err(e) = Descriptor::parse(&desc) {
-        pr_warn!("mitosis: resume: corrupt snapshot descriptor ({:?}) refused\n", e);
+        pr_warn!("resume: corrupt snapshot descriptor ({:?}) refused\n", e);
         return Err(errno::ebadmsg());
     }
     Ok(desc)
@@ -218,7 +218,7 @@ fn check_fpu(st: &TaskState, fpu: &[u8]) -> Result {
         || image_xfeatures & !xfeatures != 0
         || st.fpu_xfeatures & !xfeatures != 0
     {
-        pr_info!("mitosis: resume: the seed's FPU state format differs from this host's\n");
+        pr_info!("resume: the seed's FPU state format differs from this host's\n");
         return Err(errno::eopnotsupp());
     }
     Ok(())
@@ -232,7 +232,7 @@ fn check_addresses(st: &TaskState) -> Result {
         || !user(st.gsbase)
         || st.start_brk > st.brk
     {
-        pr_warn!("mitosis: resume: snapshot registers out of user range, refused\n");
+        pr_warn!("resume: snapshot registers out of user range, refused\n");
         return Err(errno::ebadmsg());
     }
     Ok(())
@@ -334,7 +334,7 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
         if got != v.start {
             let e = if got > u64::MAX - 4095 { got as i64 as i32 } else { -(bindings::EEXIST as i32) };
             pr_warn!(
-                "mitosis: resume: mapping {:#x}-{:#x} failed ({})\n",
+                "resume: mapping {:#x}-{:#x} failed ({})\n",
                 v.start,
                 v.end,
                 e

@@ -146,7 +146,7 @@ impl Mitosis {
             if listen_port() != 0 {
                 let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
                     pr_err!(
-                        "mitosis: cannot listen on port {}: {:?}\n",
+                        "cannot listen on port {}: {:?}\n",
                         listen_port(),
                         e
                     );
@@ -261,7 +261,7 @@ impl Mitosis {
         let conn =
             Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
                 pr_info!(
-                    "mitosis: connecting to {}:{} failed: {:?}\n",
+                    "connecting to {}:{} failed: {:?}\n",
                     Ipv4(addr),
                     port,
                     e

@@ -13,7 +13,7 @@ use kernel::uaccess::{UserPtr, UserSlice};
 pub(crate) fn log_rejected(args: core::fmt::Arguments<'_>) {
     static LIMIT: RateLimit = RateLimit::new(32);
     if LIMIT.allow() {
-        pr_info!("mitosis: ioctl rejected: {}\n", args);
+        pr_info!("ioctl rejected: {}\n", args);
     }
 }
 

@@ -157,6 +157,23 @@ proptest! {
         let _ = Descriptor::parse(&bytes);
     }
 
+    /// The fault path's O(1) re-open must stay in bounds whatever the bytes say.
+    #[test]
+    fn unvalidated_lookups_never_panic(flip in 0usize..400, byte in any::<u8>(), addr in any::<u64>()) {
+        let (v, r) = sample();
+        let mut b = encode(&v, &r, 5).unwrap();
+        let i = flip % b.len();
+        b[i] = byte;
+        if let Ok(d) = Descriptor::parse_validated(&b) {
+            let _ = d.lookup(addr);
+            let _ = d.lookup(addr % 0x50000);
+            for i in 0..d.n_vmas() + 1 {
+                let _ = d.vma(i);
+            }
+            let _ = d.state();
+        }
+    }
+
     #[test]
     fn corrupted_descriptors_are_refused_or_consistent(flip in 0usize..400, bit in 0u8..8, addr in 0u64..0x50000) {
         let (v, r) = sample();

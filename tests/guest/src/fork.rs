@@ -809,6 +809,15 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
             return ExitCode::FAILURE;
         }
     };
+    // A third one, released with FORCE while a child waits.
+    let forced = match m.fork_prepare() {
+        Ok(Forked::Parent(p3)) => p3.handle,
+        Ok(Forked::Child(res)) => child_main(&mut w, &[0; STACK_WORDS], res, &m),
+        Err(e) => {
+            r.check("rf-prepare-third", false, e.to_string(), &[]);
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(e) => {
@@ -823,6 +832,7 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     let mut out = stream.try_clone().expect("clone stream");
     let _ = writeln!(out, "handle {}", p.handle);
     let _ = writeln!(out, "lazy {lazy}");
+    let _ = writeln!(out, "forced {forced}");
     // A dynamically linked program prepared through the C ABI (shared-library text
     // and data); its children run on B.
     let dyn_handle = Command::new("fork-dyn")
@@ -891,6 +901,11 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
                 );
                 let _ = writeln!(out, "released");
             }
+            ["force-release"] => {
+                let rel = m.fork_release(&forced, true);
+                r.check("rf-force-release", rel.is_ok(), format!("{rel:?}"), &[]);
+                let _ = writeln!(out, "force-released");
+            }
             ["bye"] => break,
             _ => println!("fork-parent: unexpected {line:?}"),
         }
@@ -898,6 +913,35 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     verify_parent(r, &w);
     drop(m);
     ExitCode::SUCCESS
+}
+
+/// Launches a child with the "lazy" task and waits for its READY line.
+fn start_lazy(h: &SnapshotHandle) -> Option<Child> {
+    let mut c = launch(h, false).ok()?;
+    if let Some(i) = c.stdin.as_mut() {
+        let _ = writeln!(i, "lazy");
+    }
+    let mut line = String::new();
+    if let Some(o) = c.stdout.as_mut() {
+        let mut b = [0u8; 1];
+        while let Ok(1) = o.read(&mut b) {
+            if b[0] == b'\n' {
+                break;
+            }
+            line.push(b[0] as char);
+        }
+    }
+    (line == "READY").then_some(c)
+}
+
+/// Tells a lazy child to touch everything; returns the signal that ended it.
+fn finish_lazy(mut c: Child) -> Option<i32> {
+    if let Some(i) = c.stdin.as_mut() {
+        let _ = writeln!(i, "go");
+    }
+    let _ = echo_all(&mut c);
+    use std::os::unix::process::ExitStatusExt;
+    c.wait().ok().and_then(|st| st.signal())
 }
 
 /// Guest B.
@@ -920,6 +964,8 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
     let h: Option<SnapshotHandle> = next().strip_prefix("handle ").and_then(|s| s.parse().ok());
     let lazy: Option<SnapshotHandle> = next().strip_prefix("lazy ").and_then(|s| s.parse().ok());
+    let forced: Option<SnapshotHandle> =
+        next().strip_prefix("forced ").and_then(|s| s.parse().ok());
     let dyn_h: Option<SnapshotHandle> = next().strip_prefix("dyn ").and_then(|s| s.parse().ok());
     let (Some(h), Some(lazy)) = (h, lazy) else {
         r.check("rf-handle", false, "no handle from A", &[]);
@@ -956,25 +1002,11 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         &[],
     );
 
-    // The lazy child of the second snapshot starts now and waits.
-    let mut lazy_child = launch(&lazy, false).ok();
-    let lazy_ready = lazy_child.as_mut().is_some_and(|c| {
-        if let Some(i) = c.stdin.as_mut() {
-            let _ = writeln!(i, "lazy");
-        }
-        let mut line = String::new();
-        if let Some(o) = c.stdout.as_mut() {
-            let mut b = [0u8; 1];
-            while let Ok(1) = o.read(&mut b) {
-                if b[0] == b'\n' {
-                    break;
-                }
-                line.push(b[0] as char);
-            }
-        }
-        line == "READY"
-    });
-    r.check("rf-lazy-child-ready", lazy_ready, "", &[]);
+    // The lazy children of the second and third snapshots start now and wait.
+    let lazy_child = start_lazy(&lazy);
+    r.check("rf-lazy-child-ready", lazy_child.is_some(), "", &[]);
+    let forced_child = forced.and_then(|f| start_lazy(&f));
+    r.check("rf-forced-child-ready", forced_child.is_some(), "", &[]);
 
     // Concurrent children on B (A runs its own at the same time), one eager.
     let t = Instant::now();
@@ -1090,6 +1122,17 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         "rf-release-while-running",
         release_ok,
         "child verified everything after release",
+        &[],
+    );
+
+    // Forced release: the waiting child's next remote fault is a SIGBUS.
+    let _ = writeln!(out, "force-release");
+    let force_ok = next() == "force-released";
+    let sig = forced_child.and_then(finish_lazy);
+    r.check(
+        "rf-sigbus-after-forced-release",
+        force_ok && sig == Some(libc::SIGBUS),
+        format!("child ended with signal {sig:?}"),
         &[],
     );
 
