@@ -16,8 +16,8 @@
 
 use crate::abi::ioctl::Pod;
 use crate::abi::snapshot::{
-    encode, encoded_len, vma_flags, PageRun, SigAction, TaskState, Vma, NSIG, PAGE,
-    PT_REGS_WORDS, RUN_PRESENT, TASK_STATE_LEN,
+    encode, encoded_len, vma_flags, PageRun, SigAction, TaskState, Vma, NSIG, PAGE, PT_REGS_WORDS,
+    RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
 use crate::errno;
@@ -53,8 +53,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     let mut st = TaskState::default();
     st.capture_args = args_addr;
     capture_task(&mut st);
-    let fpu = capture_fpu(&mut st)
-        .inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
+    let fpu = capture_fpu(&mut st).inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
     let mut vmas = KVVec::new();
     let mut runs = KVVec::new();
     let mut data = KVVec::new();

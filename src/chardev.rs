@@ -144,7 +144,11 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
         Cmd::ForkCapture => {
             // Never copied back: the seed's memory is the snapshot now.
             let a: abi::ForkCaptureArgs = read_args(name, size, arg, true)?;
-            require(a.flags & !abi::capture_flags::ALL == 0, name, "unknown flags")?;
+            require(
+                a.flags & !abi::capture_flags::ALL == 0,
+                name,
+                "unknown flags",
+            )?;
             require(
                 a == abi::ForkCaptureArgs {
                     hdr: a.hdr,
@@ -198,24 +202,23 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             // Never copied back: on success the caller's memory is the seed's.
             let a: abi::ForkResumeArgs = read_args(name, size, arg, true)?;
             require(a._pad == 0, name, "padding not zero")?;
-            require(a.flags & !abi::resume_flags::ALL == 0, name, "unknown flags")?;
+            require(
+                a.flags & !abi::resume_flags::ALL == 0,
+                name,
+                "unknown flags",
+            )?;
             require(a.peer_addr != 0, name, "no peer address")?;
-            let port = if a.peer_port == 0 {
-                default_port()
-            } else {
-                a.peer_port
-            };
-            let timeout = if a.timeout_ms == 0 {
-                state::connect_timeout_ms()
-            } else {
-                a.timeout_ms
-            };
+            let (port, timeout) = peer_defaults(a.peer_port, a.timeout_ms);
             let eager = a.flags & abi::resume_flags::EAGER != 0;
             crate::restore::resume(&a, port, timeout, eager)
         }
         Cmd::ForkRelease => call(name, size, arg, true, |a: &mut abi::ForkReleaseArgs| {
             require(a._pad == 0, name, "padding not zero")?;
-            require(a.flags & !abi::release_flags::ALL == 0, name, "unknown flags")?;
+            require(
+                a.flags & !abi::release_flags::ALL == 0,
+                name,
+                "unknown flags",
+            )?;
             let force = a.flags & abi::release_flags::FORCE != 0;
             state::get().release_snapshot(a.snapshot_id, &a.secret, force)
         }),
@@ -272,16 +275,7 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             if st.remotes.lock().len() >= MAX_HANDLES_PER_FILE {
                 return Err(EMFILE);
             }
-            let port = if a.peer_port == 0 {
-                default_port()
-            } else {
-                a.peer_port
-            };
-            let timeout = if a.timeout_ms == 0 {
-                state::connect_timeout_ms()
-            } else {
-                a.timeout_ms
-            };
+            let (port, timeout) = peer_defaults(a.peer_port, a.timeout_ms);
             let (conn, connect_ns) = state::get().connection_to(a.peer_addr, port, timeout)?;
             let start = kernel::time::Ktime::ktime_get();
             let handle = st.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +376,17 @@ fn cmd_nr(nr: u8) -> Cmd {
     } else {
         Cmd::Unknown
     }
+}
+
+/// A peer port and connect timeout with 0 meaning the module's defaults.
+fn peer_defaults(port: u16, timeout_ms: u32) -> (u16, u32) {
+    let port = if port == 0 { default_port() } else { port };
+    let timeout = if timeout_ms == 0 {
+        state::connect_timeout_ms()
+    } else {
+        timeout_ms
+    };
+    (port, timeout)
 }
 
 fn default_port() -> u16 {

@@ -53,10 +53,7 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
             }
         }
         Kind::OpenRegionReply => {
-            pr_warn!(
-                "unexpected reply from {}, dropped\n",
-                Ipv4(conn.peer().0)
-            );
+            pr_warn!("unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
         }
     }
 }
@@ -64,11 +61,7 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
 fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     let peer = Ipv4(conn.peer().0);
     let region = state::get().find_region(req.region_id).ok_or_else(|| {
-        pr_info!(
-            "{} asked for unknown region {}\n",
-            peer,
-            req.region_id
-        );
+        pr_info!("{} asked for unknown region {}\n", peer, req.region_id);
         ENOENT
     })?;
     if !region.secret_matches(&req.secret) {
@@ -133,7 +126,7 @@ fn send_keys(
             rkeys.iter().copied(),
             buf,
         )
-            .map_err(|_| EINVAL)
+        .map_err(|_| EINVAL)
     })?;
     REGION_OPENS.fetch_add(1, Ordering::Relaxed);
     Ok(())

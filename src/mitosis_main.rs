@@ -103,7 +103,11 @@ fn check_layout() -> Result {
         size_of::<k_sigaction>(),
         offset_of!(file, f_inode),
     ];
-    if rust.iter().zip(c.iter()).any(|(r, c)| *r as u64 != *c as u64) {
+    if rust
+        .iter()
+        .zip(c.iter())
+        .any(|(r, c)| *r as u64 != *c as u64)
+    {
         pr_err!(
             "generated bindings disagree with the kernel's struct layout: rust {:?} c {:?}\n",
             rust,

@@ -242,16 +242,17 @@ impl Pager {
             }
             r
         };
-        for ri in 0..desc.n_runs() {
-            let run = desc.run(ri).ok_or(EINVAL)?;
+        let runs = (0..desc.n_vmas())
+            .filter_map(|i| desc.vma(i))
+            .flat_map(|vma| {
+                let first = vma.first_run as usize;
+                (first..first + vma.n_runs as usize)
+                    .filter_map(move |ri| Some((vma, desc.run(ri)?)))
+            });
+        for (vma, run) in runs {
             if run.kind != RUN_PRESENT {
                 continue;
             }
-            // The run's VMA: the one whose run range contains `ri`.
-            let vma = (0..desc.n_vmas())
-                .filter_map(|i| desc.vma(i))
-                .find(|v| (v.first_run as usize..(v.first_run + v.n_runs) as usize).contains(&ri))
-                .ok_or(EINVAL)?;
             for p in 0..run.n_pages as u64 {
                 let index = vma.start / PAGE + run.page + p;
                 // SAFETY: `mapping` is our inode's live mapping.
@@ -309,7 +310,8 @@ unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
         let f = unsafe { bindings::mitosis_readahead_folio(rac) };
         let Some(f) = NonNull::new(f) else { break };
         // SAFETY: as in `read_folio`.
-        let p = *pager.get_or_insert_with(|| unsafe { pager_of(bindings::mitosis_folio_inode(f.as_ptr())) });
+        let p = *pager
+            .get_or_insert_with(|| unsafe { pager_of(bindings::mitosis_folio_inode(f.as_ptr())) });
         batch[n] = f;
         n += 1;
         if n == MAX_READ_BATCH {
@@ -483,7 +485,8 @@ impl SnapshotFs {
         cache.reserve(1, GFP_KERNEL)?;
         let pager = Arc::new(pager, GFP_KERNEL)?;
         // SAFETY: the filesystem is mounted (type invariant).
-        let inode = kernel::error::from_err_ptr(unsafe { bindings::alloc_anon_inode((*mnt).mnt_sb) })?;
+        let inode =
+            kernel::error::from_err_ptr(unsafe { bindings::alloc_anon_inode((*mnt).mnt_sb) })?;
         // SAFETY: a fresh inode only we know about.
         unsafe {
             (*inode).i_private = Arc::into_raw(pager) as *mut _;
@@ -500,7 +503,9 @@ impl SnapshotFs {
     pub(crate) fn open(&self, inode: NonNull<bindings::inode>, prefetch: u32) -> Result<File> {
         let mnt = self.mnt.load(Ordering::Acquire);
         // SAFETY: `module` is this module, live while we run.
-        if mnt.is_null() || !unsafe { bindings::mitosis_try_module_get(self.module.as_ptr().cast()) } {
+        if mnt.is_null()
+            || !unsafe { bindings::mitosis_try_module_get(self.module.as_ptr().cast()) }
+        {
             // SAFETY: we own the reference.
             unsafe { bindings::iput(inode.as_ptr()) };
             return Err(ENODEV);

@@ -250,8 +250,18 @@ fn launcher_specials() -> Result<(Range, Range)> {
     while let Some(v) = mm.vma_from(addr) {
         addr = v.end;
         match v.special {
-            Special::Vdso => vdso = Range { start: v.start, end: v.end },
-            Special::Vvar => vvar = Range { start: v.start, end: v.end },
+            Special::Vdso => {
+                vdso = Range {
+                    start: v.start,
+                    end: v.end,
+                }
+            }
+            Special::Vvar => {
+                vvar = Range {
+                    start: v.start,
+                    end: v.end,
+                }
+            }
             _ => {}
         }
     }
@@ -266,9 +276,15 @@ fn seed_specials(desc: &Descriptor<'_>) -> Result<(Range, Range)> {
     for i in 0..desc.n_vmas() {
         let v = desc.vma(i).ok_or(EINVAL)?;
         if v.flags & vma_flags::VDSO != 0 {
-            vdso = Range { start: v.start, end: v.end };
+            vdso = Range {
+                start: v.start,
+                end: v.end,
+            };
         } else if v.flags & vma_flags::VVAR != 0 {
-            vvar = Range { start: v.start, end: v.end };
+            vvar = Range {
+                start: v.start,
+                end: v.end,
+            };
         }
     }
     if vdso.start == 0 || vvar.start == 0 {
@@ -332,7 +348,11 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
             )
         } as u64;
         if got != v.start {
-            let e = if got > u64::MAX - 4095 { got as i64 as i32 } else { -(bindings::EEXIST as i32) };
+            let e = if got > u64::MAX - 4095 {
+                got as i64 as i32
+            } else {
+                -(bindings::EEXIST as i32)
+            };
             pr_warn!(
                 "resume: mapping {:#x}-{:#x} failed ({})\n",
                 v.start,
@@ -442,7 +462,8 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
     let mut set = bindings::sigset_t::default();
     set.sig[0] = (st.blocked & !never_blocked) as _;
     // SAFETY: `set` is a valid signal set; the old set is not wanted.
-    let r = unsafe { bindings::sigprocmask(bindings::SIG_SETMASK as i32, &mut set, ptr::null_mut()) };
+    let r =
+        unsafe { bindings::sigprocmask(bindings::SIG_SETMASK as i32, &mut set, ptr::null_mut()) };
     kernel::error::to_result(r)
 }
 

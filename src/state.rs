@@ -10,13 +10,13 @@
 
 use crate::abi::ioctl::{Counters, StatusArgs};
 use crate::bindings;
+use crate::capture::Captured;
 use crate::chardev::MiscDevice;
 use crate::errno;
+use crate::pager::SnapshotFs;
 use crate::rdma::connection::{Connection, Ipv4};
 use crate::rdma::device::DeviceClient;
 use crate::rdma::listener::{AcceptHooks, Listener};
-use crate::capture::Captured;
-use crate::pager::SnapshotFs;
 use crate::rdma::pages::PageSet;
 use crate::rdma::{self, STATS};
 use crate::region::{Region, Registry, REGION_OPENS, REGION_OPENS_REFUSED};
@@ -145,11 +145,7 @@ impl Mitosis {
             fields.snapshot_fs.mount()?;
             if listen_port() != 0 {
                 let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
-                    pr_err!(
-                        "cannot listen on port {}: {:?}\n",
-                        listen_port(),
-                        e
-                    );
+                    pr_err!("cannot listen on port {}: {:?}\n", listen_port(), e);
                 })?;
                 *fields.listener.lock() = Some(l);
             }
@@ -186,12 +182,22 @@ impl Mitosis {
     }
 
     /// Publishes a captured snapshot (descriptor of `desc_len` bytes in front).
-    pub(crate) fn publish_snapshot(&self, pages: PageSet, desc_len: u64) -> Result<(u64, [u8; 16])> {
+    pub(crate) fn publish_snapshot(
+        &self,
+        pages: PageSet,
+        desc_len: u64,
+    ) -> Result<(u64, [u8; 16])> {
         self.regions.lock().publish(pages, desc_len)
     }
 
     /// Files a capture for the seed's parent.
-    pub(crate) fn file_claim(&self, seed_tgid: i32, token: u64, capture_ns: u64, c: Captured) -> Result {
+    pub(crate) fn file_claim(
+        &self,
+        seed_tgid: i32,
+        token: u64,
+        capture_ns: u64,
+        c: Captured,
+    ) -> Result {
         let mut claims = self.claims.lock();
         if claims.len() >= MAX_CLAIMS {
             // The oldest is from a parent that never came back: it keeps its snapshot
@@ -260,12 +266,7 @@ impl Mitosis {
         let start = kernel::time::Ktime::ktime_get();
         let conn =
             Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
-                pr_info!(
-                    "connecting to {}:{} failed: {:?}\n",
-                    Ipv4(addr),
-                    port,
-                    e
-                );
+                pr_info!("connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
             })?;
         let ns = (kernel::time::Ktime::ktime_get() - start).to_ns().max(1) as u64;
         self.pool.lock().push(conn.clone(), GFP_KERNEL)?;

@@ -2,8 +2,8 @@
 
 //! Small `KVec` helpers the 6.12 `kernel` crate lacks.
 
-use kernel::alloc::Allocator;
 use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use kernel::alloc::Allocator;
 use kernel::prelude::*;
 
 /// Removes element `i` by swapping the last one into its place (order is not kept).

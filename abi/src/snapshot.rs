@@ -193,37 +193,20 @@ impl<'a> Descriptor<'a> {
         if u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION {
             return Err(DescError::BadVersion);
         }
-        let total = get_u32(bytes, 8) as usize;
-        if total != bytes.len() {
+        if get_u32(bytes, 8) as usize != bytes.len() || get_u32(bytes, 36) != 0 {
             return Err(DescError::BadLength);
         }
-        let n_vmas = get_u32(bytes, 16) as usize;
-        let n_runs = get_u32(bytes, 20) as usize;
-        let state_len = get_u32(bytes, 32) as usize;
-        let expect = (n_vmas as u64) * VMA_LEN as u64
-            + (n_runs as u64) * RUN_LEN as u64
-            + state_len as u64
-            + HEADER_LEN as u64;
-        if expect != total as u64 || get_u32(bytes, 36) != 0 {
-            return Err(DescError::BadLength);
-        }
+        let d = Self::parse_validated(bytes)?;
         if crc32(&bytes[HEADER_LEN..]) != get_u32(bytes, 12) {
             return Err(DescError::BadChecksum);
         }
-        let d = Descriptor {
-            bytes,
-            n_vmas,
-            n_runs,
-            state_len,
-            data_pages: get_u64(bytes, 24),
-        };
         d.validate()?;
         Ok(d)
     }
 
-    /// Re-opens bytes that passed [`Descriptor::parse`] before (kept unchanged), without
-    /// re-checking the checksum and every record: O(1), for the fault path. Only the
-    /// header's lengths are checked, and lookups stay in bounds on any input.
+    /// Checks only the header's lengths against the buffer: O(1). The first step of
+    /// [`Descriptor::parse`], and alone the fault path's way to re-open bytes that passed
+    /// `parse` before (kept unchanged). Lookups stay in bounds on any input.
     pub fn parse_validated(bytes: &'a [u8]) -> Result<Self, DescError> {
         if bytes.len() < HEADER_LEN {
             return Err(DescError::Truncated);

@@ -86,6 +86,26 @@ pub unsafe extern "C" fn mitosis_status(m: *const Mitosis, out: *mut StatusArgs)
     }
 }
 
+/// The common arguments of resume and release: a handle, a handle string and one flag
+/// bit.
+///
+/// # Safety
+///
+/// `m` is null or from `mitosis_open`; `handle` is null or a valid C string.
+unsafe fn fork_args<'a>(
+    m: *const Mitosis,
+    handle: *const c_char,
+    flags: u32,
+) -> Result<(&'a Mitosis, SnapshotHandle), i32> {
+    // SAFETY: per the contract.
+    let m = unsafe { m.as_ref() }.ok_or(-libc::EINVAL)?;
+    if flags & !1 != 0 {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: per the contract.
+    Ok((m, unsafe { handle_arg(handle) }?))
+}
+
 /// Parses a NUL-terminated handle string.
 ///
 /// # Safety
@@ -150,17 +170,10 @@ pub unsafe extern "C" fn mitosis_fork_resume(
     flags: u32,
 ) -> i32 {
     // SAFETY: per the contract.
-    let Some(m) = (unsafe { m.as_ref() }) else {
-        return -libc::EINVAL;
-    };
-    // SAFETY: per the contract.
-    let h = match unsafe { handle_arg(handle) } {
-        Ok(h) => h,
+    let (m, h) = match unsafe { fork_args(m, handle, flags) } {
+        Ok(v) => v,
         Err(e) => return e,
     };
-    if flags & !1 != 0 {
-        return -libc::EINVAL;
-    }
     let opts = ResumeOptions {
         eager: flags & 1 != 0,
         connect_timeout: None,
@@ -180,17 +193,10 @@ pub unsafe extern "C" fn mitosis_fork_release(
     flags: u32,
 ) -> i32 {
     // SAFETY: per the contract.
-    let Some(m) = (unsafe { m.as_ref() }) else {
-        return -libc::EINVAL;
-    };
-    // SAFETY: per the contract.
-    let h = match unsafe { handle_arg(handle) } {
-        Ok(h) => h,
+    let (m, h) = match unsafe { fork_args(m, handle, flags) } {
+        Ok(v) => v,
         Err(e) => return e,
     };
-    if flags & !1 != 0 {
-        return -libc::EINVAL;
-    }
     match m.fork_release(&h, flags & 1 != 0) {
         Ok(()) => 0,
         Err(e) => errno(e),
