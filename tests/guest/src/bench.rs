@@ -21,7 +21,7 @@ use mitosis::{Mitosis, SnapshotHandle};
 use mitosis_abi::ioctl::pattern_word;
 
 use crate::fork::{
-    launch, prepare_world, prepare_world_with, run_child, World, SEED_HEAP, SEED_MAP,
+    launch, prepare_world, prepare_world_with, run_child, run_children, World, SEED_HEAP, SEED_MAP,
 };
 use crate::report::Report;
 
@@ -138,12 +138,13 @@ pub fn latency_child(r: &mut Report, w: &World) {
 /// Launches `k` children at once with `task`; returns (all succeeded, wall time).
 fn burst(h: &SnapshotHandle, k: usize, task: &str) -> (bool, Duration) {
     let t = Instant::now();
-    let kids: Vec<_> = (0..k).filter_map(|_| launch(h, false).ok()).collect();
+    let kids: Vec<_> = (0..k)
+        .filter_map(|_| launch(h, false).ok().map(|c| (c, task.to_string())))
+        .collect();
     let launched = kids.len();
-    let ok = kids
-        .into_iter()
-        .map(|c| run_child(c, task).0.success())
-        .filter(|&s| s)
+    let ok = run_children(kids)
+        .iter()
+        .filter(|(st, _)| st.success())
         .count();
     (launched == k && ok == k, t.elapsed())
 }

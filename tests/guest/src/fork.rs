@@ -735,6 +735,25 @@ pub fn run_child(mut c: Child, task: &str) -> (std::process::ExitStatus, Vec<Str
     (st, lines)
 }
 
+/// Runs children concurrently: every task is handed out before any output is
+/// collected. Returns each child's status and output lines, in order.
+pub fn run_children(kids: Vec<(Child, String)>) -> Vec<(std::process::ExitStatus, Vec<String>)> {
+    let mut running = Vec::new();
+    for (mut c, task) in kids {
+        if let Some(mut i) = c.stdin.take() {
+            let _ = writeln!(i, "{task}");
+        }
+        running.push(c);
+    }
+    running
+        .into_iter()
+        .map(|mut c| {
+            let lines = echo_all(&mut c);
+            (c.wait().expect("wait child"), lines)
+        })
+        .collect()
+}
+
 fn echo_all(c: &mut Child) -> Vec<String> {
     let mut out = String::new();
     if let Some(o) = c.stdout.as_mut() {
@@ -854,16 +873,17 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     // Local children, concurrently with B's.
     let t = Instant::now();
     let kids: Vec<_> = (0..n_local)
-        .filter_map(|i| launch(&p.handle, false).ok().map(|c| (i, c)))
+        .filter_map(|i| {
+            launch(&p.handle, false)
+                .ok()
+                .map(|c| (c, format!("verify {}", 100 + i)))
+        })
         .collect();
     let launched = kids.len();
-    let mut ok = 0;
-    for (i, c) in kids {
-        let (st, _) = run_child(c, &format!("verify {}", 100 + i));
-        if status_ok(&st) {
-            ok += 1;
-        }
-    }
+    let ok = run_children(kids)
+        .iter()
+        .filter(|(st, _)| status_ok(st))
+        .count();
     r.check(
         "rf-local-children",
         launched == n_local && ok == n_local,
@@ -1011,12 +1031,15 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     // Concurrent children on B (A runs its own at the same time), one eager.
     let t = Instant::now();
     let kids: Vec<_> = (0..n_children)
-        .filter_map(|i| launch(&h, i == 0).ok().map(|c| (i, c)))
+        .filter_map(|i| {
+            launch(&h, i == 0)
+                .ok()
+                .map(|c| (c, format!("verify {}", 200 + i)))
+        })
         .collect();
     let launched = kids.len();
     let mut ok = 0;
-    for (i, c) in kids {
-        let (st, lines) = run_child(c, &format!("verify {}", 200 + i));
+    for (i, (st, lines)) in run_children(kids).into_iter().enumerate() {
         if status_ok(&st) {
             ok += 1;
         }
