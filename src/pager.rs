@@ -471,7 +471,8 @@ impl SnapshotFs {
         crate::util::remove_first(&mut self.cache.lock(), |(_, i)| *i == inode);
     }
 
-    /// A new inode for `pager` (one reference, for the caller), cached by its key.
+    /// The inode of `pager`'s snapshot (one reference, for the caller): a new one cached
+    /// by its key, or the one a concurrent resume of the same snapshot created.
     pub(crate) fn create(&self, pager: Pager) -> Result<NonNull<bindings::inode>> {
         let mnt = self.mnt.load(Ordering::Acquire);
         if mnt.is_null() {
@@ -479,6 +480,16 @@ impl SnapshotFs {
         }
         let key = pager.key;
         let mut cache = self.cache.lock();
+        // Another child of the same snapshot may have got here first: share its inode.
+        if let Some(&(_, inode)) = cache.iter().find(|(k, _)| *k == key) {
+            // SAFETY: cached inodes are live (type invariant); `igrab` fails on one
+            // being freed.
+            if let Some(inode) = NonNull::new(unsafe { bindings::igrab(inode) }) {
+                drop(cache);
+                pager.link.lock().remote.close();
+                return Ok(inode);
+            }
+        }
         if cache.len() >= MAX_CACHED {
             return Err(ENOSPC);
         }
