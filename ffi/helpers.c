@@ -257,3 +257,8 @@ void mitosis_seed_finish(void)
 	current->robust_list = NULL;
 	force_sig(SIGKILL);
 }
+
+/* Whether the current thread is alone in its process and its address space is not
+ * shared (vfork, CLONE_VM): only then may capture end it or resume replace the mm. */
+bool mitosis_current_mm_exclusive(void)
+{ return get_nr_threads(current) == 1 && atomic_read(&current->mm->mm_users) == 1; }

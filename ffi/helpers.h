@@ -87,4 +87,6 @@ void mitosis_layout(unsigned long out[12]);
 pid_t mitosis_current_tgid(void);
 void mitosis_seed_finish(void);
 
+bool mitosis_current_mm_exclusive(void);
+
 #endif

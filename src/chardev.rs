@@ -159,6 +159,14 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 name,
                 "padding or output fields not zero",
             )?;
+            // The seed is ended after the capture: it must be a process of its own.
+            // SAFETY: reads of the current task.
+            require(
+                unsafe { bindings::mitosis_current_mm_exclusive() },
+                name,
+                "caller is not a single-threaded process with its own address space",
+            )
+            .map_err(|_| EBUSY)?;
             let start = kernel::time::Ktime::ktime_get();
             let c = crate::capture::capture(arg as u64).inspect_err(|e| {
                 pr_warn!("fork_prepare capture failed: {:?}\n", e);
@@ -208,6 +216,15 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 "unknown flags",
             )?;
             require(a.peer_addr != 0, name, "no peer address")?;
+            // Replacing the address space under other threads (or a vfork parent)
+            // would pull it from under them.
+            // SAFETY: reads of the current task.
+            require(
+                unsafe { bindings::mitosis_current_mm_exclusive() },
+                name,
+                "caller is not a single-threaded process with its own address space",
+            )
+            .map_err(|_| EBUSY)?;
             let (port, timeout) = peer_defaults(a.peer_port, a.timeout_ms);
             let eager = a.flags & abi::resume_flags::EAGER != 0;
             crate::restore::resume(&a, port, timeout, eager)

@@ -1012,6 +1012,38 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         e.to_string(),
         &[],
     );
+    // A multi-threaded caller can neither resume nor be captured (EBUSY, and it lives).
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || {
+        let _ = stop_rx.recv();
+    });
+    let e = m.fork_resume(&h, ResumeOptions::default());
+    r.check(
+        "rf-multithreaded-resume-ebusy",
+        e.raw_os_error() == Some(libc::EBUSY),
+        e.to_string(),
+        &[],
+    );
+    let mut cap = abi::ForkCaptureArgs {
+        hdr: abi::Header::for_struct::<abi::ForkCaptureArgs>(),
+        ..Default::default()
+    };
+    // SAFETY: a valid argument struct; the module refuses before capturing anything.
+    let rc = unsafe {
+        m.raw_ioctl(
+            abi::IOC_FORK_CAPTURE,
+            &mut cap as *mut _ as *mut libc::c_void,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    r.check(
+        "rf-multithreaded-capture-ebusy",
+        rc < 0 && errno == Some(libc::EBUSY),
+        format!("rc {rc} errno {errno:?}"),
+        &[],
+    );
+    let _ = stop_tx.send(());
+    let _ = helper.join();
     let mut unknown = h;
     unknown.id += 1000;
     let e = m.fork_resume(&unknown, ResumeOptions::default());
