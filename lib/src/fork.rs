@@ -140,6 +140,85 @@ pub unsafe fn ioctl_capture(fd: i32, args: *mut abi::ForkCaptureArgs) -> i64 {
     }
 }
 
+/// Places tried for the launcher's vDSO when it is in the seed's way: low in the
+/// address space, below where mmap and the vDSO are placed.
+const VDSO_PARKING: [u64; 3] = [0x1000_0000_0000, 0x0800_0000_0000, 0x0000_4000_0000];
+
+/// This process's vvar and vDSO (adjacent: vvar first), from /proc/self/maps.
+#[derive(Clone, Copy, Debug)]
+struct OwnVdso {
+    vvar: u64,
+    vvar_len: u64,
+    vdso: u64,
+    vdso_len: u64,
+}
+
+fn own_vdso() -> Option<OwnVdso> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let range = |name: &str| {
+        maps.lines().find(|l| l.ends_with(name)).and_then(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            Some((a, b - a))
+        })
+    };
+    let (vvar, vvar_len) = range("[vvar]")?;
+    let (vdso, vdso_len) = range("[vdso]")?;
+    Some(OwnVdso {
+        vvar,
+        vvar_len,
+        vdso,
+        vdso_len,
+    })
+}
+
+impl OwnVdso {
+    /// Moves vvar and vDSO (keeping their distance) to `base`, if that range is free.
+    fn move_to(&self, base: u64) -> bool {
+        let span = self.vdso + self.vdso_len - self.vvar;
+        // SAFETY: a reservation only where nothing is mapped (FIXED_NOREPLACE).
+        let got = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                span as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if got as u64 != base {
+            if got != libc::MAP_FAILED {
+                // SAFETY: the reservation we just made elsewhere.
+                unsafe { libc::munmap(got, span as usize) };
+            }
+            return false;
+        }
+        let delta = self.vdso - self.vvar;
+        if move_mapping(self.vvar, base, self.vvar_len).is_err() {
+            // SAFETY: our reservation.
+            unsafe { libc::munmap(got, span as usize) };
+            return false;
+        }
+        if move_mapping(self.vdso, base + delta, self.vdso_len).is_err() {
+            let _ = move_mapping(base, self.vvar, self.vvar_len);
+            // SAFETY: our reservation (what is left of it).
+            unsafe { libc::munmap(got, span as usize) };
+            return false;
+        }
+        true
+    }
+
+    /// Undoes [`OwnVdso::move_to`].
+    fn move_back(&self, base: u64) {
+        let _ = move_mapping(base + (self.vdso - self.vvar), self.vdso, self.vdso_len);
+        let _ = move_mapping(base, self.vvar, self.vvar_len);
+    }
+}
+
 /// What a seed whose capture failed sends its parent (a captured seed is ended by the
 /// module and sends nothing).
 #[repr(C)]
@@ -463,10 +542,32 @@ impl Mitosis {
             secret: handle.secret,
             ..Default::default()
         };
-        match self.call(abi::IOC_FORK_RESUME, &mut a) {
+        let first = match self.call(abi::IOC_FORK_RESUME, &mut a) {
             Err(e) => e,
-            Ok(()) => io::Error::other("resume returned without replacing the process"),
+            Ok(()) => return io::Error::other("resume returned without replacing the process"),
+        };
+        if first.raw_os_error() != Some(libc::EADDRINUSE) {
+            return first;
         }
+        // Our vDSO sits where the seed has memory (address-space randomisation put them
+        // on top of each other): move it out of the way and try again. Nothing here
+        // reads a clock until it is back or the process is the child.
+        let Some(own) = own_vdso() else {
+            return first;
+        };
+        for hint in VDSO_PARKING {
+            if !own.move_to(hint) {
+                continue;
+            }
+            let r = self.call(abi::IOC_FORK_RESUME, &mut a);
+            own.move_back(hint);
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+                Err(e) => return e,
+                Ok(()) => return io::Error::other("resume returned without replacing the process"),
+            }
+        }
+        first
     }
 
     /// Ends a snapshot of this host. With `force`, running children lose access too.

@@ -7,5 +7,7 @@ mitosis status
 dmesg | grep -A24 "fatal signal" | head -50
 dmesg | grep "faulting child gets SIGBUS" | head -3
 dmesg | grep -q "faulting child gets SIGBUS" || { echo "no SIGBUS log line"; rc=1; }
+# The vDSO-collision check must have gone through the module's refusal.
+dmesg | grep -q "overlaps this process's vDSO" || { echo "no vDSO overlap log line"; rc=1; }
 rmmod mitosis || { echo "final rmmod failed"; rc=1; }
 exit $rc

@@ -26,6 +26,8 @@ use crate::fork::{
 use crate::report::Report;
 
 const PORT: u16 = 7002;
+/// The module's readahead window for remote faults (writable at run time).
+const PREFETCH_PARAM: &str = "/sys/module/mitosis/parameters/prefetch_pages";
 const PAGE_WORDS: usize = 512;
 
 fn ms(d: Duration) -> f64 {
@@ -371,6 +373,29 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             "",
             &[],
         );
+        if mib == "64" {
+            // The prefetch window against throughput and fault latency.
+            for window in [0, 32, 8] {
+                let set = std::fs::write(PREFETCH_PARAM, window.to_string());
+                let run = set.is_ok()
+                    && launch(&h, false)
+                        .map(|c| {
+                            run_child(c, &format!("bench 64-window-{window}"))
+                                .0
+                                .success()
+                        })
+                        .unwrap_or(false)
+                    && launch(&h, false)
+                        .map(|c| run_child(c, "latency").0.success())
+                        .unwrap_or(false);
+                r.check(
+                    &format!("bench-window-{window}-ran"),
+                    run,
+                    format!("{set:?}"),
+                    &[],
+                );
+            }
+        }
         let _ = writeln!(out, "go");
         let (ok, wall) = burst(&h, burst_n, "exit");
         r.check(

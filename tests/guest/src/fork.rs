@@ -48,6 +48,8 @@ const SEED_FILE: u64 = 16;
 const SEED_DIRTY: u64 = 17;
 const SEED_STACK: u64 = 18;
 pub const SEED_MAP: u64 = 19;
+const SEED_SWAP: u64 = 20;
+const SWAP_PAGES: usize = 64;
 
 thread_local! {
     static TLS_VALUE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -106,6 +108,10 @@ pub struct World {
     ro: *mut u8,
     none: *mut u8,
     file: *mut u8,
+    /// Paged out to swap before prepare (`MADV_PAGEOUT`), and how much the seed's
+    /// process had in swap then.
+    swapped: *mut u8,
+    swapped_kib: u64,
 }
 
 impl World {
@@ -130,6 +136,8 @@ impl World {
                 ro: none,
                 none,
                 file: none,
+                swapped: none,
+                swapped_kib: 0,
             };
         }
         let sparse = map_sparse();
@@ -150,6 +158,11 @@ impl World {
             libc::mprotect(none as *mut _, SMALL_PAGES * PAGE, libc::PROT_NONE);
         }
         let file = map_file();
+        let swapped = map_anon(SWAP_PAGES * PAGE, 0);
+        fill(swapped, SWAP_PAGES * PAGE, SEED_SWAP, 0);
+        // SAFETY: advice on our own mapping: reclaim it now (to swap, if there is one).
+        unsafe { libc::madvise(swapped as *mut _, SWAP_PAGES * PAGE, libc::MADV_PAGEOUT) };
+        let swapped_kib = status_kib("VmSwap:");
         TLS_VALUE.with(|v| v.set(TLS_MAGIC));
         // SAFETY: installing a plain handler that only touches an atomic.
         unsafe {
@@ -166,6 +179,8 @@ impl World {
             ro,
             none,
             file,
+            swapped,
+            swapped_kib,
         }
     }
 
@@ -244,6 +259,19 @@ fn map_file() -> *mut u8 {
         let _ = unsafe { std::ptr::read_volatile(p.add(clean * PAGE)) };
     }
     p
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn anon_huge_kib() -> u64 {
@@ -485,6 +513,33 @@ fn verify_child(r: &mut Report, w: &World, stack: &[u64; STACK_WORDS], resumed: 
         file_ok,
         "2 dirty + 6 clean pages",
         &[],
+    );
+    // The documented difference from fork(): MADV_DONTNEED on a written page brings
+    // back the snapshot's content (an anonymous mapping would read zeros).
+    let off = sparse_offset(1);
+    // SAFETY: a touched page of the sparse mapping, written then discarded.
+    let dontneed = unsafe {
+        let p = w.sparse.add(off);
+        std::ptr::write_volatile(p as *mut u64, 0xdead_beef);
+        libc::madvise(p as *mut _, PAGE, libc::MADV_DONTNEED)
+    };
+    // SAFETY: as above.
+    let back = first_bad(unsafe { w.sparse.add(off) }, PAGE, SEED_SPARSE, off as u64);
+    r.check(
+        "rf-child-madv-dontneed-reads-snapshot",
+        dontneed == 0 && back.is_none(),
+        format!("madvise {dontneed}, first word differing from the snapshot {back:?}"),
+        &[],
+    );
+    let swap_bad = first_bad(w.swapped, SWAP_PAGES * PAGE, SEED_SWAP, 0);
+    r.check(
+        "rf-child-swapped-out-pages",
+        w.swapped_kib > 0 && swap_bad.is_none(),
+        format!(
+            "seed had {} KiB in swap; first bad {swap_bad:?}",
+            w.swapped_kib
+        ),
+        &[("seed_swapped_kib", w.swapped_kib as f64)],
     );
     let tls = TLS_VALUE.with(|v| v.get());
     r.check("rf-child-tls", tls == TLS_MAGIC, format!("{tls:#x}"), &[]);
@@ -792,13 +847,6 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     let Some((m, mut w, p)) = prepare_world(r, heap_mib, true) else {
         return ExitCode::FAILURE;
     };
-    let regs = REGISTER_MISMATCH.load(Ordering::SeqCst);
-    r.check(
-        "rf-seed-registers",
-        regs & 3 == 0,
-        format!("mismatch bits {regs} (4: no AVX)"),
-        &[],
-    );
     r.check(
         "rf-prepare",
         true,
@@ -852,6 +900,7 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     let _ = writeln!(out, "handle {}", p.handle);
     let _ = writeln!(out, "lazy {lazy}");
     let _ = writeln!(out, "forced {forced}");
+    let _ = writeln!(out, "sparse {}", w.sparse as usize);
     // A dynamically linked program prepared through the C ABI (shared-library text
     // and data); its children run on B.
     let dyn_handle = Command::new("fork-dyn")
@@ -986,6 +1035,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let lazy: Option<SnapshotHandle> = next().strip_prefix("lazy ").and_then(|s| s.parse().ok());
     let forced: Option<SnapshotHandle> =
         next().strip_prefix("forced ").and_then(|s| s.parse().ok());
+    let sparse: Option<u64> = next().strip_prefix("sparse ").and_then(|s| s.parse().ok());
     let dyn_h: Option<SnapshotHandle> = next().strip_prefix("dyn ").and_then(|s| s.parse().ok());
     let (Some(h), Some(lazy)) = (h, lazy) else {
         r.check("rf-handle", false, "no handle from A", &[]);
@@ -1010,6 +1060,27 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         "rf-wrong-secret-eacces",
         e.raw_os_error() == Some(libc::EACCES),
         e.to_string(),
+        &[],
+    );
+    // A launcher whose vDSO sits inside the seed's memory (placed there on purpose):
+    // the library moves it out of the way and the resume succeeds.
+    let collide = sparse.and_then(|addr| {
+        let c = Command::new("/proc/self/exe")
+            .args([
+                "launch-with-vdso-at",
+                &(addr + (64 << 20)).to_string(),
+                &h.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        Some(run_child(c, "verify 300").0.success())
+    });
+    r.check(
+        "rf-vdso-collision-resolved",
+        collide == Some(true),
+        format!("{collide:?}"),
         &[],
     );
     // A multi-threaded caller can neither resume nor be captured (EBUSY, and it lives).
@@ -1222,6 +1293,55 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let healthy = Mitosis::open().and_then(|m| m.status()).is_ok();
     r.check("rf-host-healthy-after-sigbus", healthy, "", &[]);
     ExitCode::SUCCESS
+}
+
+/// `launch-with-vdso-at ADDR HANDLE`: moves this process's vvar+vDSO to ADDR (inside the
+/// seed's memory), then resumes: the module refuses with EADDRINUSE and the library
+/// must move the vDSO away and succeed.
+pub fn launch_with_vdso_at(addr: u64, handle: &str) -> ExitCode {
+    let Ok(h) = handle.parse::<SnapshotHandle>() else {
+        return ExitCode::from(2);
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let range = |name: &str| {
+        maps.lines().find(|l| l.ends_with(name)).and_then(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+    };
+    let (Some((vvar, vvar_end)), Some((vdso, vdso_end))) = (range("[vvar]"), range("[vdso]"))
+    else {
+        return ExitCode::from(3);
+    };
+    let mv = |from: u64, len: u64, to: u64| {
+        // SAFETY: moving our own special mappings; nothing reads a clock until resume.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mremap,
+                from,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to,
+            ) as u64
+                == to
+        }
+    };
+    if !mv(vvar, vvar_end - vvar, addr) || !mv(vdso, vdso_end - vdso, addr + (vdso - vvar)) {
+        return ExitCode::from(4);
+    }
+    let e = match Mitosis::open() {
+        Ok(m) => m.fork_resume(&h, ResumeOptions::default()),
+        Err(e) => e,
+    };
+    // Still here: resume failed. (No clock reads: the vDSO may be elsewhere.)
+    let msg = format!("launch-with-vdso-at: {e}\n");
+    // SAFETY: writing a buffer to stderr.
+    unsafe { libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len()) };
+    ExitCode::FAILURE
 }
 
 #[cfg(test)]

@@ -142,6 +142,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
+        Some("launch-with-vdso-at") => {
+            let (Some(addr), Some(h)) = (args.get(1).and_then(|a| a.parse().ok()), args.get(2))
+            else {
+                return ExitCode::from(2);
+            };
+            return fork::launch_with_vdso_at(addr, h);
+        }
         Some("bench-cold") => {
             let mib = arg_value(&args, "--mib")
                 .and_then(|p| p.parse().ok())
