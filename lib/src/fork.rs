@@ -146,14 +146,15 @@ const VDSO_PARKING: [u64; 3] = [0x1000_0000_0000, 0x0800_0000_0000, 0x0000_4000_
 
 /// This process's vvar and vDSO (adjacent: vvar first), from /proc/self/maps.
 #[derive(Clone, Copy, Debug)]
-struct OwnVdso {
+pub struct OwnVdso {
     vvar: u64,
     vvar_len: u64,
     vdso: u64,
     vdso_len: u64,
 }
 
-fn own_vdso() -> Option<OwnVdso> {
+/// Where this process's vvar and vDSO are.
+pub fn own_vdso() -> Option<OwnVdso> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let range = |name: &str| {
         maps.lines().find(|l| l.ends_with(name)).and_then(|l| {
@@ -177,7 +178,9 @@ fn own_vdso() -> Option<OwnVdso> {
 
 impl OwnVdso {
     /// Moves vvar and vDSO (keeping their distance) to `base`, if that range is free.
-    fn move_to(&self, base: u64) -> bool {
+    /// Until they are back (or the process is a resumed child), nothing may call into
+    /// the vDSO: the C library cached its old address.
+    pub fn move_to(&self, base: u64) -> bool {
         let span = self.vdso + self.vdso_len - self.vvar;
         // SAFETY: a reservation only where nothing is mapped (FIXED_NOREPLACE).
         let got = unsafe {

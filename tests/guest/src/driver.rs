@@ -201,7 +201,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Scenarios 2, 3 and 4 against `peer`.
-pub fn run(r: &mut Report, peer: Ipv4Addr, port: u16, size: u64, demo_only: bool) {
+pub fn run(r: &mut Report, peer: Ipv4Addr, port: u16, size: u64) {
     let mut agent = match Agent::connect(peer, port) {
         Ok(a) => a,
         Err(e) => {
@@ -218,10 +218,6 @@ pub fn run(r: &mut Report, peer: Ipv4Addr, port: u16, size: u64, demo_only: bool
         }
     };
     scenario2(r, &m, &mut agent, peer, size);
-    if demo_only {
-        let _ = agent.call("quit");
-        return;
-    }
     scenario3(r, &m, &mut agent, peer);
     drop(m);
     scenario4(r, &mut agent, peer);

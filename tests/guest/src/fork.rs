@@ -1302,35 +1302,10 @@ pub fn launch_with_vdso_at(addr: u64, handle: &str) -> ExitCode {
     let Ok(h) = handle.parse::<SnapshotHandle>() else {
         return ExitCode::from(2);
     };
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let range = |name: &str| {
-        maps.lines().find(|l| l.ends_with(name)).and_then(|l| {
-            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some((
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            ))
-        })
-    };
-    let (Some((vvar, vvar_end)), Some((vdso, vdso_end))) = (range("[vvar]"), range("[vdso]"))
-    else {
+    let Some(own) = mitosis::fork::own_vdso() else {
         return ExitCode::from(3);
     };
-    let mv = |from: u64, len: u64, to: u64| {
-        // SAFETY: moving our own special mappings; nothing reads a clock until resume.
-        unsafe {
-            libc::syscall(
-                libc::SYS_mremap,
-                from,
-                len,
-                len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                to,
-            ) as u64
-                == to
-        }
-    };
-    if !mv(vvar, vvar_end - vvar, addr) || !mv(vdso, vdso_end - vdso, addr + (vdso - vvar)) {
+    if !own.move_to(addr) {
         return ExitCode::from(4);
     }
     let e = match Mitosis::open() {

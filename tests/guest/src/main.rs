@@ -4,9 +4,8 @@
 //! mitosis-test local [--device rxe0]        scenario 1 on this guest
 //! mitosis-test abi                          scenario 5 (malformed ioctls) on this guest
 //! mitosis-test agent [--port 7000]          on guest A: serves the driver's requests
-//! mitosis-test driver --peer IP [--port 7000] [--size 64M] [--demo]
+//! mitosis-test driver --peer IP [--port 7000] [--size 64M]
 //!                                           on guest B: scenarios 2, 3, 4 against A
-//!                                           (--demo: scenario 2 only)
 //! mitosis-test fork-parent [--port 7001] [--children 4] [--mib 32]
 //!                                           on guest A: remote-fork seed and parent
 //! mitosis-test fork-remote --peer IP [--port 7001] [--children 4]
@@ -38,6 +37,32 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
+/// `--name N`, or `default` when absent or not a number.
+fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    arg_value(args, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `--peer IP`, with a message when it is missing.
+fn peer_arg(args: &[String]) -> Option<std::net::Ipv4Addr> {
+    let peer = arg_value(args, "--peer").and_then(|p| p.parse().ok());
+    if peer.is_none() {
+        eprintln!("mitosis-test {}: --peer IP required", args[0]);
+    }
+    peer
+}
+
+/// Prints the summary; a failed check fails the run whatever `code` says.
+fn finish(report: &report::Report, code: ExitCode) -> ExitCode {
+    report.summary();
+    if report.failed == 0 {
+        code
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let guest = std::env::var("MROLE").unwrap_or_else(|_| "guest".into());
@@ -61,69 +86,43 @@ fn main() -> ExitCode {
                 .and_then(|s| s.trim_end_matches('M').parse::<u64>().ok())
                 .unwrap_or(64)
                 << 20;
-            driver::run(
-                &mut report,
-                peer,
-                port,
-                size,
-                args.iter().any(|a| a == "--demo"),
-            );
+            driver::run(&mut report, peer, port, size);
         }
         Some("fork-parent") => {
-            let port = arg_value(&args, "--port")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(7001);
-            let n = arg_value(&args, "--children")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(4);
-            let mib = arg_value(&args, "--mib")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(32);
-            let code = fork::parent(&mut report, port, n, mib);
-            report.summary();
-            return if report.failed == 0 {
-                code
-            } else {
-                ExitCode::FAILURE
-            };
+            let code = fork::parent(
+                &mut report,
+                num(&args, "--port", 7001),
+                num(&args, "--children", 4),
+                num(&args, "--mib", 32),
+            );
+            return finish(&report, code);
         }
-        Some("fork-demo-parent") => {
-            let mib = arg_value(&args, "--mib")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(48);
-            let n = arg_value(&args, "--children")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(2);
-            let code = bench::demo_parent(&mut report, mib, n);
-            report.summary();
-            return if report.failed == 0 {
-                code
-            } else {
-                ExitCode::FAILURE
-            };
-        }
-        Some("fork-demo-remote") | Some("bench-remote") => {
-            let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {
-                eprintln!("mitosis-test: --peer IP required");
+        Some("fork-remote") => {
+            let Some(peer) = peer_arg(&args) else {
                 return ExitCode::from(2);
             };
-            let code = if args[0] == "bench-remote" {
-                let n = arg_value(&args, "--burst")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(8);
-                bench::bench_remote(&mut report, peer, n)
-            } else {
-                let n = arg_value(&args, "--children")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(2);
-                bench::demo_remote(&mut report, peer, n)
+            let code = fork::remote(
+                &mut report,
+                peer,
+                num(&args, "--port", 7001),
+                num(&args, "--children", 4),
+            );
+            return finish(&report, code);
+        }
+        Some("fork-demo-parent") => {
+            let code = bench::demo_parent(
+                &mut report,
+                num(&args, "--mib", 48),
+                num(&args, "--children", 2),
+            );
+            return finish(&report, code);
+        }
+        Some("fork-demo-remote") => {
+            let Some(peer) = peer_arg(&args) else {
+                return ExitCode::from(2);
             };
-            report.summary();
-            return if report.failed == 0 {
-                code
-            } else {
-                ExitCode::FAILURE
-            };
+            let code = bench::demo_remote(&mut report, peer, num(&args, "--children", 2));
+            return finish(&report, code);
         }
         Some("bench-parent") => {
             let sizes: Vec<usize> = arg_value(&args, "--sizes")
@@ -131,48 +130,23 @@ fn main() -> ExitCode {
                 .split(',')
                 .filter_map(|s| s.parse().ok())
                 .collect();
-            let n = arg_value(&args, "--burst")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(8);
-            let code = bench::bench_parent(&mut report, &sizes, n);
-            report.summary();
-            return if report.failed == 0 {
-                code
-            } else {
-                ExitCode::FAILURE
-            };
+            let code = bench::bench_parent(&mut report, &sizes, num(&args, "--burst", 8));
+            return finish(&report, code);
         }
+        Some("bench-remote") => {
+            let Some(peer) = peer_arg(&args) else {
+                return ExitCode::from(2);
+            };
+            let code = bench::bench_remote(&mut report, peer, num(&args, "--burst", 8));
+            return finish(&report, code);
+        }
+        Some("bench-cold") => return bench::cold(num(&args, "--mib", 1)),
         Some("launch-with-vdso-at") => {
             let (Some(addr), Some(h)) = (args.get(1).and_then(|a| a.parse().ok()), args.get(2))
             else {
                 return ExitCode::from(2);
             };
             return fork::launch_with_vdso_at(addr, h);
-        }
-        Some("bench-cold") => {
-            let mib = arg_value(&args, "--mib")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(1);
-            return bench::cold(mib);
-        }
-        Some("fork-remote") => {
-            let Some(peer) = arg_value(&args, "--peer").and_then(|p| p.parse().ok()) else {
-                eprintln!("mitosis-test fork-remote: --peer IP required");
-                return ExitCode::from(2);
-            };
-            let port = arg_value(&args, "--port")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(7001);
-            let n = arg_value(&args, "--children")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(4);
-            let code = fork::remote(&mut report, peer, port, n);
-            report.summary();
-            return if report.failed == 0 {
-                code
-            } else {
-                ExitCode::FAILURE
-            };
         }
         _ => {
             eprintln!("usage: mitosis-test local|abi|agent|driver|fork-parent|fork-remote (see the source header)");
