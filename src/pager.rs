@@ -73,6 +73,9 @@ pub(crate) struct Pager {
     /// One batch at a time (faults on one snapshot are serialised here; the
     /// connection serialises batches anyway).
     link: Pin<KBox<Mutex<Link>>>,
+    /// Set when a reconnect failed (parent gone, snapshot revoked): later faults fail
+    /// at once instead of each waiting for a connect timeout.
+    dead: core::sync::atomic::AtomicBool,
 }
 
 impl Pager {
@@ -90,6 +93,7 @@ impl Pager {
             desc,
             data_offset: desc_pages * PAGE,
             link: KBox::pin_init(new_mutex!(Link::new(remote)?), GFP_KERNEL)?,
+            dead: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -184,12 +188,17 @@ impl Pager {
     /// One doorbell of READs into `folios`, which are unlocked afterwards.
     fn read_into(&self, offs: &[u64], folios: &[*mut bindings::folio]) -> Result {
         let mut link = self.link.lock();
-        let r = match link.remote.read_batch(offs, &link.bufs) {
-            Ok(()) => Ok(()),
-            Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
-            Err(_) => self
-                .reconnect(&mut link)
-                .and_then(|()| link.remote.read_batch(offs, &link.bufs)),
+        let r = if self.dead.load(Ordering::Relaxed) {
+            Err(crate::errno::enotconn())
+        } else {
+            match link.remote.read_batch(offs, &link.bufs) {
+                Ok(()) => Ok(()),
+                Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
+                Err(_) => self
+                    .reconnect(&mut link)
+                    .inspect_err(|_| self.dead.store(true, Ordering::Relaxed))
+                    .and_then(|()| link.remote.read_batch(offs, &link.bufs)),
+            }
         };
         let bufs = &link.bufs;
         for (i, &f) in folios.iter().enumerate() {
