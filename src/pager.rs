@@ -55,8 +55,21 @@ struct Link {
 
 impl Link {
     fn new(remote: RemoteRegion) -> Result<Self> {
-        let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
-        Ok(Link { remote, bufs })
+        match remote.connection().alloc_read_buffers(MAX_READ_BATCH) {
+            Ok(bufs) => Ok(Link { remote, bufs }),
+            Err(e) => {
+                remote.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    /// Tells the parent this host is done with the snapshot (best effort: its
+    /// registration also ends with the connection).
+    fn drop(&mut self) {
+        self.remote.close();
     }
 }
 
@@ -110,9 +123,8 @@ impl Pager {
             remote.close();
             return Err(EIO);
         }
-        let fresh = Link::new(remote)?;
-        link.remote.close();
-        *link = fresh;
+        // Dropping the old link closes the old open.
+        *link = Link::new(remote)?;
         pr_info!(
             "snapshot {} from {}: reconnected after a failed READ\n",
             self.key.id,
@@ -362,7 +374,8 @@ unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
     if let Some(fs) = crate::state::try_get() {
         fs.snapshot_fs().forget(inode);
     }
-    pager.link.lock().remote.close();
+    // The last reference: dropping the pager closes the remote open.
+    drop(pager);
 }
 
 /// `file_system_type::init_fs_context`.
@@ -495,7 +508,8 @@ impl SnapshotFs {
             // being freed.
             if let Some(inode) = NonNull::new(unsafe { bindings::igrab(inode) }) {
                 drop(cache);
-                pager.link.lock().remote.close();
+                // Ours is not needed: dropping it closes its remote open.
+                drop(pager);
                 return Ok(inode);
             }
         }

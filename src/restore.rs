@@ -89,7 +89,7 @@ fn resume_inner(
             inode
         }
         None => {
-            let desc = fetch_descriptor(&remote)?;
+            let desc = fetch_descriptor(&remote).inspect_err(|_| remote.close())?;
             fs.create(Pager::new(key, a.secret, remote, desc)?)?
         }
     };
