@@ -147,8 +147,11 @@ int mitosis_mmap_write_lock_killable(struct mm_struct *mm)
 void mitosis_mmap_write_unlock(struct mm_struct *mm)
 { mmap_write_unlock(mm); }
 
-void mitosis_vma_set_growsdown(struct vm_area_struct *vma)
-{ vm_flags_set(vma, VM_GROWSDOWN); }
+void mitosis_mm_arg_lock(struct mm_struct *mm)
+{ spin_lock(&mm->arg_lock); }
+
+void mitosis_mm_arg_unlock(struct mm_struct *mm)
+{ spin_unlock(&mm->arg_lock); }
 
 /* Tasks. */
 struct pt_regs *mitosis_current_pt_regs(void)
@@ -188,27 +191,9 @@ pgoff_t mitosis_folio_index(struct folio *folio)
 struct inode *mitosis_folio_inode(struct folio *folio)
 { return folio_inode(folio); }
 
-/* Layout of the kernel structs whose fields the Rust side reads through bindgen: the
- * module refuses to load if the generated bindings disagree with the compiler. */
-void mitosis_layout(unsigned long out[12])
-{
-	out[0] = sizeof(struct mm_struct);
-	out[1] = offsetof(struct mm_struct, start_brk);
-	out[2] = sizeof(struct vm_area_struct);
-	out[3] = offsetof(struct vm_area_struct, vm_file);
-	out[4] = sizeof(struct file);
-	out[5] = offsetof(struct file, f_ra);
-	out[6] = offsetof(struct inode, i_private);
-	out[7] = offsetof(struct inode, i_data);
-	out[8] = offsetof(struct super_block, s_iflags);
-	out[9] = offsetof(struct fpstate, regs);
-	out[10] = sizeof(struct k_sigaction);
-	out[11] = offsetof(struct file, f_inode);
-}
-
 /*
- * task_struct fields, in C: bindgen's layout of task_struct is not the compiler's on
- * this kernel (fields before `mm` differ), so Rust never reads it directly.
+ * task_struct fields, in C (bindgen's task_struct is now checked against the
+ * compiler's, see ffi/layout.list, but these stay one place the C helpers share).
  * Order of `v`: rseq, rseq_len, rseq_sig, robust_list, clear_child_tid,
  * set_child_tid, sas_ss_sp, sas_ss_size, sas_ss_flags, blocked.
  */

@@ -64,7 +64,8 @@ void mitosis_mmap_read_lock(struct mm_struct *mm);
 void mitosis_mmap_read_unlock(struct mm_struct *mm);
 int mitosis_mmap_write_lock_killable(struct mm_struct *mm);
 void mitosis_mmap_write_unlock(struct mm_struct *mm);
-void mitosis_vma_set_growsdown(struct vm_area_struct *vma);
+void mitosis_mm_arg_lock(struct mm_struct *mm);
+void mitosis_mm_arg_unlock(struct mm_struct *mm);
 struct pt_regs *mitosis_current_pt_regs(void);
 struct mm_struct *mitosis_current_mm(void);
 void mitosis_get_task_user_state(u64 v[10]);
@@ -82,7 +83,6 @@ void mitosis_write_fsgsbase(unsigned long fsbase, unsigned long gsbase);
 pgoff_t mitosis_folio_index(struct folio *folio);
 struct inode *mitosis_folio_inode(struct folio *folio);
 
-void mitosis_layout(unsigned long out[12]);
 
 pid_t mitosis_current_tgid(void);
 void mitosis_seed_finish(void);

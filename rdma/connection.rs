@@ -25,7 +25,7 @@ use crate::errno;
 use crate::util::{remove_first, take_all};
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 use kernel::types::Opaque;
@@ -40,6 +40,10 @@ pub(crate) const MAX_READ_BATCH: usize = 64;
 const REG_BATCH: usize = 128;
 /// RDMA READs in flight the QP asks for (bounded by the device).
 const RD_ATOM: u32 = 16;
+
+/// Log lines a peer can trigger (failed receives, unexpected messages, READ errors):
+/// at most this many per second.
+static PEER_LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
 
 /// Which end of the connection this host is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -155,6 +159,19 @@ pub(crate) struct Connection {
     teardown_work: Opaque<bindings::work_struct>,
     on_request: Option<RequestHandler>,
     on_closed: ClosedHandler,
+    /// The device the resources were made on, set once at setup; only compared (device
+    /// removal), never dereferenced.
+    device: AtomicPtr<bindings::ib_device>,
+    /// When the connection object was made (monotonic ms): a peer's handshake and its
+    /// time before authenticating are limited from here.
+    created_ms: i64,
+    /// Server: the peer presented a valid secret once (see [`Connection::authenticated`]).
+    authenticated: AtomicBool,
+    /// Client: the READ destinations, owned by the connection so that a READ the
+    /// device completes late (after a timeout) still lands in live, mapped pages: they
+    /// are freed only by `teardown`, after the QP is drained. Taken under `io_lock`.
+    #[pin]
+    read_bufs: Mutex<KVec<DmaPage>>,
 }
 
 // SAFETY: all mutable state is atomics, locks, or `res` under the rules of the type
@@ -203,6 +220,10 @@ impl Connection {
             }),
             on_request,
             on_closed,
+            device: AtomicPtr::new(ptr::null_mut()),
+            created_ms: kernel::time::Ktime::ktime_get().to_ms(),
+            authenticated: AtomicBool::new(false),
+            read_bufs <- new_mutex!(KVec::new()),
         }? Error)
     }
 
@@ -215,13 +236,35 @@ impl Connection {
         self.state.load(Ordering::Acquire) == UP
     }
 
-    /// The device this connection runs on, if it has resources.
+    /// Failed or torn down (its teardown is queued or done).
+    pub(crate) fn is_closing(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), DOWN | DEAD)
+    }
+
+    /// The device this connection runs on (null before setup), for comparison only.
     pub(crate) fn device(&self) -> *mut bindings::ib_device {
-        // SAFETY: read of the device pointer of live resources (type invariant: callers
-        // in ib_client removal hold the device; the pointer is only compared).
-        match unsafe { &*self.res.get() } {
-            Some(r) => r.dev(),
-            None => ptr::null_mut(),
+        self.device.load(Ordering::Acquire)
+    }
+
+    /// Server: records that the peer proved it holds a secret (an open succeeded).
+    /// Connections that never do are reaped (see [`Connection::is_stale`]).
+    pub(crate) fn set_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// An accepted connection that is still setting up after `handshake_ms`, or up
+    /// without having authenticated after `idle_ms`: a peer holding resources for
+    /// nothing.
+    pub(crate) fn is_stale(&self, now_ms: i64, handshake_ms: u32, idle_ms: u32) -> bool {
+        let age = now_ms.saturating_sub(self.created_ms);
+        match self.state.load(Ordering::Acquire) {
+            CONNECTING => age > handshake_ms as i64,
+            UP => !self.authenticated() && age > idle_ms as i64,
+            _ => false,
         }
     }
 
@@ -275,7 +318,7 @@ impl Connection {
         let outcome = if r != 0 {
             Err(Error::from_errno(r))
         } else {
-            match conn.connected.wait(timeout_ms) {
+            match conn.connected.wait_killable(timeout_ms) {
                 Err(e) => Err(e),
                 Ok(_) => match conn.status.load(Ordering::Acquire) {
                     0 => Ok(()),
@@ -403,6 +446,7 @@ impl Connection {
         for buf in res.recv_bufs.iter() {
             Self::post_recv(&res, buf)?;
         }
+        self.device.store(dev, Ordering::Release);
         // SAFETY: caller guarantees we are the only writer (CONNECTING, in the handler).
         unsafe { *self.res.get() = Some(res) };
         Ok(())
@@ -440,11 +484,13 @@ impl Connection {
         let conn = unsafe { &*buf.conn };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             if status != bindings::ib_wc_status_IB_WC_WR_FLUSH_ERR {
-                pr_warn!(
-                    "receive failed on connection to {}: wc status {}\n",
-                    Ipv4(conn.peer_addr),
-                    status
-                );
+                if PEER_LOG.allow() {
+                    pr_warn!(
+                        "receive failed on connection to {}: wc status {}\n",
+                        Ipv4(conn.peer_addr),
+                        status
+                    );
+                }
                 conn.fail(errno::econnreset());
             }
             return;
@@ -468,10 +514,12 @@ impl Connection {
                     unsafe { bindings::complete(conn.reply_done.completion_ptr()) };
                     return;
                 }
-                pr_warn!(
-                    "dropped unexpected control message from {}\n",
-                    Ipv4(conn.peer_addr)
-                );
+                if PEER_LOG.allow() {
+                    pr_warn!(
+                        "dropped unexpected control message from {}\n",
+                        Ipv4(conn.peer_addr)
+                    );
+                }
             }
             Role::Server => {
                 if let Some(handler) = conn.on_request {
@@ -594,11 +642,13 @@ impl Connection {
             .wait(timeout_ms)
             .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            pr_warn!(
-                "SEND to {} failed: wc status {}\n",
-                Ipv4(self.peer_addr),
-                status
-            );
+            if PEER_LOG.allow() {
+                pr_warn!(
+                    "SEND to {} failed: wc status {}\n",
+                    Ipv4(self.peer_addr),
+                    status
+                );
+            }
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
         }
@@ -673,34 +723,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Allocates `n` pages mapped on this connection's device for READ destinations.
-    pub(crate) fn alloc_read_buffers(&self, n: usize) -> Result<KVec<DmaPage>> {
-        let _guard = self.io_lock.lock();
-        if !self.is_up() {
-            return Err(errno::enotconn());
-        }
-        // SAFETY: `io_lock` held and the state is UP.
-        let dev = unsafe { self.res()? }.dev();
-        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
-        for _ in 0..n {
-            v.push(
-                DmaPage::new(dev, bindings::dma_data_direction_DMA_FROM_DEVICE)?,
-                GFP_KERNEL,
-            )?;
-        }
-        Ok(v)
-    }
-
-    /// Reads one page into each of `bufs` from `(remote address, rkey)` of `remote`,
-    /// with one doorbell, and waits (bounded) for all of them.
+    /// Reads one page from each `(remote address, rkey)` of `remote` (at most
+    /// [`MAX_READ_BATCH`]) with one doorbell, waits (bounded) for all of them, then
+    /// hands page `i`'s bytes to `consume(i, bytes)`. The destinations are the
+    /// connection's own DMA pages: after a timeout or error the connection fails and
+    /// they stay allocated until `teardown` has drained the QP, so a late response
+    /// never lands in freed memory. `consume` runs under the connection's I/O lock: it
+    /// must not fault on user memory (copy to kernel memory only).
     pub(crate) fn read_pages(
         &self,
         remote: &[(u64, u32)],
-        bufs: &[DmaPage],
         timeout_ms: u32,
+        mut consume: impl FnMut(usize, &[u8]) -> Result,
     ) -> Result {
         let n = remote.len();
-        if n == 0 || n > MAX_READ_BATCH || bufs.len() < n {
+        if n == 0 || n > MAX_READ_BATCH {
             return Err(EINVAL);
         }
         let _guard = self.io_lock.lock();
@@ -709,6 +746,11 @@ impl Connection {
         }
         // SAFETY: `io_lock` held and the state is UP.
         let res = unsafe { self.res()? };
+        let mut bufs = self.read_bufs.lock();
+        while bufs.len() < n {
+            let page = DmaPage::new(res.dev(), bindings::dma_data_direction_DMA_FROM_DEVICE)?;
+            bufs.push(page, GFP_KERNEL)?;
+        }
         let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
         let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
         for (i, &(raddr, rkey)) in remote.iter().enumerate() {
@@ -739,7 +781,8 @@ impl Connection {
         wrs[n - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
         self.read_waiter.arm();
         // SAFETY: the QP is live; the chain is valid until the post returns; the
-        // destination pages stay mapped until the requests complete or the QP is drained.
+        // destination pages belong to the connection and stay mapped until its QP is
+        // drained.
         let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
         if r != 0 {
             count(&STATS.read_errors, 1);
@@ -752,22 +795,26 @@ impl Connection {
             Ok(s) => s,
             Err(e) => {
                 count(&STATS.read_timeouts, 1);
-                pr_warn!(
-                    "READ of {} pages from {} timed out\n",
-                    n,
-                    Ipv4(self.peer_addr)
-                );
+                if PEER_LOG.allow() {
+                    pr_warn!(
+                        "READ of {} pages from {} timed out\n",
+                        n,
+                        Ipv4(self.peer_addr)
+                    );
+                }
                 self.fail(e);
                 return Err(e);
             }
         };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             count(&STATS.read_errors, 1);
-            pr_warn!(
-                "READ from {} failed: wc status {}\n",
-                Ipv4(self.peer_addr),
-                status
-            );
+            if PEER_LOG.allow() {
+                pr_warn!(
+                    "READ from {} failed: wc status {}\n",
+                    Ipv4(self.peer_addr),
+                    status
+                );
+            }
             // The QP is in error now: every later request would flush.
             self.fail(errno::econnreset());
             return Err(if status == bindings::ib_wc_status_IB_WC_REM_ACCESS_ERR {
@@ -776,10 +823,11 @@ impl Connection {
                 EIO
             });
         }
-        for b in &bufs[..n] {
-            b.sync_for_cpu();
-        }
         count(&STATS.bytes_read, (n * super::PAGE_SIZE) as u64);
+        for (i, b) in bufs[..n].iter().enumerate() {
+            b.sync_for_cpu();
+            consume(i, b.bytes())?;
+        }
         Ok(())
     }
 
@@ -920,6 +968,9 @@ impl Connection {
             .mrs_live
             .fetch_sub(regs.len() as u64, Ordering::Relaxed);
         drop(regs);
+        // Drained: the device writes none of the READ destinations any more. Freed
+        // before the resources, while the device they are mapped on is still held.
+        drop(take_all(&mut self.read_bufs.lock()));
         // SAFETY: drained and users gone: no one reads `res` any more.
         let res = unsafe { (*self.res.get()).take() };
         let had_res = res.is_some();
@@ -939,13 +990,21 @@ impl Connection {
     /// or destroy the id).
     fn on_cm_event(&self, id: *mut bindings::rdma_cm_id, event: &bindings::rdma_cm_event) {
         let connecting = self.state.load(Ordering::Acquire) == CONNECTING;
-        // `status`: 0 or a negative errno.
+        // `status`: 0 or a negative errno. A client's `connect` waits for the outcome
+        // and tears down on failure; an accepted connection has no waiter, so a failed
+        // handshake (the peer rejected, went unreachable, or never sent RTU) is torn
+        // down here, or it would hold its slot and resources for good.
         let finish = |status: i32| {
-            if connecting {
-                self.status.store(status, Ordering::Release);
-                // SAFETY: `connected` is only completed by hand.
-                unsafe { bindings::complete(self.connected.completion_ptr()) };
+            if !connecting {
+                return;
             }
+            if self.role == Role::Server && status != 0 {
+                self.fail(Error::from_errno(status));
+                return;
+            }
+            self.status.store(status, Ordering::Release);
+            // SAFETY: `connected` is only completed by hand.
+            unsafe { bindings::complete(self.connected.completion_ptr()) };
         };
         match event.event {
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ADDR_RESOLVED => {

@@ -70,6 +70,22 @@ impl Waiter {
         Ok(self.status.load(Ordering::Acquire))
     }
 
+    /// [`Waiter::wait`], but a fatal signal ends the wait with `EINTR`: for waits a
+    /// user can give up on (a connect to a silent address), never for ones that guard
+    /// buffers the device may still write.
+    pub(crate) fn wait_killable(&self, timeout_ms: u32) -> Result<u32> {
+        let jiffies = kernel::time::msecs_to_jiffies(timeout_ms.max(1));
+        // SAFETY: the completion is initialised (type invariant).
+        let left = unsafe {
+            bindings::wait_for_completion_killable_timeout(self.completion.get(), jiffies)
+        };
+        match left {
+            0 => Err(crate::errno::etimedout()),
+            l if l < 0 => Err(EINTR),
+            _ => Ok(self.status.load(Ordering::Acquire)),
+        }
+    }
+
     /// `ib_cqe.done`: records the status of the first completion and wakes the sleeper.
     unsafe extern "C" fn done(_cq: *mut bindings::ib_cq, wc: *mut bindings::ib_wc) {
         // SAFETY: the CQ core passes a valid work completion whose `wr_cqe` is the `cqe`

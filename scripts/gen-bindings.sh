@@ -19,9 +19,13 @@ opts=${opts#bindgen rust/bindings/bindings_helper.h }
 cflags=${line#* -- }
 cflags=$(echo "$cflags" | sed -E 's/-Wp,-MMD,[^ ]+//; s/KBUILD_MODNAME=[^ ]+/KBUILD_MODNAME='"'"'"mitosis"'"'"'/; s/-D__KBUILD_MODNAME=[^ ]+/-D__KBUILD_MODNAME=kmod_mitosis/')
 opts=$(echo "$opts" | sed 's/--ctypes-prefix ffi/--ctypes-prefix kernel::ffi/')
+# `struct sched_statistics` is empty with CONFIG_SCHEDSTATS=n but cacheline-aligned;
+# bindgen 0.73 drops the alignment, shifting every later task_struct field by 16 bytes.
+# Opaque, it keeps its size and alignment (checked by ffi/layout.list).
+opts="$opts --opaque-type sched_statistics"
 
-allow_fn='(__)?ib_.*|(__)?rdma_.*|misc_(de)?register|mitosis_.*|complete|complete_all|wait_for_completion_timeout|wait_for_completion_interruptible_timeout|get_random_bytes|sg_init_table|alloc_workqueue|destroy_workqueue|queue_work_on|flush_workqueue|in4_pton|ktime_get|msecs_to_jiffies|_copy_to_user|ib_register_client|ib_unregister_client|ib_get_client_data|ib_set_client_data|get_user_pages_remote|vm_mmap|vm_munmap|find_vma|generic_file_mmap|alloc_file_pseudo|init_pseudo|kern_mount|kern_unmount|alloc_anon_inode|igrab|iput|ihold|truncate_inode_pages_final|clear_inode|kernel_fpu_begin_mask|kernel_fpu_end|sigprocmask|folio_unlock|fput|simple_statfs|generic_delete_inode|kill_anon_super|force_sig|_copy_from_user|get_user_pages_fast_only'
-allow_var='E[A-Z0-9]+|mitosis_.*|AF_INET|init_net|WQ_.*|FOLL_.*|VM_(READ|WRITE|EXEC|SHARED|GROWSDOWN|IO|PFNMAP|MAYREAD|NORESERVE)|PROT_.*|MAP_(PRIVATE|FIXED|FIXED_NOREPLACE|NORESERVE)|SIG_SETMASK|SIGKILL|SIGSTOP|SIGBUS|O_RDONLY|SS_.*|SB_I_NOEXEC|TASK_SIZE_MAX'
+allow_fn='(__)?ib_.*|(__)?rdma_.*|misc_(de)?register|mitosis_.*|complete|complete_all|wait_for_completion_timeout|wait_for_completion_interruptible_timeout|wait_for_completion_killable_timeout|get_random_bytes|sg_init_table|alloc_workqueue|destroy_workqueue|queue_work_on|flush_workqueue|in4_pton|ktime_get|msecs_to_jiffies|_copy_to_user|ib_register_client|ib_unregister_client|ib_get_client_data|ib_set_client_data|get_user_pages_remote|vm_mmap|vm_munmap|find_vma|generic_file_mmap|alloc_file_pseudo|init_pseudo|kern_mount|kern_unmount|alloc_anon_inode|igrab|iput|ihold|truncate_inode_pages_final|clear_inode|kernel_fpu_begin_mask|kernel_fpu_end|sigprocmask|folio_unlock|fput|simple_statfs|generic_delete_inode|kill_anon_super|vfs_kern_mount|mntget|mntput|noop_dirty_folio|force_sig|_copy_from_user|get_user_pages_fast_only'
+allow_var='E[A-Z0-9]+|mitosis_.*|AF_INET|init_net|WQ_.*|FOLL_.*|VM_(READ|WRITE|EXEC|SHARED|GROWSDOWN|IO|PFNMAP|MAYREAD|NORESERVE)|PROT_.*|MAP_(PRIVATE|FIXED|FIXED_NOREPLACE|NORESERVE|ANONYMOUS|GROWSDOWN)|SIG_SETMASK|SIGKILL|SIGSTOP|SIGBUS|O_RDONLY|SS_.*|SB_I_NOEXEC|TASK_SIZE_MAX'
 allow_ty='ib_.*|rdma_.*|sockaddr_in|sockaddr|miscdevice|file_operations|file|inode|completion|work_struct|scatterlist|dma_data_direction|task_struct|mm_struct|vm_area_struct|vm_operations_struct|pt_regs|fpstate|sighand_struct|k_sigaction|address_space_operations|address_space|super_operations|super_block|file_system_type|fs_context|pseudo_fs_context|folio|readahead_control|vfsmount|dentry|sigset_t|qstr|module'
 
 cd "$kdir"

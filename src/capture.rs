@@ -20,19 +20,15 @@ use crate::abi::snapshot::{
     RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
-use crate::errno;
+
 use crate::mm::{MmapReadGuard, Special, VmaView, MAX_VMAS};
 use crate::rdma::pages::{PageRef, PageSet};
 use crate::state;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
-/// Largest FPU image accepted (x86 xsave areas are a few KiB; AMX is 11 KiB).
-pub(crate) const MAX_FPU_BYTES: usize = 64 << 10;
 /// Pages asked of GUP per call.
 const GUP_BATCH: usize = 64;
-/// `KFPU_387 | KFPU_MXCSR`.
-pub(crate) const KFPU_DEFAULT: u32 = 3;
 /// Most pages one snapshot may hold (keys for them must fit one control reply).
 const MAX_SNAPSHOT_PAGES: usize =
     crate::abi::wire::MAX_REPLY_RKEYS * crate::control::MAX_CHUNK_PAGES;
@@ -53,7 +49,9 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     let mut st = TaskState::default();
     st.capture_args = args_addr;
     capture_task(&mut st);
-    let fpu = capture_fpu(&mut st).inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
+    let fpu = crate::fpu::capture().inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
+    st.fpu_xfeatures = u64::from_le_bytes(fpu[512..520].try_into().map_err(|_| EINVAL)?);
+    st.fpu_xcomp_bv = u64::from_le_bytes(fpu[520..528].try_into().map_err(|_| EINVAL)?);
     let mut vmas = KVVec::new();
     let mut runs = KVVec::new();
     let mut data = KVVec::new();
@@ -334,28 +332,4 @@ fn capture_mm_fields(mm: *mut bindings::mm_struct, st: &mut TaskState) {
         st.env_start = (*mm).__bindgen_anon_1.env_start as u64;
         st.env_end = (*mm).__bindgen_anon_1.env_end as u64;
     }
-}
-
-/// The current task's FPU image in the kernel's format: `kernel_fpu_begin` first saves
-/// the live user registers into it.
-fn capture_fpu(st: &mut TaskState) -> Result<KVVec<u8>> {
-    // SAFETY: the current task's FPU state pointer is stable while it runs.
-    let fp = unsafe { bindings::mitosis_current_fpstate() };
-    // SAFETY: as above.
-    let size = unsafe { (*fp).size } as usize;
-    if size < 576 || size > MAX_FPU_BYTES {
-        return Err(errno::eopnotsupp());
-    }
-    let mut image = KVVec::from_elem(0u8, size, GFP_KERNEL)?;
-    // SAFETY: between begin and end the user state is saved in `fp` and nothing else
-    // changes it; `image` has `size` bytes, `regs` spans `size` bytes.
-    unsafe {
-        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
-        let src = ptr::addr_of!((*fp).regs) as *const u8;
-        ptr::copy_nonoverlapping(src, image.as_mut_ptr(), size);
-        st.fpu_xfeatures = (*fp).xfeatures;
-        bindings::kernel_fpu_end();
-    }
-    st.fpu_xcomp_bv = u64::from_le_bytes(image[520..528].try_into().map_err(|_| EINVAL)?);
-    Ok(image)
 }

@@ -216,6 +216,11 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 "unknown flags",
             )?;
             require(a.peer_addr != 0, name, "no peer address")?;
+            require(
+                a.timeout_ms <= state::MAX_TIMEOUT_MS,
+                name,
+                "timeout over 60000 ms",
+            )?;
             // Replacing the address space under other threads (or a vfork parent)
             // would pull it from under them.
             // SAFETY: reads of the current task.
@@ -289,6 +294,11 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 "output fields not zero",
             )?;
             require(a.peer_addr != 0, name, "no peer address")?;
+            require(
+                a.timeout_ms <= state::MAX_TIMEOUT_MS,
+                name,
+                "timeout over 60000 ms",
+            )?;
             if st.remotes.lock().len() >= MAX_HANDLES_PER_FILE {
                 return Err(EMFILE);
             }

@@ -19,16 +19,21 @@ use kernel::prelude::*;
 /// Most pages one fast-reg MR covers (the device may allow fewer).
 pub(crate) const MAX_CHUNK_PAGES: usize = 512;
 
+/// Log lines a peer triggers with its requests: at most this many per second.
+static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+
 /// `RequestHandler` of server connections.
 pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
     let (hdr, body) = match wire::decode(msg) {
         Ok(v) => v,
         Err(e) => {
-            pr_warn!(
-                "malformed control message from {} ({:?}), dropped\n",
-                Ipv4(conn.peer().0),
-                e
-            );
+            if LOG.allow() {
+                pr_warn!(
+                    "malformed control message from {} ({:?}), dropped\n",
+                    Ipv4(conn.peer().0),
+                    e
+                );
+            }
             return;
         }
     };
@@ -53,7 +58,9 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
             }
         }
         Kind::OpenRegionReply => {
-            pr_warn!("unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
+            if LOG.allow() {
+                pr_warn!("unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
+            }
         }
     }
 }
@@ -61,17 +68,22 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
 fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     let peer = Ipv4(conn.peer().0);
     let region = state::get().find_region(req.region_id).ok_or_else(|| {
-        pr_info!("{} asked for unknown region {}\n", peer, req.region_id);
+        if LOG.allow() {
+            pr_info!("{} asked for unknown region {}\n", peer, req.region_id);
+        }
         ENOENT
     })?;
     if !region.secret_matches(&req.secret) {
-        pr_warn!(
-            "{} gave a wrong secret for region {}\n",
-            peer,
-            req.region_id
-        );
+        if LOG.allow() {
+            pr_warn!(
+                "{} gave a wrong secret for region {}\n",
+                peer,
+                req.region_id
+            );
+        }
         return Err(errno::eacces());
     }
+    conn.set_authenticated();
     // Opened before by this peer: share that registration.
     if let Some((chunk_bytes, rkeys)) = conn.reopen_registration(region.id)? {
         return send_keys(conn, seq, &region, chunk_bytes, &rkeys, &mut [])

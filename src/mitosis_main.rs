@@ -25,6 +25,12 @@ use kernel::prelude::*;
 #[path = "../ffi/bindings.rs"]
 mod bindings;
 
+/// Compile-time checks of those bindings against the C compiler's layout (see
+/// `scripts/gen-layout.sh` and `ffi/layout.list`).
+mod layout {
+    include!("../ffi/layout_generated.rs");
+}
+
 /// The ABI crate's sources, compiled into the module.
 #[path = "../abi/src"]
 #[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
@@ -32,6 +38,7 @@ mod abi {
     pub(crate) mod ioctl;
     pub(crate) mod snapshot;
     pub(crate) mod wire;
+    pub(crate) mod xsave;
 }
 
 #[path = "../rdma/mod.rs"]
@@ -41,6 +48,7 @@ mod capture;
 mod chardev;
 mod control;
 mod errno;
+mod fpu;
 mod mm;
 mod pager;
 mod region;
@@ -67,7 +75,6 @@ struct MitosisModule {
 
 impl kernel::Module for MitosisModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        check_layout()?;
         let state = state::Mitosis::start(module)?;
         pr_info!("loaded (ABI {})\n", abi::ioctl::ABI_VERSION);
         Ok(MitosisModule { state })
@@ -79,41 +86,4 @@ impl Drop for MitosisModule {
         self.state.as_ref().stop();
         pr_info!("unloaded\n");
     }
-}
-
-/// The kernel structs whose fields the module reads must have the layout the compiler
-/// gave them (bindgen and C disagreeing would mean reading the wrong fields).
-fn check_layout() -> Result {
-    use bindings::*;
-    use core::mem::{offset_of, size_of};
-    let mut c = [0 as kernel::ffi::c_ulong; 12];
-    // SAFETY: `c` has room for the 12 values the helper writes.
-    unsafe { mitosis_layout(c.as_mut_ptr()) };
-    let rust = [
-        size_of::<mm_struct>(),
-        offset_of!(mm_struct, __bindgen_anon_1) + offset_of!(mm_struct__bindgen_ty_1, start_brk),
-        size_of::<vm_area_struct>(),
-        offset_of!(vm_area_struct, vm_file),
-        size_of::<file>(),
-        offset_of!(file, __bindgen_anon_2),
-        offset_of!(inode, i_private),
-        offset_of!(inode, i_data),
-        offset_of!(super_block, s_iflags),
-        offset_of!(fpstate, regs),
-        size_of::<k_sigaction>(),
-        offset_of!(file, f_inode),
-    ];
-    if rust
-        .iter()
-        .zip(c.iter())
-        .any(|(r, c)| *r as u64 != *c as u64)
-    {
-        pr_err!(
-            "generated bindings disagree with the kernel's struct layout: rust {:?} c {:?}\n",
-            rust,
-            c
-        );
-        return Err(kernel::error::code::EINVAL);
-    }
-    Ok(())
 }

@@ -67,18 +67,46 @@ impl MmapWriteGuard {
         self.0.as_ptr()
     }
 
-    /// Makes the VMA at `addr` grow down on faults below it (a stack).
-    pub(crate) fn set_growsdown(&self, addr: u64) -> Result {
-        // SAFETY: the mm is write-locked (type invariant).
-        let vma = unsafe { bindings::find_vma(self.mm(), addr as _) };
-        let vma = NonNull::new(vma).ok_or(EFAULT)?;
-        if VmaView::read(vma).start > addr {
-            return Err(EFAULT);
+    /// Sets the mm's layout fields (what `/proc/PID/stat`, `cmdline`, `environ` and
+    /// `brk` use). Values were checked like `prctl(PR_SET_MM_MAP)` checks them; the
+    /// argument and environment ranges are written under `arg_lock`, as readers of
+    /// `/proc/PID/cmdline` take it.
+    pub(crate) fn set_layout(&self, l: &MmLayout) {
+        let m = self.mm();
+        // SAFETY: the mm is write-locked (type invariant): no one else writes these
+        // fields; `arg_lock` orders the argument ranges with lockless readers.
+        unsafe {
+            let f = &mut (*m).__bindgen_anon_1;
+            f.start_code = l.start_code as _;
+            f.end_code = l.end_code as _;
+            f.start_data = l.start_data as _;
+            f.end_data = l.end_data as _;
+            f.start_brk = l.start_brk as _;
+            f.brk = l.brk as _;
+            f.start_stack = l.start_stack as _;
+            bindings::mitosis_mm_arg_lock(m);
+            f.arg_start = l.arg_start as _;
+            f.arg_end = l.arg_end as _;
+            f.env_start = l.env_start as _;
+            f.env_end = l.env_end as _;
+            bindings::mitosis_mm_arg_unlock(m);
         }
-        // SAFETY: `vma` belongs to the write-locked mm.
-        unsafe { bindings::mitosis_vma_set_growsdown(vma.as_ptr()) };
-        Ok(())
     }
+}
+
+/// The layout fields of an mm (`struct prctl_mm_map`'s addresses).
+pub(crate) struct MmLayout {
+    pub(crate) start_code: u64,
+    pub(crate) end_code: u64,
+    pub(crate) start_data: u64,
+    pub(crate) end_data: u64,
+    pub(crate) start_brk: u64,
+    pub(crate) brk: u64,
+    pub(crate) start_stack: u64,
+    pub(crate) arg_start: u64,
+    pub(crate) arg_end: u64,
+    pub(crate) env_start: u64,
+    pub(crate) env_end: u64,
 }
 
 impl Drop for MmapWriteGuard {

@@ -19,7 +19,6 @@
 use crate::abi::snapshot::{Descriptor, PAGE, RUN_PRESENT};
 use crate::bindings;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
-use crate::rdma::verbs::DmaPage;
 use crate::rdma::PAGE_SIZE;
 use crate::remote::RemoteRegion;
 use core::ptr::{self, NonNull};
@@ -47,22 +46,9 @@ pub(crate) struct PagerKey {
     pub(crate) id: u64,
 }
 
-/// The open of a snapshot at its parent and READ destinations on that connection.
+/// The open of a snapshot at its parent.
 struct Link {
     remote: RemoteRegion,
-    bufs: KVec<DmaPage>,
-}
-
-impl Link {
-    fn new(remote: RemoteRegion) -> Result<Self> {
-        match remote.connection().alloc_read_buffers(MAX_READ_BATCH) {
-            Ok(bufs) => Ok(Link { remote, bufs }),
-            Err(e) => {
-                remote.close();
-                Err(e)
-            }
-        }
-    }
 }
 
 impl Drop for Link {
@@ -73,8 +59,7 @@ impl Drop for Link {
     }
 }
 
-/// One snapshot as seen from this host: the remote open, the validated descriptor and
-/// bounce buffers for READs.
+/// One snapshot as seen from this host: the remote open and the validated descriptor.
 pub(crate) struct Pager {
     key: PagerKey,
     /// To open the snapshot again after the connection failed.
@@ -105,7 +90,7 @@ impl Pager {
             secret,
             desc,
             data_offset: desc_pages * PAGE,
-            link: KBox::pin_init(new_mutex!(Link::new(remote)?), GFP_KERNEL)?,
+            link: KBox::pin_init(new_mutex!(Link { remote }), GFP_KERNEL)?,
             dead: core::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -124,7 +109,7 @@ impl Pager {
             return Err(EIO);
         }
         // Dropping the old link closes the old open.
-        *link = Link::new(remote)?;
+        *link = Link { remote };
         pr_info!(
             "snapshot {} from {}: reconnected after a failed READ\n",
             self.key.id,
@@ -138,13 +123,10 @@ impl Pager {
     }
 
     /// Region offset of the snapshot page at seed address `addr`, or `None` for a hole.
+    /// Checked: the descriptor's data range was compared with the region's size at
+    /// resume, and overflow would only send a READ the connection refuses (`ERANGE`).
     fn locate(&self, desc: &Descriptor<'_>, addr: u64) -> Option<u64> {
-        let (vma, run) = desc.lookup(addr)?;
-        if run.kind != RUN_PRESENT {
-            return None;
-        }
-        let page_in_run = (addr - vma.start) / PAGE - run.page;
-        Some(self.data_offset + (run.data_page + page_in_run) * PAGE)
+        self.data_offset.checked_add(desc.data_offset_of(addr)?)
     }
 
     /// Fills locked, not-uptodate folios (order 0) with their snapshot content, marks
@@ -200,31 +182,37 @@ impl Pager {
     /// One doorbell of READs into `folios`, which are unlocked afterwards.
     fn read_into(&self, offs: &[u64], folios: &[*mut bindings::folio]) -> Result {
         let mut link = self.link.lock();
+        let copy = |i: usize, bytes: &[u8]| -> Result {
+            let f = *folios.get(i).ok_or(EINVAL)?;
+            // SAFETY: `f` is a locked order-0 folio of ours, not uptodate, so no one
+            // else reads or writes its page; x86-64 has no highmem.
+            unsafe {
+                let dst = bindings::mitosis_page_address(bindings::mitosis_folio_page(f));
+                ptr::copy_nonoverlapping(bytes.as_ptr(), dst.cast(), PAGE_SIZE.min(bytes.len()));
+            }
+            Ok(())
+        };
         let r = if self.dead.load(Ordering::Relaxed) {
             Err(crate::errno::enotconn())
         } else {
-            match link.remote.read_batch(offs, &link.bufs) {
+            match link.remote.read_batch(offs, copy) {
                 Ok(()) => Ok(()),
                 Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
                 Err(_) => self
                     .reconnect(&mut link)
                     .inspect_err(|_| self.dead.store(true, Ordering::Relaxed))
-                    .and_then(|()| link.remote.read_batch(offs, &link.bufs)),
+                    .and_then(|()| link.remote.read_batch(offs, copy)),
             }
         };
-        let bufs = &link.bufs;
-        for (i, &f) in folios.iter().enumerate() {
-            if r.is_ok() {
-                // SAFETY: `f` is a locked order-0 folio; the buffer holds one page
-                // synced for the CPU; x86-64 has no highmem.
-                unsafe {
-                    let dst = bindings::mitosis_page_address(bindings::mitosis_folio_page(f));
-                    ptr::copy_nonoverlapping(bufs[i].bytes().as_ptr(), dst.cast(), PAGE_SIZE);
+        for &f in folios {
+            // SAFETY: `f` is locked by our caller's contract; on success every page
+            // was filled above.
+            unsafe {
+                if r.is_ok() {
                     bindings::mitosis_folio_mark_uptodate(f);
                 }
+                bindings::folio_unlock(f);
             }
-            // SAFETY: locked by our caller's contract.
-            unsafe { bindings::folio_unlock(f) };
         }
         match r {
             Ok(()) => {
@@ -275,11 +263,25 @@ impl Pager {
                 continue;
             }
             for p in 0..run.n_pages as u64 {
-                let index = vma.start / PAGE + run.page + p;
+                let index = (vma.start / PAGE)
+                    .checked_add(run.page)
+                    .and_then(|i| i.checked_add(p))
+                    .ok_or(EINVAL);
                 // SAFETY: `mapping` is our inode's live mapping.
-                let f = unsafe { bindings::mitosis_grab_folio(mapping, index as _) };
-                let f = kernel::error::from_err_ptr(f)?;
-                let f = NonNull::new(f).ok_or(ENOMEM)?;
+                let f = index.and_then(|i| {
+                    kernel::error::from_err_ptr(unsafe {
+                        bindings::mitosis_grab_folio(mapping, i as _)
+                    })
+                });
+                let f = match f.and_then(|f| NonNull::new(f).ok_or(ENOMEM)) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // The folios gathered so far are locked: fill (and so unlock)
+                        // them before failing.
+                        let _ = flush(&batch[..n]);
+                        return Err(e);
+                    }
+                };
                 // SAFETY: a locked folio we hold a reference on.
                 if unsafe { bindings::mitosis_folio_test_uptodate(f.as_ptr()) } {
                     // SAFETY: as above.
@@ -371,11 +373,14 @@ unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
     }
     // SAFETY: produced by `Arc::into_raw` in `SnapshotFs::create`.
     let pager = unsafe { Arc::from_raw(raw) };
-    if let Some(fs) = crate::state::try_get() {
-        fs.snapshot_fs().forget(inode);
-    }
     // The last reference: dropping the pager closes the remote open.
     drop(pager);
+    // The module is loaded while our superblock exists (see `Mount`), so its state is.
+    if let Some(fs) = crate::state::try_get() {
+        fs.snapshot_fs().forget(inode);
+        // The inode's pin, taken in `SnapshotFs::create`.
+        fs.snapshot_fs().unpin();
+    }
 }
 
 /// `file_system_type::init_fs_context`.
@@ -401,12 +406,16 @@ static SUPER_OPS: bindings::super_operations = bindings::super_operations {
 static AOPS: bindings::address_space_operations = bindings::address_space_operations {
     read_folio: Some(read_folio),
     readahead: Some(readahead),
+    // Mappings are private: a write copies the page. Anything that still dirties a
+    // page-cache folio of ours (a forced write through /proc/PID/mem of a read-only
+    // view) must not reach writeback, which we do not have.
+    dirty_folio: Some(bindings::noop_dirty_folio),
     // SAFETY: as above.
     ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
 };
 
 /// The filesystem type. Static because its lock-class keys must be in static storage
-/// for lockdep; only the VFS writes to it (under its own locks).
+/// for lockdep; only the VFS writes to it (under its own locks) once `owner` is set.
 struct FsType(core::cell::UnsafeCell<bindings::file_system_type>);
 
 // SAFETY: see the type's comment.
@@ -416,36 +425,62 @@ static FS_TYPE: FsType = FsType(core::cell::UnsafeCell::new(bindings::file_syste
     name: c"mitosis-snapshot".as_ptr().cast(),
     init_fs_context: Some(init_fs_context),
     kill_sb: Some(bindings::kill_anon_super),
-    // No owner: the module mounts it at load and unmounts it at unload; an owner would
-    // make the mount pin the module forever. Files pin it instead.
-    // SAFETY: all-zero is a valid value for every other field.
+    // SAFETY: all-zero is a valid value for every other field (`owner` is set at
+    // load, before the first mount).
     ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
 }));
+
+/// The filesystem's mount, made on first use and dropped with the last pin.
+///
+/// Why not one mount for the module's lifetime: a superblock holds a reference on its
+/// type's owner, so a permanent mount would pin the module forever; without an owner,
+/// `__fput` drops the file's module reference *before* it evicts the inode (our code),
+/// so an unload racing a child's exit would run freed text. Instead every snapshot
+/// inode holds a pin of a mount whose superblock holds the module: the module stays
+/// until the last inode is evicted and the superblock is gone. The mount is not
+/// internal (`SB_KERNMOUNT` unset), so the last `mntput`, which may come from
+/// `evict_inode`, tears the superblock down later in task work, never under us.
+///
+/// # Invariants
+///
+/// `mnt` is non-null exactly while `pins` > 0, and then holds one mount reference
+/// per pin.
+struct Mount {
+    mnt: *mut bindings::vfsmount,
+    pins: usize,
+}
+
+// SAFETY: a mount pointer may be used from any thread.
+unsafe impl Send for Mount {}
 
 /// The internal filesystem and the cache of snapshot inodes.
 ///
 /// # Invariants
 ///
-/// While `mnt` is non-null the filesystem is mounted (`kern_mount`) and `fops` is
-/// pinned; every cached inode pointer is live (removed in `evict_inode`).
-#[pin_data(PinnedDrop)]
+/// `fops` is pinned; every cached inode pointer is live (removed in `evict_inode`) and
+/// owns one pin of `mount`.
+#[pin_data]
 pub(crate) struct SnapshotFs {
     #[pin]
     fops: Opaque<bindings::file_operations>,
-    mnt: core::sync::atomic::AtomicPtr<bindings::vfsmount>,
     module: &'static ThisModule,
     #[pin]
     cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
+    #[pin]
+    mount: Mutex<Mount>,
 }
 
-// SAFETY: the C structs are used by the VFS under its own locking; the cache is behind a
-// mutex.
+// SAFETY: the C structs are used by the VFS under its own locking; the cache and the
+// mount are behind mutexes.
 unsafe impl Send for SnapshotFs {}
 // SAFETY: as above.
 unsafe impl Sync for SnapshotFs {}
 
 impl SnapshotFs {
     pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
+        // SAFETY: no mount exists before the module's state does, so the VFS does not
+        // read the type yet; the owner is this module, live while the type is used.
+        unsafe { (*FS_TYPE.0.get()).owner = module.as_ptr().cast() };
         pin_init!(SnapshotFs {
             fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
                 let mut v = bindings::file_operations::default();
@@ -454,30 +489,60 @@ impl SnapshotFs {
                 // SAFETY: `f` is valid for writing.
                 unsafe { f.write(v) };
             }),
-            mnt: core::sync::atomic::AtomicPtr::new(ptr::null_mut()),
             module,
             cache <- new_mutex!(KVec::new()),
+            mount <- new_mutex!(Mount {
+                mnt: ptr::null_mut(),
+                pins: 0,
+            }),
         })
     }
 
-    /// Mounts the internal filesystem.
-    pub(crate) fn mount(&self) -> Result {
-        // SAFETY: `FS_TYPE` is static and initialised.
-        let mnt = kernel::error::from_err_ptr(unsafe { bindings::kern_mount(FS_TYPE.0.get()) })?;
-        // Snapshot files carry program text: the pseudo-fs default forbids PROT_EXEC.
-        // SAFETY: the superblock was just created for us and nothing uses it yet.
-        unsafe { (*(*mnt).mnt_sb).s_iflags &= !(bindings::SB_I_NOEXEC as kernel::ffi::c_ulong) };
-        self.mnt.store(mnt, Ordering::Release);
-        Ok(())
+    /// Pins the mount (mounting on first use) and returns it.
+    fn pin(&self) -> Result<NonNull<bindings::vfsmount>> {
+        let mut m = self.mount.lock();
+        if m.mnt.is_null() {
+            // SAFETY: `FS_TYPE` is static and initialised. Flags 0: not `SB_KERNMOUNT`
+            // (see `Mount`).
+            let mnt = kernel::error::from_err_ptr(unsafe {
+                bindings::vfs_kern_mount(
+                    FS_TYPE.0.get(),
+                    0,
+                    c"mitosis-snapshot".as_ptr().cast_mut().cast(),
+                    ptr::null_mut(),
+                )
+            })?;
+            // Snapshot files carry program text: the pseudo-fs default forbids
+            // PROT_EXEC. SAFETY: a superblock just made for us, used by no one yet.
+            unsafe {
+                (*(*mnt).mnt_sb).s_iflags &= !(bindings::SB_I_NOEXEC as kernel::ffi::c_ulong)
+            };
+            // The mount's own reference becomes the first pin's.
+            m.mnt = mnt;
+        } else {
+            // SAFETY: `mnt` is live while pinned (type invariant of `Mount`).
+            unsafe { bindings::mntget(m.mnt) };
+        }
+        m.pins += 1;
+        NonNull::new(m.mnt).ok_or(ENODEV)
     }
 
-    pub(crate) fn unmount(&self) {
-        let mnt = self.mnt.swap(ptr::null_mut(), Ordering::AcqRel);
-        if !mnt.is_null() {
-            // SAFETY: mounted in `mount`; every file of ours holds a module reference, so
-            // no file is left when the module unloads.
-            unsafe { bindings::kern_unmount(mnt) };
-        }
+    /// Drops one pin; the last one lets the mount go (torn down in task work).
+    fn unpin(&self) {
+        let mnt = {
+            let mut m = self.mount.lock();
+            if m.pins == 0 {
+                return;
+            }
+            m.pins -= 1;
+            let mnt = m.mnt;
+            if m.pins == 0 {
+                m.mnt = ptr::null_mut();
+            }
+            mnt
+        };
+        // SAFETY: one reference of ours (type invariant of `Mount`).
+        unsafe { bindings::mntput(mnt) };
     }
 
     /// The inode of snapshot `key` with a reference, if a child on this host maps it.
@@ -496,10 +561,6 @@ impl SnapshotFs {
     /// The inode of `pager`'s snapshot (one reference, for the caller): a new one cached
     /// by its key, or the one a concurrent resume of the same snapshot created.
     pub(crate) fn create(&self, pager: Pager) -> Result<NonNull<bindings::inode>> {
-        let mnt = self.mnt.load(Ordering::Acquire);
-        if mnt.is_null() {
-            return Err(ENODEV);
-        }
         let key = pager.key;
         let mut cache = self.cache.lock();
         // Another child of the same snapshot may have got here first: share its inode.
@@ -518,9 +579,12 @@ impl SnapshotFs {
         }
         cache.reserve(1, GFP_KERNEL)?;
         let pager = Arc::new(pager, GFP_KERNEL)?;
-        // SAFETY: the filesystem is mounted (type invariant).
-        let inode =
-            kernel::error::from_err_ptr(unsafe { bindings::alloc_anon_inode((*mnt).mnt_sb) })?;
+        let mnt = self.pin()?;
+        // SAFETY: the mount is live while pinned.
+        let inode = kernel::error::from_err_ptr(unsafe {
+            bindings::alloc_anon_inode((*mnt.as_ptr()).mnt_sb)
+        })
+        .inspect_err(|_| self.unpin())?;
         // SAFETY: a fresh inode only we know about.
         unsafe {
             (*inode).i_private = Arc::into_raw(pager) as *mut _;
@@ -528,6 +592,7 @@ impl SnapshotFs {
             // File offsets are user virtual addresses.
             bindings::mitosis_i_size_write(inode, i64::MAX);
         }
+        // The pin is the inode's now (dropped in `evict_inode`).
         cache.push((key, inode), GFP_KERNEL)?;
         NonNull::new(inode).ok_or(ENOMEM)
     }
@@ -535,7 +600,8 @@ impl SnapshotFs {
     /// A read-only file of `inode` (consumes one inode reference) whose readahead
     /// window is `prefetch` pages. The file pins the module until its last `fput`.
     pub(crate) fn open(&self, inode: NonNull<bindings::inode>, prefetch: u32) -> Result<File> {
-        let mnt = self.mnt.load(Ordering::Acquire);
+        // The inode holds a pin, so the mount is set and is the inode's.
+        let mnt = self.mount.lock().mnt;
         // SAFETY: `module` is this module, live while we run.
         if mnt.is_null()
             || !unsafe { bindings::mitosis_try_module_get(self.module.as_ptr().cast()) }
@@ -545,7 +611,8 @@ impl SnapshotFs {
             return Err(ENODEV);
         }
         // SAFETY: `inode` is ours with a reference `alloc_file_pseudo` takes over on
-        // success; `fops` is pinned for the module's lifetime.
+        // success (taking its own reference on `mnt`, live while the inode's pin is);
+        // `fops` is pinned for the module's lifetime.
         let file = unsafe {
             bindings::alloc_file_pseudo(
                 inode.as_ptr(),
@@ -575,25 +642,17 @@ impl SnapshotFs {
 
     /// Whether `file` is one of our snapshot files, and its pager.
     pub(crate) fn pager_of_file(&self, file: *mut bindings::file) -> Option<&Pager> {
-        let mnt = self.mnt.load(Ordering::Acquire);
-        if file.is_null() || mnt.is_null() {
+        if file.is_null() {
             return None;
         }
         // SAFETY: `file` is a live file (its VMA is held under the mmap lock).
         let inode = unsafe { (*file).f_inode };
-        // SAFETY: as above.
-        if inode.is_null() || unsafe { (*inode).i_sb != (*mnt).mnt_sb } {
+        // SAFETY: as above; our superblocks are the only ones of our type.
+        if inode.is_null() || unsafe { (*(*inode).i_sb).s_type != FS_TYPE.0.get() } {
             return None;
         }
         // SAFETY: an inode of ours, held by the file.
         Some(unsafe { pager_of(inode) })
-    }
-}
-
-#[pinned_drop]
-impl PinnedDrop for SnapshotFs {
-    fn drop(self: Pin<&mut Self>) {
-        self.unmount();
     }
 }
 

@@ -73,13 +73,15 @@ impl RemoteRegion {
         })
     }
 
-    pub(crate) fn connection(&self) -> &Arc<Connection> {
-        &self.conn
-    }
-
     /// Reads the pages at region offsets `offs` (at most [`MAX_READ_BATCH`], each
-    /// page-aligned and inside the region) into `bufs`, with one doorbell.
-    pub(crate) fn read_batch(&self, offs: &[u64], bufs: &[crate::rdma::verbs::DmaPage]) -> Result {
+    /// page-aligned and inside the region) with one doorbell; page `i`'s bytes go to
+    /// `consume(i, bytes)` (kernel memory only: it runs under the connection's I/O
+    /// lock).
+    pub(crate) fn read_batch(
+        &self,
+        offs: &[u64],
+        consume: impl FnMut(usize, &[u8]) -> Result,
+    ) -> Result {
         let mut remote = [(0u64, 0u32); MAX_READ_BATCH];
         if offs.len() > MAX_READ_BATCH {
             return Err(EINVAL);
@@ -91,7 +93,8 @@ impl RemoteRegion {
             *slot = self.locate(off).ok_or(EINVAL)?;
         }
         let remote = remote.get(..offs.len()).ok_or(EINVAL)?;
-        self.conn.read_pages(remote, bufs, state::io_timeout_ms())
+        self.conn
+            .read_pages(remote, state::io_timeout_ms(), consume)
     }
 
     /// Remote address and key of the page at `off`: the address is the region offset
@@ -125,7 +128,9 @@ impl RemoteRegion {
         if flags & read_flags::UNCHECKED == 0 && end > self.size {
             return Err(errno::erange());
         }
-        let bufs = self.conn.alloc_read_buffers(batch)?;
+        // A bounce buffer in kernel memory: the copy to the caller may fault, which
+        // must not happen under the connection's I/O lock (the fault could need it).
+        let mut bounce = KVVec::from_elem(0u8, batch * PAGE_SIZE, GFP_KERNEL)?;
         let mut remote = KVec::with_capacity(batch, GFP_KERNEL)?;
         let mut outcome = ReadOutcome {
             doorbells: 0,
@@ -142,10 +147,14 @@ impl RemoteRegion {
                 )?;
             }
             self.conn
-                .read_pages(&remote, &bufs, state::io_timeout_ms())?;
-            for b in &bufs[..n] {
-                out.write_slice(b.bytes())?;
-            }
+                .read_pages(&remote, state::io_timeout_ms(), |i, bytes| {
+                    let dst = bounce
+                        .get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
+                        .ok_or(EINVAL)?;
+                    dst.copy_from_slice(bytes);
+                    Ok(())
+                })?;
+            out.write_slice(&bounce[..n * PAGE_SIZE])?;
             outcome.doorbells += 1;
             outcome.reads += n as u64;
             off += n as u64 * page;

@@ -18,11 +18,13 @@
 //! calls into them, using the report written into the seed's `ForkCaptureArgs`.
 
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
-use crate::abi::snapshot::{reg, vma_flags, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN};
+use crate::abi::snapshot::{
+    reg, vma_flags, DescError, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN, X86_64_LIMITS,
+};
 use crate::bindings;
-use crate::capture::KFPU_DEFAULT;
 use crate::errno;
-use crate::mm::{MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
+use crate::fpu;
+use crate::mm::{MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
 use crate::pager::{Pager, PagerKey};
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::remote::RemoteRegion;
@@ -37,8 +39,6 @@ pub(crate) static RESUMES_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Largest descriptor accepted from a peer.
 const MAX_DESC_BYTES: u64 = 64 << 20;
-/// User addresses are below this (x86-64, 4-level paging).
-const USER_ADDR_LIMIT: u64 = 1 << 47;
 /// EFLAGS bits user space may set (as `sigreturn` allows), plus IF.
 const USER_EFLAGS: u64 = 0x50DD5;
 const EFLAGS_IF: u64 = 0x200;
@@ -98,8 +98,7 @@ fn resume_inner(
     let pager = file.pager();
     let desc = pager.descriptor()?;
     let (st, fpu) = task_state(&desc)?;
-    check_fpu(&st, fpu)?;
-    check_addresses(&st)?;
+    fpu::check(fpu)?;
     let (vdso, vvar) = launcher_specials()?;
     let (seed_vdso, seed_vvar) = seed_specials(&desc)?;
     if vdso.end - vdso.start != seed_vdso.end - seed_vdso.start
@@ -157,7 +156,6 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
         return Err(errno::ebadmsg());
     }
     let mut desc = KVVec::with_capacity(len as usize, GFP_KERNEL)?;
-    let bufs = remote.connection().alloc_read_buffers(MAX_READ_BATCH)?;
     let pages = len.div_ceil(PAGE);
     let mut offs = [0u64; MAX_READ_BATCH];
     let mut p = 0u64;
@@ -166,14 +164,24 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
         for (i, o) in offs[..n].iter_mut().enumerate() {
             *o = (p + i as u64) * PAGE;
         }
-        remote.read_batch(&offs[..n], &bufs)?;
-        for b in &bufs[..n] {
-            let want = (len as usize - desc.len()).min(PAGE as usize);
-            desc.extend_from_slice(&b.bytes()[..want], GFP_KERNEL)?;
-        }
+        remote.read_batch(&offs[..n], |_, bytes| {
+            let want = (len as usize - desc.len()).min(bytes.len());
+            Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
+        })?;
         p += n as u64;
     }
-    if let Err(e) = Descriptor::parse(&desc) {
+    let checked = Descriptor::parse(&desc).and_then(|d| {
+        d.check_limits(&X86_64_LIMITS)?;
+        // Every data page must lie in the registered region, after the descriptor.
+        let data_end = d
+            .data_bytes()
+            .and_then(|b| b.checked_add(len.div_ceil(PAGE) * PAGE));
+        match data_end {
+            Some(end) if end <= remote.size => Ok(()),
+            _ => Err(DescError::BadLength),
+        }
+    });
+    if let Err(e) = checked {
         pr_warn!("resume: corrupt snapshot descriptor ({:?}) refused\n", e);
         return Err(errno::ebadmsg());
     }
@@ -184,58 +192,16 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
 fn task_state<'a>(desc: &Descriptor<'a>) -> Result<(TaskState, &'a [u8])> {
     let bytes = desc.state();
     let st = TaskState::from_bytes(bytes).ok_or_else(errno::ebadmsg)?;
-    let fpu = &bytes[TASK_STATE_LEN..];
+    let fpu = bytes.get(TASK_STATE_LEN..).ok_or_else(errno::ebadmsg)?;
     if fpu.len() != st.fpu_len as usize {
         return Err(errno::ebadmsg());
     }
-    Ok((st, fpu))
-}
-
-/// The seed's FPU image must be in this kernel's format.
-fn check_fpu(st: &TaskState, fpu: &[u8]) -> Result {
-    // SAFETY: the current task's FPU state pointer is stable while it runs.
-    let fp = unsafe { bindings::mitosis_current_fpstate() };
-    // SAFETY: as above.
-    let (size, xfeatures) = unsafe { ((*fp).size as usize, (*fp).xfeatures) };
-    let mut local_xcomp = [0u8; 8];
-    // SAFETY: between begin and end our FPU image is saved and stable; it is larger
-    // than 528 bytes (checked at capture on the same kind of kernel, and below).
-    unsafe {
-        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
-        if size >= 528 {
-            let src = (ptr::addr_of!((*fp).regs) as *const u8).add(520);
-            ptr::copy_nonoverlapping(src, local_xcomp.as_mut_ptr(), 8);
-        }
-        bindings::kernel_fpu_end();
-    }
-    let image_xfeatures = fpu
-        .get(512..520)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(errno::ebadmsg)?;
-    if fpu.len() != size
-        || u64::from_le_bytes(local_xcomp) != st.fpu_xcomp_bv
-        || image_xfeatures & !xfeatures != 0
-        || st.fpu_xfeatures & !xfeatures != 0
-    {
-        pr_info!("resume: the seed's FPU state format differs from this host's\n");
-        return Err(errno::eopnotsupp());
-    }
-    Ok(())
-}
-
-fn check_addresses(st: &TaskState) -> Result {
-    let user = |x: u64| x < USER_ADDR_LIMIT;
-    if !user(st.regs[reg::IP])
-        || !user(st.regs[reg::SP])
-        || !user(st.fsbase)
-        || !user(st.gsbase)
-        || st.start_brk > st.brk
-    {
-        pr_warn!("resume: snapshot registers out of user range, refused\n");
+    let args_len = core::mem::size_of::<ForkCaptureArgs>() as u64;
+    if let Err(e) = st.validate(&X86_64_LIMITS, args_len) {
+        pr_warn!("resume: snapshot task state refused ({:?})\n", e);
         return Err(errno::ebadmsg());
     }
-    Ok(())
+    Ok((st, fpu))
 }
 
 fn overlaps(start: u64, end: u64, r: Range) -> bool {
@@ -365,24 +331,54 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
             stacks.push(v.start, GFP_KERNEL)?;
         }
     }
-    let mm = MmapWriteGuard::current()?;
     for &s in stacks.iter() {
-        mm.set_growsdown(s)?;
+        map_stack_growth(s)?;
     }
-    let m = mm.mm();
-    // SAFETY: the mm is write-locked.
-    unsafe {
-        (*m).__bindgen_anon_1.start_code = st.start_code as _;
-        (*m).__bindgen_anon_1.end_code = st.end_code as _;
-        (*m).__bindgen_anon_1.start_data = st.start_data as _;
-        (*m).__bindgen_anon_1.end_data = st.end_data as _;
-        (*m).__bindgen_anon_1.start_brk = st.start_brk as _;
-        (*m).__bindgen_anon_1.brk = st.brk as _;
-        (*m).__bindgen_anon_1.start_stack = st.start_stack as _;
-        (*m).__bindgen_anon_1.arg_start = st.arg_start as _;
-        (*m).__bindgen_anon_1.arg_end = st.arg_end as _;
-        (*m).__bindgen_anon_1.env_start = st.env_start as _;
-        (*m).__bindgen_anon_1.env_end = st.env_end as _;
+    MmapWriteGuard::current()?.set_layout(&MmLayout {
+        start_code: st.start_code,
+        end_code: st.end_code,
+        start_data: st.start_data,
+        end_data: st.end_data,
+        start_brk: st.start_brk,
+        brk: st.brk,
+        start_stack: st.start_stack,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+    });
+    Ok(())
+}
+
+/// Stack growth below a seed stack: the stack itself is a private file mapping, which
+/// the MM never grows (`do_mmap` refuses `MAP_GROWSDOWN` on files), so an anonymous
+/// `MAP_GROWSDOWN` page goes right below it and grows on faults as a stack would.
+/// Nothing to do when the page below is taken or under `mmap_min_addr`.
+fn map_stack_growth(stack_start: u64) -> Result {
+    let Some(at) = stack_start.checked_sub(PAGE) else {
+        return Ok(());
+    };
+    let flags = bindings::MAP_PRIVATE
+        | bindings::MAP_ANONYMOUS
+        | bindings::MAP_GROWSDOWN
+        | bindings::MAP_FIXED_NOREPLACE;
+    // SAFETY: an anonymous mapping in the current process; the kernel checks the range.
+    let got = unsafe {
+        bindings::vm_mmap(
+            ptr::null_mut(),
+            at as _,
+            PAGE as _,
+            (bindings::PROT_READ | bindings::PROT_WRITE) as _,
+            flags as _,
+            0,
+        )
+    } as u64;
+    if got != at {
+        pr_info!(
+            "resume: no stack growth page below {:#x} ({})\n",
+            stack_start,
+            got as i64
+        );
     }
     Ok(())
 }
@@ -417,19 +413,10 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
         st.sas_ss_flags as u64,
         0,
     ];
-    // SAFETY: the current task's own state, validated above.
+    fpu::install(fpu)?;
+    // SAFETY: the current task's own state, validated by `TaskState::validate`.
     unsafe {
         bindings::mitosis_write_fsgsbase(st.fsbase as _, st.gsbase as _);
-        let fp = bindings::mitosis_current_fpstate();
-        bindings::kernel_fpu_begin_mask(KFPU_DEFAULT);
-        // The image replaces the saved user state, which is loaded on return to user
-        // mode (kernel_fpu_begin marked it as needing a reload).
-        ptr::copy_nonoverlapping(
-            fpu.as_ptr(),
-            ptr::addr_of_mut!((*fp).regs) as *mut u8,
-            fpu.len(),
-        );
-        bindings::kernel_fpu_end();
         bindings::mitosis_set_task_user_state(user.as_ptr());
     }
     if st.set_child_tid != 0 {
@@ -487,18 +474,15 @@ fn report(
         start_ns,
         eager_pages,
     ];
-    let at = st.capture_args + core::mem::offset_of!(ForkCaptureArgs, child_vdso) as u64;
-    let bytes = fields.as_slice();
-    // SAFETY: plain words; the destination is a user address checked by the copy.
-    let left = unsafe {
-        bindings::_copy_to_user(
-            at as *mut _,
-            bytes.as_ptr().cast(),
-            core::mem::size_of_val(bytes) as _,
-        )
-    };
-    if left != 0 {
-        return Err(EFAULT);
+    let at = st
+        .capture_args
+        .checked_add(core::mem::offset_of!(ForkCaptureArgs, child_vdso) as u64)
+        .ok_or(EFAULT)?;
+    let mut bytes = [0u8; 64];
+    for (chunk, f) in bytes.chunks_exact_mut(8).zip(fields) {
+        chunk.copy_from_slice(&f.to_ne_bytes());
     }
-    Ok(())
+    kernel::uaccess::UserSlice::new(at as usize, bytes.len())
+        .writer()
+        .write_slice(&bytes)
 }

@@ -30,6 +30,14 @@ use kernel::sync::{new_mutex, Arc, Mutex};
 const MAX_POOLED: usize = 256;
 /// Most accepted connections.
 const MAX_ACCEPTED: usize = 1024;
+/// Most accepted connections from one peer address that have not authenticated (a
+/// host needs one pooled connection, a few while reconnecting).
+const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
+/// How long an accepted connection may stay up without presenting a valid secret.
+const UNAUTHENTICATED_IDLE_MS: u32 = 30_000;
+/// Upper bound of every timeout (module parameters and per-call values): a wait on
+/// the network never blocks longer.
+pub(crate) const MAX_TIMEOUT_MS: u32 = 60_000;
 
 /// # Invariants
 ///
@@ -43,9 +51,6 @@ pub(crate) struct Mitosis {
     devices: DeviceClient,
     #[pin]
     pool: Mutex<KVec<Arc<Connection>>>,
-    /// Serialises new outgoing connections so concurrent users share one per peer.
-    #[pin]
-    connect_lock: Mutex<()>,
     #[pin]
     accepted: Mutex<KVec<Arc<Connection>>>,
     #[pin]
@@ -98,12 +103,14 @@ pub(crate) fn prefetch_pages() -> u32 {
 
 pub(crate) fn connect_timeout_ms() -> u32 {
     // SAFETY: a module parameter: a plain integer that may change at any time.
-    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_connect_timeout_ms)) }.max(1)
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_connect_timeout_ms)) }
+        .clamp(1, MAX_TIMEOUT_MS)
 }
 
 pub(crate) fn io_timeout_ms() -> u32 {
     // SAFETY: as above.
-    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_io_timeout_ms)) }.max(1)
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_io_timeout_ms)) }
+        .clamp(1, MAX_TIMEOUT_MS)
 }
 
 fn listen_port() -> u16 {
@@ -120,7 +127,6 @@ impl Mitosis {
                 chardev <- MiscDevice::new(module),
                 devices <- DeviceClient::new(device_removed),
                 pool <- new_mutex!(KVec::new()),
-                connect_lock <- new_mutex!(()),
                 accepted <- new_mutex!(KVec::new()),
                 regions <- new_mutex!(Registry::new()),
                 listener <- new_mutex!(None),
@@ -142,7 +148,6 @@ impl Mitosis {
             let fields = unsafe { state.as_mut().get_unchecked_mut() };
             // SAFETY: `devices` is structurally pinned.
             unsafe { Pin::new_unchecked(&mut fields.devices) }.register()?;
-            fields.snapshot_fs.mount()?;
             if listen_port() != 0 {
                 let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
                     pr_err!("cannot listen on port {}: {:?}\n", listen_port(), e);
@@ -174,7 +179,6 @@ impl Mitosis {
         rdma::stop_workqueue();
         self.devices.unregister();
         self.regions.lock().clear();
-        self.snapshot_fs.unmount();
     }
 
     pub(crate) fn snapshot_fs(&self) -> &SnapshotFs {
@@ -245,32 +249,65 @@ impl Mitosis {
     }
 
     /// A pooled connection to `addr:port`, connecting if there is none. Returns it and
-    /// the time spent connecting (0 when pooled).
+    /// the time spent connecting (0 when pooled). No lock is held while connecting, so
+    /// a silent address delays only its own callers; two callers racing to the same
+    /// new peer both connect and the loser's connection is dropped.
     pub(crate) fn connection_to(
         &self,
         addr: u32,
         port: u16,
         timeout_ms: u32,
     ) -> Result<(Arc<Connection>, u64)> {
-        let _serial = self.connect_lock.lock();
-        {
-            let mut pool = self.pool.lock();
-            while remove_first(&mut pool, |c| !c.is_up()).is_some() {}
-            if let Some(c) = pool.iter().find(|c| c.peer() == (addr, port)) {
-                return Ok((c.clone(), 0));
-            }
-            if pool.len() >= MAX_POOLED {
-                return Err(ENOSPC);
-            }
+        if let Some(c) = self.pooled(addr, port)? {
+            return Ok((c, 0));
         }
         let start = kernel::time::Ktime::ktime_get();
-        let conn =
-            Connection::connect(addr, port, timeout_ms, connection_closed).inspect_err(|e| {
+        let conn = Connection::connect(
+            addr,
+            port,
+            timeout_ms.min(MAX_TIMEOUT_MS),
+            connection_closed,
+        )
+        .inspect_err(|e| {
+            static LOG: crate::util::RateLimit = crate::util::RateLimit::new(8);
+            if LOG.allow() {
                 pr_info!("connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
-            })?;
+            }
+        })?;
         let ns = (kernel::time::Ktime::ktime_get() - start).to_ns().max(1) as u64;
-        self.pool.lock().push(conn.clone(), GFP_KERNEL)?;
-        Ok((conn, ns))
+        let winner = {
+            let mut pool = self.pool.lock();
+            match pool.iter().find(|c| c.peer() == (addr, port) && c.is_up()) {
+                Some(c) => Some(c.clone()),
+                None => {
+                    pool.push(conn.clone(), GFP_KERNEL)?;
+                    None
+                }
+            }
+        };
+        match winner {
+            Some(c) => {
+                // Someone else connected meanwhile: use theirs, drop ours (outside the
+                // pool lock: teardown sleeps).
+                conn.teardown();
+                Ok((c, ns))
+            }
+            None => Ok((conn, ns)),
+        }
+    }
+
+    /// The pooled, live connection to `addr:port`, after dropping dead ones; `ENOSPC`
+    /// when there is none and the pool is full.
+    fn pooled(&self, addr: u32, port: u16) -> Result<Option<Arc<Connection>>> {
+        let mut pool = self.pool.lock();
+        while remove_first(&mut pool, |c| !c.is_up()).is_some() {}
+        if let Some(c) = pool.iter().find(|c| c.peer() == (addr, port)) {
+            return Ok(Some(c.clone()));
+        }
+        if pool.len() >= MAX_POOLED {
+            return Err(ENOSPC);
+        }
+        Ok(None)
     }
 
     pub(crate) fn find_region(&self, id: u64) -> Option<Arc<Region>> {
@@ -340,10 +377,36 @@ fn connection_closed(conn: &Arc<Connection>) {
     remove_first(&mut s.accepted.lock(), |c| Arc::ptr_eq(c, conn));
 }
 
-/// Keeps an accepted connection.
+/// Keeps an accepted connection. Admission is where a flood from the network is
+/// stopped: connections still handshaking after the connect timeout, or up without a
+/// valid secret for [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold
+/// at most [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
+/// [`MAX_ACCEPTED`] in all.
 fn connection_accepted(conn: Arc<Connection>) -> Result {
+    static LOG: crate::util::RateLimit = crate::util::RateLimit::new(4);
+    let now = kernel::time::Ktime::ktime_get().to_ms();
+    let handshake_ms = connect_timeout_ms();
     let mut accepted = get().accepted.lock();
-    if accepted.len() >= MAX_ACCEPTED {
+    for c in accepted.iter() {
+        if c.is_stale(now, handshake_ms, UNAUTHENTICATED_IDLE_MS) {
+            // Only queues its teardown, which removes it from the list.
+            c.fail(errno::etimedout());
+        }
+    }
+    let peer = conn.peer().0;
+    let from_peer = accepted
+        .iter()
+        .filter(|c| c.peer().0 == peer && !c.authenticated() && !c.is_closing())
+        .count();
+    if from_peer >= MAX_UNAUTHENTICATED_PER_PEER || accepted.len() >= MAX_ACCEPTED {
+        if LOG.allow() {
+            pr_warn!(
+                "refused a connection from {}: {} unauthenticated from it, {} in all\n",
+                Ipv4(peer),
+                from_peer,
+                accepted.len()
+            );
+        }
         return Err(errno::econnrefused());
     }
     accepted.push(conn, GFP_KERNEL)?;

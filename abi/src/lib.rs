@@ -18,3 +18,4 @@
 pub mod ioctl;
 pub mod snapshot;
 pub mod wire;
+pub mod xsave;

@@ -500,3 +500,183 @@ const _: () = assert!(TASK_STATE_LEN == 8 * PT_REGS_WORDS + 8 * 25 + 32 * NSIG);
 // SAFETY: `repr(C)`, only `u64`/`u32` fields paired so there is no implicit padding
 // (checked by the size assertion above).
 unsafe impl super::ioctl::Pod for TaskState {}
+
+/// The user address range a child host accepts addresses from a snapshot in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Lowest address a mapping or mm field may have (the kernel's `mmap_min_addr`,
+    /// or a floor above it when the module cannot read it).
+    pub min_addr: u64,
+    /// One past the highest user address (`TASK_SIZE`).
+    pub task_size: u64,
+}
+
+/// The limits of an x86-64 process with 4-level paging and a 64 KiB `mmap_min_addr`
+/// floor (Debian's default; the module never reads the sysctl, which is not exported).
+pub const X86_64_LIMITS: UserLimits = UserLimits {
+    min_addr: 0x1_0000,
+    task_size: (1 << 47) - PAGE,
+};
+
+/// Why a snapshot's task state was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateError {
+    /// Instruction or stack pointer, FS or GS base outside user space.
+    Register,
+    /// The mm layout (code, data, brk, stack, arguments, environment) fails the checks
+    /// `prctl(PR_SET_MM_MAP)` makes.
+    MmLayout,
+    /// A per-thread user pointer (rseq, robust list, tid pointers, capture arguments)
+    /// is misaligned or outside user space.
+    Pointer,
+    /// The rseq registration is malformed.
+    Rseq,
+    /// The alternate signal stack is malformed.
+    AltStack,
+    /// A signal disposition has kernel-only flags or a handler outside user space.
+    SigAction,
+}
+
+/// `sa_flags` bits a 64-bit task may set with `sigaction` (the kernel's `UAPI_SA_FLAGS`
+/// on x86-64): SA_NOCLDSTOP, SA_NOCLDWAIT, SA_SIGINFO, SA_EXPOSE_TAGBITS, SA_RESTORER,
+/// SA_ONSTACK, SA_RESTART, SA_NODEFER, SA_RESETHAND. Kernel-only bits such as
+/// SA_IMMUTABLE, and the ABI markers the kernel sets itself, are refused.
+pub const USER_SA_FLAGS: u64 =
+    0x1 | 0x2 | 0x4 | 0x800 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x4000_0000 | 0x8000_0000;
+/// `SS_AUTODISARM`, the only flag the kernel keeps in `sas_ss_flags`.
+pub const SS_AUTODISARM: u32 = 1 << 31;
+/// The original `struct rseq` size and alignment.
+pub const RSEQ_MIN_LEN: u32 = 32;
+/// Largest rseq area accepted (the kernel's feature size is far below a page).
+pub const RSEQ_MAX_LEN: u32 = 4096;
+/// `SIG_DFL` and `SIG_IGN`: dispositions that are not addresses.
+const SIG_IGN: u64 = 1;
+
+impl UserLimits {
+    /// Whether `[addr, addr + len)` lies in user space (`len` may be 0).
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        matches!(addr.checked_add(len), Some(end) if end <= self.task_size)
+    }
+
+    /// Whether `addr` is a valid mm-field value (`prctl_set_mm_map`'s range check).
+    pub fn mm_addr(&self, addr: u64) -> bool {
+        addr >= self.min_addr && addr < self.task_size
+    }
+
+    /// Whether a user pointer is either absent (0) or a `len`-byte object aligned to
+    /// `align` inside user space.
+    fn optional_ptr(&self, addr: u64, len: u64, align: u64) -> bool {
+        addr == 0 || (addr.is_multiple_of(align) && self.contains(addr, len))
+    }
+}
+
+impl TaskState {
+    /// Checks every value of a task state received from a peer before any of it is
+    /// applied: registers and pointers in user space, the mm layout as
+    /// `prctl(PR_SET_MM_MAP)` requires it, rseq and sigaltstack as their system calls
+    /// would accept them, and signal dispositions with user-settable flags only.
+    /// `capture_args_len` is the size of the seed's capture-argument struct (written
+    /// at resume).
+    pub fn validate(&self, lim: &UserLimits, capture_args_len: u64) -> Result<(), StateError> {
+        let r = &self.regs;
+        if !lim.contains(r[reg::IP], 1)
+            || !lim.contains(r[reg::SP], 0)
+            || !lim.contains(self.fsbase, 0)
+            || !lim.contains(self.gsbase, 0)
+        {
+            return Err(StateError::Register);
+        }
+        self.validate_mm(lim)?;
+        if self.capture_args == 0
+            || !lim.optional_ptr(self.capture_args, capture_args_len, 8)
+            || !lim.optional_ptr(self.robust_list, 24, 8)
+            || !lim.optional_ptr(self.clear_child_tid, 4, 4)
+            || !lim.optional_ptr(self.set_child_tid, 4, 4)
+        {
+            return Err(StateError::Pointer);
+        }
+        if self.rseq == 0 {
+            if self.rseq_len != 0 {
+                return Err(StateError::Rseq);
+            }
+        } else if self.rseq_len < RSEQ_MIN_LEN
+            || self.rseq_len > RSEQ_MAX_LEN
+            || !lim.optional_ptr(self.rseq, self.rseq_len as u64, RSEQ_MIN_LEN as u64)
+        {
+            return Err(StateError::Rseq);
+        }
+        if self.sas_ss_flags & !SS_AUTODISARM != 0
+            || (self.sas_ss_size == 0 && (self.sas_ss_sp != 0 || self.sas_ss_flags != 0))
+            || !lim.contains(self.sas_ss_sp, self.sas_ss_size)
+        {
+            return Err(StateError::AltStack);
+        }
+        for a in &self.sigactions {
+            if a.flags & !USER_SA_FLAGS != 0
+                || (a.handler > SIG_IGN && !lim.contains(a.handler, 1))
+                || (a.flags & 0x0400_0000 != 0 && !lim.contains(a.restorer, 1))
+            {
+                return Err(StateError::SigAction);
+            }
+        }
+        Ok(())
+    }
+
+    /// `validate_prctl_map_addr`: every field in `[min_addr, task_size)`, pairs ordered.
+    fn validate_mm(&self, lim: &UserLimits) -> Result<(), StateError> {
+        let fields = [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ];
+        if !fields.iter().all(|&a| lim.mm_addr(a))
+            || self.start_code >= self.end_code
+            || self.start_data > self.end_data
+            || self.start_brk > self.brk
+            || self.arg_start > self.arg_end
+            || self.env_start > self.env_end
+        {
+            return Err(StateError::MmLayout);
+        }
+        Ok(())
+    }
+}
+
+impl Descriptor<'_> {
+    /// Checks that every VMA lies in `lim`'s user range (the parse checks only order
+    /// and alignment, which do not depend on the child host).
+    pub fn check_limits(&self, lim: &UserLimits) -> Result<(), DescError> {
+        for i in 0..self.n_vmas {
+            let v = self.vma_unchecked(i);
+            if v.start < lim.min_addr || v.end > lim.task_size {
+                return Err(DescError::BadVma);
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte offset, within the published page set, of the data of the snapshot page
+    /// holding seed address `addr`, or `None` for a hole or an address outside every
+    /// run. Checked arithmetic throughout: safe on any bytes `parse_validated` took.
+    pub fn data_offset_of(&self, addr: u64) -> Option<u64> {
+        let (vma, run) = self.lookup(addr)?;
+        if run.kind != RUN_PRESENT {
+            return None;
+        }
+        let page_in_run = ((addr - vma.start) / PAGE).checked_sub(run.page)?;
+        run.data_page.checked_add(page_in_run)?.checked_mul(PAGE)
+    }
+
+    /// Bytes of page data the descriptor refers to (`data_pages` pages).
+    pub fn data_bytes(&self) -> Option<u64> {
+        self.data_pages.checked_mul(PAGE)
+    }
+}

@@ -20,7 +20,6 @@
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -360,17 +359,22 @@ fn restore_vdso(a: &abi::ForkCaptureArgs) -> io::Result<()> {
     move_mapping(vdso, a.seed_vdso, a.vdso_len)
 }
 
-/// The child's first steps (see the module docs); returns what it learned.
+/// The child's first steps (see the module docs); returns what it learned. The
+/// caller's `errno` is the seed's at the prepare call, as after `fork()`.
 fn child_start(m: &Mitosis, a: &abi::ForkCaptureArgs, old_mask: &libc::sigset_t) -> Forked {
     if restore_vdso(a).is_err() {
         // No usable vDSO: the C library would crash on the first clock read.
         // SAFETY: terminating the process is always sound.
         unsafe { libc::syscall(libc::SYS_exit_group, 127) };
     }
+    // SAFETY: the thread's errno slot (TLS is the seed's, restored by the module).
+    let saved_errno = unsafe { *libc::__errno_location() };
     let first = monotonic_ns();
     m.reattach();
     // SAFETY: `old_mask` is the mask saved before the seed blocked signals.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut()) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
     Forked::Child(Resumed {
         resume: Duration::from_nanos(first.saturating_sub(a.resume_start_ns)),
         eager_pages: a.eager_pages,
@@ -378,32 +382,32 @@ fn child_start(m: &Mitosis, a: &abi::ForkCaptureArgs, old_mask: &libc::sigset_t)
 }
 
 impl Mitosis {
-    /// Makes this value's descriptor number refer to `/dev/mitosis` again in a resumed
-    /// child (the number was the seed's; the child has the launcher's table).
+    /// Gives a resumed child its own `/dev/mitosis` descriptor. The seed's number
+    /// means nothing in the child, whose table is the launcher's: it may be free, or
+    /// be a file the launcher handed over, which must not be touched. So the child
+    /// opens the device at whatever number is free and keeps that; if it cannot, later
+    /// calls fail with `EBADF` instead of reaching an unrelated file.
     fn reattach(&self) {
-        let fd = self.file.as_raw_fd();
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let mut dev: libc::stat = unsafe { std::mem::zeroed() };
         let path = c"/dev/mitosis";
         debug_assert_eq!(path.to_bytes(), DEVICE_PATH.as_bytes());
+        let fd = self.fd();
+        // SAFETY: zeroed `stat` buffers are valid; both are written by the calls.
+        let (mut st, mut dev): (libc::stat, libc::stat) = unsafe { std::mem::zeroed() };
         // SAFETY: `st`/`dev` are writable stat buffers; `path` is NUL-terminated.
-        let same = unsafe {
+        let is_device = unsafe {
             libc::fstat(fd, &mut st) == 0
                 && libc::stat(path.as_ptr(), &mut dev) == 0
-                && st.st_rdev == dev.st_rdev
                 && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+                && st.st_rdev == dev.st_rdev
         };
-        if same {
+        if is_device {
+            // The launcher's own device descriptor has the same number: share it.
             return;
         }
-        // SAFETY: plain open/dup2/close of descriptors this function owns.
-        unsafe {
-            let nfd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if nfd >= 0 {
-                libc::dup3(nfd, fd, libc::O_CLOEXEC);
-                libc::close(nfd);
-            }
-        }
+        // SAFETY: `path` is NUL-terminated; the new descriptor is ours.
+        let nfd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        self.fd
+            .store(nfd.max(-1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Snapshots the calling process (see the module docs). Returns twice, like
@@ -445,7 +449,7 @@ impl Mitosis {
                 ..Default::default()
             };
             // SAFETY: `a` is a valid ForkCaptureArgs.
-            let r = unsafe { capture(self.file.as_raw_fd(), &mut a) };
+            let r = unsafe { capture(self.fd(), &mut a) };
             if r == 0 {
                 // A child resumed from this snapshot.
                 return Ok(child_start(self, &a, &old));

@@ -10,11 +10,12 @@ pub mod fork;
 
 pub use fork::{Forked, Prepared, ResumeOptions, Resumed, SnapshotHandle};
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::IntoRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use mitosis_abi::ioctl::{self as abi, Header, Pod};
@@ -56,9 +57,22 @@ pub struct ReadStats {
 }
 
 /// An open `/dev/mitosis`.
+///
+/// The descriptor number can change once: a resumed child gets its own descriptor
+/// (the seed's number means nothing in the launcher's table, see `fork.rs`).
 #[derive(Debug)]
 pub struct Mitosis {
-    file: File,
+    fd: AtomicI32,
+}
+
+impl Drop for Mitosis {
+    fn drop(&mut self) {
+        let fd = self.fd();
+        if fd >= 0 {
+            // SAFETY: the descriptor is ours (opened by `open_path` or `reattach`).
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -74,7 +88,14 @@ impl Mitosis {
 
     pub fn open_path(path: impl AsRef<Path>) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Mitosis { file })
+        Ok(Mitosis {
+            fd: AtomicI32::new(file.into_raw_fd()),
+        })
+    }
+
+    /// The device descriptor (-1 after a child failed to open the device again).
+    pub(crate) fn fd(&self) -> i32 {
+        self.fd.load(Ordering::Relaxed)
     }
 
     /// Issues `cmd` with `arg` after filling in its header. Errors carry the errno.
@@ -96,7 +117,7 @@ impl Mitosis {
     /// The module may read and write the memory `arg` points to, as `cmd` says.
     pub unsafe fn raw_ioctl(&self, cmd: u32, arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: the caller guarantees `arg` for `cmd`.
-        unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg) }
+        unsafe { libc::ioctl(self.fd(), cmd as _, arg) }
     }
 
     /// Pings the module: returns its ABI and module version.
