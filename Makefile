@@ -22,8 +22,11 @@ else
 kdir = $$(cat $(OUT)/kdir-$(KVARIANT))
 kernel_dep := kernel
 endif
+# Make flags the kernel was built with (LLVM=1 for the kasan variant): the module
+# must be built the same way.
+kflags = $$(cat $(kdir)/.mitosis-makeflags 2>/dev/null)
 
-.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork check demo bench fmt clippy clean
+.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -40,8 +43,8 @@ kernel: setup | $(OUT)
 # rebuilt kernel) starts over.
 module: $(kernel_dep)
 	@k=$(kdir); if [ "$$(cat .kdir-built 2>/dev/null)" != "$$k" ]; then \
-		$(MAKE) -s -C $$k M=$(CURDIR) clean; rm -f ffi/bindings_generated.rs; echo "$$k" > .kdir-built; fi
-	$(MAKE) -C $(kdir) M=$(CURDIR) modules
+		$(MAKE) -s -C $$k M=$(CURDIR) $(kflags) clean; rm -f ffi/bindings_generated.rs; echo "$$k" > .kdir-built; fi
+	$(MAKE) -C $(kdir) M=$(CURDIR) $(kflags) modules
 
 userspace:
 	cargo build --release --workspace
@@ -52,6 +55,8 @@ guest-bins:
 	# A dynamically linked C program (shared-library scenario), through the C ABI.
 	gcc -O2 -Wall -Werror -o $(GUEST_BIN)/fork-dyn tests/guest/c/fork_dyn.c -Ilib/include \
 		$(GUEST_BIN)/libmitosis.a -static-libgcc -lpthread -ldl -lm
+	# The adversarial scenario's hostile peer: user-space rdma-core.
+	gcc -O2 -Wall -Werror -o $(GUEST_BIN)/hostile-peer tests/guest/c/hostile_peer.c -lrdmacm -libverbs
 
 image: module guest-bins | $(OUT)
 	scripts/build-image.sh mitosis.ko $(GUEST_BIN) $(OUT)/initramfs-$(KVARIANT).cpio.gz
@@ -76,7 +81,15 @@ test-fork: image
 		--scenario remote-fork --expect tests/scenarios/remote-fork.expect \
 		--out $(OUT)/remote-fork-$(KVARIANT) --timeout $(TIMEOUT)
 
+# Hostile peers and parents, fault injection and ioctl fuzzing (tests/guest/src/adversarial.rs);
+# `make check` runs it on the KASAN kernel.
+test-adversarial: image
+	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+		--scenario adversarial --expect tests/scenarios/adversarial.expect \
+		--out $(OUT)/adversarial-$(KVARIANT) --timeout $(TIMEOUT)
+
 check: fmt test-host clippy test-guests test-fork
+	$(MAKE) KVARIANT=kasan test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 bench: image

@@ -101,6 +101,9 @@ MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (
 struct page *mitosis_alloc_zeroed_page(void)
 { return alloc_page(GFP_KERNEL | __GFP_ZERO); }
 
+bool mitosis_page_anon(struct page *page)
+{ return PageAnon(page); }
+
 void mitosis_put_page(struct page *page)
 { put_page(page); }
 

@@ -49,6 +49,7 @@ void mitosis_init_work(struct work_struct *work, work_func_t fn);
 bool mitosis_queue_work(struct workqueue_struct *wq, struct work_struct *work);
 
 struct page *mitosis_alloc_zeroed_page(void);
+bool mitosis_page_anon(struct page *page);
 void mitosis_put_page(struct page *page);
 struct page *mitosis_folio_page(struct folio *folio);
 void mitosis_folio_mark_uptodate(struct folio *folio);

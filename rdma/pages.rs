@@ -43,6 +43,28 @@ impl PageRef {
         self.0.as_ptr()
     }
 
+    /// Whether the page is anonymous memory (written only through copy-on-write by its
+    /// private mappings) rather than page cache or shmem that others may write.
+    pub(crate) fn is_anon(&self) -> bool {
+        // SAFETY: the page is live (type invariant).
+        unsafe { bindings::mitosis_page_anon(self.as_ptr()) }
+    }
+
+    /// A fresh page with this page's contents.
+    pub(crate) fn copy(&self) -> Result<Self> {
+        let copy = Self::alloc_zeroed()?;
+        // SAFETY: the page is live (type invariant) and lowmem on x86-64: its kernel
+        // address is permanent and spans `PAGE_SIZE` bytes.
+        let src = unsafe {
+            core::slice::from_raw_parts(
+                bindings::mitosis_page_address(self.as_ptr()) as *const u8,
+                PAGE_SIZE,
+            )
+        };
+        copy.write(0, src)?;
+        Ok(copy)
+    }
+
     /// Copies `src` into the page at byte `off`.
     pub(crate) fn write(&self, off: usize, src: &[u8]) -> Result {
         let end = off.checked_add(src.len()).ok_or(EINVAL)?;

@@ -13,15 +13,24 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,scenarios,etc}
 cp /bin/busybox "$stage/bin/busybox"
 file /bin/busybox | grep -q "statically linked" || { echo "build-image: /bin/busybox is not static (install busybox-static)" >&2; exit 1; }
 cp /usr/bin/rdma "$stage/usr/bin/rdma"
-# rdma and fork-dyn are dynamic: bring their loader and libraries at their paths.
-for exe in /usr/bin/rdma "$bindir/fork-dyn"; do
+# rdma, fork-dyn and hostile-peer are dynamic: bring their loader and libraries at
+# their paths; hostile-peer's verbs library loads the rxe provider named by
+# /etc/libibverbs.d/rxe.driver.
+rxe_provider=$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)
+for exe in /usr/bin/rdma "$bindir/fork-dyn" "$bindir/hostile-peer" $rxe_provider; do
   ldd "$exe" | grep -o '/[^ ]*' | while read -r lib; do
     mkdir -p "$stage$(dirname "$lib")"
     cp -L "$lib" "$stage$lib"
   done
 done
+for lib in $rxe_provider; do
+  mkdir -p "$stage$(dirname "$lib")"
+  cp -L "$lib" "$stage$lib"
+done
+mkdir -p "$stage/etc/libibverbs.d"
+cp /etc/libibverbs.d/rxe.driver "$stage/etc/libibverbs.d/"
 cp "$ko" "$stage/mitosis.ko"
-cp "$bindir/mitosis" "$bindir/mitosis-test" "$bindir/fork-dyn" "$stage/bin/"
+cp "$bindir/mitosis" "$bindir/mitosis-test" "$bindir/fork-dyn" "$bindir/hostile-peer" "$stage/bin/"
 cp "$root/tests/guest/rootfs/init" "$stage/init"
 cp "$root"/tests/scenarios/*.sh "$stage/scenarios/"
 chmod +x "$stage/init"

@@ -14,15 +14,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${MITOSIS_CACHE:-$HOME/.cache/mitosis}
 tarball=/usr/src/linux-source-6.12.tar.xz
 frags=("$here/kernel/base.config")
+# Extra make flags of the variant, recorded in the tree for module builds against it.
+makeflags=""
 case "$variant" in
   debug) frags+=("$here/kernel/debug.config") ;;
   perf) ;;
-  *) echo "build-kernel: unknown variant '$variant' (debug|perf)" >&2; exit 2 ;;
+  # KASAN with Rust needs a clang-built kernel (see kasan.config).
+  kasan) frags+=("$here/kernel/debug.config" "$here/kernel/kasan.config"); makeflags="LLVM=1" ;;
+  *) echo "build-kernel: unknown variant '$variant' (debug|perf|kasan)" >&2; exit 2 ;;
 esac
 
 [ -f "$tarball" ] || { echo "build-kernel: $tarball missing; run scripts/setup.sh" >&2; exit 1; }
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
-key=$( { echo "$srcver"; cat "${frags[@]}"; rustc --version; bindgen --version; } | sha256sum | cut -c1-16)
+key=$( { echo "$srcver"; cat "${frags[@]}"; echo "$makeflags"; rustc --version; bindgen --version; } | sha256sum | cut -c1-16)
 kdir="$cache/kernel-$variant-$key"
 
 if [ -f "$kdir/.mitosis-built" ]; then
@@ -38,10 +42,13 @@ rm -rf "$kdir"
 mkdir -p "$kdir"
 tar -xf "$tarball" -C "$kdir" --strip-components=1
 cd "$kdir"
-make -s rustavailable >&2
-make -s tinyconfig >/dev/null
+# shellcheck disable=SC2086
+make -s $makeflags rustavailable >&2
+# shellcheck disable=SC2086
+make -s $makeflags tinyconfig >/dev/null
 ./scripts/kconfig/merge_config.sh -m .config "${frags[@]}" >/dev/null
-make -s olddefconfig >/dev/null
+# shellcheck disable=SC2086
+make -s $makeflags olddefconfig >/dev/null
 # merge_config silently drops options whose dependencies are missing: check them.
 missing=0
 for f in "${frags[@]}"; do
@@ -51,7 +58,9 @@ for f in "${frags[@]}"; do
 done
 [ $missing -eq 0 ] || exit 1
 jobs=$(( $(nproc) + 1 ))
-make -s -j"$jobs" bzImage modules >&2
+# shellcheck disable=SC2086
+make -s $makeflags -j"$jobs" bzImage modules >&2
+echo "$makeflags" > "$kdir/.mitosis-makeflags"
 touch "$kdir/.mitosis-built"
 # Older builds of this variant (other keys) are dead weight: drop them.
 for old in "$cache"/kernel-"$variant"-*; do

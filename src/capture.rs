@@ -74,7 +74,9 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
                 return Err(E2BIG);
             }
             let first_run = runs.len();
-            if v.special == Special::None {
+            // `MADV_WIPEONFORK` memory reads as zeros in a forked child: no pages.
+            let wiped = v.flags & bindings::VM_WIPEONFORK as u64 != 0;
+            if v.special == Special::None && !wiped {
                 holes += capture_pages(&mm, &v, &mut runs, &mut data).inspect_err(|e| {
                     pr_warn!(
                         "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
@@ -224,12 +226,30 @@ fn capture_pages(
             );
             return Err(Error::from_errno(r as i32));
         }
-        for (i, &page) in got[..r as usize].iter().enumerate() {
-            let Some(page) = NonNull::new(page) else {
-                return Err(EFAULT);
-            };
+        // Every returned page comes with a reference: own them all before anything can
+        // fail, so none leaks.
+        let mut batch: [Option<PageRef>; GUP_BATCH] = [const { None }; GUP_BATCH];
+        for (slot, &page) in batch.iter_mut().zip(&got[..r as usize]) {
             // SAFETY: GUP returned the page with one reference we now own.
-            let page = unsafe { PageRef::from_raw(page) };
+            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
+        }
+        if batch[..r as usize].iter().any(|p| p.is_none()) {
+            return Err(EFAULT);
+        }
+        if data.len().saturating_add(r as usize) > MAX_SNAPSHOT_PAGES {
+            pr_info!("capture: more than {} pages: refused\n", MAX_SNAPSHOT_PAGES);
+            return Err(E2BIG);
+        }
+        for (i, page) in batch.into_iter().flatten().enumerate() {
+            // A snapshot is immutable: a page anyone may still write (page cache of a
+            // file, shmem, memfd, shared anonymous memory) is copied now; anonymous
+            // pages are written only through copy-on-write, which our reference forces,
+            // and a snapshot file's pages never change.
+            let page = if page.is_anon() || source_desc.is_some() {
+                page
+            } else {
+                page.copy()?
+            };
             let vma_page = p + i as u64;
             let data_page = data.len() as u64;
             data.push(page, GFP_KERNEL)?;

@@ -46,7 +46,7 @@ impl MiscDevice {
                 v.open = Some(open);
                 v.release = Some(release);
                 v.unlocked_ioctl = Some(ioctl);
-                v.compat_ioctl = Some(ioctl);
+                v.compat_ioctl = Some(compat_ioctl);
                 // SAFETY: `f` is valid for writing.
                 unsafe { f.write(v) };
             }),
@@ -129,6 +129,25 @@ unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> i
         Ok(v) => v,
         Err(e) => e.to_errno() as isize,
     }
+}
+
+/// `file_operations::compat_ioctl`: 32-bit callers. The argument structs have the same
+/// layout for them (fixed-size integers, explicit padding, pointers as `u64`), but a
+/// 32-bit process can neither be captured nor become a child of a 64-bit seed: the
+/// fork commands are refused.
+unsafe extern "C" fn compat_ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
+    let (_, _, nr, _) = abi::decode(cmd);
+    if matches!(
+        cmd_nr(nr),
+        Cmd::ForkCapture | Cmd::ForkResume | Cmd::ForkClaim
+    ) {
+        log_rejected(format_args!(
+            "fork command {cmd:#x} from a 32-bit process (EOPNOTSUPP)"
+        ));
+        return crate::errno::eopnotsupp().to_errno() as isize;
+    }
+    // SAFETY: as for `ioctl`; on x86-64 a compat pointer is the zero-extended value.
+    unsafe { ioctl(file, cmd, arg) }
 }
 
 /// Dispatches one ioctl; the value is the syscall's return value.

@@ -127,7 +127,8 @@ pub(crate) enum Special {
     None,
     Vdso,
     Vvar,
-    /// Another `VM_IO`/`VM_PFNMAP` mapping: cannot be captured.
+    /// Another `VM_IO`/`VM_PFNMAP`/`VM_MIXEDMAP` mapping (device memory): never
+    /// captured.
     Other,
 }
 
@@ -156,7 +157,7 @@ impl VmaView {
             )
         };
         let mut special = Special::None;
-        if flags & (bindings::VM_IO | bindings::VM_PFNMAP) as u64 != 0 {
+        if flags & (bindings::VM_IO | bindings::VM_PFNMAP | bindings::VM_MIXEDMAP) as u64 != 0 {
             special = Special::Other;
         }
         if file.is_null() && !ops.is_null() {

@@ -38,12 +38,15 @@ const SNAPSHOT_FS_MAGIC: u64 = 0x4D53_4E46;
 /// Most snapshots with live children on this host at once.
 const MAX_CACHED: usize = 1024;
 
-/// Which snapshot an inode holds.
+/// Which snapshot an inode holds. The secret is part of it: ids restart when a parent
+/// reloads its module, secrets are random per snapshot, so a new snapshot with an old
+/// id never maps the old one's memory.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct PagerKey {
     pub(crate) addr: u32,
     pub(crate) port: u16,
     pub(crate) id: u64,
+    pub(crate) secret: [u8; 16],
 }
 
 /// The open of a snapshot at its parent.
@@ -120,6 +123,11 @@ impl Pager {
 
     pub(crate) fn descriptor(&self) -> Result<Descriptor<'_>> {
         Descriptor::parse_validated(&self.desc).map_err(|_| EINVAL)
+    }
+
+    /// Whether a reconnect failed: new resumes must not share this pager.
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
     }
 
     /// Region offset of the snapshot page at seed address `addr`, or `None` for a hole.
@@ -373,13 +381,18 @@ unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
     }
     // SAFETY: produced by `Arc::into_raw` in `SnapshotFs::create`.
     let pager = unsafe { Arc::from_raw(raw) };
+    // The module is loaded while our superblock exists (see `Mount`), so its state is.
+    let fs = crate::state::try_get().map(|s| s.snapshot_fs());
+    // Out of the cache before the pager goes: lookups read cached inodes' pagers under
+    // the cache lock.
+    if let Some(fs) = fs {
+        fs.forget(inode);
+    }
     // The last reference: dropping the pager closes the remote open.
     drop(pager);
-    // The module is loaded while our superblock exists (see `Mount`), so its state is.
-    if let Some(fs) = crate::state::try_get() {
-        fs.snapshot_fs().forget(inode);
+    if let Some(fs) = fs {
         // The inode's pin, taken in `SnapshotFs::create`.
-        fs.snapshot_fs().unpin();
+        fs.unpin();
     }
 }
 
@@ -545,13 +558,29 @@ impl SnapshotFs {
         unsafe { bindings::mntput(mnt) };
     }
 
-    /// The inode of snapshot `key` with a reference, if a child on this host maps it.
+    /// The inode of snapshot `key` with a reference, if a child on this host maps it
+    /// and its pager is healthy (one whose reconnect failed serves its current
+    /// children's faults no more: a new resume gets a fresh inode and open).
     pub(crate) fn lookup(&self, key: PagerKey) -> Option<NonNull<bindings::inode>> {
-        let cache = self.cache.lock();
-        let &(_, inode) = cache.iter().find(|(k, _)| *k == key)?;
-        // SAFETY: cached inodes are live (type invariant); `igrab` fails on one being
-        // freed.
-        NonNull::new(unsafe { bindings::igrab(inode) })
+        Self::find_live(&self.cache.lock(), key)
+    }
+
+    fn find_live(
+        cache: &KVec<(PagerKey, *mut bindings::inode)>,
+        key: PagerKey,
+    ) -> Option<NonNull<bindings::inode>> {
+        cache
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .find_map(|&(_, inode)| {
+                // SAFETY: cached inodes are live (type invariant), so is their pager until
+                // eviction, which removes them from the cache first under its lock.
+                if unsafe { pager_of(inode) }.is_dead() {
+                    return None;
+                }
+                // SAFETY: as above; `igrab` fails on an inode being freed.
+                NonNull::new(unsafe { bindings::igrab(inode) })
+            })
     }
 
     fn forget(&self, inode: *mut bindings::inode) {
@@ -564,15 +593,11 @@ impl SnapshotFs {
         let key = pager.key;
         let mut cache = self.cache.lock();
         // Another child of the same snapshot may have got here first: share its inode.
-        if let Some(&(_, inode)) = cache.iter().find(|(k, _)| *k == key) {
-            // SAFETY: cached inodes are live (type invariant); `igrab` fails on one
-            // being freed.
-            if let Some(inode) = NonNull::new(unsafe { bindings::igrab(inode) }) {
-                drop(cache);
-                // Ours is not needed: dropping it closes its remote open.
-                drop(pager);
-                return Ok(inode);
-            }
+        if let Some(inode) = Self::find_live(&cache, key) {
+            drop(cache);
+            // Ours is not needed: dropping it closes its remote open.
+            drop(pager);
+            return Ok(inode);
         }
         if cache.len() >= MAX_CACHED {
             return Err(ENOSPC);

@@ -76,6 +76,7 @@ fn resume_inner(
         addr: a.peer_addr,
         port,
         id: a.snapshot_id,
+        secret: a.secret,
     };
     let fs = state::get().snapshot_fs();
     let (conn, _) = state::get().connection_to(a.peer_addr, port, timeout_ms)?;

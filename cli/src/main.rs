@@ -7,8 +7,8 @@
 //! mitosis region destroy ID
 //! mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
 //!              [--length B] [--batch PAGES] [--timeout-ms MS]
-//! mitosis resume HANDLE [--eager] [--timeout-ms MS]
-//! mitosis release HANDLE [--force]
+//! mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS]
+//! mitosis release HANDLE|-|@FILE [--force]
 //! ```
 //! `resume` is the lean launcher: this process becomes a child of the snapshot (same
 //! pid, credentials, namespaces, cgroup and open files) and never returns here.
@@ -27,8 +27,8 @@ const USAGE: &str = "usage:
   mitosis region destroy ID
   mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
                [--length B] [--batch PAGES] [--timeout-ms MS]
-  mitosis resume HANDLE [--eager] [--timeout-ms MS]
-  mitosis release HANDLE [--force]
+  mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS]
+  mitosis release HANDLE|-|@FILE [--force]
 HANDLE is IP:PORT/ID/SECRET as printed by the program that prepared the snapshot.";
 
 /// A failure with its exit code.
@@ -328,11 +328,29 @@ fn cmd_read(args: &[String]) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The snapshot handle: the argument, or with `-` the first line of stdin, or with
+/// `@PATH` the first line of a file (a handle carries the secret: on a command line it
+/// is visible to every user in `ps` and `/proc/PID/cmdline`).
 fn handle_arg(rest: &[String], cmd: &str) -> Result<SnapshotHandle, Fail> {
-    match rest {
-        [h] => h.parse().map_err(|e: std::io::Error| usage(e.to_string())),
-        _ => Err(usage(format!("{cmd} takes one HANDLE"))),
-    }
+    let text = match rest {
+        [h] if h == "-" => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| usage(format!("reading the handle from stdin: {e}")))?;
+            line
+        }
+        [h] if h.starts_with('@') => std::fs::read_to_string(&h[1..])
+            .map_err(|e| usage(format!("reading the handle from {}: {e}", &h[1..])))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        [h] => h.clone(),
+        _ => return Err(usage(format!("{cmd} takes one HANDLE (or - or @FILE)"))),
+    };
+    text.parse()
+        .map_err(|e: std::io::Error| usage(e.to_string()))
 }
 
 /// Becomes a child of the snapshot; returns only on failure.
@@ -431,5 +449,18 @@ mod tests {
             .unwrap();
         assert_eq!(rest, vec!["create"]);
         assert_eq!(o.size("--size").ok().flatten(), Some(4096));
+    }
+
+    #[test]
+    fn handles_from_a_file_keep_the_secret_off_the_command_line() {
+        let h = "10.0.0.1:18515/7/00112233445566778899aabbccddeeff";
+        let path = std::env::temp_dir().join(format!("mitosis-handle-{}", std::process::id()));
+        std::fs::write(&path, format!("{h}\nignored\n")).unwrap();
+        let arg = vec![format!("@{}", path.display())];
+        let parsed = handle_arg(&arg, "resume").ok().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(parsed.to_string(), h);
+        assert!(handle_arg(&["@/nonexistent/handle".to_string()], "resume").is_err());
+        assert!(handle_arg(&[], "resume").is_err());
     }
 }

@@ -359,9 +359,74 @@ fn restore_vdso(a: &abi::ForkCaptureArgs) -> io::Result<()> {
     move_mapping(vdso, a.seed_vdso, a.vdso_len)
 }
 
+/// Process attributes a forked child inherits from its parent but a resumed child
+/// would otherwise take from its launcher, recorded by the parent before the seed is
+/// forked (so they are in the snapshot) and applied in the child.
+struct Inherited {
+    /// `comm` (what `ps` shows), NUL-terminated.
+    comm: [u8; 16],
+    umask: libc::mode_t,
+    /// The working directory, re-entered by path if it exists in the child's root.
+    cwd: Option<std::ffi::CString>,
+}
+
+impl Inherited {
+    fn record() -> Self {
+        let mut comm = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes; `umask` is read by setting it
+        // and restoring it at once (single-threaded: the library refuses otherwise).
+        let umask = unsafe {
+            libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr());
+            let u = libc::umask(0o022);
+            libc::umask(u);
+            u
+        };
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok());
+        Inherited { comm, umask, cwd }
+    }
+
+    /// In the child: the parent's name, umask and directory; no interval timers and no
+    /// pending signals of the launcher (a forked child starts with neither). Signals
+    /// are all blocked here, so the pending ones can be taken off one by one.
+    fn apply(&self) {
+        // SAFETY: plain system calls on this process's own attributes; `comm` is
+        // NUL-terminated (PR_GET_NAME), `cwd` a C string.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, self.comm.as_ptr());
+            libc::umask(self.umask);
+            if let Some(dir) = &self.cwd {
+                libc::chdir(dir.as_ptr());
+            }
+            let off: libc::itimerval = std::mem::zeroed();
+            for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+                libc::setitimer(which, &off, std::ptr::null_mut());
+            }
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            let now: libc::timespec = std::mem::zeroed();
+            if libc::sigpending(&mut pending) == 0 {
+                for sig in 1..libc::SIGRTMAX() {
+                    if libc::sigismember(&pending, sig) == 1 {
+                        let mut one: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut one);
+                        libc::sigaddset(&mut one, sig);
+                        while libc::sigtimedwait(&one, std::ptr::null_mut(), &now) == sig {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The child's first steps (see the module docs); returns what it learned. The
 /// caller's `errno` is the seed's at the prepare call, as after `fork()`.
-fn child_start(m: &Mitosis, a: &abi::ForkCaptureArgs, old_mask: &libc::sigset_t) -> Forked {
+fn child_start(
+    m: &Mitosis,
+    a: &abi::ForkCaptureArgs,
+    old_mask: &libc::sigset_t,
+    inherited: &Inherited,
+) -> Forked {
     if restore_vdso(a).is_err() {
         // No usable vDSO: the C library would crash on the first clock read.
         // SAFETY: terminating the process is always sound.
@@ -371,6 +436,7 @@ fn child_start(m: &Mitosis, a: &abi::ForkCaptureArgs, old_mask: &libc::sigset_t)
     let saved_errno = unsafe { *libc::__errno_location() };
     let first = monotonic_ns();
     m.reattach();
+    inherited.apply();
     // SAFETY: `old_mask` is the mask saved before the seed blocked signals.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut()) };
     // SAFETY: as above.
@@ -431,6 +497,7 @@ impl Mitosis {
             return Err(io::Error::new(e.kind(), format!("pipe2: {e}")));
         }
         let (rd, wr) = (pipe[0], pipe[1]);
+        let inherited = Inherited::record();
         // SAFETY: zeroed sigset_t is a valid (empty) set, then filled.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -452,7 +519,7 @@ impl Mitosis {
             let r = unsafe { capture(self.fd(), &mut a) };
             if r == 0 {
                 // A child resumed from this snapshot.
-                return Ok(child_start(self, &a, &old));
+                return Ok(child_start(self, &a, &old, &inherited));
             }
             // Still here: the capture failed (a captured seed never gets back).
             let report = SeedReport {

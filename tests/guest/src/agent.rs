@@ -5,10 +5,14 @@
 //! create SIZE SEED   -> ok ID SECRET | err ERRNO
 //! destroy ID         -> ok | err ERRNO
 //! sh COMMAND...      -> ok EXIT_STATUS
+//! prepare            -> ok HANDLE (a snapshot of the agent; its children exit 42)
 //! quit               -> ok (and the agent exits)
 //! ```
 
-use mitosis::{format_secret, Mitosis};
+use mitosis::{format_secret, Forked, Mitosis};
+
+/// Exit status of a child resumed from the agent's snapshot (`prepare`).
+pub const RESUMED_AGENT_EXIT: i32 = 42;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Command, ExitCode};
@@ -47,6 +51,13 @@ fn handle(line: &str) -> (String, bool) {
                 Err(e) => (format!("err {}", errno_of(&e)), false),
             }
         }
+        // Snapshots this agent (a small, real seed for the adversarial scenario). A
+        // child resumed from it exits at once with status 42.
+        ["prepare"] => match Mitosis::open().and_then(|m| m.fork_prepare()) {
+            Ok(Forked::Parent(p)) => (format!("ok {}", p.handle), false),
+            Ok(Forked::Child(_)) => std::process::exit(RESUMED_AGENT_EXIT),
+            Err(e) => (format!("err {}", errno_of(&e)), false),
+        },
         ["quit"] => ("ok".into(), true),
         _ => ("err 22".into(), false),
     }

@@ -93,13 +93,13 @@ pub fn local(r: &mut Report, device: &str) {
 }
 
 /// Talks to the agent on A.
-struct Agent {
+pub(crate) struct Agent {
     out: TcpStream,
     input: BufReader<TcpStream>,
 }
 
 impl Agent {
-    fn connect(peer: Ipv4Addr, port: u16) -> std::io::Result<Agent> {
+    pub(crate) fn connect(peer: Ipv4Addr, port: u16) -> std::io::Result<Agent> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match TcpStream::connect_timeout(&(peer, port).into(), Duration::from_secs(2)) {
@@ -116,7 +116,7 @@ impl Agent {
         }
     }
 
-    fn call(&mut self, line: &str) -> Result<Vec<String>, String> {
+    pub(crate) fn call(&mut self, line: &str) -> Result<Vec<String>, String> {
         writeln!(self.out, "{line}").map_err(|e| e.to_string())?;
         let mut reply = String::new();
         self.input
@@ -129,14 +129,14 @@ impl Agent {
         }
     }
 
-    fn create(&mut self, size: u64, seed: u64) -> Result<RegionId, String> {
+    pub(crate) fn create(&mut self, size: u64, seed: u64) -> Result<RegionId, String> {
         let w = self.call(&format!("create {size} {seed}"))?;
         let id = w.first().and_then(|s| s.parse().ok()).ok_or("bad id")?;
         let secret = w.get(1).and_then(|s| parse_secret(s)).ok_or("bad secret")?;
         Ok(RegionId { id, secret })
     }
 
-    fn sh(&mut self, cmd: &str) -> Result<i32, String> {
+    pub(crate) fn sh(&mut self, cmd: &str) -> Result<i32, String> {
         let w = self.call(&format!("sh {cmd}"))?;
         w.first()
             .and_then(|s| s.parse().ok())

@@ -49,6 +49,10 @@ const SEED_DIRTY: u64 = 17;
 const SEED_STACK: u64 = 18;
 pub const SEED_MAP: u64 = 19;
 const SEED_SWAP: u64 = 20;
+const SEED_SHARED: u64 = 21;
+/// The seed's umask (the launchers' is 022).
+const SEED_UMASK: libc::mode_t = 0o027;
+const SEED_MEMFD: u64 = 22;
 const SWAP_PAGES: usize = 64;
 
 thread_local! {
@@ -112,6 +116,10 @@ pub struct World {
     /// process had in swap then.
     swapped: *mut u8,
     swapped_kib: u64,
+    /// `MAP_SHARED | MAP_ANONYMOUS` and memfd memory: the parent writes both after
+    /// prepare (and the seed file on disk); children must see the snapshot's content.
+    shared: *mut u8,
+    memfd: *mut u8,
 }
 
 impl World {
@@ -138,6 +146,8 @@ impl World {
                 file: none,
                 swapped: none,
                 swapped_kib: 0,
+                shared: none,
+                memfd: none,
             };
         }
         let sparse = map_sparse();
@@ -163,6 +173,16 @@ impl World {
         // SAFETY: advice on our own mapping: reclaim it now (to swap, if there is one).
         unsafe { libc::madvise(swapped as *mut _, SWAP_PAGES * PAGE, libc::MADV_PAGEOUT) };
         let swapped_kib = status_kib("VmSwap:");
+        // Attributes a forked child keeps from its parent; a remote child must too,
+        // not take its launcher's (`mitosis resume` runs as "mitosis" in B's root
+        // with umask 022).
+        // SAFETY: plain process attribute changes.
+        unsafe { libc::umask(SEED_UMASK) };
+        let _ = std::env::set_current_dir("/tmp");
+        let shared = map_anon_shared(SMALL_PAGES * PAGE);
+        fill(shared, SMALL_PAGES * PAGE, SEED_SHARED, 0);
+        let memfd = map_memfd(SMALL_PAGES * PAGE);
+        fill(memfd, SMALL_PAGES * PAGE, SEED_MEMFD, 0);
         TLS_VALUE.with(|v| v.set(TLS_MAGIC));
         // SAFETY: installing a plain handler that only touches an atomic.
         unsafe {
@@ -181,6 +201,8 @@ impl World {
             file,
             swapped,
             swapped_kib,
+            shared,
+            memfd,
         }
     }
 
@@ -205,6 +227,55 @@ impl World {
         // SAFETY: first touched page of the sparse region.
         unsafe { *(self.sparse as *mut u64) = 0xdead };
         TLS_VALUE.with(|v| v.set(1));
+        if !self.shared.is_null() {
+            // SAFETY: our own shared mappings, SMALL_PAGES pages each.
+            unsafe {
+                std::ptr::write_bytes(self.shared, 0xAB, SMALL_PAGES * PAGE);
+                std::ptr::write_bytes(self.memfd, 0xCD, SMALL_PAGES * PAGE);
+            }
+            // The file behind the private mapping's clean pages changes too.
+            use std::os::unix::fs::FileExt;
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(FILE_PATH) {
+                let _ = f.write_all_at(&vec![0xEEu8; PAGE], PAGE as u64);
+            }
+        }
+    }
+}
+
+/// Shared anonymous memory (shmem underneath).
+fn map_anon_shared(len: usize) -> *mut u8 {
+    // SAFETY: a fresh shared mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED);
+    p as *mut u8
+}
+
+/// A memfd mapped shared (the descriptor is closed; the mapping keeps it).
+fn map_memfd(len: usize) -> *mut u8 {
+    // SAFETY: plain syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::memfd_create(c"mitosis-seed".as_ptr(), 0);
+        assert!(fd >= 0 && libc::ftruncate(fd, len as i64) == 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        libc::close(fd);
+        assert!(p != libc::MAP_FAILED);
+        p as *mut u8
     }
 }
 
@@ -529,6 +600,36 @@ fn verify_child(r: &mut Report, w: &World, stack: &[u64; STACK_WORDS], resumed: 
         "rf-child-madv-dontneed-reads-snapshot",
         dontneed == 0 && back.is_none(),
         format!("madvise {dontneed}, first word differing from the snapshot {back:?}"),
+        &[],
+    );
+    let mut comm = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes; umask is read and put back.
+    let umask = unsafe {
+        libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr());
+        let u = libc::umask(0);
+        libc::umask(u);
+        u
+    };
+    let comm = String::from_utf8_lossy(&comm[..comm.iter().position(|&b| b == 0).unwrap_or(16)])
+        .into_owned();
+    let cwd = std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    r.check(
+        "rf-child-inherits-process-attributes",
+        comm == "mitosis-test" && umask == SEED_UMASK && cwd == "/tmp",
+        format!(
+            "comm {comm:?}, umask {umask:o}, cwd {cwd:?} (want the seed's: mitosis-test, 27, /tmp)"
+        ),
+        &[],
+    );
+    // Shared memory is copied at prepare: the parent's later writes are not seen.
+    let shared_bad = first_bad(w.shared, SMALL_PAGES * PAGE, SEED_SHARED, 0);
+    let memfd_bad = first_bad(w.memfd, SMALL_PAGES * PAGE, SEED_MEMFD, 0);
+    r.check(
+        "rf-child-shared-memory-frozen",
+        shared_bad.is_none() && memfd_bad.is_none(),
+        format!("MAP_SHARED anonymous: first bad {shared_bad:?}; memfd: first bad {memfd_bad:?}"),
         &[],
     );
     let swap_bad = first_bad(w.swapped, SWAP_PAGES * PAGE, SEED_SWAP, 0);

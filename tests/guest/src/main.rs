@@ -15,11 +15,19 @@
 //! mitosis-test bench-parent [--sizes 1,64,1024] [--burst 8]  make bench, guest A
 //! mitosis-test bench-remote --peer IP [--burst 8]            make bench, guest B
 //! mitosis-test bench-cold --mib N           cold start of the benchmark program
+//! mitosis-test adversarial --peer IP        on guest B: hostile peers and parents
+//!                                           against A (see adversarial.rs)
+//! mitosis-test ioctl-fuzz [N] [SEED]        N random ioctls on this guest's module
+//! mitosis-test fault-inject prepare|resume [HANDLE]
+//!                                           allocation failures injected over them
+//! mitosis-test resume-expect HANDLE ERRNO|child
+//!                                           resume; exit 0 if refused with ERRNO
 //! ```
 //! Every check prints one `MITOSIS-RESULT {json}` line; the exit status is non-zero if
 //! any check failed.
 
 mod abi_checks;
+mod adversarial;
 mod agent;
 mod bench;
 mod driver;
@@ -141,6 +149,39 @@ fn main() -> ExitCode {
             return finish(&report, code);
         }
         Some("bench-cold") => return bench::cold(num(&args, "--mib", 1)),
+        Some("adversarial") => {
+            let Some(peer) = peer_arg(&args) else {
+                return ExitCode::from(2);
+            };
+            let Some(me) = std::env::var("MIP").ok().and_then(|a| a.parse().ok()) else {
+                eprintln!("mitosis-test adversarial: MIP (this guest's address) not set");
+                return ExitCode::from(2);
+            };
+            let code = adversarial::drive(&mut report, peer, me);
+            return finish(&report, code);
+        }
+        Some("ioctl-fuzz") => {
+            let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+            let seed = args
+                .get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0x6d69_746f);
+            return adversarial::ioctl_fuzz(n, seed);
+        }
+        Some("fault-inject") => {
+            let Some(what) = args.get(1) else {
+                return ExitCode::from(2);
+            };
+            let code =
+                adversarial::fault_inject(&mut report, what, args.get(2).map(String::as_str));
+            return finish(&report, code);
+        }
+        Some("resume-expect") => {
+            let (Some(h), Some(want)) = (args.get(1), args.get(2)) else {
+                return ExitCode::from(2);
+            };
+            return adversarial::resume_expect(h, want);
+        }
         Some("launch-with-vdso-at") => {
             let (Some(addr), Some(h)) = (args.get(1).and_then(|a| a.parse().ok()), args.get(2))
             else {

@@ -1,0 +1,541 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hostile-peer: a misbehaving Mitosis peer for the adversarial scenario, written with
+ * user-space rdma-core (librdmacm + libibverbs on rxe), i.e. what anyone on the RDMA
+ * network can run without a secret or the module.
+ *
+ *   hostile-peer flood ADDR PORT N HOLD_MS
+ *       N connection requests that never complete the handshake (no QP, no RTU),
+ *       held for HOLD_MS. Prints how many the module answered and how many it
+ *       refused.
+ *   hostile-peer garbage ADDR PORT REGION_ID SECRET_HEX WRONG_TRIES
+ *       One connection: malformed and truncated control messages, a reply nobody
+ *       asked for, WRONG_TRIES opens with wrong secrets, an unknown id, then a
+ *       correct open and a READ with its key, a READ with a guessed key, and (on a
+ *       new connection) a READ with a key after its open was closed.
+ *   hostile-peer serve PORT FILE [silent]
+ *       A parent: accepts one connection at a time and answers every open with
+ *       FILE as the region (descriptor first, as the module lays snapshots out),
+ *       registered for remote READ. With `silent`, accepts and never answers.
+ *
+ * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
+ * observed is what a hardened module must do (refusals, no answers to garbage).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <rdma/rdma_cma.h>
+#include <rdma/rdma_verbs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The wire format of abi/src/wire.rs. */
+#define MSG_SIZE 4096
+#define WIRE_MAGIC 0x4D49544Fu
+#define WIRE_VERSION 2
+#define HDR_LEN 24
+enum { K_OPEN = 1, K_OPEN_REPLY = 2, K_CLOSE = 3 };
+
+#define NRECV 16
+#define PAGE 4096
+
+static void die(const char *what)
+{
+	fprintf(stderr, "hostile-peer: %s: %s\n", what, strerror(errno));
+	exit(2);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
+static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = v >> (8 * i); }
+static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = v >> (8 * i); }
+static uint32_t get32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+static size_t header(uint8_t *b, uint16_t kind, uint64_t seq, int32_t status, uint32_t body)
+{
+	put32(b, WIRE_MAGIC);
+	put16(b + 4, WIRE_VERSION);
+	put16(b + 6, kind);
+	put64(b + 8, seq);
+	put32(b + 16, (uint32_t)status);
+	put32(b + 20, body);
+	return HDR_LEN;
+}
+
+/* Waits (bounded) for the next CM event on `ec`; returns its type, or -1. */
+static int next_event(struct rdma_event_channel *ec, int timeout_ms, struct rdma_cm_event **out)
+{
+	struct pollfd p = { .fd = ec->fd, .events = POLLIN };
+
+	if (poll(&p, 1, timeout_ms) <= 0)
+		return -1;
+	if (rdma_get_cm_event(ec, out))
+		return -1;
+	return (*out)->event;
+}
+
+static int expect_event(struct rdma_event_channel *ec, int want, int timeout_ms)
+{
+	struct rdma_cm_event *ev;
+	int got = next_event(ec, timeout_ms, &ev);
+
+	if (got >= 0)
+		rdma_ack_cm_event(ev);
+	return got == want ? 0 : (got < 0 ? -ETIMEDOUT : -got - 1000);
+}
+
+/* One RC connection with receive buffers, a send buffer and a READ buffer. */
+struct conn {
+	struct rdma_event_channel *ec;
+	struct rdma_cm_id *id;
+	struct ibv_pd *pd;
+	struct ibv_cq *cq;
+	uint8_t *bufs; /* NRECV receive pages, one send page, one READ page */
+	struct ibv_mr *mr;
+	uint64_t seq;
+	/* A receive that completed while waiting for something else. */
+	int pending_slot, pending_len;
+};
+
+static uint8_t *recv_buf(struct conn *c, int i) { return c->bufs + (size_t)i * MSG_SIZE; }
+static uint8_t *send_buf(struct conn *c) { return c->bufs + (size_t)NRECV * MSG_SIZE; }
+static uint8_t *read_buf(struct conn *c) { return c->bufs + (size_t)(NRECV + 1) * MSG_SIZE; }
+
+static int post_recv(struct conn *c, int i)
+{
+	struct ibv_sge sge = { (uintptr_t)recv_buf(c, i), MSG_SIZE, c->mr->lkey };
+	struct ibv_recv_wr wr = { .wr_id = i, .sg_list = &sge, .num_sge = 1 }, *bad;
+
+	return ibv_post_recv(c->id->qp, &wr, &bad);
+}
+
+/* PD, CQ, QP and buffers on `id`'s device, receives posted. */
+static int setup_qp(struct conn *c)
+{
+	struct ibv_qp_init_attr attr = { 0 };
+
+	c->pd = ibv_alloc_pd(c->id->verbs);
+	c->cq = ibv_create_cq(c->id->verbs, 64, NULL, NULL, 0);
+	if (!c->pd || !c->cq)
+		return -1;
+	attr.send_cq = attr.recv_cq = c->cq;
+	attr.cap.max_send_wr = 32;
+	attr.cap.max_recv_wr = NRECV;
+	attr.cap.max_send_sge = attr.cap.max_recv_sge = 1;
+	attr.qp_type = IBV_QPT_RC;
+	attr.sq_sig_all = 1;
+	if (rdma_create_qp(c->id, c->pd, &attr))
+		return -1;
+	c->bufs = aligned_alloc(PAGE, (size_t)(NRECV + 2) * MSG_SIZE);
+	if (!c->bufs)
+		return -1;
+	memset(c->bufs, 0, (size_t)(NRECV + 2) * MSG_SIZE);
+	c->mr = ibv_reg_mr(c->pd, c->bufs, (size_t)(NRECV + 2) * MSG_SIZE, IBV_ACCESS_LOCAL_WRITE);
+	if (!c->mr)
+		return -1;
+	for (int i = 0; i < NRECV; i++)
+		if (post_recv(c, i))
+			return -1;
+	c->pending_slot = -1;
+	c->seq = 1;
+	return 0;
+}
+
+static void conn_free(struct conn *c)
+{
+	if (c->id) {
+		rdma_disconnect(c->id);
+		if (c->id->qp)
+			rdma_destroy_qp(c->id);
+	}
+	if (c->mr)
+		ibv_dereg_mr(c->mr);
+	if (c->cq)
+		ibv_destroy_cq(c->cq);
+	if (c->pd)
+		ibv_dealloc_pd(c->pd);
+	if (c->id)
+		rdma_destroy_id(c->id);
+	if (c->ec)
+		rdma_destroy_event_channel(c->ec);
+	free(c->bufs);
+	memset(c, 0, sizeof(*c));
+}
+
+static int resolve(struct conn *c, const char *addr, int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+
+	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+		return -1;
+	c->ec = rdma_create_event_channel();
+	if (!c->ec || rdma_create_id(c->ec, &c->id, NULL, RDMA_PS_TCP))
+		return -1;
+	if (rdma_resolve_addr(c->id, NULL, (struct sockaddr *)&sa, 2000) ||
+	    expect_event(c->ec, RDMA_CM_EVENT_ADDR_RESOLVED, 3000))
+		return -1;
+	if (rdma_resolve_route(c->id, 2000) ||
+	    expect_event(c->ec, RDMA_CM_EVENT_ROUTE_RESOLVED, 3000))
+		return -1;
+	return 0;
+}
+
+/* A full client connection to the module's listener. */
+static int connect_full(struct conn *c, const char *addr, int port)
+{
+	struct rdma_conn_param p = { .responder_resources = 16, .initiator_depth = 16,
+				     .retry_count = 7, .rnr_retry_count = 7 };
+
+	memset(c, 0, sizeof(*c));
+	if (resolve(c, addr, port) || setup_qp(c) || rdma_connect(c->id, &p))
+		return -1;
+	return expect_event(c->ec, RDMA_CM_EVENT_ESTABLISHED, 5000);
+}
+
+/* Polls one completion (bounded); receives that are not awaited are kept. */
+static int poll_one(struct conn *c, struct ibv_wc *wc, int timeout_ms)
+{
+	uint64_t end = now_ms() + timeout_ms;
+
+	while (now_ms() < end) {
+		int n = ibv_poll_cq(c->cq, 1, wc);
+
+		if (n < 0)
+			return -1;
+		if (n == 1)
+			return 0;
+		usleep(200);
+	}
+	return -ETIMEDOUT;
+}
+
+static int send_msg(struct conn *c, const uint8_t *msg, size_t len)
+{
+	struct ibv_sge sge = { (uintptr_t)send_buf(c), (uint32_t)len, c->mr->lkey };
+	struct ibv_send_wr wr = { .wr_id = 1000, .sg_list = &sge, .num_sge = 1,
+				  .opcode = IBV_WR_SEND }, *bad;
+	struct ibv_wc wc;
+
+	if (msg != send_buf(c))
+		memcpy(send_buf(c), msg, len);
+	if (ibv_post_send(c->id->qp, &wr, &bad))
+		return -1;
+	for (;;) {
+		if (poll_one(c, &wc, 5000))
+			return -ETIMEDOUT;
+		if (wc.opcode & IBV_WC_RECV) {
+			if (wc.status == IBV_WC_SUCCESS) {
+				c->pending_slot = wc.wr_id;
+				c->pending_len = wc.byte_len;
+			}
+			continue;
+		}
+		return wc.status == IBV_WC_SUCCESS ? 0 : -EIO;
+	}
+}
+
+/* The next received message (bounded wait); returns its slot, length in *len. */
+static int recv_msg(struct conn *c, int *len, int timeout_ms)
+{
+	struct ibv_wc wc;
+
+	if (c->pending_slot >= 0) {
+		int s = c->pending_slot;
+
+		c->pending_slot = -1;
+		*len = c->pending_len;
+		return s;
+	}
+	for (;;) {
+		if (poll_one(c, &wc, timeout_ms))
+			return -ETIMEDOUT;
+		if (!(wc.opcode & IBV_WC_RECV))
+			continue;
+		if (wc.status != IBV_WC_SUCCESS)
+			return -EIO;
+		*len = wc.byte_len;
+		return wc.wr_id;
+	}
+}
+
+/* One READ of a page at (raddr, rkey); returns the work completion status. */
+static int read_page(struct conn *c, uint64_t raddr, uint32_t rkey)
+{
+	struct ibv_sge sge = { (uintptr_t)read_buf(c), PAGE, c->mr->lkey };
+	struct ibv_send_wr wr = { .wr_id = 2000, .sg_list = &sge, .num_sge = 1,
+				  .opcode = IBV_WR_RDMA_READ }, *bad;
+	struct ibv_wc wc;
+
+	wr.wr.rdma.remote_addr = raddr;
+	wr.wr.rdma.rkey = rkey;
+	if (ibv_post_send(c->id->qp, &wr, &bad))
+		return -1;
+	for (;;) {
+		if (poll_one(c, &wc, 5000))
+			return -ETIMEDOUT;
+		if (wc.wr_id == 2000)
+			return wc.status;
+	}
+}
+
+static void parse_secret(const char *hex, uint8_t secret[16])
+{
+	for (int i = 0; i < 16; i++) {
+		unsigned v = 0;
+
+		if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+			v = 0;
+		secret[i] = v;
+	}
+}
+
+/* Sends an open; returns the reply's status (0 with *rkey set), or an error < -1000. */
+static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], uint32_t *rkey)
+{
+	uint8_t m[HDR_LEN + 24];
+	uint64_t seq = c->seq++;
+	int len, slot, status;
+	uint8_t *r;
+
+	header(m, K_OPEN, seq, 0, 24);
+	put64(m + HDR_LEN, id);
+	memcpy(m + HDR_LEN + 8, secret, 16);
+	if (send_msg(c, m, sizeof(m)))
+		return -1001;
+	slot = recv_msg(c, &len, 5000);
+	if (slot < 0)
+		return -1002;
+	r = recv_buf(c, slot);
+	if (len < HDR_LEN || get32(r) != WIRE_MAGIC || get64(r + 8) != seq)
+		status = -1003;
+	else
+		status = (int32_t)get32(r + 16);
+	if (status == 0 && len >= HDR_LEN + 32)
+		*rkey = get32(r + HDR_LEN + 28);
+	post_recv(c, slot);
+	return status;
+}
+
+static int mode_flood(const char *addr, int port, int n, int hold_ms)
+{
+	struct conn *cs = calloc(n, sizeof(*cs));
+	int answered = 0, refused = 0, other = 0;
+
+	for (int i = 0; i < n; i++) {
+		struct rdma_conn_param p = { .responder_resources = 1, .initiator_depth = 1,
+					     .retry_count = 1, .rnr_retry_count = 1,
+					     .qp_num = 0x100 + i };
+		struct rdma_cm_event *ev;
+		int e;
+
+		if (resolve(&cs[i], addr, port) || rdma_connect(cs[i].id, &p)) {
+			other++;
+			continue;
+		}
+		/* No QP: the module's REP comes back as CONNECT_RESPONSE and we never
+		 * send the RTU (rdma_establish), leaving the module's side half-open. */
+		e = next_event(cs[i].ec, 5000, &ev);
+		if (e >= 0)
+			rdma_ack_cm_event(ev);
+		if (e == RDMA_CM_EVENT_CONNECT_RESPONSE)
+			answered++;
+		else if (e == RDMA_CM_EVENT_REJECTED)
+			refused++;
+		else
+			other++;
+	}
+	usleep(hold_ms * 1000);
+	printf("hostile-peer: RESULT flood=%d answered=%d refused=%d other=%d\n", n, answered,
+	       refused, other);
+	for (int i = 0; i < n; i++)
+		if (cs[i].id)
+			rdma_destroy_id(cs[i].id);
+	return answered + refused == n ? 0 : 1;
+}
+
+static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex, int tries)
+{
+	struct conn c;
+	uint8_t secret[16], wrong[16], m[MSG_SIZE];
+	int eacces = 0, enoent, sent = 0, dummy, ok = 1;
+	uint32_t rkey = 0, rkey2 = 0;
+	int read_ok, guessed, stale;
+
+	parse_secret(hex, secret);
+	if (connect_full(&c, addr, port)) {
+		printf("hostile-peer: RESULT garbage connect-failed\n");
+		return 1;
+	}
+	/* Malformed messages: each must be dropped without an answer. */
+	srand(getpid());
+	for (int i = 0; i < MSG_SIZE; i++)
+		m[i] = rand();
+	sent += !send_msg(&c, m, 1);			/* truncated header */
+	sent += !send_msg(&c, m, MSG_SIZE);		/* noise, full size */
+	header(m, K_OPEN, 7, 0, 24);
+	put32(m, 0xdeadbeef);
+	sent += !send_msg(&c, m, HDR_LEN + 24);		/* bad magic */
+	header(m, 99, 7, 0, 0);
+	sent += !send_msg(&c, m, HDR_LEN);		/* unknown kind */
+	header(m, K_OPEN, 7, 0, 4000);
+	sent += !send_msg(&c, m, HDR_LEN + 24);		/* body length beyond the message */
+	header(m, K_OPEN, 7, 0, 3);
+	sent += !send_msg(&c, m, HDR_LEN + 3);		/* open with a short body */
+	header(m, K_OPEN_REPLY, 7, 0, 0);
+	sent += !send_msg(&c, m, HDR_LEN);		/* a reply nobody asked for */
+	header(m, K_CLOSE, 7, 0, 8);
+	put64(m + HDR_LEN, 0xffffffffffffull);
+	sent += !send_msg(&c, m, HDR_LEN + 8);		/* close of nothing */
+	if (recv_msg(&c, &dummy, 500) >= 0) {
+		printf("hostile-peer: the module answered a malformed message\n");
+		ok = 0;
+	}
+	/* Wrong secrets, then an unknown id. */
+	for (int i = 0; i < tries; i++) {
+		memcpy(wrong, secret, 16);
+		wrong[i % 16] ^= 1 + (i & 0x7f);
+		eacces += open_region(&c, id, wrong, &rkey) == -EACCES;
+	}
+	enoent = open_region(&c, id + 1000000, secret, &rkey) == -ENOENT;
+	/* The right secret: the key works; a guessed one is refused by the device. */
+	read_ok = open_region(&c, id, secret, &rkey) == 0 && read_page(&c, 0, rkey) == IBV_WC_SUCCESS;
+	guessed = read_page(&c, 0, rkey ^ 0x5a5a00) != IBV_WC_SUCCESS;
+	conn_free(&c);
+	/* A key after its open was closed must not work (the QP above is in error now). */
+	stale = 0;
+	if (connect_full(&c, addr, port) == 0 && open_region(&c, id, secret, &rkey2) == 0) {
+		header(m, K_CLOSE, c.seq++, 0, 8);
+		put64(m + HDR_LEN, id);
+		if (!send_msg(&c, m, HDR_LEN + 8)) {
+			usleep(300 * 1000);
+			stale = read_page(&c, 0, rkey2) != IBV_WC_SUCCESS;
+		}
+	}
+	conn_free(&c);
+	printf("hostile-peer: RESULT garbage_sent=%d wrong_secret_eacces=%d/%d unknown_enoent=%d "
+	       "read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
+	       sent, eacces, tries, enoent, read_ok, guessed, stale);
+	return !(ok && sent == 8 && eacces == tries && enoent && read_ok && guessed && stale);
+}
+
+/* Serves FILE as every region, one connection at a time, until killed. */
+static __attribute__((noreturn)) void mode_serve(int port, const char *path, int silent)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct rdma_event_channel *ec = rdma_create_event_channel();
+	struct rdma_cm_id *listen_id;
+	uint8_t *file;
+	size_t len, size;
+	uint32_t info;
+	struct stat st;
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0 || fstat(fd, &st))
+		die(path);
+	len = st.st_size;
+	size = (len + PAGE - 1) / PAGE * PAGE;
+	file = aligned_alloc(PAGE, size);
+	if (!file || read(fd, file, len) != (ssize_t)len)
+		die("read");
+	memset(file + len, 0, size - len);
+	close(fd);
+	info = get32(file + 8); /* the descriptor's length, from its header */
+	if (!ec || rdma_create_id(ec, &listen_id, NULL, RDMA_PS_TCP) ||
+	    rdma_bind_addr(listen_id, (struct sockaddr *)&sa) || rdma_listen(listen_id, 8))
+		die("listen");
+	printf("hostile-peer: serving %zu bytes (descriptor %u) on port %d%s\n", size, info, port,
+	       silent ? ", never answering" : "");
+	fflush(stdout);
+	for (;;) {
+		struct rdma_cm_event *ev;
+		struct conn c = { 0 };
+		struct ibv_mr *data;
+		struct rdma_conn_param p = { .retry_count = 7, .rnr_retry_count = 7 };
+		int served = 0;
+
+		int e = next_event(ec, -1, &ev);
+
+		if (e < 0)
+			continue;
+		if (e != RDMA_CM_EVENT_CONNECT_REQUEST) {
+			rdma_ack_cm_event(ev);
+			continue;
+		}
+		c.id = ev->id;
+		p.responder_resources = ev->param.conn.initiator_depth;
+		p.initiator_depth = ev->param.conn.responder_resources;
+		rdma_ack_cm_event(ev);
+		if (setup_qp(&c)) {
+			rdma_reject(c.id, NULL, 0);
+			continue;
+		}
+		/* I/O addresses from 0: the module reads region offsets. */
+		data = ibv_reg_mr_iova(c.pd, file, size, 0, IBV_ACCESS_REMOTE_READ);
+		if (!data || rdma_accept(c.id, &p))
+			die("accept");
+		/* Serve until the connection goes (its events share the channel). */
+		fcntl(ec->fd, F_SETFL, O_NONBLOCK);
+		for (;;) {
+			int l, s = recv_msg(&c, &l, 20);
+			uint8_t *r, *out;
+
+			if (next_event(ec, 0, &ev) >= 0) {
+				int e = ev->event;
+
+				rdma_ack_cm_event(ev);
+				if (e == RDMA_CM_EVENT_DISCONNECTED || e == RDMA_CM_EVENT_TIMEWAIT_EXIT)
+					break;
+			}
+			if (s < 0)
+				continue;
+			r = recv_buf(&c, s);
+			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
+				out = send_buf(&c);
+				header(out, K_OPEN_REPLY, get64(r + 8), 0, 32);
+				put64(out + HDR_LEN, size);
+				put64(out + HDR_LEN + 8, size);
+				put64(out + HDR_LEN + 16, info);
+				put32(out + HDR_LEN + 24, 1);
+				put32(out + HDR_LEN + 28, data->rkey);
+				send_msg(&c, out, HDR_LEN + 32);
+				served++;
+			}
+			post_recv(&c, s);
+		}
+		printf("hostile-peer: connection closed after %d opens\n", served);
+		fflush(stdout);
+		ibv_dereg_mr(data);
+		c.ec = NULL; /* the listener's */
+		conn_free(&c);
+		fcntl(ec->fd, F_SETFL, 0);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 6 && !strcmp(argv[1], "flood"))
+		return mode_flood(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+	if (argc == 7 && !strcmp(argv[1], "garbage"))
+		return mode_garbage(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 0), argv[5],
+				    atoi(argv[6]));
+	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "serve"))
+		mode_serve(atoi(argv[2]), argv[3], argc == 5 && !strcmp(argv[4], "silent"));
+	fprintf(stderr, "usage: hostile-peer flood ADDR PORT N HOLD_MS | garbage ADDR PORT ID "
+			"SECRET_HEX TRIES | serve PORT FILE [silent]\n");
+	return 2;
+}

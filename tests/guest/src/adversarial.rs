@@ -1,0 +1,816 @@
+//! The adversarial scenario, driven from guest B against the module on guest A (which
+//! runs the agent): what a hostile network peer, a hostile parent and a hostile local
+//! caller can do must end in refusals, bounded waits and a healthy host.
+//!
+//! - network: half-open connection floods (bounded per peer, reaped after the
+//!   handshake timeout), malformed and truncated control messages, opens with wrong
+//!   secrets in a loop (log lines rate-limited), guessed and stale keys; a connect to a
+//!   silent address does not hold up other users;
+//! - parent: `hostile-peer serve` (user-space rdma-core on B) plays a parent serving a
+//!   copy of a real snapshot of A's agent, first unchanged (A's resume must produce a
+//!   child: proof that the harness reaches the module), then with one hostile change
+//!   each (overflowing counts and offsets, addresses outside user space, kernel-only
+//!   signal flags, a malformed rseq, bad FPU images, a bad checksum); each resume on A
+//!   must fail with its errno, the launcher intact; a parent that never answers makes
+//!   the resume time out.
+//!
+//! The hostile peer is `tests/guest/c/hostile_peer.c`.
+
+use crate::agent::RESUMED_AGENT_EXIT;
+use crate::driver::Agent;
+use crate::report::Report;
+use mitosis::{format_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
+use mitosis_abi::ioctl::Pod;
+use mitosis_abi::snapshot::{self, reg, Descriptor, PageRun, TaskState, Vma, TASK_STATE_LEN};
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+/// The module's listener port on A.
+const MODULE_PORT: u16 = 18515;
+/// First port of the hostile parents on B.
+const HOSTILE_PORT: u16 = 18600;
+const HOSTILE_PEER: &str = "/bin/hostile-peer";
+
+/// One hostile change to a real snapshot, and the errno A's resume must fail with
+/// (`None`: the resume must succeed).
+struct Variant {
+    name: &'static str,
+    errno: Option<i32>,
+    change: fn(&mut Parts),
+}
+
+/// A snapshot taken apart: what the descriptor says and the page data after it.
+struct Parts {
+    vmas: Vec<Vma>,
+    runs: Vec<PageRun>,
+    data_pages: u64,
+    st: TaskState,
+    fpu: Vec<u8>,
+    /// Flip a byte of the encoded descriptor (after the header) to break its checksum.
+    corrupt_byte: bool,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "control",
+        errno: None,
+        change: |_| {},
+    },
+    Variant {
+        name: "capture-args-overflow",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.st.capture_args = u64::MAX - 7,
+    },
+    Variant {
+        name: "kernel-ip",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.st.regs[reg::IP] = 0xffff_ffff_8100_0000,
+    },
+    Variant {
+        name: "vma-in-kernel-space",
+        errno: Some(libc::EBADMSG),
+        change: |p| {
+            if let Some(v) = p.vmas.last_mut() {
+                let len = v.end - v.start;
+                v.start = 0xffff_8000_0000_0000;
+                v.end = v.start + len;
+            }
+        },
+    },
+    Variant {
+        name: "data-past-region",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.data_pages += 1 << 20,
+    },
+    Variant {
+        name: "run-data-overflow",
+        errno: Some(libc::EBADMSG),
+        change: |p| {
+            if let Some(r) = p.runs.iter_mut().find(|r| r.kind == snapshot::RUN_PRESENT) {
+                r.data_page = u64::MAX - 1;
+            }
+        },
+    },
+    Variant {
+        name: "sa-immutable",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.st.sigactions[9].flags |= 0x0080_0000,
+    },
+    Variant {
+        name: "rseq-misaligned",
+        errno: Some(libc::EBADMSG),
+        change: |p| {
+            p.st.rseq = if p.st.rseq != 0 {
+                p.st.rseq + 8
+            } else {
+                0x1_0008
+            };
+            p.st.rseq_len = p.st.rseq_len.max(32);
+        },
+    },
+    Variant {
+        name: "args-reversed",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.st.arg_end = p.st.arg_start.saturating_sub(1),
+    },
+    Variant {
+        name: "xsave-supervisor-pasid",
+        errno: Some(libc::EOPNOTSUPP),
+        // Component 10 (PASID, supervisor state) in XSTATE_BV: byte 513, bit 2.
+        change: |p| p.fpu[513] |= 1 << 2,
+    },
+    Variant {
+        name: "xsave-mxcsr-reserved",
+        errno: Some(libc::EOPNOTSUPP),
+        change: |p| p.fpu[24..28].copy_from_slice(&u32::MAX.to_le_bytes()),
+    },
+    Variant {
+        name: "xsave-header-reserved",
+        errno: Some(libc::EOPNOTSUPP),
+        change: |p| p.fpu[540] = 1,
+    },
+    Variant {
+        name: "fpu-short",
+        errno: Some(libc::EOPNOTSUPP),
+        change: |p| {
+            p.fpu.truncate(p.fpu.len() - 64);
+            p.st.fpu_len = p.fpu.len() as u32;
+        },
+    },
+    Variant {
+        name: "bad-checksum",
+        errno: Some(libc::EBADMSG),
+        change: |p| p.corrupt_byte = true,
+    },
+];
+
+/// Takes a snapshot region (descriptor pages, then data pages) apart.
+fn take_apart(region: &[u8]) -> Result<(Parts, &[u8]), String> {
+    let len = region
+        .get(8..12)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .ok_or("short region")?;
+    let d = Descriptor::parse(region.get(..len).ok_or("short region")?)
+        .map_err(|e| format!("descriptor: {e:?}"))?;
+    let vmas = (0..d.n_vmas()).filter_map(|i| d.vma(i)).collect();
+    let runs = (0..d.n_runs()).filter_map(|i| d.run(i)).collect();
+    let st = TaskState::from_bytes(d.state()).ok_or("short state")?;
+    let fpu = d.state()[TASK_STATE_LEN..].to_vec();
+    let data = &region[len.div_ceil(PAGE) * PAGE..];
+    Ok((
+        Parts {
+            vmas,
+            runs,
+            data_pages: d.data_pages,
+            st,
+            fpu,
+            corrupt_byte: false,
+        },
+        data,
+    ))
+}
+
+/// Puts a (changed) snapshot back together as the region a parent would publish.
+fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut state = p.st.as_bytes().to_vec();
+    state.extend_from_slice(&p.fpu);
+    let mut desc = vec![0u8; 64 << 20];
+    let n = snapshot::encode(&p.vmas, &p.runs, p.data_pages, &state, &mut desc)
+        .map_err(|e| format!("encode: {e:?}"))?;
+    desc.truncate(n);
+    if p.corrupt_byte {
+        desc[snapshot::HEADER_LEN + 3] ^= 0x40;
+    }
+    desc.resize(n.div_ceil(PAGE) * PAGE, 0);
+    desc.extend_from_slice(data);
+    Ok(desc)
+}
+
+/// A running `hostile-peer serve`, killed on drop.
+struct HostileParent(Child);
+
+impl HostileParent {
+    fn start(port: u16, file: &str, silent: bool) -> Result<Self, String> {
+        let mut cmd = Command::new(HOSTILE_PEER);
+        cmd.args(["serve", &port.to_string(), file]);
+        if silent {
+            cmd.arg("silent");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{HOSTILE_PEER}: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        print!("{line}");
+        if !line.contains("serving") {
+            let _ = child.kill();
+            return Err(format!("hostile parent did not start: {line:?}"));
+        }
+        Ok(HostileParent(child))
+    }
+}
+
+impl Drop for HostileParent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `hostile-peer ARGS...`; returns its exit status and its RESULT line.
+fn hostile_peer(args: &[&str]) -> (i32, String) {
+    println!("adversarial: hostile-peer {}", args.join(" "));
+    match Command::new(HOSTILE_PEER).args(args).output() {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            eprint!("{}", String::from_utf8_lossy(&o.stderr));
+            let result = text
+                .lines()
+                .find(|l| l.contains("RESULT"))
+                .unwrap_or("")
+                .to_string();
+            println!("{}", result);
+            (o.status.code().unwrap_or(-1), result)
+        }
+        Err(e) => (-1, format!("{HOSTILE_PEER}: {e}")),
+    }
+}
+
+/// `key=N` from a RESULT line.
+fn field(line: &str, key: &str) -> Option<i64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a whole region of A (a snapshot is a region: descriptor first).
+fn read_region(m: &Mitosis, peer: Ipv4Addr, id: u64, secret: [u8; 16]) -> Result<Vec<u8>, String> {
+    let x = m
+        .remote_open(peer, 0, RegionId { id, secret }, None)
+        .map_err(|e| format!("open: {e}"))?;
+    let mut buf = vec![0u8; x.size as usize];
+    let r = m.remote_read(x.handle, 0, &mut buf, 64, 0);
+    let _ = m.remote_close(x.handle);
+    r.map_err(|e| format!("read: {e}"))?;
+    Ok(buf)
+}
+
+/// On B: every adversarial check against A (`peer`); `me` is B's address.
+pub fn drive(r: &mut Report, peer: Ipv4Addr, me: Ipv4Addr) -> ExitCode {
+    let mut agent = match Agent::connect(peer, crate::AGENT_PORT) {
+        Ok(a) => a,
+        Err(e) => {
+            r.check("adv-agent-reachable", false, e.to_string(), &[]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let m = match Mitosis::open() {
+        Ok(m) => m,
+        Err(e) => {
+            r.check("adv-device", false, e.to_string(), &[]);
+            return ExitCode::FAILURE;
+        }
+    };
+    network(r, &m, &mut agent, peer);
+    let handle = hostile_parents(r, &m, &mut agent, peer, me);
+    // Allocation failures over resume and the child's faults, from A's real snapshot.
+    match &handle {
+        Some(h) => {
+            fault_inject(r, "resume", Some(&h.to_string()));
+        }
+        None => {
+            r.check("adv-fault-inject-resume", false, "no snapshot of A", &[]);
+        }
+    }
+    // Random ioctls on both hosts' modules (after the rest: the module must still
+    // answer, and the run must stay free of kernel reports).
+    let local = Command::new("/bin/mitosis-test")
+        .args(["ioctl-fuzz", "20000"])
+        .status()
+        .map(|s| s.success());
+    let remote = agent.sh("mitosis-test ioctl-fuzz 10000 7");
+    r.check(
+        "adv-ioctl-fuzz",
+        matches!(local, Ok(true)) && remote == Ok(0),
+        format!("20000 on B: {local:?}; 10000 on A: {remote:?}"),
+        &[],
+    );
+    let _ = agent.call("quit");
+    ExitCode::SUCCESS
+}
+
+/// The network side: garbage, wrong secrets, keys, floods, a silent address.
+fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
+    let a = peer.to_string();
+    let port = MODULE_PORT.to_string();
+    // Malformed messages, wrong secrets, guessed and stale keys on one connection.
+    let region = agent.create(1 << 20, 5);
+    let (code, line) = match &region {
+        Ok(reg) => hostile_peer(&[
+            "garbage",
+            &a,
+            &port,
+            &reg.id.to_string(),
+            &format_secret(&reg.secret),
+            "200",
+        ]),
+        Err(e) => (-1, e.clone()),
+    };
+    r.check(
+        "adv-garbage-messages-dropped",
+        code == 0 && field(&line, "garbage_sent") == Some(8),
+        &line,
+        &[],
+    );
+    r.check(
+        "adv-wrong-secrets-refused",
+        line.contains("wrong_secret_eacces=200/200") && field(&line, "unknown_enoent") == Some(1),
+        &line,
+        &[],
+    );
+    r.check(
+        "adv-guessed-key-refused",
+        field(&line, "guessed_key_refused") == Some(1) && field(&line, "read_ok") == Some(1),
+        &line,
+        &[],
+    );
+    r.check(
+        "adv-stale-key-refused",
+        field(&line, "stale_key_refused") == Some(1),
+        &line,
+        &[],
+    );
+    let logged = agent.sh(
+        "n=$(dmesg | grep -c 'gave a wrong secret'); echo \"wrong-secret log lines: $n\"; [ \"$n\" -le 48 ]",
+    );
+    r.check(
+        "adv-peer-logs-rate-limited",
+        logged == Ok(0),
+        format!("{logged:?}"),
+        &[],
+    );
+    // The host still serves an honest open and read after all that.
+    let honest = region.map_err(|e| e.to_string()).and_then(|reg| {
+        m.remote_open(peer, 0, reg, None)
+            .map_err(|e| e.to_string())
+            .and_then(|x| {
+                let mut page = vec![0u8; PAGE];
+                m.remote_read(x.handle, 0, &mut page, 1, 0)
+                    .map_err(|e| e.to_string())?;
+                match mitosis_abi::ioctl::check_pattern(5, 0, &page) {
+                    None => Ok(()),
+                    Some(w) => Err(format!("word {w} differs")),
+                }
+            })
+    });
+    r.check(
+        "adv-honest-open-after-garbage",
+        honest.is_ok(),
+        format!("{honest:?}"),
+        &[],
+    );
+
+    // Half-open flood: at most 8 unauthenticated connections per peer address.
+    let (code, line) = hostile_peer(&["flood", &a, &port, "32", "0"]);
+    let answered = field(&line, "answered").unwrap_or(-1);
+    let refused = field(&line, "refused").unwrap_or(-1);
+    r.check(
+        "adv-flood-bounded-per-peer",
+        code == 0 && (1..=8).contains(&answered) && refused >= 24,
+        &line,
+        &[("answered", answered as f64), ("refused", refused as f64)],
+    );
+    // Stale handshakes are reaped: while a flood holds 8 half-open connections past
+    // A's handshake timeout (1 s in this scenario), new ones are answered again.
+    let holder = Command::new(HOSTILE_PEER)
+        .args(["flood", &a, &port, "8", "6000"])
+        .stdout(Stdio::piped())
+        .spawn();
+    std::thread::sleep(Duration::from_millis(3000));
+    let (_, line2) = hostile_peer(&["flood", &a, &port, "4", "0"]);
+    let holder_line = holder
+        .ok()
+        .and_then(|c| c.wait_with_output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    print!("{holder_line}");
+    r.check(
+        "adv-stale-handshakes-reaped",
+        field(&line2, "answered").unwrap_or(0) >= 1,
+        format!("second wave: {line2}; holder: {}", holder_line.trim()),
+        &[],
+    );
+    let status_ok = agent.sh("mitosis status");
+    r.check(
+        "adv-host-up-after-floods",
+        status_ok == Ok(0),
+        format!("{status_ok:?}"),
+        &[],
+    );
+
+    // A connect to an address nobody answers does not hold up other users.
+    let silent = std::thread::spawn(|| {
+        let t = Instant::now();
+        let e = Mitosis::open().and_then(|m| {
+            m.remote_open(
+                Ipv4Addr::new(169, 254, 77, 250),
+                0,
+                RegionId {
+                    id: 1,
+                    secret: [0; 16],
+                },
+                Some(Duration::from_millis(4000)),
+            )
+        });
+        (t.elapsed(), e.err().and_then(|e| e.raw_os_error()))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let other = agent
+        .create(64 << 10, 6)
+        .and_then(|reg| m.remote_open(peer, 0, reg, None).map_err(|e| e.to_string()));
+    let other_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (silent_t, silent_errno) = silent.join().unwrap_or((Duration::ZERO, None));
+    r.check(
+        "adv-silent-connect-does-not-block-others",
+        other.is_ok() && other_ms < 2000.0 && silent_errno.is_some(),
+        format!(
+            "other open {other_ms:.0} ms ({:?}); silent connect ended after {} ms with {silent_errno:?}",
+            other.as_ref().map(|_| ()),
+            silent_t.as_millis()
+        ),
+        &[("other_open_ms", other_ms), ("silent_ms", silent_t.as_secs_f64() * 1e3)],
+    );
+}
+
+/// Hostile parents on B, resumed from on A.
+/// Returns the handle of A's real snapshot, for later checks.
+fn hostile_parents(
+    r: &mut Report,
+    m: &Mitosis,
+    agent: &mut Agent,
+    peer: Ipv4Addr,
+    me: Ipv4Addr,
+) -> Option<SnapshotHandle> {
+    let handle: Result<SnapshotHandle, String> = agent.call("prepare").and_then(|w| {
+        w.first()
+            .ok_or("no handle".into())
+            .and_then(|h| h.parse().map_err(|e: std::io::Error| e.to_string()))
+    });
+    let region = handle
+        .as_ref()
+        .map_err(|e| e.clone())
+        .and_then(|h| read_region(m, peer, h.id, h.secret));
+    let apart = region.as_ref().map_err(|e| e.clone()).and_then(|reg| {
+        let (parts, data) = take_apart(reg)?;
+        Ok((parts, data.to_vec()))
+    });
+    let Ok((base, data)) = apart else {
+        r.check(
+            "adv-parent-snapshot-copied",
+            false,
+            format!("{:?}", apart.err()),
+            &[],
+        );
+        return handle.ok();
+    };
+    r.check(
+        "adv-parent-snapshot-copied",
+        true,
+        format!(
+            "{} VMAs, {} runs, {} data pages",
+            base.vmas.len(),
+            base.runs.len(),
+            base.data_pages
+        ),
+        &[],
+    );
+    // Control first and last: the harness reaches the module, and the host is healthy
+    // after every hostile parent.
+    let order = VARIANTS.iter().chain(VARIANTS.iter().take(1));
+    for (i, v) in order.enumerate() {
+        let mut parts = Parts {
+            vmas: base.vmas.clone(),
+            runs: base.runs.clone(),
+            data_pages: base.data_pages,
+            st: base.st,
+            fpu: base.fpu.clone(),
+            corrupt_byte: false,
+        };
+        (v.change)(&mut parts);
+        let port = HOSTILE_PORT + i as u16;
+        let file = format!("/tmp/adv-{}.bin", v.name);
+        let name = if i < VARIANTS.len() {
+            format!("adv-parent-{}", v.name)
+        } else {
+            "adv-parent-control-after-all".to_string()
+        };
+        let outcome = put_together(&parts, &data)
+            .and_then(|bytes| std::fs::write(&file, bytes).map_err(|e| e.to_string()))
+            .and_then(|()| HostileParent::start(port, &file, false))
+            .and_then(|_parent| {
+                let h = format!("{me}:{port}/1/{}", format_secret(&[0x11; 16]));
+                let expect = v.errno.map_or("child".to_string(), |e| e.to_string());
+                let t = Instant::now();
+                let rc = agent.sh(&format!("mitosis-test resume-expect {h} {expect}"))?;
+                Ok((rc, t.elapsed()))
+            });
+        let want = if v.errno.is_some() {
+            0
+        } else {
+            RESUMED_AGENT_EXIT
+        };
+        r.check(
+            &name,
+            matches!(outcome, Ok((rc, _)) if rc == want),
+            format!("{outcome:?}, want exit {want}"),
+            &[],
+        );
+    }
+    // A parent that accepts and never answers: the resume times out, bounded.
+    let outcome = put_together(&base, &data)
+        .and_then(|bytes| std::fs::write("/tmp/adv-silent.bin", bytes).map_err(|e| e.to_string()))
+        .and_then(|()| HostileParent::start(HOSTILE_PORT + 99, "/tmp/adv-silent.bin", true))
+        .and_then(|_parent| {
+            let h = format!(
+                "{me}:{}/1/{}",
+                HOSTILE_PORT + 99,
+                format_secret(&[0x11; 16])
+            );
+            let t = Instant::now();
+            let rc = agent.sh(&format!(
+                "mitosis-test resume-expect {h} {}",
+                libc::ETIMEDOUT
+            ))?;
+            Ok((rc, t.elapsed()))
+        });
+    r.check(
+        "adv-parent-silent-times-out",
+        matches!(outcome, Ok((0, t)) if t < Duration::from_secs(20)),
+        format!("{outcome:?}"),
+        &[],
+    );
+    handle.ok()
+}
+
+/// `mitosis-test resume-expect HANDLE ERRNO|child`: resumes from HANDLE; exits 0 if
+/// the resume failed with ERRNO (the launcher intact), 1 otherwise. With `child`, a
+/// successful resume ends in the seed's own exit status.
+pub fn resume_expect(handle: &str, expect: &str) -> ExitCode {
+    let h: SnapshotHandle = match handle.parse() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("resume-expect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let e = match Mitosis::open() {
+        Ok(m) => m.fork_resume(&h, ResumeOptions::default()),
+        Err(e) => e,
+    };
+    let want: Option<i32> = expect.parse().ok();
+    println!("resume-expect: {handle}: {e} (want {expect})");
+    if want.is_some() && e.raw_os_error() == want {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// `mitosis-test ioctl-fuzz ITERATIONS [SEED]`: random ioctls on `/dev/mitosis`: known
+/// and unknown numbers, right and wrong sizes and directions, valid and garbage
+/// headers, random fields, null and kernel pointers. Runs in forked children (a
+/// capture that happens to validate ends its caller, as it must). Exits 0 if the
+/// module still answers afterwards; a splat fails the whole guest run.
+pub fn ioctl_fuzz(iterations: u64, seed: u64) -> ExitCode {
+    use mitosis_abi::ioctl as abi;
+    let mut rng = Rng(seed | 1);
+    let mut done = 0u64;
+    let mut children_killed = 0u64;
+    let chunk = 500u64;
+    while done < iterations {
+        let child_seed = rng.next();
+        // SAFETY: single-threaded here; the child only makes syscalls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut rng = Rng(child_seed | 1);
+            let Ok(m) = Mitosis::open() else {
+                // SAFETY: leaving the child without running the parent's handlers.
+                unsafe { libc::_exit(3) };
+            };
+            let mut buf = vec![0u8; 8192];
+            for _ in 0..chunk {
+                let (nr, size) = if rng.below(10) == 0 {
+                    (rng.below(256) as u8, rng.below(5000) as usize)
+                } else {
+                    let c = abi::COMMANDS[rng.below(abi::COMMANDS.len() as u64) as usize];
+                    (
+                        c.0,
+                        if rng.below(4) == 0 {
+                            rng.below(5000) as usize
+                        } else {
+                            c.1
+                        },
+                    )
+                };
+                let mut cmd = abi::iowr(nr, size);
+                if rng.below(20) == 0 {
+                    cmd ^= 1 << (30 + rng.below(2));
+                }
+                for b in buf.iter_mut() {
+                    *b = rng.next() as u8;
+                }
+                if rng.below(2) == 0 {
+                    buf[0..4].copy_from_slice(&abi::ABI_VERSION.to_ne_bytes());
+                    buf[4..8].copy_from_slice(&(size as u32).to_ne_bytes());
+                }
+                // No connects to random addresses: those would only wait for timeouts.
+                let no_peer = |off: usize, buf: &mut [u8]| buf[off..off + 4].fill(0);
+                if nr == abi::decode(abi::IOC_FORK_RESUME).2 {
+                    no_peer(
+                        core::mem::offset_of!(abi::ForkResumeArgs, peer_addr),
+                        &mut buf,
+                    );
+                }
+                if nr == abi::decode(abi::IOC_REMOTE_OPEN).2 {
+                    no_peer(
+                        core::mem::offset_of!(abi::RemoteOpenArgs, peer_addr),
+                        &mut buf,
+                    );
+                }
+                let arg: *mut libc::c_void = match rng.below(20) {
+                    0 => std::ptr::null_mut(),
+                    1 => 0xffff_8880_0000_0000usize as *mut libc::c_void,
+                    _ => buf.as_mut_ptr().cast(),
+                };
+                // SAFETY: the module validates everything; `buf` is writable for 8 KiB,
+                // larger than any size above; the other pointers must be refused.
+                unsafe { m.raw_ioctl(cmd, arg) };
+            }
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFSIGNALED(status) {
+            children_killed += 1;
+        }
+        done += chunk;
+    }
+    let alive = Mitosis::open().and_then(|m| m.version().map(|_| ()));
+    println!(
+        "ioctl-fuzz: {done} ioctls (seed {seed:#x}), {children_killed} fuzzing children ended by a signal, module answers: {alive:?}"
+    );
+    if alive.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Allocation-failure injection, scoped to the tasks that opt in (`make-it-fail`):
+/// the slab and page allocators each fail once, after `slab_budget` and `page_budget`
+/// bytes of allocations (`space`), with nothing printed per failure.
+fn inject(slab_budget: u64, page_budget: u64) -> std::io::Result<()> {
+    for (dir, budget) in [("failslab", slab_budget), ("fail_page_alloc", page_budget)] {
+        let set =
+            |attr: &str, v: &str| std::fs::write(format!("/sys/kernel/debug/{dir}/{attr}"), v);
+        set("task-filter", "Y")?;
+        set("ignore-gfp-wait", "N")?;
+        set("verbose", "0")?;
+        set("probability", "100")?;
+        set("interval", "1")?;
+        set("space", &budget.to_string())?;
+        set("times", if budget == u64::MAX { "0" } else { "1" })?;
+        if dir == "fail_page_alloc" {
+            set("min-order", "0")?;
+            set("ignore-gfp-highmem", "N")?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` in a child that opted in to fault injection; returns how it ended:
+/// `Ok(exit status)` or `Err(signal)`; `None` if it hung (killed after 60 s).
+fn in_failing_child(f: impl FnOnce() -> i32) -> Option<Result<i32, i32>> {
+    // SAFETY: single-threaded caller; the child runs `f` and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = match std::fs::write("/proc/self/make-it-fail", "1") {
+            Ok(()) => f(),
+            Err(_) => 3,
+        };
+        // SAFETY: leaving the child without the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut status = 0;
+        // SAFETY: polling our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(if libc::WIFSIGNALED(status) {
+                Err(libc::WTERMSIG(status))
+            } else {
+                Ok(libc::WEXITSTATUS(status))
+            });
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: as above.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `mitosis-test fault-inject prepare` (on any host) or `fault-inject resume HANDLE`:
+/// 40 runs of prepare (+ release), or of resume (+ the child's faults), each with one
+/// slab and one page allocation failing at a different point. Every run must end in
+/// an error, a finished child, or (resume only, after the point of no return or on a
+/// fault that cannot be served) SIGKILL/SIGBUS; never hang; and afterwards the same
+/// operation must work again. Splats and leaks fail the guest run.
+pub fn fault_inject(r: &mut Report, what: &str, handle: Option<&str>) -> ExitCode {
+    let h: Option<SnapshotHandle> = handle.and_then(|h| h.parse().ok());
+    let op = || -> i32 {
+        let Ok(m) = Mitosis::open() else { return 4 };
+        match (what, &h) {
+            ("prepare", _) => match m.fork_prepare() {
+                Ok(mitosis::Forked::Parent(p)) => {
+                    let _ = m.fork_release(&p.handle, false);
+                    0
+                }
+                Ok(mitosis::Forked::Child(_)) => 0,
+                Err(_) => 10,
+            },
+            ("resume", Some(h)) => {
+                let _ = m.fork_resume(h, ResumeOptions::default());
+                10
+            }
+            _ => 2,
+        }
+    };
+    let success = if what == "resume" {
+        RESUMED_AGENT_EXIT
+    } else {
+        0
+    };
+    let (mut ok, mut refused, mut killed, mut bad) = (0, 0, 0, Vec::new());
+    for k in 0..40u64 {
+        if let Err(e) = inject(512 + k * 1536, k * 8192) {
+            r.check(
+                &format!("adv-fault-inject-{what}"),
+                false,
+                format!("debugfs: {e}"),
+                &[],
+            );
+            return ExitCode::FAILURE;
+        }
+        match in_failing_child(op) {
+            Some(Ok(c)) if c == success => ok += 1,
+            Some(Ok(10)) => refused += 1,
+            Some(Err(s)) if what == "resume" && (s == libc::SIGKILL || s == libc::SIGBUS) => {
+                killed += 1
+            }
+            other => bad.push(format!("run {k}: {other:?}")),
+        }
+    }
+    let _ = inject(u64::MAX, u64::MAX);
+    let after = in_failing_child(op);
+    let pass = bad.is_empty() && after == Some(Ok(success)) && ok + refused + killed == 40;
+    r.check(
+        &format!("adv-fault-inject-{what}"),
+        pass,
+        format!(
+            "40 runs: {ok} succeeded, {refused} refused, {killed} killed; unexpected: {bad:?}; afterwards: {after:?}"
+        ),
+        &[("succeeded", ok as f64), ("refused", refused as f64), ("killed", killed as f64)],
+    );
+    ExitCode::SUCCESS
+}
