@@ -117,8 +117,9 @@ struct RecvBuf {
 /// - Always allocated inside an [`Arc`] (so `&self` can be turned back into one).
 /// - `res` is written only while `state == CONNECTING` by the one CM handler that sets the
 ///   connection up, and by `teardown` after the QP is drained and `rpc_lock` and `io_lock`
-///   have been taken; readers hold `rpc_lock` or `io_lock` with `state == UP`, or are
-///   completion handlers of its CQs (which `teardown` quiesces by draining).
+///   have been taken; readers hold `rpc_lock` or `io_lock` with `state == UP` (or, the
+///   server's request work, `rpc_lock` while not closing), or are completion handlers of
+///   its CQs (which `teardown` quiesces by draining).
 /// - `id`, once set, is the CM id whose `context` points to this connection; it is
 ///   destroyed only by `teardown`.
 #[pin_data(PinnedDrop)]
@@ -152,11 +153,29 @@ pub(crate) struct Connection {
     #[pin]
     reply_done: Waiter,
     next_seq: AtomicU64,
-    /// Server: page sets registered for this peer: (key, opens, registration).
+    /// Server: page sets registered for this peer.
     #[pin]
-    registrations: Mutex<KVec<(u64, u32, Registration)>>,
+    registrations: Mutex<KVec<PeerRegistration>>,
+    /// Server: registrations whose REG_MR requests may still be in the send queue
+    /// (a reply that failed): freed by `teardown` after the drain, never before.
+    #[pin]
+    retired: Mutex<KVec<Arc<Registration>>>,
+    /// Held by the CM handler while it builds the resources and by `teardown` while
+    /// it takes them, so a teardown (a connect that timed out) never races the setup.
+    #[pin]
+    setup_lock: Mutex<()>,
     #[pin]
     teardown_work: Opaque<bindings::work_struct>,
+    /// Server: received requests waiting for `request_work`, as (receive buffer, length).
+    /// A buffer is reposted only after its request was served, so at most
+    /// `RECV_DEPTH` wait (the peer's further SENDs wait in RNR retry): bounded by
+    /// construction, and the capacity is reserved when the resources are made.
+    #[pin]
+    requests: Mutex<KVec<(usize, usize)>>,
+    /// Server: serves `requests` on the module's workqueue, not in the completion
+    /// handler (the shared `ib_comp_wq`, which a slow request would hold up).
+    #[pin]
+    request_work: Opaque<bindings::work_struct>,
     on_request: Option<RequestHandler>,
     on_closed: ClosedHandler,
     /// The device the resources were made on, set once at setup; only compared (device
@@ -179,6 +198,15 @@ pub(crate) struct Connection {
 unsafe impl Send for Connection {}
 // SAFETY: as above.
 unsafe impl Sync for Connection {}
+
+/// A page set registered for the peer of a server connection, shared by its opens.
+struct PeerRegistration {
+    /// The region's id.
+    key: u64,
+    /// Opens of the region by this peer not closed yet.
+    opens: u32,
+    reg: Arc<Registration>,
+}
 
 /// A reply received for [`Connection::rpc`].
 pub(crate) struct Reply<'a> {
@@ -214,9 +242,16 @@ impl Connection {
             reply_done <- Waiter::new(),
             next_seq: AtomicU64::new(1),
             registrations <- new_mutex!(KVec::new()),
+            retired <- new_mutex!(KVec::new()),
+            setup_lock <- new_mutex!(()),
             teardown_work <- Opaque::ffi_init(|w| {
                 // SAFETY: `w` is a pinned, uninitialised work item.
                 unsafe { bindings::mitosis_init_work(w, Some(Self::teardown_work_fn)) }
+            }),
+            requests <- new_mutex!(KVec::new()),
+            request_work <- Opaque::ffi_init(|w| {
+                // SAFETY: `w` is a pinned, uninitialised work item.
+                unsafe { bindings::mitosis_init_work(w, Some(Self::request_work_fn)) }
             }),
             on_request,
             on_closed,
@@ -522,9 +557,14 @@ impl Connection {
                 }
             }
             Role::Server => {
-                if let Some(handler) = conn.on_request {
-                    handler(conn, &buf.page.bytes()[..len]);
+                // Served on the module's workqueue; the buffer comes back there.
+                let queued = conn.requests.lock().push((buf.index, len), GFP_KERNEL);
+                if queued.is_ok() {
+                    conn.queue_arc_work(conn.request_work.get());
+                    return;
                 }
+                conn.fail(errno::econnreset());
+                return;
             }
         }
         if Self::post_recv(res, buf).is_err() {
@@ -596,9 +636,10 @@ impl Connection {
         regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
-        // SAFETY: called from this connection's receive handler (type invariant).
+        // SAFETY: called from this connection's request work, which holds `rpc_lock`
+        // (type invariant).
         let res = unsafe { self.res()? };
-        // SAFETY: the receive handler is the only sender on a server connection and runs
+        // SAFETY: the request work is the only sender on a server connection and runs
         // one request at a time.
         unsafe { self.send_and_wait(res, timeout_ms, regs, encode) }
     }
@@ -833,43 +874,51 @@ impl Connection {
 
     /// Keeps `reg` for this peer under `key` (server side), opened once. Fails with
     /// `EEXIST` if there is one already ([`Connection::reopen_registration`]).
-    pub(crate) fn add_registration(&self, key: u64, reg: Registration) -> Result {
+    pub(crate) fn add_registration(&self, key: u64, reg: Arc<Registration>) -> Result {
         let mut regs = self.registrations.lock();
-        if regs.iter().any(|(k, _, _)| *k == key) {
+        if regs.iter().any(|r| r.key == key) {
             return Err(EEXIST);
         }
-        regs.push((key, 1, reg), GFP_KERNEL)?;
+        regs.push(PeerRegistration { key, opens: 1, reg }, GFP_KERNEL)?;
         count(&STATS.mrs_live, 1);
         Ok(())
+    }
+
+    /// Keeps `reg`, whose REG_MR requests were posted but may not have completed (its
+    /// reply failed), until `teardown` has drained the QP.
+    pub(crate) fn retire(&self, reg: Arc<Registration>) {
+        // If even this small allocation fails, the connection is failing anyway
+        // (the reply failed): dropping now is the only option left.
+        let _ = self.retired.lock().push(reg, GFP_KERNEL);
     }
 
     /// Opens the registration under `key` once more and returns its chunk size and rkeys,
     /// if there is one: a peer opening a region twice shares one registration.
     pub(crate) fn reopen_registration(&self, key: u64) -> Result<Option<(u64, KVec<u32>)>> {
         let mut regs = self.registrations.lock();
-        let Some(entry) = regs.iter_mut().find(|(k, _, _)| *k == key) else {
+        let Some(entry) = regs.iter_mut().find(|r| r.key == key) else {
             return Ok(None);
         };
-        let mut keys = KVec::with_capacity(entry.2.rkeys().len(), GFP_KERNEL)?;
-        for k in entry.2.rkeys() {
+        let mut keys = KVec::with_capacity(entry.reg.rkeys().len(), GFP_KERNEL)?;
+        for k in entry.reg.rkeys() {
             keys.push(k, GFP_KERNEL)?;
         }
-        entry.1 = entry.1.saturating_add(1);
-        Ok(Some((entry.2.chunk_bytes(), keys)))
+        entry.opens = entry.opens.saturating_add(1);
+        Ok(Some((entry.reg.chunk_bytes(), keys)))
     }
 
     /// Closes one open of the registration under `key`; the last close drops it.
     pub(crate) fn release_registration(&self, key: u64) {
         let mut regs = self.registrations.lock();
-        let last = match regs.iter_mut().find(|(k, _, _)| *k == key) {
+        let last = match regs.iter_mut().find(|r| r.key == key) {
             Some(entry) => {
-                entry.1 -= 1;
-                entry.1 == 0
+                entry.opens = entry.opens.saturating_sub(1);
+                entry.opens == 0
             }
             None => false,
         };
         if last {
-            drop(remove_first(&mut regs, |(k, _, _)| *k == key));
+            drop(remove_first(&mut regs, |r| r.key == key));
             STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -877,7 +926,7 @@ impl Connection {
     /// Drops the registration under `key` whatever its opens (its keys stop working).
     /// Returns whether there was one.
     pub(crate) fn remove_registration(&self, key: u64) -> bool {
-        let removed = remove_first(&mut self.registrations.lock(), |(k, _, _)| *k == key);
+        let removed = remove_first(&mut self.registrations.lock(), |r| r.key == key);
         if removed.is_some() {
             STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
         }
@@ -890,7 +939,8 @@ impl Connection {
         &self,
         f: impl FnOnce(&Pd, *mut bindings::ib_device) -> Result<T>,
     ) -> Result<T> {
-        // SAFETY: called from this connection's receive handler (type invariant).
+        // SAFETY: called from this connection's request work, which holds `rpc_lock`
+        // (type invariant).
         let res = unsafe { self.res()? };
         f(&res.pd, res.dev())
     }
@@ -898,6 +948,70 @@ impl Connection {
     /// The cqe that REG_MR requests posted with [`Connection::reply`] must carry.
     pub(crate) fn reply_cqe(&self) -> *mut bindings::ib_cqe {
         self.send_waiter.cqe()
+    }
+
+    /// Queues `work` (a work item of this connection) on the module's workqueue with
+    /// one `Arc` reference for its run; a work already queued keeps the one it has.
+    fn queue_arc_work(&self, work: *mut bindings::work_struct) {
+        // SAFETY: connections live in an `Arc` (type invariant) and `self` is borrowed, so
+        // the refcount is non-zero.
+        let arc: Arc<Self> = unsafe { ArcBorrow::from_raw(self as *const Self) }.into();
+        let raw = Arc::into_raw(arc);
+        // SAFETY: the work item is initialised; the workqueue lives until unload, which
+        // destroys it (running this work) before freeing anything.
+        if !unsafe { bindings::mitosis_queue_work(workqueue(), work) } {
+            // SAFETY: `raw` came from `Arc::into_raw` just above.
+            drop(unsafe { Arc::from_raw(raw) });
+        }
+    }
+
+    /// Serves the queued requests in order (server connections). Holds `rpc_lock`,
+    /// which server connections use for nothing else, so `teardown` waits for it
+    /// before the resources go.
+    unsafe extern "C" fn request_work_fn(work: *mut bindings::work_struct) {
+        // SAFETY: `work` is the `request_work` of a connection queued by
+        // `queue_arc_work`, which leaked one `Arc` reference for this run.
+        let conn = unsafe {
+            Arc::from_raw(kernel::container_of!(
+                work as *const Opaque<bindings::work_struct>,
+                Connection,
+                request_work
+            ))
+        };
+        let _serving = conn.rpc_lock.lock();
+        loop {
+            // In arrival order: a peer's close must not overtake its open.
+            let batch = take_all(&mut conn.requests.lock());
+            if batch.is_empty() {
+                break;
+            }
+            for &(index, len) in batch.iter() {
+                conn.serve(index, len);
+            }
+        }
+    }
+
+    /// Serves the request in receive buffer `index` and reposts the buffer (request
+    /// work, `rpc_lock` held).
+    fn serve(&self, index: usize, len: usize) {
+        if self.is_closing() {
+            // Going down: the buffers are dropped with the resources.
+            return;
+        }
+        // SAFETY: `rpc_lock` held, and the resources exist from accept (before any
+        // receive) until teardown, which waits for `rpc_lock` (type invariant).
+        let Ok(res) = (unsafe { self.res() }) else {
+            return;
+        };
+        let Some(buf) = res.recv_bufs.get(index) else {
+            return;
+        };
+        if let Some(handler) = self.on_request {
+            handler(self, &buf.page.bytes()[..len.min(wire::MSG_SIZE)]);
+        }
+        if Self::post_recv(res, buf).is_err() {
+            self.fail(errno::econnreset());
+        }
     }
 
     /// Marks the connection failed with `err` and queues its teardown.
@@ -913,17 +1027,7 @@ impl Connection {
         let _ =
             self.status
                 .compare_exchange(0, err.to_errno(), Ordering::AcqRel, Ordering::Relaxed);
-        // SAFETY: connections live in an `Arc` (type invariant) and `self` is borrowed, so
-        // the refcount is non-zero.
-        let arc: Arc<Self> = unsafe { ArcBorrow::from_raw(self as *const Self) }.into();
-        let raw = Arc::into_raw(arc);
-        // SAFETY: the work item is initialised; the workqueue lives until unload, which
-        // destroys it (running this work) before freeing anything.
-        if !unsafe { bindings::mitosis_queue_work(workqueue(), self.teardown_work.get()) } {
-            // Already queued: that run holds its own reference.
-            // SAFETY: `raw` came from `Arc::into_raw` just above.
-            drop(unsafe { Arc::from_raw(raw) });
-        }
+        self.queue_arc_work(self.teardown_work.get());
     }
 
     unsafe extern "C" fn teardown_work_fn(work: *mut bindings::work_struct) {
@@ -948,9 +1052,11 @@ impl Connection {
             self.state.store(DEAD, Ordering::Release);
             return;
         }
-        // SAFETY: `teardown_lock` held: the only writer besides setup, which is over
-        // (setup runs in a CM handler that completes before `connect` returns or before
-        // `accept` hands the connection out).
+        // A setup running in the CM handler (a connect that timed out meanwhile)
+        // finishes first; one starting later sees DOWN and builds nothing.
+        drop(self.setup_lock.lock());
+        // SAFETY: `teardown_lock` held and setup over or never to run: the only
+        // writer is us.
         if let Some(res) = unsafe { (*self.res.get()).as_ref() } {
             if self.role == Role::Client || !self.id.load(Ordering::Acquire).is_null() {
                 // SAFETY: `res.id` is live. Errors only mean "not connected".
@@ -968,6 +1074,7 @@ impl Connection {
             .mrs_live
             .fetch_sub(regs.len() as u64, Ordering::Relaxed);
         drop(regs);
+        drop(take_all(&mut self.retired.lock()));
         // Drained: the device writes none of the READ destinations any more. Freed
         // before the resources, while the device they are mapped on is still held.
         drop(take_all(&mut self.read_bufs.lock()));
@@ -1016,7 +1123,13 @@ impl Connection {
                 }
             }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ROUTE_RESOLVED => {
-                // SAFETY: first and only setup of this connection, in its handler.
+                let _setup = self.setup_lock.lock();
+                if self.state.load(Ordering::Acquire) != CONNECTING {
+                    // Torn down meanwhile (the connect timed out): build nothing.
+                    return;
+                }
+                // SAFETY: first and only setup of this connection, in its handler,
+                // serialised with teardown by `setup_lock`.
                 let r = unsafe { self.create_resources(id) }.and_then(|()| {
                     // SAFETY: `id` has a device.
                     let attrs = unsafe { &(*(*id).device).attrs };
@@ -1132,7 +1245,7 @@ fn sockaddr_in(addr: u32, port: u16) -> bindings::sockaddr_in {
 /// # Safety
 ///
 /// `id` must be live.
-unsafe fn peer_of(id: *mut bindings::rdma_cm_id) -> (u32, u16) {
+pub(crate) unsafe fn peer_of(id: *mut bindings::rdma_cm_id) -> (u32, u16) {
     // SAFETY: the destination of an IPv4 connection is a `sockaddr_in`.
     let sa =
         unsafe { &*(ptr::addr_of!((*id).route.addr.dst_addr) as *const bindings::sockaddr_in) };

@@ -14,6 +14,9 @@ use kernel::sync::Arc;
 pub(crate) struct AcceptHooks {
     pub(crate) on_request: RequestHandler,
     pub(crate) on_closed: ClosedHandler,
+    /// Decides, before anything is allocated or answered, whether a connection
+    /// request from this (network-order IPv4) address is taken; an error rejects it.
+    pub(crate) admit: fn(u32) -> Result,
     /// Keeps the connection (the listener does not own it).
     pub(crate) on_accepted: fn(Arc<Connection>) -> Result,
 }
@@ -89,6 +92,9 @@ pub(crate) fn on_connect_request(
     }
     // SAFETY: `HOOKS` points to `'static` hooks (type invariant of `Listener`).
     let hooks = unsafe { &*hooks };
+    // SAFETY: the CM passes the new, live id with its route.
+    let (peer, _) = unsafe { connection::peer_of(id) };
+    (hooks.admit)(peer)?;
     let conn = connection::accept(id, event, hooks.on_request, hooks.on_closed)?;
     if let Err(e) = (hooks.on_accepted)(conn.clone()) {
         conn.fail(e);

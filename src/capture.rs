@@ -189,7 +189,10 @@ fn capture_pages(
     while p < n_pages {
         let addr = v.start + p * PAGE;
         if let Some(d) = &source_desc {
-            if d.lookup(addr).is_none() && !present_in_page_table(mm, addr) {
+            // By file offset, not address: the child may have moved or grown the
+            // mapping (`mremap`).
+            let file_off = (v.pgoff * PAGE).saturating_add(addr - v.start);
+            if d.data_offset_at(file_off).is_none() && !present_in_page_table(mm, addr) {
                 holes += 1;
                 p += 1;
                 continue;

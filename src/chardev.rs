@@ -8,7 +8,7 @@ use crate::abi::ioctl::{self as abi, read_flags, Pod};
 use crate::bindings;
 use crate::remote::RemoteRegion;
 use crate::state;
-use crate::uargs::{log_rejected, read_args, require, write_args};
+use crate::uargs::{log_rejected, read_args, require, require_admin, write_args};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -287,6 +287,7 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             Ok(())
         }),
         Cmd::RegionCreate => call(name, size, arg, true, |a: &mut abi::RegionCreateArgs| {
+            require_admin(name)?;
             require(
                 a.region_id == 0 && a.secret == [0; 16],
                 name,
@@ -303,6 +304,7 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             Ok(())
         }),
         Cmd::RegionDestroy => call(name, size, arg, true, |a: &mut abi::RegionDestroyArgs| {
+            require_admin(name)?;
             state::get().destroy_region(a.region_id)
         }),
         Cmd::RemoteOpen => call(name, size, arg, true, |a: &mut abi::RemoteOpenArgs| {

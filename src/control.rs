@@ -15,6 +15,7 @@ use crate::region::{Region, REGION_OPENS, REGION_OPENS_REFUSED};
 use crate::state;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// Most pages one fast-reg MR covers (the device may allow fewer).
 pub(crate) const MAX_CHUNK_PAGES: usize = 512;
@@ -108,14 +109,19 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     if rkeys.len() > wire::MAX_REPLY_RKEYS {
         return Err(E2BIG);
     }
-    conn.add_registration(region.id, reg)?;
+    let reg = Arc::new(reg, GFP_KERNEL)?;
+    conn.add_registration(region.id, reg.clone())?;
     // A destroy that raced with us has already swept this connection: undo.
     if !region.is_live() {
         conn.remove_registration(region.id);
         return Err(ENOENT);
     }
+    // Our reference keeps the MRs alive while the REG_MR requests naming them are
+    // posted, whatever a concurrent destroy or forced release does to the list.
     send_keys(conn, seq, &region, chunk_bytes, &rkeys, &mut wrs).inspect_err(|_| {
         conn.remove_registration(region.id);
+        // The requests may still be queued: only teardown, after the drain, frees.
+        conn.retire(reg.clone());
     })
 }
 

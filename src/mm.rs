@@ -139,6 +139,8 @@ pub(crate) struct VmaView {
     pub(crate) end: u64,
     pub(crate) flags: u64,
     pub(crate) file: *mut bindings::file,
+    /// File offset of `start`, in pages (`vm_pgoff`).
+    pub(crate) pgoff: u64,
     pub(crate) special: Special,
 }
 
@@ -147,12 +149,13 @@ impl VmaView {
         let v = vma.as_ptr();
         // SAFETY: the caller holds the mmap lock of the VMA's mm, so it is live and its
         // fields are stable.
-        let (start, end, flags, file, ops) = unsafe {
+        let (start, end, flags, file, pgoff, ops) = unsafe {
             (
                 (*v).__bindgen_anon_1.__bindgen_anon_1.vm_start as u64,
                 (*v).__bindgen_anon_1.__bindgen_anon_1.vm_end as u64,
                 (*v).__bindgen_anon_2.vm_flags as u64,
                 (*v).vm_file,
+                (*v).vm_pgoff as u64,
                 (*v).vm_ops,
             )
         };
@@ -181,6 +184,7 @@ impl VmaView {
             end,
             flags,
             file,
+            pgoff,
             special,
         }
     }

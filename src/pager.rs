@@ -3,8 +3,10 @@
 //! The snapshot-file pager: where a child's page faults are served.
 //!
 //! Every snapshot a child on this host resumes from becomes one inode of an internal
-//! pseudo filesystem ("snapshot file"). File offset = the seed's virtual address, so each
-//! seed VMA is a `MAP_PRIVATE` mapping of the file at offset `vm_start`. A fault on a page
+//! pseudo filesystem ("snapshot file"). Each seed VMA has its own window of the file
+//! (`abi::snapshot::window_offset`), and is a `MAP_PRIVATE` mapping of its window: a
+//! mapping a child grows or moves (`mremap`) stays in its window, so its new part
+//! reads zeros and a later capture finds its pages by file offset. A fault on a page
 //! that is not in the page cache calls `read_folio` / `readahead` here, which fill the
 //! page with one-sided RDMA READs of exactly the present pages (one doorbell per batch)
 //! and zero-fill holes locally. The core MM does the rest: copy-on-write when a child
@@ -12,11 +14,12 @@
 //! reclaim of clean pages (fetched again when needed). The readahead window of each
 //! child's file is the `prefetch_pages` module parameter.
 //!
-//! Inodes are cached by (parent address, port, snapshot id) while some child maps them;
+//! Inodes are cached by (parent address, port, snapshot id, secret) while some child
+//! maps them;
 //! the last unmap evicts the inode, which closes the remote open (the parent drops this
 //! host's registration).
 
-use crate::abi::snapshot::{Descriptor, PAGE, RUN_PRESENT};
+use crate::abi::snapshot::{window_offset, Descriptor, PAGE, RUN_PRESENT};
 use crate::bindings;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
@@ -130,11 +133,12 @@ impl Pager {
         self.dead.load(Ordering::Relaxed)
     }
 
-    /// Region offset of the snapshot page at seed address `addr`, or `None` for a hole.
-    /// Checked: the descriptor's data range was compared with the region's size at
-    /// resume, and overflow would only send a READ the connection refuses (`ERANGE`).
-    fn locate(&self, desc: &Descriptor<'_>, addr: u64) -> Option<u64> {
-        self.data_offset.checked_add(desc.data_offset_of(addr)?)
+    /// Region offset of the snapshot page at file offset `file_off`, or `None` for a
+    /// hole. Checked: the descriptor's data range was compared with the region's size
+    /// at resume, and overflow would only send a READ the connection refuses
+    /// (`ERANGE`).
+    fn locate(&self, desc: &Descriptor<'_>, file_off: u64) -> Option<u64> {
+        self.data_offset.checked_add(desc.data_offset_at(file_off)?)
     }
 
     /// Fills locked, not-uptodate folios (order 0) with their snapshot content, marks
@@ -154,8 +158,8 @@ impl Pager {
                 continue;
             };
             // SAFETY: a locked page-cache folio of our inode.
-            let addr = unsafe { bindings::mitosis_folio_index(f) } as u64 * PAGE;
-            match self.locate(desc, addr) {
+            let file_off = unsafe { bindings::mitosis_folio_index(f) } as u64 * PAGE;
+            match self.locate(desc, file_off) {
                 None => {
                     // SAFETY: locked folio; zeroing then marking uptodate is how a
                     // filesystem fills a hole.
@@ -247,6 +251,12 @@ impl Pager {
     /// Eager mode: brings every present page of the snapshot into `mapping`'s page
     /// cache now. Returns the pages fetched.
     pub(crate) fn fetch_all(&self, mapping: *mut bindings::address_space) -> Result<u64> {
+        self.fetch(mapping, None)
+    }
+
+    /// Brings the present pages of VMA `only` (or of every VMA) into `mapping`'s page
+    /// cache, in batches of one doorbell. Returns the pages fetched.
+    fn fetch(&self, mapping: *mut bindings::address_space, only: Option<usize>) -> Result<u64> {
         let desc = self.descriptor()?;
         let mut batch = [NonNull::<bindings::folio>::dangling(); MAX_READ_BATCH];
         let mut n = 0;
@@ -259,53 +269,31 @@ impl Pager {
             }
             r
         };
-        let runs = (0..desc.n_vmas())
-            .filter_map(|i| desc.vma(i))
-            .flat_map(|vma| {
-                let first = vma.first_run as usize;
-                (first..first + vma.n_runs as usize)
-                    .filter_map(move |ri| Some((vma, desc.run(ri)?)))
-            });
-        for (vma, run) in runs {
-            if run.kind != RUN_PRESENT {
+        for (vi, page) in present_pages(&desc, only) {
+            let f = match grab_folio(mapping, vi, page) {
+                Ok(f) => f,
+                Err(e) => {
+                    // The folios gathered so far are locked: fill (and so unlock)
+                    // them before failing.
+                    let _ = flush(&batch[..n]);
+                    return Err(e);
+                }
+            };
+            // SAFETY: a locked folio we hold a reference on.
+            if unsafe { bindings::mitosis_folio_test_uptodate(f.as_ptr()) } {
+                // SAFETY: as above.
+                unsafe {
+                    bindings::folio_unlock(f.as_ptr());
+                    bindings::mitosis_folio_put(f.as_ptr());
+                }
                 continue;
             }
-            for p in 0..run.n_pages as u64 {
-                let index = (vma.start / PAGE)
-                    .checked_add(run.page)
-                    .and_then(|i| i.checked_add(p))
-                    .ok_or(EINVAL);
-                // SAFETY: `mapping` is our inode's live mapping.
-                let f = index.and_then(|i| {
-                    kernel::error::from_err_ptr(unsafe {
-                        bindings::mitosis_grab_folio(mapping, i as _)
-                    })
-                });
-                let f = match f.and_then(|f| NonNull::new(f).ok_or(ENOMEM)) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        // The folios gathered so far are locked: fill (and so unlock)
-                        // them before failing.
-                        let _ = flush(&batch[..n]);
-                        return Err(e);
-                    }
-                };
-                // SAFETY: a locked folio we hold a reference on.
-                if unsafe { bindings::mitosis_folio_test_uptodate(f.as_ptr()) } {
-                    // SAFETY: as above.
-                    unsafe {
-                        bindings::folio_unlock(f.as_ptr());
-                        bindings::mitosis_folio_put(f.as_ptr());
-                    }
-                    continue;
-                }
-                batch[n] = f;
-                n += 1;
-                fetched += 1;
-                if n == MAX_READ_BATCH {
-                    flush(&batch[..n])?;
-                    n = 0;
-                }
+            batch[n] = f;
+            n += 1;
+            fetched += 1;
+            if n == MAX_READ_BATCH {
+                flush(&batch[..n])?;
+                n = 0;
             }
         }
         if n > 0 {
@@ -313,6 +301,83 @@ impl Pager {
         }
         Ok(fetched)
     }
+
+    /// Copies VMA `vi`'s snapshot content into the caller's memory at the seed's
+    /// address (anonymous memory the caller just mapped there: a stack), fetching its
+    /// present pages first; never-touched pages stay zero.
+    pub(crate) fn copy_vma_to_user(
+        &self,
+        mapping: *mut bindings::address_space,
+        vi: usize,
+    ) -> Result {
+        self.fetch(mapping, Some(vi))?;
+        let desc = self.descriptor()?;
+        let vma = desc.vma(vi).ok_or(EINVAL)?;
+        for (_, page) in present_pages(&desc, Some(vi)) {
+            let f = grab_folio(mapping, vi, page)?;
+            // SAFETY: a locked folio of ours we hold a reference on; a filled one holds
+            // the page's content, x86-64 has no highmem. The copy goes to anonymous
+            // memory, whose faults never need this folio.
+            let r = unsafe {
+                if bindings::mitosis_folio_test_uptodate(f.as_ptr()) {
+                    let src =
+                        bindings::mitosis_page_address(bindings::mitosis_folio_page(f.as_ptr()));
+                    let bytes = core::slice::from_raw_parts(src as *const u8, PAGE_SIZE);
+                    let at = page
+                        .checked_mul(PAGE)
+                        .and_then(|off| vma.start.checked_add(off))
+                        .ok_or(EINVAL);
+                    at.and_then(|at| {
+                        kernel::uaccess::UserSlice::new(at as usize, PAGE_SIZE)
+                            .writer()
+                            .write_slice(bytes)
+                    })
+                } else {
+                    Err(EIO)
+                }
+            };
+            // SAFETY: as above.
+            unsafe {
+                bindings::folio_unlock(f.as_ptr());
+                bindings::mitosis_folio_put(f.as_ptr());
+            }
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// The present pages of VMA `only` (or of every VMA), as (VMA index, page in VMA).
+fn present_pages<'a>(
+    desc: &'a Descriptor<'a>,
+    only: Option<usize>,
+) -> impl Iterator<Item = (usize, u64)> + 'a {
+    (0..desc.n_vmas())
+        .filter(move |&i| only.is_none_or(|o| o == i))
+        .filter_map(|i| Some((i, desc.vma(i)?)))
+        .flat_map(move |(i, vma)| {
+            let first = vma.first_run as usize;
+            (first..first.saturating_add(vma.n_runs as usize))
+                .filter_map(move |ri| desc.run(ri))
+                .filter(|run| run.kind == RUN_PRESENT)
+                .flat_map(move |run| {
+                    (0..run.n_pages as u64).map(move |p| (i, run.page.saturating_add(p)))
+                })
+        })
+}
+
+/// The page-cache folio of VMA `vi`'s page `page`, locked, with a reference (created
+/// not up to date if it was absent).
+fn grab_folio(
+    mapping: *mut bindings::address_space,
+    vi: usize,
+    page: u64,
+) -> Result<NonNull<bindings::folio>> {
+    let index = (window_offset(vi) / PAGE).checked_add(page).ok_or(EINVAL)?;
+    // SAFETY: `mapping` is our inode's live mapping.
+    let f =
+        kernel::error::from_err_ptr(unsafe { bindings::mitosis_grab_folio(mapping, index as _) })?;
+    NonNull::new(f).ok_or(ENOMEM)
 }
 
 /// `address_space_operations::read_folio`.

@@ -13,6 +13,27 @@ use kernel::sync::Arc;
 
 /// Most regions live on one host at once.
 pub(crate) const MAX_REGIONS: usize = 1024;
+/// Pages all test regions of a host may hold together (1 GiB).
+const MAX_TEST_REGION_PAGES: usize = (1 << 30) / PAGE_SIZE;
+
+/// A test region's pages: `size` bytes filled with the pattern of `seed`. Allocated
+/// before the registry's lock is taken (hundreds of MiB must not be allocated under a
+/// host-wide lock).
+pub(crate) fn pattern_pages(size: u64, seed: u64) -> Result<PageSet> {
+    if size == 0 || size % PAGE_SIZE as u64 != 0 || size > MAX_REGION_BYTES {
+        return Err(EINVAL);
+    }
+    let n = (size / PAGE_SIZE as u64) as usize;
+    PageSet::new(n, |i, page| {
+        let mut chunk = [0u8; 256];
+        for part in 0..PAGE_SIZE / chunk.len() {
+            let off = (i * PAGE_SIZE + part * chunk.len()) as u64;
+            fill_pattern(seed, off, &mut chunk);
+            page.write(part * chunk.len(), &chunk)?;
+        }
+        Ok(())
+    })
+}
 
 /// Region counters since load.
 pub(crate) static REGION_OPENS: AtomicU64 = AtomicU64::new(0);
@@ -60,24 +81,18 @@ impl Registry {
         }
     }
 
-    /// Publishes a region of `size` bytes filled with the pattern of `seed`.
-    pub(crate) fn create(&mut self, size: u64, seed: u64) -> Result<(u64, [u8; 16])> {
-        if size == 0 || size % PAGE_SIZE as u64 != 0 || size > MAX_REGION_BYTES {
-            return Err(EINVAL);
-        }
-        if self.regions.len() >= MAX_REGIONS {
+    /// Publishes test-region `pages` (from [`pattern_pages`]), within the host-wide
+    /// budget for test regions.
+    pub(crate) fn publish_test_region(&mut self, pages: PageSet) -> Result<(u64, [u8; 16])> {
+        let held: usize = self
+            .regions
+            .iter()
+            .filter(|r| r.info == 0)
+            .map(|r| r.pages.len())
+            .sum();
+        if held.saturating_add(pages.len()) > MAX_TEST_REGION_PAGES {
             return Err(ENOSPC);
         }
-        let n = (size / PAGE_SIZE as u64) as usize;
-        let pages = PageSet::new(n, |i, page| {
-            let mut chunk = [0u8; 256];
-            for part in 0..PAGE_SIZE / chunk.len() {
-                let off = (i * PAGE_SIZE + part * chunk.len()) as u64;
-                fill_pattern(seed, off, &mut chunk);
-                page.write(part * chunk.len(), &chunk)?;
-            }
-            Ok(())
-        })?;
         self.publish(pages, 0)
     }
 

@@ -19,7 +19,8 @@
 
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
 use crate::abi::snapshot::{
-    reg, vma_flags, DescError, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN, X86_64_LIMITS,
+    reg, vma_flags, window_offset, DescError, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN,
+    X86_64_LIMITS,
 };
 use crate::bindings;
 use crate::errno;
@@ -297,21 +298,34 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
                 prot |= p;
             }
         }
-        let map_flags = if v.flags & vma_flags::NORESERVE != 0 {
-            MAP_FLAGS | bindings::MAP_NORESERVE as u64
+        let mut map_flags = MAP_FLAGS;
+        if v.flags & vma_flags::NORESERVE != 0 {
+            map_flags |= bindings::MAP_NORESERVE as u64;
+        }
+        // A stack is anonymous memory in the child, filled below: the kernel reads
+        // `/proc/PID/cmdline` and `environ` from it only if it is anonymous
+        // (`FOLL_ANON`), and only anonymous memory grows down.
+        let stack = v.flags & vma_flags::GROWSDOWN != 0 && v.flags & vma_flags::FILE == 0;
+        if stack {
+            map_flags |= (bindings::MAP_ANONYMOUS | bindings::MAP_GROWSDOWN) as u64;
+        }
+        let (src, offset) = if stack {
+            (ptr::null_mut(), 0)
         } else {
-            MAP_FLAGS
+            // The VMA's own window of the file (`window_offset`; the count was
+            // checked against `MAX_WINDOWED_VMAS`).
+            (file.as_ptr(), window_offset(i))
         };
-        // SAFETY: mapping our live file into the current process at the seed's
-        // address; file offset = address (see pager.rs).
+        // SAFETY: mapping our live file (or anonymous memory) into the current process
+        // at the seed's address.
         let got = unsafe {
             bindings::vm_mmap(
-                file.as_ptr(),
+                src,
                 v.start as _,
                 (v.end - v.start) as _,
                 prot as _,
                 map_flags as _,
-                v.start as _,
+                offset as _,
             )
         } as u64;
         if got != v.start {
@@ -328,12 +342,12 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
             );
             return Err(Error::from_errno(e));
         }
-        if v.flags & vma_flags::GROWSDOWN != 0 {
-            stacks.push(v.start, GFP_KERNEL)?;
+        if stack {
+            stacks.push(i, GFP_KERNEL)?;
         }
     }
-    for &s in stacks.iter() {
-        map_stack_growth(s)?;
+    for &i in stacks.iter() {
+        file.pager().copy_vma_to_user(file.mapping(), i)?;
     }
     MmapWriteGuard::current()?.set_layout(&MmLayout {
         start_code: st.start_code,
@@ -348,39 +362,6 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
         env_start: st.env_start,
         env_end: st.env_end,
     });
-    Ok(())
-}
-
-/// Stack growth below a seed stack: the stack itself is a private file mapping, which
-/// the MM never grows (`do_mmap` refuses `MAP_GROWSDOWN` on files), so an anonymous
-/// `MAP_GROWSDOWN` page goes right below it and grows on faults as a stack would.
-/// Nothing to do when the page below is taken or under `mmap_min_addr`.
-fn map_stack_growth(stack_start: u64) -> Result {
-    let Some(at) = stack_start.checked_sub(PAGE) else {
-        return Ok(());
-    };
-    let flags = bindings::MAP_PRIVATE
-        | bindings::MAP_ANONYMOUS
-        | bindings::MAP_GROWSDOWN
-        | bindings::MAP_FIXED_NOREPLACE;
-    // SAFETY: an anonymous mapping in the current process; the kernel checks the range.
-    let got = unsafe {
-        bindings::vm_mmap(
-            ptr::null_mut(),
-            at as _,
-            PAGE as _,
-            (bindings::PROT_READ | bindings::PROT_WRITE) as _,
-            flags as _,
-            0,
-        )
-    } as u64;
-    if got != at {
-        pr_info!(
-            "resume: no stack growth page below {:#x} ({})\n",
-            stack_start,
-            got as i64
-        );
-    }
     Ok(())
 }
 

@@ -80,6 +80,7 @@ static STATE: AtomicPtr<Mitosis> = AtomicPtr::new(ptr::null_mut());
 static ACCEPT_HOOKS: AcceptHooks = AcceptHooks {
     on_request: crate::control::handle_request,
     on_closed: connection_closed,
+    admit,
     on_accepted: connection_accepted,
 };
 
@@ -204,9 +205,15 @@ impl Mitosis {
     ) -> Result {
         let mut claims = self.claims.lock();
         if claims.len() >= MAX_CLAIMS {
-            // The oldest is from a parent that never came back: it keeps its snapshot
-            // (releasable by id and secret), only the claim goes.
-            crate::util::remove_first(&mut claims, |_| true);
+            // The oldest is from a parent that never came back: no one will learn its
+            // snapshot's id and secret, so the snapshot goes with the claim.
+            if let Some(old) = crate::util::remove_first(&mut claims, |_| true) {
+                if let Ok(region) = self.regions.lock().remove(old.captured.id) {
+                    for c in self.accepted.lock().iter() {
+                        c.remove_registration(region.id);
+                    }
+                }
+            }
         }
         claims.push(
             Claim {
@@ -315,7 +322,8 @@ impl Mitosis {
     }
 
     pub(crate) fn create_region(&self, size: u64, seed: u64) -> Result<(u64, [u8; 16])> {
-        self.regions.lock().create(size, seed)
+        let pages = crate::region::pattern_pages(size, seed)?;
+        self.regions.lock().publish_test_region(pages)
     }
 
     /// Unpublishes a region: every peer's registration of it stops working now.
@@ -377,23 +385,23 @@ fn connection_closed(conn: &Arc<Connection>) {
     remove_first(&mut s.accepted.lock(), |c| Arc::ptr_eq(c, conn));
 }
 
-/// Keeps an accepted connection. Admission is where a flood from the network is
-/// stopped: connections still handshaking after the connect timeout, or up without a
-/// valid secret for [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold
-/// at most [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
-/// [`MAX_ACCEPTED`] in all.
-fn connection_accepted(conn: Arc<Connection>) -> Result {
+/// Admission of a connection request from `peer`, before anything is allocated or
+/// answered: where a flood from the network is stopped. Connections still handshaking
+/// after the connect timeout, or up without a valid secret for
+/// [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold at most
+/// [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
+/// [`MAX_ACCEPTED`] in all. Requests arrive one at a time (the listener's CM handler).
+fn admit(peer: u32) -> Result {
     static LOG: crate::util::RateLimit = crate::util::RateLimit::new(4);
     let now = kernel::time::Ktime::ktime_get().to_ms();
     let handshake_ms = connect_timeout_ms();
-    let mut accepted = get().accepted.lock();
+    let accepted = get().accepted.lock();
     for c in accepted.iter() {
         if c.is_stale(now, handshake_ms, UNAUTHENTICATED_IDLE_MS) {
             // Only queues its teardown, which removes it from the list.
             c.fail(errno::etimedout());
         }
     }
-    let peer = conn.peer().0;
     let from_peer = accepted
         .iter()
         .filter(|c| c.peer().0 == peer && !c.authenticated() && !c.is_closing())
@@ -409,7 +417,12 @@ fn connection_accepted(conn: Arc<Connection>) -> Result {
         }
         return Err(errno::econnrefused());
     }
-    accepted.push(conn, GFP_KERNEL)?;
+    Ok(())
+}
+
+/// Keeps an accepted connection (admitted by [`admit`] just before).
+fn connection_accepted(conn: Arc<Connection>) -> Result {
+    get().accepted.lock().push(conn, GFP_KERNEL)?;
     Ok(())
 }
 

@@ -318,14 +318,34 @@ impl<'a> Descriptor<'a> {
             cmp_range(addr, v.start, v.end)
         })?;
         let v = self.vma_unchecked(vi);
-        let page = (addr - v.start) / PAGE;
+        Some((v, self.run_at(&v, (addr - v.start) / PAGE)?))
+    }
+
+    /// The run of VMA `v` covering its page `page`, if any.
+    fn run_at(&self, v: &Vma, page: u64) -> Option<PageRun> {
         let first = (v.first_run as usize).min(self.n_runs);
         let last = first.saturating_add(v.n_runs as usize).min(self.n_runs);
         let ri = search(first, last, |i| {
             let r = self.run_unchecked(i);
             cmp_range(page, r.page, r.page.saturating_add(r.n_pages as u64))
         })?;
-        Some((v, self.run_unchecked(ri)))
+        Some(self.run_unchecked(ri))
+    }
+
+    /// Where the data of the snapshot-file byte `file_off` is: its offset in the
+    /// published page set, or `None` for a hole, including any byte past its VMA's end
+    /// (a child that grew the mapping with `mremap` reads zeros there, as after
+    /// `fork()`). See [`window_offset`].
+    pub fn data_offset_at(&self, file_off: u64) -> Option<u64> {
+        let v = self.vma((file_off >> VMA_WINDOW_SHIFT) as usize)?;
+        let page = (file_off & (VMA_WINDOW - 1)) / PAGE;
+        let run = self.run_at(&v, page)?;
+        if run.kind != RUN_PRESENT {
+            return None;
+        }
+        run.data_page
+            .checked_add(page.checked_sub(run.page)?)?
+            .checked_mul(PAGE)
     }
 
     fn vma_unchecked(&self, i: usize) -> Vma {
@@ -354,6 +374,21 @@ impl<'a> Descriptor<'a> {
             data_page: get_u64(b, at + 16),
         }
     }
+}
+
+/// Each seed VMA has its own window of the snapshot file: VMA `i`'s page `p` is at
+/// byte `window_offset(i) + p * PAGE`. Windows are larger than any user address
+/// space, so a mapping grown in a child (`mremap`) stays in its own window and never
+/// reaches another VMA's data, and an address never has to be translated back.
+pub const VMA_WINDOW_SHIFT: u32 = 47;
+pub const VMA_WINDOW: u64 = 1 << VMA_WINDOW_SHIFT;
+/// Most VMAs a windowed snapshot file can hold: the last window ends at 2^63 - 1, the
+/// largest file offset.
+pub const MAX_WINDOWED_VMAS: usize = 1 << (63 - VMA_WINDOW_SHIFT);
+
+/// The snapshot-file offset of VMA `i`'s first page (`i` < [`MAX_WINDOWED_VMAS`]).
+pub const fn window_offset(i: usize) -> u64 {
+    (i as u64) << VMA_WINDOW_SHIFT
 }
 
 /// Where `x` stands against `[start, end)`.
@@ -654,6 +689,9 @@ impl Descriptor<'_> {
     /// Checks that every VMA lies in `lim`'s user range (the parse checks only order
     /// and alignment, which do not depend on the child host).
     pub fn check_limits(&self, lim: &UserLimits) -> Result<(), DescError> {
+        if self.n_vmas > MAX_WINDOWED_VMAS {
+            return Err(DescError::TooLarge);
+        }
         for i in 0..self.n_vmas {
             let v = self.vma_unchecked(i);
             if v.start < lim.min_addr || v.end > lim.task_size {

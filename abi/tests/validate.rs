@@ -273,6 +273,68 @@ fn data_offsets_are_checked() {
     }
 }
 
+#[test]
+fn file_windows_map_each_vma_and_stop_at_its_end() {
+    use snapshot::{window_offset, VMA_WINDOW};
+    // Two adjacent VMAs: a child growing the first with mremap must read zeros, not
+    // the second's data (it did when file offset = address).
+    let v = [
+        Vma {
+            start: 0x10_0000,
+            end: 0x10_2000,
+            first_run: 0,
+            n_runs: 1,
+            ..Default::default()
+        },
+        Vma {
+            start: 0x10_2000,
+            end: 0x10_3000,
+            first_run: 1,
+            n_runs: 1,
+            ..Default::default()
+        },
+    ];
+    let r = [
+        PageRun {
+            page: 0,
+            n_pages: 2,
+            kind: RUN_PRESENT,
+            data_page: 0,
+        },
+        PageRun {
+            page: 0,
+            n_pages: 1,
+            kind: RUN_PRESENT,
+            data_page: 2,
+        },
+    ];
+    let b = desc(&v, &r, 3);
+    let d = Descriptor::parse(&b).unwrap();
+    assert_eq!(d.data_offset_at(window_offset(0)), Some(0));
+    assert_eq!(d.data_offset_at(window_offset(0) + 4096), Some(4096));
+    assert_eq!(
+        d.data_offset_at(window_offset(0) + 8192),
+        None,
+        "grown part of VMA 0"
+    );
+    assert_eq!(d.data_offset_at(window_offset(1)), Some(8192));
+    assert_eq!(d.data_offset_at(window_offset(2)), None);
+    assert_eq!(d.data_offset_at(VMA_WINDOW - 1), None);
+    // Addresses and windows agree inside the VMAs.
+    for (i, vma) in v.iter().enumerate() {
+        for a in (vma.start..vma.end).step_by(4096) {
+            assert_eq!(
+                d.data_offset_at(window_offset(i) + a - vma.start),
+                d.data_offset_of(a)
+            );
+        }
+    }
+    assert_eq!(
+        window_offset(snapshot::MAX_WINDOWED_VMAS - 1) + (VMA_WINDOW - 1),
+        i64::MAX as u64
+    );
+}
+
 proptest! {
     /// The fault path's arithmetic on any header-valid bytes never panics.
     #[test]
@@ -281,6 +343,7 @@ proptest! {
         let i = flip % b.len();
         b[i] = byte;
         if let Ok(d) = Descriptor::parse_validated(&b) {
+            let _ = d.data_offset_at(addr);
             let _ = d.data_offset_of(addr);
             let _ = d.data_offset_of(0x10_0000 + addr % 0x8000);
             let _ = d.check_limits(&LIM);

@@ -338,7 +338,9 @@ static int mode_flood(const char *addr, int port, int n, int hold_ms)
 	for (int i = 0; i < n; i++) {
 		struct rdma_conn_param p = { .responder_resources = 1, .initiator_depth = 1,
 					     .retry_count = 1, .rnr_retry_count = 1,
-					     .qp_num = 0x100 + i };
+					     /* Distinct per process: the CM rejects a
+					      * REQ whose remote QPN it already knows. */
+					     .qp_num = ((getpid() & 0xffff) << 8 | i) & 0xffffff };
 		struct rdma_cm_event *ev;
 		int e;
 
@@ -371,7 +373,7 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 {
 	struct conn c;
 	uint8_t secret[16], wrong[16], m[MSG_SIZE];
-	int eacces = 0, enoent, sent = 0, dummy, ok = 1;
+	int eacces = 0, enoent, sent = 0, dummy, ok = 1, badmsg_replies = 0;
 	uint32_t rkey = 0, rkey2 = 0;
 	int read_ok, guessed, stale;
 
@@ -400,9 +402,19 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	header(m, K_CLOSE, 7, 0, 8);
 	put64(m + HDR_LEN, 0xffffffffffffull);
 	sent += !send_msg(&c, m, HDR_LEN + 8);		/* close of nothing */
-	if (recv_msg(&c, &dummy, 500) >= 0) {
-		printf("hostile-peer: the module answered a malformed message\n");
-		ok = 0;
+	/* Every malformed message is dropped unanswered, except the open with a short
+	 * body: its header is well formed, so it gets an EBADMSG reply. */
+	for (int answers = 0, s; (s = recv_msg(&c, &dummy, 500)) >= 0; answers++) {
+		uint8_t *r = recv_buf(&c, s);
+		int badmsg = dummy >= HDR_LEN && get32(r) == WIRE_MAGIC && get64(r + 8) == 7 &&
+			     (int32_t)get32(r + 16) == -EBADMSG;
+
+		post_recv(&c, s);
+		if (!badmsg || answers > 0) {
+			printf("hostile-peer: the module answered a malformed message\n");
+			ok = 0;
+		}
+		badmsg_replies += badmsg;
 	}
 	/* Wrong secrets, then an unknown id. */
 	for (int i = 0; i < tries; i++) {
@@ -426,10 +438,11 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 		}
 	}
 	conn_free(&c);
-	printf("hostile-peer: RESULT garbage_sent=%d wrong_secret_eacces=%d/%d unknown_enoent=%d "
-	       "read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
-	       sent, eacces, tries, enoent, read_ok, guessed, stale);
-	return !(ok && sent == 8 && eacces == tries && enoent && read_ok && guessed && stale);
+	printf("hostile-peer: RESULT garbage_sent=%d badmsg_replies=%d wrong_secret_eacces=%d/%d "
+	       "unknown_enoent=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
+	       sent, badmsg_replies, eacces, tries, enoent, read_ok, guessed, stale);
+	return !(ok && sent == 8 && badmsg_replies == 1 && eacces == tries && enoent && read_ok &&
+		 guessed && stale);
 }
 
 /* Serves FILE as every region, one connection at a time, until killed. */
@@ -490,7 +503,7 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, int
 		/* Serve until the connection goes (its events share the channel). */
 		fcntl(ec->fd, F_SETFL, O_NONBLOCK);
 		for (;;) {
-			int l, s = recv_msg(&c, &l, 20);
+			int l = 0, s = recv_msg(&c, &l, 20);
 			uint8_t *r, *out;
 
 			if (next_event(ec, 0, &ev) >= 0) {

@@ -289,6 +289,7 @@ pub fn drive(r: &mut Report, peer: Ipv4Addr, me: Ipv4Addr) -> ExitCode {
             r.check("adv-fault-inject-resume", false, "no snapshot of A", &[]);
         }
     }
+    device_removed_under_child(r, &mut agent);
     // Random ioctls on both hosts' modules (after the rest: the module must still
     // answer, and the run must stay free of kernel reports).
     let local = Command::new("/bin/mitosis-test")
@@ -714,15 +715,19 @@ fn inject(slab_budget: u64, page_budget: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` in a child that opted in to fault injection; returns how it ended:
-/// `Ok(exit status)` or `Err(signal)`; `None` if it hung (killed after 60 s).
-fn in_failing_child(f: impl FnOnce() -> i32) -> Option<Result<i32, i32>> {
+/// Runs `f` in a child that opened the device and then opted in to fault injection;
+/// returns how it ended: `Ok(exit status)` or `Err(signal)`; `None` if it hung
+/// (killed after 60 s).
+fn in_failing_child(f: impl FnOnce(&Mitosis) -> i32) -> Option<Result<i32, i32>> {
     // SAFETY: single-threaded caller; the child runs `f` and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let code = match std::fs::write("/proc/self/make-it-fail", "1") {
-            Ok(()) => f(),
-            Err(_) => 3,
+        let code = match Mitosis::open() {
+            Ok(m) => match std::fs::write("/proc/self/make-it-fail", "1") {
+                Ok(()) => f(&m),
+                Err(_) => 3,
+            },
+            Err(_) => 4,
         };
         // SAFETY: leaving the child without the parent's exit handlers.
         unsafe { libc::_exit(code) };
@@ -758,8 +763,7 @@ fn in_failing_child(f: impl FnOnce() -> i32) -> Option<Result<i32, i32>> {
 /// operation must work again. Splats and leaks fail the guest run.
 pub fn fault_inject(r: &mut Report, what: &str, handle: Option<&str>) -> ExitCode {
     let h: Option<SnapshotHandle> = handle.and_then(|h| h.parse().ok());
-    let op = || -> i32 {
-        let Ok(m) = Mitosis::open() else { return 4 };
+    let op = |m: &Mitosis| -> i32 {
         match (what, &h) {
             ("prepare", _) => match m.fork_prepare() {
                 Ok(mitosis::Forked::Parent(p)) => {
@@ -813,4 +817,74 @@ pub fn fault_inject(r: &mut Report, what: &str, handle: Option<&str>) -> ExitCod
         &[("succeeded", ok as f64), ("refused", refused as f64), ("killed", killed as f64)],
     );
     ExitCode::SUCCESS
+}
+
+/// Waits (bounded) for a child; `None` if it did not end within `limit`.
+fn wait_bounded(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sh(cmd: &str) -> i32 {
+    println!("adversarial: {cmd}");
+    Command::new("/bin/sh")
+        .args(["-c", cmd])
+        .status()
+        .map(|s| s.code().unwrap_or(-1))
+        .unwrap_or(-1)
+}
+
+/// The RDMA device removed (`rdma link delete`) under a child still faulting its
+/// 16 MiB in: the child finishes or gets SIGBUS, nothing hangs, the kernel stays clean
+/// (connections on the device torn down, their DMA pages unmapped before it goes),
+/// and once the device is back a new child resumes.
+fn device_removed_under_child(r: &mut Report, agent: &mut Agent) {
+    use std::os::unix::process::ExitStatusExt;
+    let handle = agent
+        .call("prepare 16")
+        .and_then(|w| w.first().cloned().ok_or("no handle".into()));
+    let Ok(handle) = handle else {
+        r.check(
+            "adv-device-removed-under-child",
+            false,
+            format!("{handle:?}"),
+            &[],
+        );
+        return;
+    };
+    let resume = || {
+        Command::new("/bin/mitosis-test")
+            .args(["resume-expect", &handle, "child"])
+            .spawn()
+    };
+    let ended = resume().ok().map(|mut c| {
+        std::thread::sleep(Duration::from_millis(1500));
+        let deleted = sh("rdma link delete rxe0");
+        let st = wait_bounded(&mut c, Duration::from_secs(60));
+        (deleted, st)
+    });
+    let added = sh("rdma link add rxe0 type rxe netdev eth0");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = resume()
+        .ok()
+        .and_then(|mut c| wait_bounded(&mut c, Duration::from_secs(120)))
+        .and_then(|st| st.code());
+    let child_ok = matches!(&ended, Some((0, Some(st)))
+        if st.code() == Some(RESUMED_AGENT_EXIT) || st.signal() == Some(libc::SIGBUS));
+    r.check(
+        "adv-device-removed-under-child",
+        child_ok && added == 0 && again == Some(RESUMED_AGENT_EXIT),
+        format!("delete and child: {ended:?}; re-added {added}; a new child afterwards: {again:?}"),
+        &[],
+    );
 }

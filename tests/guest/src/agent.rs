@@ -53,13 +53,30 @@ fn handle(line: &str) -> (String, bool) {
         }
         // Snapshots this agent (a small, real seed for the adversarial scenario). A
         // child resumed from it exits at once with status 42.
-        ["prepare"] => match Mitosis::open().and_then(|m| m.fork_prepare()) {
-            Ok(Forked::Parent(p)) => (format!("ok {}", p.handle), false),
-            Ok(Forked::Child(_)) => std::process::exit(RESUMED_AGENT_EXIT),
-            Err(e) => (format!("err {}", errno_of(&e)), false),
-        },
+        ["prepare"] => prepare(0),
+        // The same with MIB MiB of patterned memory that the child reads back (exit 43
+        // on a difference): a child that keeps faulting for a while.
+        ["prepare", mib] => prepare(mib.parse().unwrap_or(0)),
         ["quit"] => ("ok".into(), true),
         _ => ("err 22".into(), false),
+    }
+}
+
+/// Snapshots this agent holding `mib` MiB of pattern; see `handle`.
+fn prepare(mib: usize) -> (String, bool) {
+    let words: Vec<u64> = (0..(mib << 17) as u64)
+        .map(|i| mitosis_abi::ioctl::pattern_word(9, 8 * i))
+        .collect();
+    match Mitosis::open().and_then(|m| m.fork_prepare()) {
+        Ok(Forked::Parent(p)) => (format!("ok {}", p.handle), false),
+        Ok(Forked::Child(_)) => {
+            let intact = words
+                .iter()
+                .enumerate()
+                .all(|(i, &w)| w == mitosis_abi::ioctl::pattern_word(9, 8 * i as u64));
+            std::process::exit(if intact { RESUMED_AGENT_EXIT } else { 43 })
+        }
+        Err(e) => (format!("err {}", errno_of(&e)), false),
     }
 }
 

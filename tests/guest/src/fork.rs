@@ -53,6 +53,8 @@ const SEED_SHARED: u64 = 21;
 /// The seed's umask (the launchers' is 022).
 const SEED_UMASK: libc::mode_t = 0o027;
 const SEED_MEMFD: u64 = 22;
+const SEED_GROW: u64 = 23;
+const SEED_NEIGHBOUR: u64 = 24;
 const SWAP_PAGES: usize = 64;
 
 thread_local! {
@@ -120,6 +122,10 @@ pub struct World {
     /// prepare (and the seed file on disk); children must see the snapshot's content.
     shared: *mut u8,
     memfd: *mut u8,
+    /// `SMALL_PAGES` read-write pages directly followed by `SMALL_PAGES` read-only
+    /// ones (two VMAs): a child growing the first with `mremap` must read zeros in
+    /// the new part, never its neighbour's data.
+    grow: *mut u8,
 }
 
 impl World {
@@ -148,6 +154,7 @@ impl World {
                 swapped_kib: 0,
                 shared: none,
                 memfd: none,
+                grow: none,
             };
         }
         let sparse = map_sparse();
@@ -183,6 +190,14 @@ impl World {
         fill(shared, SMALL_PAGES * PAGE, SEED_SHARED, 0);
         let memfd = map_memfd(SMALL_PAGES * PAGE);
         fill(memfd, SMALL_PAGES * PAGE, SEED_MEMFD, 0);
+        let grow = map_anon(2 * SMALL_PAGES * PAGE, 0);
+        fill(grow, SMALL_PAGES * PAGE, SEED_GROW, 0);
+        // SAFETY: the second half of our own mapping.
+        unsafe {
+            let neighbour = grow.add(SMALL_PAGES * PAGE);
+            fill(neighbour, SMALL_PAGES * PAGE, SEED_NEIGHBOUR, 0);
+            libc::mprotect(neighbour as *mut _, SMALL_PAGES * PAGE, libc::PROT_READ);
+        }
         TLS_VALUE.with(|v| v.set(TLS_MAGIC));
         // SAFETY: installing a plain handler that only touches an atomic.
         unsafe {
@@ -203,6 +218,7 @@ impl World {
             swapped_kib,
             shared,
             memfd,
+            grow,
         }
     }
 
@@ -615,12 +631,52 @@ fn verify_child(r: &mut Report, w: &World, stack: &[u64; STACK_WORDS], resumed: 
     let cwd = std::env::current_dir()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    // The stack is anonymous memory in the child: the kernel reads the command line
+    // from it (`ps` shows the seed's).
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    r.check(
+        "rf-child-proc-cmdline",
+        cmdline.contains("mitosis-test"),
+        format!("{:?}", cmdline.trim()),
+        &[],
+    );
     r.check(
         "rf-child-inherits-process-attributes",
         comm == "mitosis-test" && umask == SEED_UMASK && cwd == "/tmp",
         format!(
             "comm {comm:?}, umask {umask:o}, cwd {cwd:?} (want the seed's: mitosis-test, 27, /tmp)"
         ),
+        &[],
+    );
+    // Growing a region (moved, since its neighbour is in the way): the old part keeps
+    // the snapshot's data, the new part reads zeros, as after fork().
+    let len = SMALL_PAGES * PAGE;
+    // SAFETY: remapping our own first half into a larger, movable mapping.
+    let grown =
+        unsafe { libc::mremap(w.grow as *mut _, len, 2 * len, libc::MREMAP_MAYMOVE) as *mut u8 };
+    let grow_ok = grown as *mut libc::c_void != libc::MAP_FAILED && {
+        let old_part = first_bad(grown, len, SEED_GROW, 0);
+        // SAFETY: the grown part of the new mapping.
+        let new_part = unsafe { std::slice::from_raw_parts(grown.add(len), len) };
+        let ok = old_part.is_none() && new_part.iter().all(|&b| b == 0);
+        // Put it back where it was (a later two-hop prepare snapshots this world).
+        // SAFETY: moving our own mapping back to the range it left free.
+        let back = unsafe {
+            libc::mremap(
+                grown as *mut _,
+                2 * len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                w.grow as *mut libc::c_void,
+            )
+        };
+        ok && back == w.grow as *mut libc::c_void
+    };
+    r.check(
+        "rf-child-mremap-growth-reads-zeros",
+        grow_ok,
+        format!("moved to {grown:p}"),
         &[],
     );
     // Shared memory is copied at prepare: the parent's later writes are not seen.
