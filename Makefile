@@ -82,13 +82,13 @@ test-fork: image
 		--out $(OUT)/remote-fork-$(KVARIANT) --timeout $(TIMEOUT)
 
 # Hostile peers and parents, fault injection and ioctl fuzzing (tests/guest/src/adversarial.rs);
-# `make check` runs it on the KASAN kernel.
+# `make check` runs it on the debug kernel (lockdep, kmemleak) and on the KASAN kernel.
 test-adversarial: image
 	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
 		--scenario adversarial --expect tests/scenarios/adversarial.expect \
 		--out $(OUT)/adversarial-$(KVARIANT) --timeout $(TIMEOUT)
 
-check: fmt test-host clippy test-guests test-fork
+check: fmt test-host clippy test-guests test-fork test-adversarial
 	$(MAKE) KVARIANT=kasan test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.

@@ -163,9 +163,6 @@ struct pt_regs *mitosis_current_pt_regs(void)
 pid_t mitosis_current_tid(void)
 { return task_pid_vnr(current); }
 
-int mitosis_put_user_u32(u32 value, u32 __user *addr)
-{ return put_user(value, addr); }
-
 /* x86-64 register state (what arch_prctl(ARCH_SET_FS/GS) does for the current task). */
 struct fpstate *mitosis_current_fpstate(void)
 { return current->thread.fpu.fpstate; }
@@ -196,32 +193,35 @@ struct inode *mitosis_folio_inode(struct folio *folio)
 
 /*
  * task_struct fields, in C (bindgen's task_struct is now checked against the
- * compiler's, see ffi/layout.list, but these stay one place the C helpers share).
- * Order of `v`: rseq, rseq_len, rseq_sig, robust_list, clear_child_tid,
- * set_child_tid, sas_ss_sp, sas_ss_size, sas_ss_flags, blocked.
+ * compiler's, see ffi/layout.list; the fields stay here, behind the named
+ * struct mitosis_user_state, so src/task.rs never touches task_struct).
  */
 struct mm_struct *mitosis_current_mm(void)
 { return current->mm; }
 
-void mitosis_get_task_user_state(u64 v[10])
+void mitosis_get_task_user_state(struct mitosis_user_state *s)
 {
 	struct task_struct *t = current;
 
-	v[0] = (u64)t->rseq; v[1] = t->rseq_len; v[2] = t->rseq_sig;
-	v[3] = (u64)t->robust_list; v[4] = (u64)t->clear_child_tid;
-	v[5] = (u64)t->set_child_tid; v[6] = t->sas_ss_sp; v[7] = t->sas_ss_size;
-	v[8] = t->sas_ss_flags; v[9] = t->blocked.sig[0];
+	s->rseq = (u64)t->rseq; s->rseq_len = t->rseq_len; s->rseq_sig = t->rseq_sig;
+	s->robust_list = (u64)t->robust_list; s->clear_child_tid = (u64)t->clear_child_tid;
+	s->set_child_tid = (u64)t->set_child_tid; s->sas_ss_sp = t->sas_ss_sp;
+	s->sas_ss_size = t->sas_ss_size; s->sas_ss_flags = t->sas_ss_flags;
+	s->blocked = t->blocked.sig[0];
 }
 
-void mitosis_set_task_user_state(const u64 v[10])
+void mitosis_set_task_user_state(const struct mitosis_user_state *s)
 {
 	struct task_struct *t = current;
 
-	t->rseq = (struct rseq __user *)v[0]; t->rseq_len = v[1]; t->rseq_sig = v[2];
+	t->rseq = (struct rseq __user *)s->rseq; t->rseq_len = s->rseq_len;
+	t->rseq_sig = s->rseq_sig;
 	rseq_set_notify_resume(t);
-	t->robust_list = (struct robust_list_head __user *)v[3];
-	t->clear_child_tid = (int __user *)v[4]; t->set_child_tid = (int __user *)v[5];
-	t->sas_ss_sp = v[6]; t->sas_ss_size = v[7]; t->sas_ss_flags = v[8];
+	t->robust_list = (struct robust_list_head __user *)s->robust_list;
+	t->clear_child_tid = (int __user *)s->clear_child_tid;
+	t->set_child_tid = (int __user *)s->set_child_tid;
+	t->sas_ss_sp = s->sas_ss_sp; t->sas_ss_size = s->sas_ss_size;
+	t->sas_ss_flags = s->sas_ss_flags;
 }
 
 struct k_sigaction *mitosis_sigactions(void)

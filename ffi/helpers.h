@@ -69,13 +69,19 @@ void mitosis_mm_arg_lock(struct mm_struct *mm);
 void mitosis_mm_arg_unlock(struct mm_struct *mm);
 struct pt_regs *mitosis_current_pt_regs(void);
 struct mm_struct *mitosis_current_mm(void);
-void mitosis_get_task_user_state(u64 v[10]);
-void mitosis_set_task_user_state(const u64 v[10]);
+/* The per-thread user pointers and signal mask the kernel keeps for a task. */
+struct mitosis_user_state {
+	u64 rseq, rseq_len, rseq_sig;
+	u64 robust_list, clear_child_tid, set_child_tid;
+	u64 sas_ss_sp, sas_ss_size, sas_ss_flags;
+	u64 blocked;
+};
+void mitosis_get_task_user_state(struct mitosis_user_state *s);
+void mitosis_set_task_user_state(const struct mitosis_user_state *s);
 struct k_sigaction *mitosis_sigactions(void);
 void mitosis_sighand_lock_current(void);
 void mitosis_sighand_unlock_current(void);
 pid_t mitosis_current_tid(void);
-int mitosis_put_user_u32(u32 value, u32 __user *addr);
 struct fpstate *mitosis_current_fpstate(void);
 unsigned long mitosis_read_fsbase(void);
 unsigned long mitosis_read_gsbase(void);

@@ -125,6 +125,8 @@ struct RecvBuf {
 #[pin_data(PinnedDrop)]
 pub(crate) struct Connection {
     role: Role,
+    /// Client: the bound of each setup step (address and route resolution).
+    setup_timeout_ms: u32,
     peer_addr: u32,
     peer_port: u16,
     id: AtomicPtr<bindings::rdma_cm_id>,
@@ -219,11 +221,13 @@ impl Connection {
         role: Role,
         peer_addr: u32,
         peer_port: u16,
+        setup_timeout_ms: u32,
         on_request: Option<RequestHandler>,
         on_closed: ClosedHandler,
     ) -> impl PinInit<Self, Error> {
         try_pin_init!(Connection {
             role,
+            setup_timeout_ms,
             peer_addr,
             peer_port,
             id: AtomicPtr::new(ptr::null_mut()),
@@ -323,7 +327,7 @@ impl Connection {
         on_closed: ClosedHandler,
     ) -> Result<Arc<Self>> {
         let conn = Arc::pin_init(
-            Self::new(Role::Client, addr, port, None, on_closed),
+            Self::new(Role::Client, addr, port, timeout_ms, None, on_closed),
             GFP_KERNEL,
         )?;
         // SAFETY: `init_net` is the initial network namespace, alive forever; the handler
@@ -368,7 +372,10 @@ impl Connection {
             }
             Err(e) => {
                 count(&STATS.conns_failed, 1);
-                conn.teardown();
+                // On the module's workqueue: the caller may hold the mmap lock (a
+                // fault reconnecting), and destroying a CM id waits for its handler,
+                // which user-space CM users order after the mmap lock.
+                conn.fail(e);
                 Err(e)
             }
         }
@@ -385,7 +392,7 @@ impl Connection {
         // SAFETY: the CM passes a live id with a resolved route.
         let (addr, port) = unsafe { peer_of(id) };
         let conn = Arc::pin_init(
-            Self::new(Role::Server, addr, port, Some(on_request), on_closed),
+            Self::new(Role::Server, addr, port, 0, Some(on_request), on_closed),
             GFP_KERNEL,
         )?;
         let result = (|| {
@@ -1115,9 +1122,8 @@ impl Connection {
         };
         match event.event {
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ADDR_RESOLVED => {
-                let timeout = crate::state::connect_timeout_ms();
                 // SAFETY: `id` is live (we are in its handler).
-                let r = unsafe { bindings::rdma_resolve_route(id, timeout as _) };
+                let r = unsafe { bindings::rdma_resolve_route(id, self.setup_timeout_ms as _) };
                 if r != 0 {
                     finish(r);
                 }

@@ -20,7 +20,7 @@ case "$variant" in
   debug) frags+=("$here/kernel/debug.config") ;;
   perf) ;;
   # KASAN with Rust needs a clang-built kernel (see kasan.config).
-  kasan) frags+=("$here/kernel/debug.config" "$here/kernel/kasan.config"); makeflags="LLVM=1" ;;
+  kasan) frags+=("$here/kernel/kasan.config"); makeflags="LLVM=1" ;;
   *) echo "build-kernel: unknown variant '$variant' (debug|perf|kasan)" >&2; exit 2 ;;
 esac
 

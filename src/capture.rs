@@ -14,21 +14,21 @@
 //! is published like a region: a peer can read only these pages, with the snapshot's
 //! id and secret.
 
+// Policy code: every `unsafe` operation it needs lives in the abstractions
+// (`task.rs`, `mm.rs`, `fpu.rs`, `pager.rs`, `rdma/`).
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::Pod;
 use crate::abi::snapshot::{
-    encode, encoded_len, vma_flags, PageRun, SigAction, TaskState, Vma, NSIG, PAGE, PT_REGS_WORDS,
-    RUN_PRESENT, TASK_STATE_LEN,
+    encode, encoded_len, vma_flags, PageRun, TaskState, Vma, PAGE, RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
-
-use crate::mm::{MmapReadGuard, Special, VmaView, MAX_VMAS};
+use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
 use crate::rdma::pages::{PageRef, PageSet};
 use crate::state;
-use core::ptr::{self, NonNull};
+use crate::task::CurrentTask;
 use kernel::prelude::*;
 
-/// Pages asked of GUP per call.
-const GUP_BATCH: usize = 64;
 /// Most pages one snapshot may hold (keys for them must fit one control reply).
 const MAX_SNAPSHOT_PAGES: usize =
     crate::abi::wire::MAX_REPLY_RKEYS * crate::control::MAX_CHUNK_PAGES;
@@ -59,7 +59,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     {
         let mm = MmapReadGuard::current()
             .inspect_err(|e| pr_warn!("capture: no address space: {:?}\n", e))?;
-        capture_mm_fields(mm.mm(), &mut st);
+        capture_mm_fields(&mm, &mut st);
         let mut addr = 0u64;
         while let Some(v) = mm.vma_from(addr) {
             addr = v.end;
@@ -182,7 +182,6 @@ fn capture_pages(
     // holes: keep them holes instead of faulting them in.
     let source = state::get().snapshot_fs().pager_of_file(v.file);
     let source_desc = source.map(|p| p.descriptor()).transpose()?;
-    let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
     let mut holes = 0u64;
     let mut p = 0u64;
     let first_run = runs.len();
@@ -192,7 +191,7 @@ fn capture_pages(
             // By file offset, not address: the child may have moved or grown the
             // mapping (`mremap`).
             let file_off = (v.pgoff * PAGE).saturating_add(addr - v.start);
-            if d.data_offset_at(file_off).is_none() && !present_in_page_table(mm, addr) {
+            if d.data_offset_at(file_off).is_none() && !page_present(addr) {
                 holes += 1;
                 p += 1;
                 continue;
@@ -200,46 +199,24 @@ fn capture_pages(
         }
         let want = ((n_pages - p) as usize).min(GUP_BATCH);
         let want = if source_desc.is_some() { 1 } else { want };
-        // SAFETY: the mm is read-locked by `mm` for the whole call (`locked` = NULL);
-        // `got` has room for `want` pointers.
-        let r = unsafe {
-            bindings::get_user_pages_remote(
-                mm.mm(),
-                addr as _,
-                want as _,
-                (bindings::FOLL_FORCE | bindings::FOLL_DUMP) as u32,
-                got.as_mut_ptr(),
-                ptr::null_mut(),
+        let mut batch: [Option<PageRef>; GUP_BATCH] = [const { None }; GUP_BATCH];
+        let r = mm.take_pages(addr, &mut batch[..want]).inspect_err(|e| {
+            pr_warn!(
+                "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {:?}\n",
+                addr,
+                v.start,
+                v.end,
+                v.flags,
+                e
             )
-        };
-        if r == -(bindings::EFAULT as kernel::ffi::c_long) || r == 0 {
+        })?;
+        if r == 0 {
             // Never touched (or the shared zero page): a hole.
             holes += 1;
             p += 1;
             continue;
         }
-        if r < 0 {
-            pr_warn!(
-                "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {}\n",
-                addr,
-                v.start,
-                v.end,
-                v.flags,
-                r
-            );
-            return Err(Error::from_errno(r as i32));
-        }
-        // Every returned page comes with a reference: own them all before anything can
-        // fail, so none leaks.
-        let mut batch: [Option<PageRef>; GUP_BATCH] = [const { None }; GUP_BATCH];
-        for (slot, &page) in batch.iter_mut().zip(&got[..r as usize]) {
-            // SAFETY: GUP returned the page with one reference we now own.
-            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
-        }
-        if batch[..r as usize].iter().any(|p| p.is_none()) {
-            return Err(EFAULT);
-        }
-        if data.len().saturating_add(r as usize) > MAX_SNAPSHOT_PAGES {
+        if data.len().saturating_add(r) > MAX_SNAPSHOT_PAGES {
             pr_info!("capture: more than {} pages: refused\n", MAX_SNAPSHOT_PAGES);
             return Err(E2BIG);
         }
@@ -282,77 +259,36 @@ fn capture_pages(
     Ok(holes)
 }
 
-/// Whether `addr` has a page in the page tables (a child's own write of a page it
-/// had not fetched). Checked with GUP's fast path, which never faults.
-fn present_in_page_table(_mm: &MmapReadGuard, addr: u64) -> bool {
-    let mut page = ptr::null_mut::<bindings::page>();
-    // SAFETY: `page` has room for one pointer; the fast path needs no lock.
-    let r = unsafe { bindings::get_user_pages_fast_only(addr as _, 1, 0, &mut page) };
-    if r == 1 && !page.is_null() {
-        // SAFETY: the reference GUP just took.
-        unsafe { bindings::mitosis_put_page(page) };
-        true
-    } else {
-        false
-    }
-}
-
 /// Registers, FS/GS base, kernel-registered user pointers, signal state.
 fn capture_task(st: &mut TaskState) {
-    // SAFETY: the current task's user register frame; 21 words on x86-64.
-    let regs = unsafe { bindings::mitosis_current_pt_regs() } as *const u64;
-    for i in 0..PT_REGS_WORDS {
-        // SAFETY: `i` < 21 words of the frame.
-        st.regs[i] = unsafe { *regs.add(i) };
-    }
-    let mut v = [0u64; 10];
-    // SAFETY: reading the current task's own state; `v` has room for 10 values.
-    unsafe {
-        st.fsbase = bindings::mitosis_read_fsbase() as u64;
-        st.gsbase = bindings::mitosis_read_gsbase() as u64;
-        bindings::mitosis_get_task_user_state(v.as_mut_ptr());
-    }
-    st.rseq = v[0];
-    st.rseq_len = v[1] as u32;
-    st.rseq_sig = v[2] as u32;
-    st.robust_list = v[3];
-    st.clear_child_tid = v[4];
-    st.set_child_tid = v[5];
-    st.sas_ss_sp = v[6];
-    st.sas_ss_size = v[7];
-    st.sas_ss_flags = v[8] as u32;
-    st.blocked = v[9];
-    // SAFETY: the sighand lock keeps the dispositions stable while we copy them; the
-    // table has NSIG (64) entries.
-    unsafe {
-        bindings::mitosis_sighand_lock_current();
-        let actions = bindings::mitosis_sigactions();
-        for (i, out) in st.sigactions.iter_mut().enumerate().take(NSIG) {
-            let sa = ptr::addr_of!((*actions.add(i)).sa);
-            *out = SigAction {
-                handler: ptr::read(ptr::addr_of!((*sa).sa_handler) as *const u64),
-                flags: (*sa).sa_flags as u64,
-                restorer: ptr::read(ptr::addr_of!((*sa).sa_restorer) as *const u64),
-                mask: (*sa).sa_mask.sig[0] as u64,
-            };
-        }
-        bindings::mitosis_sighand_unlock_current();
-    }
+    let task = CurrentTask::get();
+    st.regs = task.user_regs();
+    (st.fsbase, st.gsbase) = task.fs_gs_base();
+    let u = task.user_state();
+    st.rseq = u.rseq;
+    st.rseq_len = u.rseq_len as u32;
+    st.rseq_sig = u.rseq_sig as u32;
+    st.robust_list = u.robust_list;
+    st.clear_child_tid = u.clear_child_tid;
+    st.set_child_tid = u.set_child_tid;
+    st.sas_ss_sp = u.sas_ss_sp;
+    st.sas_ss_size = u.sas_ss_size;
+    st.sas_ss_flags = u.sas_ss_flags as u32;
+    st.blocked = u.blocked;
+    st.sigactions = task.sigactions();
 }
 
-fn capture_mm_fields(mm: *mut bindings::mm_struct, st: &mut TaskState) {
-    // SAFETY: the mm is read-locked by the caller.
-    unsafe {
-        st.start_code = (*mm).__bindgen_anon_1.start_code as u64;
-        st.end_code = (*mm).__bindgen_anon_1.end_code as u64;
-        st.start_data = (*mm).__bindgen_anon_1.start_data as u64;
-        st.end_data = (*mm).__bindgen_anon_1.end_data as u64;
-        st.start_brk = (*mm).__bindgen_anon_1.start_brk as u64;
-        st.brk = (*mm).__bindgen_anon_1.brk as u64;
-        st.start_stack = (*mm).__bindgen_anon_1.start_stack as u64;
-        st.arg_start = (*mm).__bindgen_anon_1.arg_start as u64;
-        st.arg_end = (*mm).__bindgen_anon_1.arg_end as u64;
-        st.env_start = (*mm).__bindgen_anon_1.env_start as u64;
-        st.env_end = (*mm).__bindgen_anon_1.env_end as u64;
-    }
+fn capture_mm_fields(mm: &MmapReadGuard, st: &mut TaskState) {
+    let l = mm.layout();
+    st.start_code = l.start_code;
+    st.end_code = l.end_code;
+    st.start_data = l.start_data;
+    st.end_data = l.end_data;
+    st.start_brk = l.start_brk;
+    st.brk = l.brk;
+    st.start_stack = l.start_stack;
+    st.arg_start = l.arg_start;
+    st.arg_end = l.arg_end;
+    st.env_start = l.env_start;
+    st.env_end = l.env_end;
 }

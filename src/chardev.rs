@@ -4,150 +4,90 @@
 //!
 //! Each open file owns the peer regions it opened (handles); they are closed with it.
 
+// Policy code: the misc device itself is `miscdev.rs`, the task's state `task.rs`.
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::{self as abi, read_flags, Pod};
-use crate::bindings;
+use crate::miscdev::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration};
 use crate::remote::RemoteRegion;
 use crate::state;
+use crate::task::CurrentTask;
 use crate::uargs::{log_rejected, read_args, require, require_admin, write_args};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
-use kernel::types::Opaque;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// Most peer regions one open file may hold.
 const MAX_HANDLES_PER_FILE: usize = 1024;
 
-/// The registered misc device and its file operations.
-///
-/// # Invariants
-///
-/// `misc.fops` points to `fops`; both are pinned while registered.
-#[pin_data(PinnedDrop)]
-pub(crate) struct MiscDevice {
-    #[pin]
-    fops: Opaque<bindings::file_operations>,
-    #[pin]
-    misc: Opaque<bindings::miscdevice>,
-    registered: core::sync::atomic::AtomicBool,
+/// `/dev/mitosis`.
+pub(crate) struct MitosisDevice;
+
+impl MitosisDevice {
+    /// Registers the device node (`/dev/mitosis`, root only).
+    pub(crate) fn register(
+        module: &'static ThisModule,
+    ) -> impl PinInit<MiscDeviceRegistration<Self>, Error> {
+        MiscDeviceRegistration::register(
+            MiscDeviceOptions {
+                name: kernel::c_str!("mitosis"),
+                mode: 0o600,
+            },
+            module,
+        )
+    }
 }
 
-// SAFETY: the C structs are only mutated by the misc core under its own lock.
-unsafe impl Send for MiscDevice {}
-// SAFETY: as above.
-unsafe impl Sync for MiscDevice {}
+impl MiscDevice for MitosisDevice {
+    type Ptr = Pin<KBox<FileState>>;
 
-impl MiscDevice {
-    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
-        pin_init!(MiscDevice {
-            fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
-                let mut v = bindings::file_operations::default();
-                v.owner = module.as_ptr().cast();
-                v.open = Some(open);
-                v.release = Some(release);
-                v.unlocked_ioctl = Some(ioctl);
-                v.compat_ioctl = Some(compat_ioctl);
-                // SAFETY: `f` is valid for writing.
-                unsafe { f.write(v) };
+    fn open() -> Result<Self::Ptr> {
+        KBox::pin_init(
+            pin_init!(FileState {
+                remotes <- new_mutex!(KVec::new()),
+                next_handle: AtomicU64::new(1),
             }),
-            misc <- Opaque::ffi_init(|m: *mut bindings::miscdevice| {
-                let mut v = bindings::miscdevice::default();
-                v.minor = 255; // MISC_DYNAMIC_MINOR
-                v.name = kernel::c_str!("mitosis").as_char_ptr();
-                v.mode = 0o600;
-                // SAFETY: `m` is valid for writing.
-                unsafe { m.write(v) };
-            }),
-            registered: core::sync::atomic::AtomicBool::new(false),
-        })
+            GFP_KERNEL,
+        )
     }
 
-    pub(crate) fn register(self: Pin<&mut Self>) -> Result {
-        // SAFETY: both structs are pinned and initialised; `fops` outlives the
-        // registration (deregistered in `deregister`/Drop).
-        unsafe { (*self.misc.get()).fops = self.fops.get() };
-        // SAFETY: as above.
-        kernel::error::to_result(unsafe { bindings::misc_register(self.misc.get()) })?;
-        self.registered.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    pub(crate) fn deregister(&self) {
-        if self.registered.swap(false, Ordering::AcqRel) {
-            // SAFETY: registered in `register`.
-            unsafe { bindings::misc_deregister(self.misc.get()) };
+    /// The file's peer regions are closed with it.
+    fn release(st: Self::Ptr) {
+        let remotes = crate::util::take_all(&mut st.remotes.lock());
+        for r in remotes.iter() {
+            r.close();
         }
     }
-}
 
-#[pinned_drop]
-impl PinnedDrop for MiscDevice {
-    fn drop(self: Pin<&mut Self>) {
-        self.deregister();
+    fn ioctl(st: Pin<&FileState>, cmd: u32, arg: usize) -> Result<isize> {
+        dispatch(&st, cmd, arg)
+    }
+
+    /// 32-bit callers. The argument structs have the same layout for them (fixed-size
+    /// integers, explicit padding, pointers as `u64`), but a 32-bit process can neither
+    /// be captured nor become a child of a 64-bit seed: the fork commands are refused.
+    fn compat_ioctl(st: Pin<&FileState>, cmd: u32, arg: usize) -> Result<isize> {
+        let (_, _, nr, _) = abi::decode(cmd);
+        if matches!(
+            cmd_nr(nr),
+            Cmd::ForkCapture | Cmd::ForkResume | Cmd::ForkClaim
+        ) {
+            log_rejected(format_args!(
+                "fork command {cmd:#x} from a 32-bit process (EOPNOTSUPP)"
+            ));
+            return Err(crate::errno::eopnotsupp());
+        }
+        dispatch(&st, cmd, arg)
     }
 }
 
 /// Per open file.
 #[pin_data]
-struct FileState {
+pub(crate) struct FileState {
     #[pin]
     remotes: Mutex<KVec<Arc<RemoteRegion>>>,
     next_handle: AtomicU64,
-}
-
-unsafe extern "C" fn open(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
-    let st = KBox::pin_init(
-        pin_init!(FileState { remotes <- new_mutex!(KVec::new()), next_handle: AtomicU64::new(1) }),
-        GFP_KERNEL,
-    );
-    match st {
-        Ok(st) => {
-            // SAFETY: the file is being opened; we own `private_data` from now on. The box
-            // is turned back into one in `release`; it is never moved (pinned).
-            unsafe { (*file).private_data = KBox::into_raw(Pin::into_inner_unchecked(st)).cast() };
-            0
-        }
-        Err(e) => e.to_errno(),
-    }
-}
-
-unsafe extern "C" fn release(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
-    // SAFETY: set in `open`; no ioctl runs any more on this file.
-    let st = unsafe { KBox::from_raw((*file).private_data as *mut FileState) };
-    let remotes = crate::util::take_all(&mut st.remotes.lock());
-    for r in remotes.iter() {
-        r.close();
-    }
-    drop(st);
-    0
-}
-
-unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
-    // SAFETY: `private_data` was set in `open` and lives until `release`.
-    let st = unsafe { &*((*file).private_data as *const FileState) };
-    match dispatch(st, cmd, arg) {
-        Ok(v) => v,
-        Err(e) => e.to_errno() as isize,
-    }
-}
-
-/// `file_operations::compat_ioctl`: 32-bit callers. The argument structs have the same
-/// layout for them (fixed-size integers, explicit padding, pointers as `u64`), but a
-/// 32-bit process can neither be captured nor become a child of a 64-bit seed: the
-/// fork commands are refused.
-unsafe extern "C" fn compat_ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
-    let (_, _, nr, _) = abi::decode(cmd);
-    if matches!(
-        cmd_nr(nr),
-        Cmd::ForkCapture | Cmd::ForkResume | Cmd::ForkClaim
-    ) {
-        log_rejected(format_args!(
-            "fork command {cmd:#x} from a 32-bit process (EOPNOTSUPP)"
-        ));
-        return crate::errno::eopnotsupp().to_errno() as isize;
-    }
-    // SAFETY: as for `ioctl`; on x86-64 a compat pointer is the zero-extended value.
-    unsafe { ioctl(file, cmd, arg) }
 }
 
 /// Dispatches one ioctl; the value is the syscall's return value.
@@ -179,9 +119,8 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 "padding or output fields not zero",
             )?;
             // The seed is ended after the capture: it must be a process of its own.
-            // SAFETY: reads of the current task.
             require(
-                unsafe { bindings::mitosis_current_mm_exclusive() },
+                CurrentTask::get().mm_exclusive(),
                 name,
                 "caller is not a single-threaded process with its own address space",
             )
@@ -191,16 +130,14 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
                 pr_warn!("fork_prepare capture failed: {:?}\n", e);
             })?;
             let ns = (kernel::time::Ktime::ktime_get() - start).to_ns() as u64;
-            // SAFETY: plain reads of the current task.
-            let tgid = unsafe { bindings::mitosis_current_tgid() };
+            let tgid = CurrentTask::get().tgid();
             let id = c.id;
             state::get()
                 .file_claim(tgid, a.claim_token, ns, c)
                 .inspect_err(|_| {
                     let _ = state::get().destroy_region(id);
                 })?;
-            // SAFETY: ends the current task (the seed) before it returns to user mode.
-            unsafe { bindings::mitosis_seed_finish() };
+            CurrentTask::get().finish_seed();
             Ok(())
         }
         Cmd::ForkClaim => call(name, size, arg, true, |a: &mut abi::ForkClaimArgs| {
@@ -242,9 +179,8 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             )?;
             // Replacing the address space under other threads (or a vfork parent)
             // would pull it from under them.
-            // SAFETY: reads of the current task.
             require(
-                unsafe { bindings::mitosis_current_mm_exclusive() },
+                CurrentTask::get().mm_exclusive(),
                 name,
                 "caller is not a single-threaded process with its own address space",
             )
@@ -438,12 +374,9 @@ fn peer_defaults(port: u16, timeout_ms: u32) -> (u16, u32) {
 }
 
 fn default_port() -> u16 {
-    // SAFETY: read-only module parameter.
-    let p = unsafe { bindings::mitosis_param_listen_port };
-    if p == 0 {
-        18515
-    } else {
-        p
+    match state::listen_port() {
+        0 => 18515,
+        p => p,
     }
 }
 

@@ -49,12 +49,14 @@ mod chardev;
 mod control;
 mod errno;
 mod fpu;
+mod miscdev;
 mod mm;
 mod pager;
 mod region;
 mod remote;
 mod restore;
 mod state;
+mod task;
 mod uargs;
 mod util;
 

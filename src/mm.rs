@@ -4,11 +4,61 @@
 //! and the special mappings (vDSO, vvar) by name.
 
 use crate::bindings;
-use core::ptr::NonNull;
+use crate::pager::File;
+use crate::rdma::pages::PageRef;
+use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
 /// Most VMAs a snapshot may hold (the kernel's default `vm.max_map_count` is 65530).
 pub(crate) const MAX_VMAS: usize = 65536;
+/// Most pages taken per GUP call.
+pub(crate) const GUP_BATCH: usize = 64;
+
+/// Whether the current task has a page mapped at `addr` (GUP's fast path: never
+/// faults, needs no lock).
+pub(crate) fn page_present(addr: u64) -> bool {
+    let mut page = ptr::null_mut::<bindings::page>();
+    // SAFETY: `page` has room for one pointer.
+    let r = unsafe { bindings::get_user_pages_fast_only(addr as _, 1, 0, &mut page) };
+    match NonNull::new(page) {
+        // SAFETY: the reference GUP just took, dropped with the `PageRef`.
+        Some(p) if r == 1 => {
+            drop(unsafe { PageRef::from_raw(p) });
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Unmaps `[start, start + len)` of the current process.
+pub(crate) fn unmap(start: u64, len: u64) -> Result {
+    // SAFETY: unmapping a range of the current process (the kernel checks it).
+    kernel::error::to_result(unsafe { bindings::vm_munmap(start as _, len as _) })
+}
+
+/// Maps `len` bytes at exactly `addr` (`MAP_FIXED_NOREPLACE` must be in `flags`) from
+/// `file` at `offset`, or anonymous memory; `EEXIST` if the range is taken.
+pub(crate) fn map(
+    file: Option<&File>,
+    addr: u64,
+    len: u64,
+    prot: u32,
+    flags: u32,
+    offset: u64,
+) -> Result {
+    let f = file.map_or(ptr::null_mut(), |f| f.as_ptr());
+    // SAFETY: `f` is null or a file we hold; the kernel checks the rest.
+    let got =
+        unsafe { bindings::vm_mmap(f, addr as _, len as _, prot as _, flags as _, offset as _) }
+            as u64;
+    if got == addr {
+        return Ok(());
+    }
+    if got > u64::MAX - 4095 {
+        return Err(Error::from_errno(got as i64 as i32));
+    }
+    Err(Error::from_errno(-(bindings::EEXIST as i32)))
+}
 
 /// `mmap_read_lock` held on an mm for the guard's lifetime.
 ///
@@ -28,6 +78,65 @@ impl MmapReadGuard {
 
     pub(crate) fn mm(&self) -> *mut bindings::mm_struct {
         self.0.as_ptr()
+    }
+
+    /// The mm's layout fields.
+    pub(crate) fn layout(&self) -> MmLayout {
+        let m = self.mm();
+        // SAFETY: the mm is read-locked (type invariant); plain integer fields.
+        unsafe {
+            let f = &(*m).__bindgen_anon_1;
+            MmLayout {
+                start_code: f.start_code as u64,
+                end_code: f.end_code as u64,
+                start_data: f.start_data as u64,
+                end_data: f.end_data as u64,
+                start_brk: f.start_brk as u64,
+                brk: f.brk as u64,
+                start_stack: f.start_stack as u64,
+                arg_start: f.arg_start as u64,
+                arg_end: f.arg_end as u64,
+                env_start: f.env_start as u64,
+                env_end: f.env_end as u64,
+            }
+        }
+    }
+
+    /// Takes a reference on the pages from `addr` on (`out.len()` at most, at least 1):
+    /// present pages and THP subpages, swapped-out pages read back, PROT_NONE pages
+    /// through `FOLL_FORCE`. Returns how many were taken; 0 when the first page was
+    /// never touched (or is the shared zero page): a hole.
+    pub(crate) fn take_pages(&self, addr: u64, out: &mut [Option<PageRef>]) -> Result<usize> {
+        let want = out.len().min(GUP_BATCH);
+        let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
+        // SAFETY: the mm is read-locked (type invariant; `locked` = NULL keeps it so);
+        // `got` has room for `want` pointers.
+        let r = unsafe {
+            bindings::get_user_pages_remote(
+                self.mm(),
+                addr as _,
+                want as _,
+                (bindings::FOLL_FORCE | bindings::FOLL_DUMP) as u32,
+                got.as_mut_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        if r == -(bindings::EFAULT as kernel::ffi::c_long) || r == 0 {
+            return Ok(0);
+        }
+        if r < 0 {
+            return Err(Error::from_errno(r as i32));
+        }
+        let n = (r as usize).min(want);
+        // Own every returned reference before anything can fail, so none leaks.
+        for (slot, &page) in out.iter_mut().zip(&got[..n]) {
+            // SAFETY: GUP returned the page with one reference we now own.
+            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
+        }
+        if out[..n].iter().any(|p| p.is_none()) {
+            return Err(EFAULT);
+        }
+        Ok(n)
     }
 
     /// The first VMA ending above `addr`.

@@ -17,22 +17,27 @@
 //! them to the seed's addresses (`mremap`, which the vDSO supports) before anything
 //! calls into them, using the report written into the seed's `ForkCaptureArgs`.
 
+// Policy code: every `unsafe` operation it needs lives in the abstractions
+// (`task.rs`, `mm.rs`, `fpu.rs`, `pager.rs`, `rdma/`).
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
 use crate::abi::snapshot::{
-    reg, vma_flags, window_offset, DescError, Descriptor, TaskState, NSIG, PAGE, TASK_STATE_LEN,
+    reg, vma_flags, window_offset, DescError, Descriptor, TaskState, PAGE, TASK_STATE_LEN,
     X86_64_LIMITS,
 };
 use crate::bindings;
 use crate::errno;
 use crate::fpu;
-use crate::mm::{MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
+use crate::mm::{self, MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
 use crate::pager::{Pager, PagerKey};
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::remote::RemoteRegion;
 use crate::state;
-use core::ptr;
+use crate::task::{CurrentTask, UserState};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
+use kernel::uaccess::UserSlice;
 
 /// Resumes that reached the child, and that failed.
 pub(crate) static RESUMES: AtomicU64 = AtomicU64::new(0);
@@ -142,8 +147,7 @@ fn resume_inner(
             Ipv4(a.peer_addr),
             e
         );
-        // SAFETY: signalling the current task.
-        unsafe { bindings::force_sig(bindings::SIGKILL as i32) };
+        CurrentTask::get().kill();
         return Err(e);
     }
     Ok(())
@@ -278,9 +282,7 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
         }
     }
     for &(start, end) in doomed.iter() {
-        // SAFETY: unmapping a range of the current process.
-        let r = unsafe { bindings::vm_munmap(start as _, (end - start) as _) };
-        kernel::error::to_result(r)?;
+        mm::unmap(start, end - start)?;
     }
     let mut stacks = KVVec::new();
     for i in 0..desc.n_vmas() {
@@ -310,38 +312,21 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
             map_flags |= (bindings::MAP_ANONYMOUS | bindings::MAP_GROWSDOWN) as u64;
         }
         let (src, offset) = if stack {
-            (ptr::null_mut(), 0)
+            (None, 0)
         } else {
             // The VMA's own window of the file (`window_offset`; the count was
             // checked against `MAX_WINDOWED_VMAS`).
-            (file.as_ptr(), window_offset(i))
+            (Some(file), window_offset(i))
         };
-        // SAFETY: mapping our live file (or anonymous memory) into the current process
-        // at the seed's address.
-        let got = unsafe {
-            bindings::vm_mmap(
-                src,
-                v.start as _,
-                (v.end - v.start) as _,
-                prot as _,
-                map_flags as _,
-                offset as _,
-            )
-        } as u64;
-        if got != v.start {
-            let e = if got > u64::MAX - 4095 {
-                got as i64 as i32
-            } else {
-                -(bindings::EEXIST as i32)
-            };
+        let len = v.end - v.start;
+        mm::map(src, v.start, len, prot, map_flags as u32, offset).inspect_err(|e| {
             pr_warn!(
-                "resume: mapping {:#x}-{:#x} failed ({})\n",
+                "resume: mapping {:#x}-{:#x} failed ({:?})\n",
                 v.start,
                 v.end,
                 e
-            );
-            return Err(Error::from_errno(e));
-        }
+            )
+        })?;
         if stack {
             stacks.push(i, GFP_KERNEL)?;
         }
@@ -367,8 +352,7 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
 
 /// Registers, FPU, FS/GS, per-thread user pointers and signal state.
 fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
-    // SAFETY: the current task's user register frame; 21 words on x86-64.
-    let regs = unsafe { bindings::mitosis_current_pt_regs() } as *mut u64;
+    let task = CurrentTask::get();
     for (i, &v) in st.regs.iter().enumerate() {
         // The launcher's code and stack segments stay; the seed's orig_ax would only
         // confuse syscall restart.
@@ -380,60 +364,30 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
         } else {
             v
         };
-        // SAFETY: `i` < 21 words of the frame.
-        unsafe { *regs.add(i) = v };
+        task.set_user_reg(i, v)?;
     }
-    let user = [
-        st.rseq,
-        st.rseq_len as u64,
-        st.rseq_sig as u64,
-        st.robust_list,
-        st.clear_child_tid,
-        st.set_child_tid,
-        st.sas_ss_sp,
-        st.sas_ss_size,
-        st.sas_ss_flags as u64,
-        0,
-    ];
     fpu::install(fpu)?;
-    // SAFETY: the current task's own state, validated by `TaskState::validate`.
-    unsafe {
-        bindings::mitosis_write_fsgsbase(st.fsbase as _, st.gsbase as _);
-        bindings::mitosis_set_task_user_state(user.as_ptr());
-    }
+    task.set_fs_gs_base(st.fsbase, st.gsbase)?;
+    task.set_user_state(&UserState {
+        rseq: st.rseq,
+        rseq_len: st.rseq_len as u64,
+        rseq_sig: st.rseq_sig as u64,
+        robust_list: st.robust_list,
+        clear_child_tid: st.clear_child_tid,
+        set_child_tid: st.set_child_tid,
+        sas_ss_sp: st.sas_ss_sp,
+        sas_ss_size: st.sas_ss_size,
+        sas_ss_flags: st.sas_ss_flags as u64,
+        blocked: 0,
+    });
     if st.set_child_tid != 0 {
         // Like CLONE_CHILD_SETTID: the C library's cached thread id becomes ours.
-        // SAFETY: reading our own thread id.
-        let tid = unsafe { bindings::mitosis_current_tid() } as u32;
-        // SAFETY: a user address of the rebuilt address space; put_user checks it.
-        let r = unsafe { bindings::mitosis_put_user_u32(tid, st.set_child_tid as *mut u32) };
-        kernel::error::to_result(r)?;
+        UserSlice::new(st.set_child_tid as usize, 4)
+            .writer()
+            .write_slice(&task.tid().to_ne_bytes())?;
     }
-    // SAFETY: the sighand lock serialises dispositions with signal delivery; the table
-    // has NSIG (64) entries.
-    unsafe {
-        bindings::mitosis_sighand_lock_current();
-        let actions = bindings::mitosis_sigactions();
-        for (i, a) in st.sigactions.iter().enumerate().take(NSIG) {
-            let sig = i as u32 + 1;
-            if sig == bindings::SIGKILL || sig == bindings::SIGSTOP {
-                continue;
-            }
-            let sa = ptr::addr_of_mut!((*actions.add(i)).sa);
-            ptr::write(ptr::addr_of_mut!((*sa).sa_handler) as *mut u64, a.handler);
-            (*sa).sa_flags = a.flags as _;
-            ptr::write(ptr::addr_of_mut!((*sa).sa_restorer) as *mut u64, a.restorer);
-            (*sa).sa_mask.sig[0] = a.mask as _;
-        }
-        bindings::mitosis_sighand_unlock_current();
-    }
-    let never_blocked = (1u64 << (bindings::SIGKILL - 1)) | (1u64 << (bindings::SIGSTOP - 1));
-    let mut set = bindings::sigset_t::default();
-    set.sig[0] = (st.blocked & !never_blocked) as _;
-    // SAFETY: `set` is a valid signal set; the old set is not wanted.
-    let r =
-        unsafe { bindings::sigprocmask(bindings::SIG_SETMASK as i32, &mut set, ptr::null_mut()) };
-    kernel::error::to_result(r)
+    task.set_sigactions(&st.sigactions);
+    task.set_blocked(st.blocked)
 }
 
 /// Writes the child's report into the seed's `ForkCaptureArgs`.
@@ -464,7 +418,7 @@ fn report(
     for (chunk, f) in bytes.chunks_exact_mut(8).zip(fields) {
         chunk.copy_from_slice(&f.to_ne_bytes());
     }
-    kernel::uaccess::UserSlice::new(at as usize, bytes.len())
+    UserSlice::new(at as usize, bytes.len())
         .writer()
         .write_slice(&bytes)
 }

@@ -11,8 +11,9 @@
 use crate::abi::ioctl::{Counters, StatusArgs};
 use crate::bindings;
 use crate::capture::Captured;
-use crate::chardev::MiscDevice;
+use crate::chardev::MitosisDevice;
 use crate::errno;
+use crate::miscdev::MiscDeviceRegistration;
 use crate::pager::SnapshotFs;
 use crate::rdma::connection::{Connection, Ipv4};
 use crate::rdma::device::DeviceClient;
@@ -45,8 +46,10 @@ pub(crate) const MAX_TIMEOUT_MS: u32 = 60_000;
 /// reads it (ioctls, CM handlers, workqueue, ib_client) is stopped before `Drop`.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Mitosis {
+    /// `/dev/mitosis`, registered last by `start` and deregistered first by `stop`
+    /// (its ioctls reach the rest of the state).
     #[pin]
-    chardev: MiscDevice,
+    chardev: Mutex<Option<Pin<KBox<MiscDeviceRegistration<MitosisDevice>>>>>,
     #[pin]
     devices: DeviceClient,
     #[pin]
@@ -114,7 +117,7 @@ pub(crate) fn io_timeout_ms() -> u32 {
         .clamp(1, MAX_TIMEOUT_MS)
 }
 
-fn listen_port() -> u16 {
+pub(crate) fn listen_port() -> u16 {
     // SAFETY: read-only module parameter (0444).
     unsafe { bindings::mitosis_param_listen_port }
 }
@@ -125,7 +128,7 @@ impl Mitosis {
         rdma::start_workqueue()?;
         let state = KBox::pin_init(
             try_pin_init!(Mitosis {
-                chardev <- MiscDevice::new(module),
+                chardev <- new_mutex!(None),
                 devices <- DeviceClient::new(device_removed),
                 pool <- new_mutex!(KVec::new()),
                 accepted <- new_mutex!(KVec::new()),
@@ -155,8 +158,9 @@ impl Mitosis {
                 })?;
                 *fields.listener.lock() = Some(l);
             }
-            // SAFETY: `chardev` is structurally pinned.
-            unsafe { Pin::new_unchecked(&mut fields.chardev) }.register()
+            let dev = KBox::pin_init(MitosisDevice::register(module), GFP_KERNEL)?;
+            *fields.chardev.lock() = Some(dev);
+            Ok(())
         })();
         if let Err(e) = started {
             state.as_ref().stop();
@@ -167,7 +171,7 @@ impl Mitosis {
 
     /// Stops everything that can call back into the state (see the module docs).
     pub(crate) fn stop(self: Pin<&Self>) {
-        self.chardev.deregister();
+        drop(self.chardev.lock().take());
         drop(self.listener.lock().take());
         // Never tear down under a list lock: CM handlers take the lists' locks while
         // holding their id's handler mutex, which teardown waits for.
@@ -294,9 +298,9 @@ impl Mitosis {
         };
         match winner {
             Some(c) => {
-                // Someone else connected meanwhile: use theirs, drop ours (outside the
-                // pool lock: teardown sleeps).
-                conn.teardown();
+                // Someone else connected meanwhile: use theirs; ours goes down on the
+                // workqueue (the caller may be a fault holding the mmap lock).
+                conn.fail(errno::econnreset());
                 Ok((c, ns))
             }
             None => Ok((conn, ns)),

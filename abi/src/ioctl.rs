@@ -156,45 +156,66 @@ pub struct DeviceInfo {
     pub _pad: u32,
 }
 
-/// Counters since module load.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
+/// Declares the counters once: the `#[repr(C)]` struct the module fills, and their
+/// names in ABI order for the library, the CLI and the C header check
+/// (`abi/tests/abi.rs` compares `lib/include/mitosis.h` with [`Counters::NAMES`]).
+macro_rules! counters {
+    ($($(#[$m:meta])* $name:ident,)*) => {
+        /// Counters since module load.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$m])* pub $name: u64,)*
+            pub _reserved: [u64; 1],
+        }
+
+        impl Counters {
+            /// Every counter's name, in ABI order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// Every counter as (name, value), in ABI order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($name), self.$name)),*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
     /// Outgoing connections established / failed (timeout, reject, unreachable).
-    pub conns_established: u64,
-    pub conns_failed: u64,
+    conns_established,
+    conns_failed,
     /// Incoming connections accepted.
-    pub conns_accepted: u64,
+    conns_accepted,
     /// Connections torn down (either side, any reason).
-    pub conns_closed: u64,
-    pub ctrl_msgs_sent: u64,
-    pub ctrl_msgs_received: u64,
+    conns_closed,
+    ctrl_msgs_sent,
+    ctrl_msgs_received,
     /// RDMA READ work requests posted, and doorbells (post calls) that carried them.
-    pub read_wrs_posted: u64,
-    pub read_doorbells: u64,
-    pub bytes_read: u64,
+    read_wrs_posted,
+    read_doorbells,
+    bytes_read,
     /// READ completions in error, and READs that timed out.
-    pub read_errors: u64,
-    pub read_timeouts: u64,
+    read_errors,
+    read_timeouts,
     /// Regions published on this host, remote opens granted and refused.
-    pub regions_live: u64,
-    pub region_opens: u64,
-    pub region_opens_refused: u64,
+    regions_live,
+    region_opens,
+    region_opens_refused,
     /// Memory registrations (fast-reg MRs) live for peers.
-    pub mrs_live: u64,
+    mrs_live,
     /// Snapshots published on this host, and the seed pages they hold.
-    pub snapshots_live: u64,
-    pub snapshot_pages: u64,
+    snapshots_live,
+    snapshot_pages,
     /// Resumes that reached the child's first instruction, and that failed.
-    pub resumes: u64,
-    pub resumes_failed: u64,
+    resumes,
+    resumes_failed,
     /// Snapshot pages this host fetched from peers (fault, prefetch or eager) and hole
     /// pages it zero-filled locally.
-    pub pages_fetched: u64,
-    pub pages_zeroed: u64,
+    pages_fetched,
+    pages_zeroed,
     /// Remote faults that failed (the faulting child got SIGBUS).
-    pub fetch_failures: u64,
-    pub _reserved: [u64; 1],
+    fetch_failures,
 }
 
 impl DeviceInfo {

@@ -203,3 +203,31 @@ proptest! {
         prop_assert_eq!(OpenRegion::decode(body).unwrap(), OpenRegion { region_id: id, secret });
     }
 }
+
+/// The C header's `struct mitosis_counters` lists the counters of the one Rust
+/// declaration, in the same order (the header is written by hand for C users).
+#[test]
+fn c_header_counters_match_the_abi() {
+    let header = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lib/include/mitosis.h"
+    ))
+    .unwrap();
+    let body = header
+        .split("struct mitosis_counters {")
+        .nth(1)
+        .and_then(|s| s.split("};").next())
+        .unwrap();
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("uint64_t "))
+        .flat_map(|l| l.trim_end_matches(';').split(','))
+        .map(str::trim)
+        .filter(|n| !n.starts_with("_reserved"))
+        .collect();
+    assert_eq!(names, ioctl::Counters::NAMES);
+    assert_eq!(
+        std::mem::size_of::<ioctl::Counters>(),
+        8 * (ioctl::Counters::NAMES.len() + 1)
+    );
+}

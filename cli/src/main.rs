@@ -129,31 +129,7 @@ fn cmd_status(args: &[String]) -> Result<(), Fail> {
     let m = open()?;
     let v = m.version().map_err(|e| op("version", e))?;
     let s = m.status().map_err(|e| op("status", e))?;
-    let c = &s.counters;
-    let counters = [
-        ("conns_established", c.conns_established),
-        ("conns_failed", c.conns_failed),
-        ("conns_accepted", c.conns_accepted),
-        ("conns_closed", c.conns_closed),
-        ("ctrl_msgs_sent", c.ctrl_msgs_sent),
-        ("ctrl_msgs_received", c.ctrl_msgs_received),
-        ("read_wrs_posted", c.read_wrs_posted),
-        ("read_doorbells", c.read_doorbells),
-        ("bytes_read", c.bytes_read),
-        ("read_errors", c.read_errors),
-        ("read_timeouts", c.read_timeouts),
-        ("regions_live", c.regions_live),
-        ("region_opens", c.region_opens),
-        ("region_opens_refused", c.region_opens_refused),
-        ("mrs_live", c.mrs_live),
-        ("snapshots_live", c.snapshots_live),
-        ("snapshot_pages", c.snapshot_pages),
-        ("resumes", c.resumes),
-        ("resumes_failed", c.resumes_failed),
-        ("pages_fetched", c.pages_fetched),
-        ("pages_zeroed", c.pages_zeroed),
-        ("fetch_failures", c.fetch_failures),
-    ];
+    let counters: Vec<(&str, u64)> = s.counters.iter().collect();
     let devices: Vec<_> = s.devices[..s.n_devices as usize].iter().collect();
     if o.has("--json") {
         let devs: Vec<String> = devices

@@ -451,8 +451,8 @@ impl Mitosis {
     /// Gives a resumed child its own `/dev/mitosis` descriptor. The seed's number
     /// means nothing in the child, whose table is the launcher's: it may be free, or
     /// be a file the launcher handed over, which must not be touched. So the child
-    /// opens the device at whatever number is free and keeps that; if it cannot, later
-    /// calls fail with `EBADF` instead of reaching an unrelated file.
+    /// opens the device, at whatever number is free, when it first needs it; if it
+    /// cannot, calls fail with `EBADF` instead of reaching an unrelated file.
     fn reattach(&self) {
         let path = c"/dev/mitosis";
         debug_assert_eq!(path.to_bytes(), DEVICE_PATH.as_bytes());
@@ -470,10 +470,10 @@ impl Mitosis {
             // The launcher's own device descriptor has the same number: share it.
             return;
         }
-        // SAFETY: `path` is NUL-terminated; the new descriptor is ours.
-        let nfd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        // Opened when the child first calls the library (`Mitosis::fd`): a child that
+        // never does holds no device descriptor.
         self.fd
-            .store(nfd.max(-1), std::sync::atomic::Ordering::Relaxed);
+            .store(crate::REOPEN_ON_USE, std::sync::atomic::Ordering::Release);
     }
 
     /// Snapshots the calling process (see the module docs). Returns twice, like

@@ -24,6 +24,9 @@ pub use mitosis_abi::ioctl::{Counters, DeviceInfo, StatusArgs};
 /// Default device node.
 pub const DEVICE_PATH: &str = "/dev/mitosis";
 
+/// [`Mitosis`]'s descriptor in a resumed child until a call needs it.
+pub(crate) const REOPEN_ON_USE: i32 = -2;
+
 /// The module's answer to a ping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version {
@@ -93,9 +96,29 @@ impl Mitosis {
         })
     }
 
-    /// The device descriptor (-1 after a child failed to open the device again).
+    /// The device descriptor; in a resumed child, opened on first use (-1 if that
+    /// failed: calls then fail with `EBADF`).
     pub(crate) fn fd(&self) -> i32 {
-        self.fd.load(Ordering::Relaxed)
+        let fd = self.fd.load(Ordering::Acquire);
+        if fd != REOPEN_ON_USE {
+            return fd;
+        }
+        let path = c"/dev/mitosis";
+        // SAFETY: `path` is NUL-terminated; the new descriptor is ours.
+        let nfd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) }.max(-1);
+        match self
+            .fd
+            .compare_exchange(REOPEN_ON_USE, nfd, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => nfd,
+            Err(winner) => {
+                if nfd >= 0 {
+                    // SAFETY: ours; another call opened first.
+                    unsafe { libc::close(nfd) };
+                }
+                winner
+            }
+        }
     }
 
     /// Issues `cmd` with `arg` after filling in its header. Errors carry the errno.

@@ -17,7 +17,7 @@
 //! The hostile peer is `tests/guest/c/hostile_peer.c`.
 
 use crate::agent::RESUMED_AGENT_EXIT;
-use crate::driver::Agent;
+use crate::driver::{run_sh, Agent};
 use crate::report::Report;
 use mitosis::{format_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
 use mitosis_abi::ioctl::Pod;
@@ -835,15 +835,6 @@ fn wait_bounded(c: &mut Child, limit: Duration) -> Option<std::process::ExitStat
     }
 }
 
-fn sh(cmd: &str) -> i32 {
-    println!("adversarial: {cmd}");
-    Command::new("/bin/sh")
-        .args(["-c", cmd])
-        .status()
-        .map(|s| s.code().unwrap_or(-1))
-        .unwrap_or(-1)
-}
-
 /// The RDMA device removed (`rdma link delete`) under a child still faulting its
 /// 16 MiB in: the child finishes or gets SIGBUS, nothing hangs, the kernel stays clean
 /// (connections on the device torn down, their DMA pages unmapped before it goes),
@@ -869,11 +860,11 @@ fn device_removed_under_child(r: &mut Report, agent: &mut Agent) {
     };
     let ended = resume().ok().map(|mut c| {
         std::thread::sleep(Duration::from_millis(1500));
-        let deleted = sh("rdma link delete rxe0");
+        let deleted = run_sh("rdma link delete rxe0");
         let st = wait_bounded(&mut c, Duration::from_secs(60));
         (deleted, st)
     });
-    let added = sh("rdma link add rxe0 type rxe netdev eth0");
+    let added = run_sh("rdma link add rxe0 type rxe netdev eth0");
     std::thread::sleep(Duration::from_secs(2));
     let again = resume()
         .ok()

@@ -178,7 +178,7 @@ fn publish_open_verify(
     read_verify(m, x.handle, 0, size as usize, 64, seed)
 }
 
-fn run_sh(cmd: &str) -> i32 {
+pub(crate) fn run_sh(cmd: &str) -> i32 {
     println!("driver: running '{cmd}'");
     Command::new("/bin/sh")
         .arg("-c")
