@@ -46,7 +46,7 @@ pub(crate) struct Captured {
 /// Captures the calling task; `args_addr` is its `ForkCaptureArgs` (children get their
 /// resume report there).
 pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
-    let mut st = TaskState::default();
+    let mut st = boxed_task_state()?;
     st.capture_args = args_addr;
     capture_task(&mut st);
     let fpu = crate::fpu::capture().inspect_err(|e| pr_warn!("capture: FPU state: {:?}\n", e))?;
@@ -259,6 +259,14 @@ fn capture_pages(
     Ok(holes)
 }
 
+/// A zeroed task state on the heap, built in a frame of its own (2.4 KiB that the
+/// capture's stack, which GUP may extend with a fault into a snapshot file, does not
+/// need to hold).
+#[inline(never)]
+fn boxed_task_state() -> Result<KBox<TaskState>> {
+    Ok(KBox::new(TaskState::default(), GFP_KERNEL)?)
+}
+
 /// Registers, FS/GS base, kernel-registered user pointers, signal state.
 fn capture_task(st: &mut TaskState) {
     let task = CurrentTask::get();
@@ -275,7 +283,7 @@ fn capture_task(st: &mut TaskState) {
     st.sas_ss_size = u.sas_ss_size;
     st.sas_ss_flags = u.sas_ss_flags as u32;
     st.blocked = u.blocked;
-    st.sigactions = task.sigactions();
+    task.read_sigactions(&mut st.sigactions);
 }
 
 fn capture_mm_fields(mm: &MmapReadGuard, st: &mut TaskState) {

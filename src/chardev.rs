@@ -7,7 +7,7 @@
 // Policy code: the misc device itself is `miscdev.rs`, the task's state `task.rs`.
 #![deny(unsafe_code)]
 
-use crate::abi::ioctl::{self as abi, read_flags, Pod};
+use crate::abi::ioctl::{self as abi, read_flags, Command as Cmd, Pod};
 use crate::miscdev::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration};
 use crate::remote::RemoteRegion;
 use crate::state;
@@ -70,8 +70,8 @@ impl MiscDevice for MitosisDevice {
     fn compat_ioctl(st: Pin<&FileState>, cmd: u32, arg: usize) -> Result<isize> {
         let (_, _, nr, _) = abi::decode(cmd);
         if matches!(
-            cmd_nr(nr),
-            Cmd::ForkCapture | Cmd::ForkResume | Cmd::ForkClaim
+            Cmd::try_from(nr),
+            Ok(Cmd::ForkCapture | Cmd::ForkResume | Cmd::ForkClaim)
         ) {
             log_rejected(format_args!(
                 "fork command {cmd:#x} from a 32-bit process (EOPNOTSUPP)"
@@ -94,12 +94,15 @@ pub(crate) struct FileState {
 fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
     let (dir, ty, nr, size) = abi::decode(cmd);
     let known = abi::COMMANDS.iter().find(|(n, _, _)| *n == nr);
-    let Some(&(_, _, name)) = known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE)
-    else {
+    let command = Cmd::try_from(nr);
+    let (Some(&(_, _, name)), Ok(command)) = (
+        known.filter(|_| ty == abi::IOC_MAGIC && dir == abi::IOC_READ_WRITE),
+        command,
+    ) else {
         log_rejected(format_args!("unknown command {cmd:#x} (ENOTTY)"));
         return Err(ENOTTY);
     };
-    let r = match cmd_nr(nr) {
+    let r = match command {
         Cmd::ForkCapture => {
             // Never copied back: the seed's memory is the snapshot now.
             let a: abi::ForkCaptureArgs = read_args(name, size, arg, true)?;
@@ -313,53 +316,8 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
             r.close();
             Ok(())
         }),
-        Cmd::Unknown => Err(ENOTTY),
     };
     r.map(|()| 0)
-}
-
-enum Cmd {
-    ForkCapture,
-    ForkClaim,
-    ForkResume,
-    ForkRelease,
-    Version,
-    Status,
-    RegionCreate,
-    RegionDestroy,
-    RemoteOpen,
-    RemoteRead,
-    RemoteClose,
-    Unknown,
-}
-
-fn cmd_nr(nr: u8) -> Cmd {
-    let is = |c: u32| abi::decode(c).2 == nr;
-    if is(abi::IOC_FORK_CAPTURE) {
-        Cmd::ForkCapture
-    } else if is(abi::IOC_FORK_CLAIM) {
-        Cmd::ForkClaim
-    } else if is(abi::IOC_FORK_RESUME) {
-        Cmd::ForkResume
-    } else if is(abi::IOC_FORK_RELEASE) {
-        Cmd::ForkRelease
-    } else if is(abi::IOC_VERSION) {
-        Cmd::Version
-    } else if is(abi::IOC_STATUS) {
-        Cmd::Status
-    } else if is(abi::IOC_REGION_CREATE) {
-        Cmd::RegionCreate
-    } else if is(abi::IOC_REGION_DESTROY) {
-        Cmd::RegionDestroy
-    } else if is(abi::IOC_REMOTE_OPEN) {
-        Cmd::RemoteOpen
-    } else if is(abi::IOC_REMOTE_READ) {
-        Cmd::RemoteRead
-    } else if is(abi::IOC_REMOTE_CLOSE) {
-        Cmd::RemoteClose
-    } else {
-        Cmd::Unknown
-    }
 }
 
 /// A peer port and connect timeout with 0 meaning the module's defaults.

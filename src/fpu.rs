@@ -8,6 +8,10 @@
 //! back to user mode, so that buffer is what we read and write. Supervisor components
 //! (PASID, CET) are never shipped: the capture clears them from the image, the
 //! install keeps the child's own.
+//!
+//! The entry points are not inlined: a buffer format is 1 KiB of stack, which the
+//! callers (capture and resume, which may take page faults into snapshot files after
+//! this) should not keep.
 
 use crate::abi::xsave::{self, ComponentInfo, XsaveFormat};
 use crate::bindings;
@@ -112,6 +116,7 @@ fn component_info(i: usize) -> ComponentInfo {
 
 /// The current task's FPU image as a snapshot carries it: this host's buffer format,
 /// with supervisor components cleared (their `XSTATE_BV` bits and bytes).
+#[inline(never)]
 pub(crate) fn capture() -> Result<KVVec<u8>> {
     let (_, len) = SavedFpu::current()?;
     let mut image = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
@@ -137,6 +142,7 @@ pub(crate) fn capture() -> Result<KVVec<u8>> {
 
 /// Checks a peer's image against this host's format without installing it (the
 /// resume's last check before its point of no return).
+#[inline(never)]
 pub(crate) fn check(image: &[u8]) -> Result {
     let fmt = SavedFpu::begin()?.format()?;
     xsave::check(image, &fmt).map_err(|e| {
@@ -147,6 +153,7 @@ pub(crate) fn check(image: &[u8]) -> Result {
 
 /// Installs a peer's image as the current task's user FPU state (loaded on return to
 /// user mode); the task's supervisor state stays its own.
+#[inline(never)]
 pub(crate) fn install(image: &[u8]) -> Result {
     let mut saved = SavedFpu::begin()?;
     let fmt = saved.format()?;

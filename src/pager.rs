@@ -24,6 +24,7 @@ use crate::bindings;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
 use crate::remote::RemoteRegion;
+use crate::util::ClearForReuse;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
@@ -144,15 +145,25 @@ impl Pager {
     /// Fills locked, not-uptodate folios (order 0) with their snapshot content, marks
     /// the filled ones uptodate and unlocks all of them. A folio left not uptodate
     /// makes the faulting child's access fail with SIGBUS.
+    ///
+    /// The batch lives on the heap: a fault can come from deep in the kernel (a user
+    /// copy in any system call touching snapshot memory), so this path keeps its
+    /// stack small.
     fn fill(&self, folios: &[NonNull<bindings::folio>]) -> Result {
         let desc = self.descriptor();
-        let mut offs = [0u64; MAX_READ_BATCH];
-        let mut pending = [ptr::null_mut::<bindings::folio>(); MAX_READ_BATCH];
-        let mut n = 0;
+        let batch = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)
+            .and_then(|o| Ok((o, KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?)));
         let mut result = desc.as_ref().map(|_| ()).map_err(|e| *e);
+        let (mut offs, mut pending) = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                result = Err(e.into());
+                (KVec::new(), KVec::new())
+            }
+        };
         for &f in folios {
             let f = f.as_ptr();
-            let Ok(desc) = desc.as_ref() else {
+            let (Ok(desc), Ok(())) = (desc.as_ref(), result.as_ref()) else {
                 // SAFETY: the folio is locked by our caller's contract.
                 unsafe { bindings::folio_unlock(f) };
                 continue;
@@ -171,20 +182,28 @@ impl Pager {
                     PAGES_ZEROED.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(off) => {
-                    offs[n] = off;
-                    pending[n] = f;
-                    n += 1;
-                    if n == MAX_READ_BATCH {
-                        if let Err(e) = self.read_into(&offs[..n], &pending[..n]) {
+                    // Within the capacity reserved above: these pushes do not allocate.
+                    let pushed = offs
+                        .push(off, GFP_KERNEL)
+                        .and_then(|()| pending.push(f, GFP_KERNEL));
+                    if pushed.is_err() {
+                        // SAFETY: locked by our caller's contract.
+                        unsafe { bindings::folio_unlock(f) };
+                        result = Err(ENOMEM);
+                        continue;
+                    }
+                    if offs.len() == MAX_READ_BATCH {
+                        if let Err(e) = self.read_into(&offs, &pending) {
                             result = Err(e);
                         }
-                        n = 0;
+                        offs.clear_for_reuse();
+                        pending.clear_for_reuse();
                     }
                 }
             }
         }
-        if n > 0 {
-            if let Err(e) = self.read_into(&offs[..n], &pending[..n]) {
+        if !offs.is_empty() {
+            if let Err(e) = self.read_into(&offs, &pending) {
                 result = Err(e);
             }
         }
@@ -305,6 +324,7 @@ impl Pager {
     /// Copies VMA `vi`'s snapshot content into the caller's memory at the seed's
     /// address (anonymous memory the caller just mapped there: a stack), fetching its
     /// present pages first; never-touched pages stay zero.
+    #[inline(never)]
     pub(crate) fn copy_vma_to_user(
         &self,
         mapping: *mut bindings::address_space,
@@ -396,9 +416,12 @@ unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings
 }
 
 /// `address_space_operations::readahead`: the folios of the window arrive locked.
+///
+/// Batches are on the heap (see [`Pager::fill`]); without memory for one, each folio
+/// is filled on its own.
 unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
-    let mut batch = [NonNull::<bindings::folio>::dangling(); MAX_READ_BATCH];
-    let mut n = 0;
+    let mut batch: KVec<NonNull<bindings::folio>> =
+        KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL).unwrap_or(KVec::new());
     let mut pager: Option<&Pager> = None;
     loop {
         // SAFETY: `rac` is the VFS's live readahead control; each folio returned is
@@ -408,16 +431,19 @@ unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
         // SAFETY: as in `read_folio`.
         let p = *pager
             .get_or_insert_with(|| unsafe { pager_of(bindings::mitosis_folio_inode(f.as_ptr())) });
-        batch[n] = f;
-        n += 1;
-        if n == MAX_READ_BATCH {
-            // Errors leave folios not uptodate: a later fault retries with read_folio.
-            let _ = p.fill(&batch[..n]);
-            n = 0;
+        // Errors leave folios not uptodate: a later fault retries with read_folio.
+        if batch.capacity() == 0 {
+            let _ = p.fill(&[f]);
+            continue;
+        }
+        let _ = batch.push(f, GFP_KERNEL);
+        if batch.len() == MAX_READ_BATCH {
+            let _ = p.fill(&batch);
+            batch.clear_for_reuse();
         }
     }
-    if let (Some(p), true) = (pager, n > 0) {
-        let _ = p.fill(&batch[..n]);
+    if let (Some(p), false) = (pager, batch.is_empty()) {
+        let _ = p.fill(&batch);
     }
 }
 

@@ -8,6 +8,7 @@ use crate::errno;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
 use crate::state;
+use crate::util::ClearForReuse;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::uaccess::UserSliceWriter;
@@ -82,19 +83,19 @@ impl RemoteRegion {
         offs: &[u64],
         consume: impl FnMut(usize, &[u8]) -> Result,
     ) -> Result {
-        let mut remote = [(0u64, 0u32); MAX_READ_BATCH];
         if offs.len() > MAX_READ_BATCH {
             return Err(EINVAL);
         }
-        for (slot, &off) in remote.iter_mut().zip(offs) {
+        // On the heap: this runs in page faults, which may come from deep stacks.
+        let mut remote = KVec::with_capacity(offs.len(), GFP_KERNEL)?;
+        for &off in offs {
             if off % PAGE_SIZE as u64 != 0 || off >= self.size {
                 return Err(errno::erange());
             }
-            *slot = self.locate(off).ok_or(EINVAL)?;
+            remote.push(self.locate(off).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
-        let remote = remote.get(..offs.len()).ok_or(EINVAL)?;
         self.conn
-            .read_pages(remote, state::io_timeout_ms(), consume)
+            .read_pages(&remote, state::io_timeout_ms(), consume)
     }
 
     /// Remote address and key of the page at `off`: the address is the region offset
@@ -171,17 +172,5 @@ impl RemoteRegion {
         let _ = self.conn.notify(state::io_timeout_ms(), |seq, buf| {
             req.encode(seq, buf).map_err(|_| EINVAL)
         });
-    }
-}
-
-/// Emptying a `KVec` while keeping its allocation.
-trait ClearForReuse {
-    fn clear_for_reuse(&mut self);
-}
-
-impl<T: Copy> ClearForReuse for KVec<T> {
-    fn clear_for_reuse(&mut self) {
-        // SAFETY: `T: Copy` has no destructor, so forgetting the elements is fine.
-        unsafe { self.set_len(0) };
     }
 }

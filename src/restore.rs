@@ -195,9 +195,16 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
 }
 
 /// The task state and FPU image of a validated descriptor.
-fn task_state<'a>(desc: &Descriptor<'a>) -> Result<(TaskState, &'a [u8])> {
+///
+/// Boxed, and built in a frame of its own: the resume's stack must leave room for a
+/// page fault (into the snapshot) taken while it runs, with our pager underneath.
+#[inline(never)]
+fn task_state<'a>(desc: &Descriptor<'a>) -> Result<(KBox<TaskState>, &'a [u8])> {
     let bytes = desc.state();
-    let st = TaskState::from_bytes(bytes).ok_or_else(errno::ebadmsg)?;
+    let st = KBox::new(
+        TaskState::from_bytes(bytes).ok_or_else(errno::ebadmsg)?,
+        GFP_KERNEL,
+    )?;
     let fpu = bytes.get(TASK_STATE_LEN..).ok_or_else(errno::ebadmsg)?;
     if fpu.len() != st.fpu_len as usize {
         return Err(errno::ebadmsg());
@@ -266,6 +273,7 @@ fn seed_specials(desc: &Descriptor<'_>) -> Result<(Range, Range)> {
 }
 
 /// Unmaps the launcher (except vDSO/vvar) and maps every seed VMA from the file.
+#[inline(never)]
 fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> Result {
     let mut doomed = KVVec::new();
     {
@@ -351,6 +359,7 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> 
 }
 
 /// Registers, FPU, FS/GS, per-thread user pointers and signal state.
+#[inline(never)]
 fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
     let task = CurrentTask::get();
     for (i, &v) in st.regs.iter().enumerate() {

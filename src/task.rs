@@ -102,9 +102,9 @@ impl CurrentTask {
         unsafe { bindings::mitosis_current_tid() as u32 }
     }
 
-    /// The 64 signal dispositions, read under the sighand lock.
-    pub(crate) fn sigactions(&self) -> [SigAction; NSIG] {
-        let mut out = [SigAction::default(); NSIG];
+    /// Reads the 64 signal dispositions into `out`, under the sighand lock (in place:
+    /// 2 KiB the caller's stack need not hold twice).
+    pub(crate) fn read_sigactions(&self, out: &mut [SigAction; NSIG]) {
         let _lock = SighandGuard::lock();
         // SAFETY: the sighand lock keeps the table stable; it has NSIG entries.
         unsafe {
@@ -119,7 +119,6 @@ impl CurrentTask {
                 };
             }
         }
-        out
     }
 
     /// Sets the signal dispositions under the sighand lock: SIGKILL and SIGSTOP are

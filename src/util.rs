@@ -61,3 +61,15 @@ impl RateLimit {
         self.in_window.fetch_add(1, Ordering::Relaxed) < self.burst
     }
 }
+
+/// Emptying a `KVec` while keeping its allocation.
+pub(crate) trait ClearForReuse {
+    fn clear_for_reuse(&mut self);
+}
+
+impl<T: Copy> ClearForReuse for KVec<T> {
+    fn clear_for_reuse(&mut self) {
+        // SAFETY: `T: Copy` has no destructor, so forgetting the elements is fine.
+        unsafe { self.set_len(0) };
+    }
+}

@@ -111,7 +111,24 @@ pub unsafe trait Pod: Copy + Default {
 unsafe impl Pod for Header {}
 
 macro_rules! ioctl_structs {
-    ($($(#[$m:meta])* $name:ident = $nr:expr, $args:ty, $size:expr;)*) => {
+    ($($(#[$m:meta])* $name:ident / $cmd:ident = $nr:expr, $args:ty, $size:expr;)*) => {
+        /// The commands, by `_IOC_NR`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Command {
+            $($cmd,)*
+        }
+
+        impl TryFrom<u8> for Command {
+            type Error = ();
+
+            fn try_from(nr: u8) -> Result<Self, ()> {
+                $(if nr == $nr {
+                    return Ok(Command::$cmd);
+                })*
+                Err(())
+            }
+        }
+
         $(
             $(#[$m])*
             pub const $name: u32 = iowr($nr, core::mem::size_of::<$args>());
@@ -447,18 +464,18 @@ pub struct ForkReleaseArgs {
 
 ioctl_structs! {
     /// Ping and version.
-    IOC_VERSION = 0, VersionArgs, 56;
+    IOC_VERSION / Version = 0, VersionArgs, 56;
     /// Devices, connections, counters.
-    IOC_STATUS = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 184;
-    IOC_REGION_CREATE = 2, RegionCreateArgs, 48;
-    IOC_REGION_DESTROY = 3, RegionDestroyArgs, 16;
-    IOC_REMOTE_OPEN = 4, RemoteOpenArgs, 80;
-    IOC_REMOTE_READ = 5, RemoteReadArgs, 72;
-    IOC_REMOTE_CLOSE = 6, RemoteCloseArgs, 16;
-    IOC_FORK_CAPTURE = 7, ForkCaptureArgs, 88;
-    IOC_FORK_RESUME = 8, ForkResumeArgs, 48;
-    IOC_FORK_RELEASE = 9, ForkReleaseArgs, 40;
-    IOC_FORK_CLAIM = 10, ForkClaimArgs, 88;
+    IOC_STATUS / Status = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 184;
+    IOC_REGION_CREATE / RegionCreate = 2, RegionCreateArgs, 48;
+    IOC_REGION_DESTROY / RegionDestroy = 3, RegionDestroyArgs, 16;
+    IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;
+    IOC_REMOTE_READ / RemoteRead = 5, RemoteReadArgs, 72;
+    IOC_REMOTE_CLOSE / RemoteClose = 6, RemoteCloseArgs, 16;
+    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 88;
+    IOC_FORK_RESUME / ForkResume = 8, ForkResumeArgs, 48;
+    IOC_FORK_RELEASE / ForkRelease = 9, ForkReleaseArgs, 40;
+    IOC_FORK_CLAIM / ForkClaim = 10, ForkClaimArgs, 88;
 }
 
 /// The 64-bit word at byte offset `off` (a multiple of 8) of a region filled with `seed`.
