@@ -25,6 +25,10 @@ endif
 # Make flags the kernel was built with (LLVM=1 for the kasan variant): the module
 # must be built the same way.
 kflags = $$(cat $(kdir)/.mitosis-makeflags 2>/dev/null)
+# The guest runner with this variant's kernel, image and boot parameters.
+vmrun = scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage \
+	--initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+	--append "$$(cat $(kdir)/.mitosis-bootparams 2>/dev/null)"
 
 .PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
@@ -72,20 +76,17 @@ test-host: setup
 	cargo test --workspace
 
 test-guests: image
-	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
-		--scenario foundation --expect tests/scenarios/foundation.expect \
+	$(vmrun) --scenario foundation --expect tests/scenarios/foundation.expect \
 		--out $(OUT)/foundation-$(KVARIANT) --timeout $(TIMEOUT)
 
 test-fork: image
-	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
-		--scenario remote-fork --expect tests/scenarios/remote-fork.expect \
+	$(vmrun) --scenario remote-fork --expect tests/scenarios/remote-fork.expect \
 		--out $(OUT)/remote-fork-$(KVARIANT) --timeout $(TIMEOUT)
 
 # Hostile peers and parents, fault injection and ioctl fuzzing (tests/guest/src/adversarial.rs);
 # `make check` runs it on the debug kernel (lockdep, kmemleak) and on the KASAN kernel.
 test-adversarial: image
-	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
-		--scenario adversarial --expect tests/scenarios/adversarial.expect \
+	$(vmrun) --scenario adversarial --expect tests/scenarios/adversarial.expect \
 		--out $(OUT)/adversarial-$(KVARIANT) --timeout $(TIMEOUT)
 
 check: fmt test-host clippy test-guests test-fork test-adversarial
@@ -93,12 +94,10 @@ check: fmt test-host clippy test-guests test-fork test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 bench: image
-	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
-		--scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
+	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
 
 demo: image
-	scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
-		--scenario demo --expect tests/scenarios/demo.expect --out $(OUT)/demo-$(KVARIANT) --timeout $(TIMEOUT)
+	$(vmrun) --scenario demo --expect tests/scenarios/demo.expect --out $(OUT)/demo-$(KVARIANT) --timeout $(TIMEOUT)
 
 clean:
 	-$(MAKE) -C $(kdir) M=$(CURDIR) clean

@@ -122,8 +122,8 @@ class Guest:
                   f"localaddr=127.0.0.1:{hub.guest_ports[index]}")
         append = (
             f"console=ttyS0 panic=-1 loglevel=6 MROLE={self.role} MIP={self.ip} "
-            f"MPEER={self.peer} MSCENARIO={args.scenario}"
-        )
+            f"MPEER={self.peer} MSCENARIO={args.scenario} {args.append}"
+        ).strip()
         cmd = [
             "qemu-system-x86_64", "-machine", "pc", "-cpu", "max", "-smp", "1",
             "-m", str(args.mem), "-nographic", "-no-reboot", "-monitor", "none",
@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--guests", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=1200)
     ap.add_argument("--mem", type=int, default=768)
+    ap.add_argument("--append", default="", help="extra kernel command-line parameters")
     ap.add_argument("--expect", help="file of 'ROLE CHECK' lines that must be reported")
     args = ap.parse_args()
     if args.guests < 2:
