@@ -14,7 +14,7 @@
 //! is published like a region: a peer can read only these pages, with the snapshot's
 //! id and secret.
 
-// Policy code: every `unsafe` operation it needs lives in the abstractions
+// Policy code: every raw kernel operation it needs lives in the abstractions
 // (`task.rs`, `mm.rs`, `fpu.rs`, `pager.rs`, `rdma/`).
 #![deny(unsafe_code)]
 

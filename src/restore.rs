@@ -17,7 +17,7 @@
 //! them to the seed's addresses (`mremap`, which the vDSO supports) before anything
 //! calls into them, using the report written into the seed's `ForkCaptureArgs`.
 
-// Policy code: every `unsafe` operation it needs lives in the abstractions
+// Policy code: every raw kernel operation it needs lives in the abstractions
 // (`task.rs`, `mm.rs`, `fpu.rs`, `pager.rs`, `rdma/`).
 #![deny(unsafe_code)]
 

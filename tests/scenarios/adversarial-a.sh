@@ -3,7 +3,7 @@
 # through the agent; then allocation-failure injection over prepare on this host.
 rc=0
 # Which sanitizers this kernel has (the KASAN variant prints its line here).
-dmesg | grep -m1 -i "AddressSanitizer" || echo "kernel without KASAN"
+dmesg | grep -m1 -i "AddressSanitizer" || echo "no address sanitizer in this kernel"
 rmmod mitosis && insmod /mitosis.ko connect_timeout_ms=1000 io_timeout_ms=500 \
   || { echo "MITOSIS-SETUP-FAILED reload with short timeouts"; rc=1; }
 mitosis-test agent || rc=1

@@ -3,7 +3,7 @@
 # remote faults here, then the device removed under a running child.
 rc=0
 # Which sanitizers this kernel has (the KASAN variant prints its line here).
-dmesg | grep -m1 -i "AddressSanitizer" || echo "kernel without KASAN"
+dmesg | grep -m1 -i "AddressSanitizer" || echo "no address sanitizer in this kernel"
 mitosis-test adversarial --peer "$MPEER" || rc=1
 mitosis status
 dmesg | grep "mitosis:" | tail -30
