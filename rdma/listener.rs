@@ -2,7 +2,7 @@
 
 //! The `rdma_cm` listener: one per host, on every device, accepting peers.
 
-use super::connection::{self, ClosedHandler, Connection, RequestHandler};
+use super::connection::{ClosedHandler, Connection, RequestHandler};
 use super::CALLER;
 use crate::bindings;
 use core::ptr::{self, NonNull};
@@ -47,7 +47,7 @@ impl Listener {
         let id = kernel::error::from_err_ptr(unsafe {
             bindings::__rdma_create_kernel_id(
                 ptr::addr_of_mut!(bindings::init_net),
-                Some(connection::cm_event_handler),
+                Some(super::cm::cm_event_handler),
                 ptr::null_mut(),
                 bindings::rdma_ucm_port_space_RDMA_PS_TCP,
                 bindings::ib_qp_type_IB_QPT_RC,
@@ -93,9 +93,9 @@ pub(crate) fn on_connect_request(
     // SAFETY: `HOOKS` points to `'static` hooks (type invariant of `Listener`).
     let hooks = unsafe { &*hooks };
     // SAFETY: the CM passes the new, live id with its route.
-    let (peer, _) = unsafe { connection::peer_of(id) };
+    let (peer, _) = unsafe { super::cm::peer_of(id) };
     (hooks.admit)(peer)?;
-    let conn = connection::accept(id, event, hooks.on_request, hooks.on_closed)?;
+    let conn = super::cm::accept(id, event, hooks.on_request, hooks.on_closed)?;
     if let Err(e) = (hooks.on_accepted)(conn.clone()) {
         conn.fail(e);
     }

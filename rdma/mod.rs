@@ -7,18 +7,23 @@
 //! - `waiter.rs`: a completion-queue entry that wakes a sleeper, with a timeout;
 //! - `pages.rs`: sets of pages that can be registered for peers;
 //! - `fastreg.rs`: fast registration of page lists (scoped remote access);
-//! - `connection.rs`: RC queue pairs over `rdma_cm` (connect, accept, teardown), control
-//!   messages over SEND/RECV, batched one-sided READs;
+//! - `connection.rs`: an RC connection's state and teardown; `cm.rs`: where its QP is
+//!   created (connect, accept, CM events); `rpc.rs`: control messages over SEND/RECV;
+//!   `read.rs`: batched one-sided READs; `registrations.rs`: the peer's registrations;
 //! - `listener.rs`: the `rdma_cm` listener that accepts peers.
 //!
 //! Every verbs object is owned by a Rust value that releases it in `Drop`; queue pairs are
 //! drained before anything they may touch is destroyed.
 
+mod cm;
 pub(crate) mod connection;
 pub(crate) mod device;
 pub(crate) mod fastreg;
 pub(crate) mod listener;
 pub(crate) mod pages;
+mod read;
+mod registrations;
+mod rpc;
 pub(crate) mod verbs;
 pub(crate) mod waiter;
 

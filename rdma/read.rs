@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The READ path: batches of one-sided RDMA READs into the connection's own pages.
+
+use super::connection::*;
+use super::verbs::DmaPage;
+use super::{count, STATS};
+use crate::bindings;
+use crate::errno;
+use core::ptr;
+use kernel::prelude::*;
+
+impl Connection {
+    /// Reads one page from each `(remote address, rkey)` of `remote` (at most
+    /// [`MAX_READ_BATCH`]) with one doorbell, waits (bounded) for all of them, then
+    /// hands page `i`'s bytes to `consume(i, bytes)`. The destinations are the
+    /// connection's own DMA pages: after a timeout or error the connection fails and
+    /// they stay allocated until `teardown` has drained the QP, so a late response
+    /// never lands in freed memory. `consume` runs under the connection's I/O lock: it
+    /// must not fault on user memory (copy to kernel memory only).
+    pub(crate) fn read_pages(
+        &self,
+        remote: &[(u64, u32)],
+        timeout_ms: u32,
+        mut consume: impl FnMut(usize, &[u8]) -> Result,
+    ) -> Result {
+        let n = remote.len();
+        if n == 0 || n > MAX_READ_BATCH {
+            return Err(EINVAL);
+        }
+        let _guard = self.io_lock.lock();
+        if !self.is_up() {
+            return Err(errno::enotconn());
+        }
+        // SAFETY: `io_lock` held and the state is UP.
+        let res = unsafe { self.res()? };
+        let mut bufs = self.read_bufs.lock();
+        while bufs.len() < n {
+            let page = DmaPage::new(res.dev(), bindings::dma_data_direction_DMA_FROM_DEVICE)?;
+            bufs.push(page, GFP_KERNEL)?;
+        }
+        let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
+        for (i, &(raddr, rkey)) in remote.iter().enumerate() {
+            sges.push(
+                bindings::ib_sge {
+                    addr: bufs[i].dma_addr(),
+                    length: super::PAGE_SIZE as u32,
+                    lkey: res.pd.local_dma_lkey(),
+                },
+                GFP_KERNEL,
+            )?;
+            let mut wr = bindings::ib_rdma_wr::default();
+            // Every request carries the waiter: an unsignalled one that fails completes.
+            wr.wr.__bindgen_anon_1.wr_cqe = self.read_waiter.cqe();
+            wr.wr.num_sge = 1;
+            wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
+            wr.remote_addr = raddr;
+            wr.rkey = rkey;
+            wrs.push(wr, GFP_KERNEL)?;
+        }
+        for i in 0..n {
+            wrs[i].wr.sg_list = &mut sges[i];
+            if i + 1 < n {
+                let next: *mut bindings::ib_send_wr = &mut wrs[i + 1].wr;
+                wrs[i].wr.next = next;
+            }
+        }
+        wrs[n - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
+        self.read_waiter.arm();
+        // SAFETY: the QP is live; the chain is valid until the post returns; the
+        // destination pages belong to the connection and stay mapped until its QP is
+        // drained.
+        let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
+        if r != 0 {
+            count(&STATS.read_errors, 1);
+            self.fail(errno::econnreset());
+            return Err(Error::from_errno(r));
+        }
+        count(&STATS.read_doorbells, 1);
+        count(&STATS.read_wrs_posted, n as u64);
+        let status = match self.read_waiter.wait(timeout_ms) {
+            Ok(s) => s,
+            Err(e) => {
+                count(&STATS.read_timeouts, 1);
+                if PEER_LOG.allow() {
+                    pr_warn!(
+                        "READ of {} pages from {} timed out\n",
+                        n,
+                        Ipv4(self.peer_addr)
+                    );
+                }
+                self.fail(e);
+                return Err(e);
+            }
+        };
+        if status != bindings::ib_wc_status_IB_WC_SUCCESS {
+            count(&STATS.read_errors, 1);
+            if PEER_LOG.allow() {
+                pr_warn!(
+                    "READ from {} failed: wc status {}\n",
+                    Ipv4(self.peer_addr),
+                    status
+                );
+            }
+            // The QP is in error now: every later request would flush.
+            self.fail(errno::econnreset());
+            return Err(if status == bindings::ib_wc_status_IB_WC_REM_ACCESS_ERR {
+                errno::eremoteio()
+            } else {
+                EIO
+            });
+        }
+        count(&STATS.bytes_read, (n * super::PAGE_SIZE) as u64);
+        for (i, b) in bufs[..n].iter().enumerate() {
+            b.sync_for_cpu();
+            consume(i, b.bytes())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Page sets registered for the peer of a server connection, shared by its opens.
+
+use super::connection::*;
+use super::fastreg::Registration;
+use super::verbs::Pd;
+use super::{count, STATS};
+use crate::bindings;
+use crate::util::remove_first;
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+impl Connection {
+    /// Keeps `reg` for this peer under `key` (server side), opened once. Fails with
+    /// `EEXIST` if there is one already ([`Connection::reopen_registration`]).
+    pub(crate) fn add_registration(&self, key: u64, reg: Arc<Registration>) -> Result {
+        let mut regs = self.registrations.lock();
+        if regs.iter().any(|r| r.key == key) {
+            return Err(EEXIST);
+        }
+        regs.push(PeerRegistration { key, opens: 1, reg }, GFP_KERNEL)?;
+        count(&STATS.mrs_live, 1);
+        Ok(())
+    }
+
+    /// Keeps `reg`, whose REG_MR requests were posted but may not have completed (its
+    /// reply failed), until `teardown` has drained the QP.
+    pub(crate) fn retire(&self, reg: Arc<Registration>) {
+        // If even this small allocation fails, the connection is failing anyway
+        // (the reply failed): dropping now is the only option left.
+        let _ = self.retired.lock().push(reg, GFP_KERNEL);
+    }
+
+    /// Opens the registration under `key` once more and returns its chunk size and rkeys,
+    /// if there is one: a peer opening a region twice shares one registration.
+    pub(crate) fn reopen_registration(&self, key: u64) -> Result<Option<(u64, KVec<u32>)>> {
+        let mut regs = self.registrations.lock();
+        let Some(entry) = regs.iter_mut().find(|r| r.key == key) else {
+            return Ok(None);
+        };
+        let mut keys = KVec::with_capacity(entry.reg.rkeys().len(), GFP_KERNEL)?;
+        for k in entry.reg.rkeys() {
+            keys.push(k, GFP_KERNEL)?;
+        }
+        entry.opens = entry.opens.saturating_add(1);
+        Ok(Some((entry.reg.chunk_bytes(), keys)))
+    }
+
+    /// Closes one open of the registration under `key`; the last close drops it.
+    pub(crate) fn release_registration(&self, key: u64) {
+        let mut regs = self.registrations.lock();
+        let last = match regs.iter_mut().find(|r| r.key == key) {
+            Some(entry) => {
+                entry.opens = entry.opens.saturating_sub(1);
+                entry.opens == 0
+            }
+            None => false,
+        };
+        if last {
+            drop(remove_first(&mut regs, |r| r.key == key));
+            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the registration under `key` whatever its opens (its keys stop working).
+    /// Returns whether there was one.
+    pub(crate) fn remove_registration(&self, key: u64) -> bool {
+        let removed = remove_first(&mut self.registrations.lock(), |r| r.key == key);
+        if removed.is_some() {
+            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed.is_some()
+    }
+
+    /// The PD and device for registering memory for this peer (server side, from the
+    /// request handler).
+    pub(crate) fn with_pd<T>(
+        &self,
+        f: impl FnOnce(&Pd, *mut bindings::ib_device) -> Result<T>,
+    ) -> Result<T> {
+        // SAFETY: called from this connection's request work, which holds `rpc_lock`
+        // (type invariant).
+        let res = unsafe { self.res()? };
+        f(&res.pd, res.dev())
+    }
+}
