@@ -87,12 +87,6 @@ void mitosis_init_completion(struct completion *c)
 void mitosis_reinit_completion(struct completion *c)
 { reinit_completion(c); }
 
-void mitosis_init_work(struct work_struct *work, work_func_t fn)
-{ INIT_WORK(work, fn); }
-
-bool mitosis_queue_work(struct workqueue_struct *wq, struct work_struct *work)
-{ return queue_work(wq, work); }
-
 unsigned int mitosis_param_prefetch_pages = 8;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");

@@ -45,8 +45,6 @@ void mitosis_sg_set_page(struct scatterlist *sg, struct page *page);
 void *mitosis_page_address(struct page *page);
 void mitosis_init_completion(struct completion *c);
 void mitosis_reinit_completion(struct completion *c);
-void mitosis_init_work(struct work_struct *work, work_func_t fn);
-bool mitosis_queue_work(struct workqueue_struct *wq, struct work_struct *work);
 
 struct page *mitosis_alloc_zeroed_page(void);
 bool mitosis_page_anon(struct page *page);

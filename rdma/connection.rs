@@ -32,6 +32,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64,
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 use kernel::types::Opaque;
+use kernel::workqueue::{impl_has_work, new_work, HasWork, Work, WorkItem};
 
 /// Receive buffers per connection (control messages in flight from the peer).
 pub(super) const RECV_DEPTH: usize = 16;
@@ -170,7 +171,7 @@ pub(crate) struct Connection {
     #[pin]
     pub(super) setup_lock: Mutex<()>,
     #[pin]
-    pub(super) teardown_work: Opaque<bindings::work_struct>,
+    pub(super) teardown_work: Work<Connection, TEARDOWN>,
     /// Server: received requests waiting for `request_work`, as (receive buffer, length).
     /// A buffer is reposted only after its request was served, so at most
     /// `RECV_DEPTH` wait (the peer's further SENDs wait in RNR retry): bounded by
@@ -180,7 +181,7 @@ pub(crate) struct Connection {
     /// Server: serves `requests` on the module's workqueue, not in the completion
     /// handler (the shared `ib_comp_wq`, which a slow request would hold up).
     #[pin]
-    pub(super) request_work: Opaque<bindings::work_struct>,
+    pub(super) request_work: Work<Connection, REQUESTS>,
     pub(super) on_request: Option<RequestHandler>,
     pub(super) on_closed: ClosedHandler,
     /// The device the resources were made on, set once at setup; only compared (device
@@ -251,15 +252,9 @@ impl Connection {
             registrations <- new_mutex!(KVec::new()),
             retired <- new_mutex!(KVec::new()),
             setup_lock <- new_mutex!(()),
-            teardown_work <- Opaque::ffi_init(|w| {
-                // SAFETY: `w` is a pinned, uninitialised work item.
-                unsafe { bindings::mitosis_init_work(w, Some(Self::teardown_work_fn)) }
-            }),
+            teardown_work <- new_work!("Connection::teardown_work"),
             requests <- new_mutex!(KVec::new()),
-            request_work <- Opaque::ffi_init(|w| {
-                // SAFETY: `w` is a pinned, uninitialised work item.
-                unsafe { bindings::mitosis_init_work(w, Some(Self::request_work_fn)) }
-            }),
+            request_work <- new_work!("Connection::request_work"),
             on_request,
             on_closed,
             device: AtomicPtr::new(ptr::null_mut()),
@@ -323,16 +318,16 @@ impl Connection {
 
     /// Queues `work` (a work item of this connection) on the module's workqueue with
     /// one `Arc` reference for its run; a work already queued keeps the one it has.
-    pub(super) fn queue_arc_work(&self, work: *mut bindings::work_struct) {
+    pub(super) fn queue_work<const ID: u64>(&self)
+    where
+        Self: WorkItem<ID, Pointer = Arc<Self>> + HasWork<Self, ID>,
+    {
         // SAFETY: connections live in an `Arc` (type invariant) and `self` is borrowed, so
         // the refcount is non-zero.
         let arc: Arc<Self> = unsafe { ArcBorrow::from_raw(self as *const Self) }.into();
-        let raw = Arc::into_raw(arc);
-        // SAFETY: the work item is initialised; the workqueue lives until unload, which
-        // destroys it (running this work) before freeing anything.
-        if !unsafe { bindings::mitosis_queue_work(workqueue(), work) } {
-            // SAFETY: `raw` came from `Arc::into_raw` just above.
-            drop(unsafe { Arc::from_raw(raw) });
+        if let Some(queue) = workqueue() {
+            // Already queued: the returned reference is dropped, the queued one runs.
+            let _ = queue.enqueue::<Arc<Self>, ID>(arc);
         }
     }
 
@@ -349,21 +344,7 @@ impl Connection {
         let _ =
             self.status
                 .compare_exchange(0, err.to_errno(), Ordering::AcqRel, Ordering::Relaxed);
-        self.queue_arc_work(self.teardown_work.get());
-    }
-
-    unsafe extern "C" fn teardown_work_fn(work: *mut bindings::work_struct) {
-        // SAFETY: `work` is the `teardown_work` of a connection queued by `fail`, which
-        // leaked one `Arc` reference for this run.
-        let conn = unsafe {
-            Arc::from_raw(kernel::container_of!(
-                work as *const Opaque<bindings::work_struct>,
-                Connection,
-                teardown_work
-            ))
-        };
-        conn.teardown();
-        (conn.on_closed)(&conn);
+        self.queue_work::<TEARDOWN>();
     }
 
     /// Tears the connection down (idempotent, may sleep, never from a CM handler of this
@@ -413,6 +394,34 @@ impl Connection {
             count(&STATS.conns_closed, 1);
         }
         self.state.store(DEAD, Ordering::Release);
+    }
+}
+
+/// Deferred work of a connection, on the module's workqueue.
+pub(super) const TEARDOWN: u64 = 0;
+pub(super) const REQUESTS: u64 = 1;
+
+impl_has_work! {
+    impl HasWork<Self, TEARDOWN> for Connection { self.teardown_work }
+    impl HasWork<Self, REQUESTS> for Connection { self.request_work }
+}
+
+/// Teardown outside any CM handler, then the owner is told (to drop it from lists).
+impl WorkItem<TEARDOWN> for Connection {
+    type Pointer = Arc<Connection>;
+
+    fn run(conn: Arc<Connection>) {
+        conn.teardown();
+        (conn.on_closed)(&conn);
+    }
+}
+
+/// The server's queued requests (see `rpc.rs`).
+impl WorkItem<REQUESTS> for Connection {
+    type Pointer = Arc<Connection>;
+
+    fn run(conn: Arc<Connection>) {
+        conn.serve_requests();
     }
 }
 

@@ -97,6 +97,11 @@ pub(crate) fn stop_workqueue() {
     }
 }
 
-pub(crate) fn workqueue() -> *mut crate::bindings::workqueue_struct {
-    WORKQUEUE.load(Ordering::Acquire)
+/// The module's workqueue, between `start_workqueue` and `stop_workqueue`.
+pub(crate) fn workqueue() -> Option<&'static kernel::workqueue::Queue> {
+    let wq = WORKQUEUE.load(Ordering::Acquire);
+    // SAFETY: non-null, `wq` is the live workqueue made by `start_workqueue`; it is
+    // destroyed only by `stop_workqueue`, after which nothing queues work (callers are
+    // stopped first, see `state.rs`).
+    (!wq.is_null()).then(|| unsafe { kernel::workqueue::Queue::from_raw(wq.cast()) })
 }

@@ -12,7 +12,6 @@ use crate::util::take_all;
 use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
-use kernel::sync::Arc;
 use kernel::types::Opaque;
 
 impl Connection {
@@ -89,7 +88,7 @@ impl Connection {
                 // Served on the module's workqueue; the buffer comes back there.
                 let queued = conn.requests.lock().push((buf.index, len), GFP_KERNEL);
                 if queued.is_ok() {
-                    conn.queue_arc_work(conn.request_work.get());
+                    conn.queue_work::<REQUESTS>();
                     return;
                 }
                 conn.fail(errno::econnreset());
@@ -301,25 +300,16 @@ impl Connection {
     /// Serves the queued requests in order (server connections). Holds `rpc_lock`,
     /// which server connections use for nothing else, so `teardown` waits for it
     /// before the resources go.
-    pub(super) unsafe extern "C" fn request_work_fn(work: *mut bindings::work_struct) {
-        // SAFETY: `work` is the `request_work` of a connection queued by
-        // `queue_arc_work`, which leaked one `Arc` reference for this run.
-        let conn = unsafe {
-            Arc::from_raw(kernel::container_of!(
-                work as *const Opaque<bindings::work_struct>,
-                Connection,
-                request_work
-            ))
-        };
-        let _serving = conn.rpc_lock.lock();
+    pub(super) fn serve_requests(&self) {
+        let _serving = self.rpc_lock.lock();
         loop {
             // In arrival order: a peer's close must not overtake its open.
-            let batch = take_all(&mut conn.requests.lock());
+            let batch = take_all(&mut self.requests.lock());
             if batch.is_empty() {
                 break;
             }
             for &(index, len) in batch.iter() {
-                conn.serve(index, len);
+                self.serve(index, len);
             }
         }
     }
