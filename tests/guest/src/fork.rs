@@ -792,6 +792,24 @@ fn child_main(
             crate::bench::bench_child(&mut r, w, &resumed, words.next().unwrap_or("?"));
             0
         }
+        Some("launcher-state") => {
+            // SAFETY: plain reads of this process's own signal and timer state.
+            let (pending, timer) = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigpending(&mut set);
+                let mut t: libc::itimerval = std::mem::zeroed();
+                libc::getitimer(libc::ITIMER_REAL, &mut t);
+                (libc::sigismember(&set, libc::SIGUSR2), t.it_value.tv_sec)
+            };
+            let ok = pending == 0 && timer == 0;
+            r.check(
+                "rf-child-launcher-state-cleared",
+                ok,
+                format!("SIGUSR2 pending {pending}, ITIMER_REAL {timer} s left"),
+                &[],
+            );
+            i32::from(!ok)
+        }
         Some("latency") => {
             crate::bench::latency_child(&mut r, w);
             0
@@ -1240,6 +1258,20 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         format!("{collide:?}"),
         &[],
     );
+    // A launcher with a pending signal (SIGUSR2, fatal by default: the child would die
+    // of it) and an armed interval timer: a forked child starts with neither.
+    let dirty = Command::new("/proc/self/exe")
+        .args(["launch-dirty", &h.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(|c| run_child(c, "launcher-state"));
+    r.check(
+        "rf-child-drops-launcher-signals-and-timers",
+        matches!(&dirty, Ok((st, _)) if st.success()),
+        format!("{:?}", dirty.as_ref().map(|(st, _)| st)),
+        &[],
+    );
     // A multi-threaded caller can neither resume nor be captured (EBUSY, and it lives).
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let helper = std::thread::spawn(move || {
@@ -1450,6 +1482,31 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let healthy = Mitosis::open().and_then(|m| m.status()).is_ok();
     r.check("rf-host-healthy-after-sigbus", healthy, "", &[]);
     ExitCode::SUCCESS
+}
+
+/// `launch-dirty HANDLE`: a launcher with SIGUSR2 pending (blocked) and ITIMER_REAL
+/// armed, then resumes; the child must have neither.
+pub fn launch_dirty(handle: &str) -> ExitCode {
+    let Ok(h) = handle.parse::<SnapshotHandle>() else {
+        return ExitCode::from(2);
+    };
+    // SAFETY: plain changes of this process's own signal and timer state.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::raise(libc::SIGUSR2);
+        let mut t: libc::itimerval = std::mem::zeroed();
+        t.it_value.tv_sec = 300;
+        libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut());
+    }
+    let e = match Mitosis::open() {
+        Ok(m) => m.fork_resume(&h, ResumeOptions::default()),
+        Err(e) => e,
+    };
+    eprintln!("launch-dirty: {e}");
+    ExitCode::FAILURE
 }
 
 /// `launch-with-vdso-at ADDR HANDLE`: moves this process's vvar+vDSO to ADDR (inside the

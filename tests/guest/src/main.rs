@@ -160,6 +160,12 @@ fn main() -> ExitCode {
             let code = adversarial::drive(&mut report, peer, me);
             return finish(&report, code);
         }
+        Some("launch-dirty") => {
+            let Some(h) = args.get(1) else {
+                return ExitCode::from(2);
+            };
+            return fork::launch_dirty(h);
+        }
         Some("ioctl-fuzz") => {
             let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
             let seed = args
