@@ -4,7 +4,7 @@
 
 use super::connection::*;
 use super::fastreg::Registration;
-use super::verbs::Pd;
+use super::pages::PageSet;
 use super::{count, STATS};
 use crate::bindings;
 use crate::util::remove_first;
@@ -74,15 +74,27 @@ impl Connection {
         removed.is_some()
     }
 
-    /// The PD and device for registering memory for this peer (server side, from the
-    /// request handler).
-    pub(crate) fn with_pd<T>(
+    /// Registers `pages` for this peer only (its connection's PD), in chunks of at most
+    /// `max_chunk_pages` (and the device's fast-registration limit); returns the
+    /// registration and the REG_MR requests to post before the reply that hands out
+    /// its keys (server side, from the request work).
+    pub(crate) fn register_for_peer(
         &self,
-        f: impl FnOnce(&Pd, *mut bindings::ib_device) -> Result<T>,
-    ) -> Result<T> {
+        pages: Arc<PageSet>,
+        max_chunk_pages: usize,
+    ) -> Result<(Registration, KVec<bindings::ib_reg_wr>)> {
         // SAFETY: called from this connection's request work, which holds `rpc_lock`
         // (type invariant).
         let res = unsafe { self.res()? };
-        f(&res.pd, res.dev())
+        let dev = res.dev();
+        // SAFETY: the connection's device is live while it has resources.
+        let max = unsafe { (*dev).attrs.max_fast_reg_page_list_len } as usize;
+        Registration::new(
+            pages,
+            &res.pd,
+            dev,
+            max.min(max_chunk_pages),
+            self.reply_cqe(),
+        )
     }
 }

@@ -7,10 +7,11 @@
 //! registration. A wrong secret or an unknown id gets a distinct errno in the reply and a
 //! log line; a malformed message is logged and dropped.
 
+#![deny(unsafe_code)]
+
 use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply};
 use crate::errno;
 use crate::rdma::connection::{Connection, Ipv4};
-use crate::rdma::fastreg::Registration;
 use crate::region::{Region, REGION_OPENS, REGION_OPENS_REFUSED};
 use crate::state;
 use core::sync::atomic::Ordering;
@@ -90,17 +91,7 @@ fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
         return send_keys(conn, seq, &region, chunk_bytes, &rkeys, &mut [])
             .inspect_err(|_| conn.release_registration(region.id));
     }
-    let (reg, mut wrs) = conn.with_pd(|pd, dev| {
-        // SAFETY: `dev` is the connection's live device.
-        let max = unsafe { (*dev).attrs.max_fast_reg_page_list_len } as usize;
-        Registration::new(
-            region.pages.clone(),
-            pd,
-            dev,
-            max.min(MAX_CHUNK_PAGES),
-            conn.reply_cqe(),
-        )
-    })?;
+    let (reg, mut wrs) = conn.register_for_peer(region.pages.clone(), MAX_CHUNK_PAGES)?;
     let chunk_bytes = reg.chunk_bytes();
     let mut rkeys = KVec::with_capacity(wrs.len(), GFP_KERNEL)?;
     for k in reg.rkeys() {

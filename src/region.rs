@@ -3,8 +3,9 @@
 //! Regions published for peers: pages a peer may read after opening the region with
 //! its id and secret. Snapshots are published through the same path.
 
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
-use crate::bindings;
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,8 +103,7 @@ impl Registry {
             return Err(ENOSPC);
         }
         let mut secret = [0u8; 16];
-        // SAFETY: `secret` is valid for writing 16 bytes.
-        unsafe { bindings::get_random_bytes(secret.as_mut_ptr().cast(), secret.len()) };
+        crate::util::random_bytes(&mut secret);
         let id = self.next_id;
         let region = Arc::new(
             Region {

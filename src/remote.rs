@@ -2,6 +2,8 @@
 
 //! Regions of peers opened by this host, read with one-sided RDMA READs.
 
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::read_flags;
 use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply};
 use crate::errno;

@@ -96,6 +96,12 @@ impl CurrentTask {
         unsafe { bindings::mitosis_set_task_user_state(s) };
     }
 
+    /// Whether the caller has `CAP_SYS_ADMIN`.
+    pub(crate) fn is_admin(&self) -> bool {
+        // SAFETY: checks the current task's credentials.
+        unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as i32) }
+    }
+
     /// This thread's id in its pid namespace.
     pub(crate) fn tid(&self) -> u32 {
         // SAFETY: reading the current task's id.

@@ -2,8 +2,9 @@
 
 //! Copying and validating ioctl argument structs (see the table in `abi/src/ioctl.rs`).
 
+#![deny(unsafe_code)]
+
 use crate::abi::ioctl::{Header, Pod, ABI_VERSION, MAX_ARG_SIZE};
-use crate::bindings;
 use crate::errno;
 use crate::util::RateLimit;
 use kernel::prelude::*;
@@ -97,8 +98,7 @@ pub(crate) fn require(ok: bool, name: &str, what: &str) -> Result {
 /// The caller must hold `CAP_SYS_ADMIN` (host-wide effects: test regions); `EPERM`
 /// with a log line otherwise.
 pub(crate) fn require_admin(name: &str) -> Result {
-    // SAFETY: checks the current task's credentials.
-    if unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as i32) } {
+    if crate::task::CurrentTask::get().is_admin() {
         return Ok(());
     }
     log_rejected(format_args!("{name}: needs CAP_SYS_ADMIN (EPERM)"));

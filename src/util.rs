@@ -62,6 +62,12 @@ impl RateLimit {
     }
 }
 
+/// Fills `out` with random bytes from the kernel's CRNG.
+pub(crate) fn random_bytes(out: &mut [u8]) {
+    // SAFETY: `out` is valid for writing `out.len()` bytes.
+    unsafe { crate::bindings::get_random_bytes(out.as_mut_ptr().cast(), out.len()) };
+}
+
 /// Emptying a `KVec` while keeping its allocation.
 pub(crate) trait ClearForReuse {
     fn clear_for_reuse(&mut self);
