@@ -79,8 +79,8 @@ impl Connection {
         }
     }
 
-    /// Accepts a CONNECT_REQUEST on the new `id` (called from the CM handler). On error
-    /// the caller returns non-zero and the CM destroys `id`.
+    /// Accepts a CONNECT_REQUEST on the new `id` (the listener, from the CM handler).
+    /// On error the caller returns non-zero and the CM destroys `id`.
     pub(super) fn accept(
         id: *mut bindings::rdma_cm_id,
         event: &bindings::rdma_cm_event,
@@ -307,16 +307,6 @@ pub(crate) unsafe extern "C" fn cm_event_handler(
     let conn = unsafe { &*(ctx as *const Connection) };
     conn.on_cm_event(id, event);
     0
-}
-
-/// Accepts `id` as a server connection (called by the listener).
-pub(crate) fn accept(
-    id: *mut bindings::rdma_cm_id,
-    event: &bindings::rdma_cm_event,
-    on_request: RequestHandler,
-    on_closed: ClosedHandler,
-) -> Result<Arc<Connection>> {
-    Connection::accept(id, event, on_request, on_closed)
 }
 
 pub(super) fn sockaddr_in(addr: u32, port: u16) -> bindings::sockaddr_in {

@@ -95,7 +95,7 @@ pub(crate) fn on_connect_request(
     // SAFETY: the CM passes the new, live id with its route.
     let (peer, _) = unsafe { super::cm::peer_of(id) };
     (hooks.admit)(peer)?;
-    let conn = super::cm::accept(id, event, hooks.on_request, hooks.on_closed)?;
+    let conn = Connection::accept(id, event, hooks.on_request, hooks.on_closed)?;
     if let Err(e) = (hooks.on_accepted)(conn.clone()) {
         conn.fail(e);
     }

@@ -15,6 +15,16 @@
 //! Every verbs object is owned by a Rust value that releases it in `Drop`; queue pairs are
 //! drained before anything they may touch is destroyed.
 
+/// A log line a peer can trigger (failed receives, unexpected messages, READ and SEND
+/// errors): rate-limited, so a peer cannot flood the log.
+macro_rules! peer_warn {
+    ($($arg:tt)*) => {
+        if $crate::rdma::connection::PEER_LOG.allow() {
+            kernel::pr_warn!($($arg)*);
+        }
+    };
+}
+
 mod cm;
 pub(crate) mod connection;
 pub(crate) mod device;

@@ -83,26 +83,22 @@ impl Connection {
             Ok(s) => s,
             Err(e) => {
                 count(&STATS.read_timeouts, 1);
-                if PEER_LOG.allow() {
-                    pr_warn!(
-                        "READ of {} pages from {} timed out\n",
-                        n,
-                        Ipv4(self.peer_addr)
-                    );
-                }
+                peer_warn!(
+                    "READ of {} pages from {} timed out\n",
+                    n,
+                    Ipv4(self.peer_addr)
+                );
                 self.fail(e);
                 return Err(e);
             }
         };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             count(&STATS.read_errors, 1);
-            if PEER_LOG.allow() {
-                pr_warn!(
-                    "READ from {} failed: wc status {}\n",
-                    Ipv4(self.peer_addr),
-                    status
-                );
-            }
+            peer_warn!(
+                "READ from {} failed: wc status {}\n",
+                Ipv4(self.peer_addr),
+                status
+            );
             // The QP is in error now: every later request would flush.
             self.fail(errno::econnreset());
             return Err(if status == bindings::ib_wc_status_IB_WC_REM_ACCESS_ERR {

@@ -47,13 +47,11 @@ impl Connection {
         let conn = unsafe { &*buf.conn };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
             if status != bindings::ib_wc_status_IB_WC_WR_FLUSH_ERR {
-                if PEER_LOG.allow() {
-                    pr_warn!(
-                        "receive failed on connection to {}: wc status {}\n",
-                        Ipv4(conn.peer_addr),
-                        status
-                    );
-                }
+                peer_warn!(
+                    "receive failed on connection to {}: wc status {}\n",
+                    Ipv4(conn.peer_addr),
+                    status
+                );
                 conn.fail(errno::econnreset());
             }
             return;
@@ -77,12 +75,10 @@ impl Connection {
                     unsafe { bindings::complete(conn.reply_done.completion_ptr()) };
                     return;
                 }
-                if PEER_LOG.allow() {
-                    pr_warn!(
-                        "dropped unexpected control message from {}\n",
-                        Ipv4(conn.peer_addr)
-                    );
-                }
+                peer_warn!(
+                    "dropped unexpected control message from {}\n",
+                    Ipv4(conn.peer_addr)
+                );
             }
             Role::Server => {
                 // Served on the module's workqueue; the buffer comes back there.
@@ -211,13 +207,11 @@ impl Connection {
             .wait(timeout_ms)
             .inspect_err(|e| self.fail(*e))?;
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            if PEER_LOG.allow() {
-                pr_warn!(
-                    "SEND to {} failed: wc status {}\n",
-                    Ipv4(self.peer_addr),
-                    status
-                );
-            }
+            peer_warn!(
+                "SEND to {} failed: wc status {}\n",
+                Ipv4(self.peer_addr),
+                status
+            );
             self.fail(errno::econnreset());
             return Err(errno::econnreset());
         }

@@ -11,6 +11,8 @@
 //! without bits this CPU reserves. [`install`] then writes the image over the task's
 //! buffer *except* the supervisor components, which stay the child's own.
 
+use super::snapshot::{get_u32, get_u64};
+
 /// The legacy (FXSAVE) region, then the 64-byte XSAVE header.
 pub const LEGACY_LEN: usize = 512;
 pub const HEADER_END: usize = 576;
@@ -115,29 +117,17 @@ impl XsaveFormat {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
 /// Checks a peer's FPU image against this host's format (see the module docs).
 pub fn check(image: &[u8], fmt: &XsaveFormat) -> Result<(), XsaveError> {
     if image.len() != fmt.len || image.len() < HEADER_END {
         return Err(XsaveError::Length);
     }
-    if u64_at(image, XCOMP_BV_AT) != fmt.xcomp_bv
+    if get_u64(image, XCOMP_BV_AT) != fmt.xcomp_bv
         || image[XCOMP_BV_AT + 8..HEADER_END].iter().any(|&b| b != 0)
     {
         return Err(XsaveError::Header);
     }
-    let xstate_bv = u64_at(image, XSTATE_BV_AT);
+    let xstate_bv = get_u64(image, XSTATE_BV_AT);
     if xstate_bv & !(fmt.user_xfeatures & fmt.xfeatures) != 0 {
         return Err(XsaveError::Features);
     }
@@ -145,7 +135,7 @@ pub fn check(image: &[u8], fmt: &XsaveFormat) -> Result<(), XsaveError> {
         0 => MXCSR_DEFAULT_MASK,
         m => m,
     };
-    if u32_at(image, MXCSR_AT) & !mask != 0 {
+    if get_u32(image, MXCSR_AT) & !mask != 0 {
         return Err(XsaveError::Mxcsr);
     }
     Ok(())
@@ -160,7 +150,7 @@ pub fn install(image: &[u8], dst: &mut [u8], fmt: &XsaveFormat) -> Result<(), Xs
         return Err(XsaveError::Length);
     }
     let supervisor = fmt.xfeatures & !fmt.user_xfeatures;
-    let kept_bv = u64_at(dst, XSTATE_BV_AT) & supervisor;
+    let kept_bv = get_u64(dst, XSTATE_BV_AT) & supervisor;
     let mut cpu_mxcsr_mask = [0u8; 4];
     cpu_mxcsr_mask.copy_from_slice(&dst[MXCSR_MASK_AT..MXCSR_MASK_AT + 4]);
     let mut at = 0;
@@ -183,7 +173,7 @@ pub fn install(image: &[u8], dst: &mut [u8], fmt: &XsaveFormat) -> Result<(), Xs
         }
     }
     dst[MXCSR_MASK_AT..MXCSR_MASK_AT + 4].copy_from_slice(&cpu_mxcsr_mask);
-    let bv = u64_at(image, XSTATE_BV_AT) | kept_bv;
+    let bv = get_u64(image, XSTATE_BV_AT) | kept_bv;
     dst[XSTATE_BV_AT..XSTATE_BV_AT + 8].copy_from_slice(&bv.to_le_bytes());
     Ok(())
 }
