@@ -9,6 +9,8 @@
 #include <linux/rseq.h>
 #include <linux/sched/signal.h>
 #include <linux/uaccess.h>
+#include <linux/cred.h>
+#include <linux/capability.h>
 #include <asm/fsgsbase.h>
 #include <asm/msr.h>
 #include <asm/segment.h>
@@ -87,6 +89,10 @@ void mitosis_init_completion(struct completion *c)
 void mitosis_reinit_completion(struct completion *c)
 { reinit_completion(c); }
 
+bool mitosis_param_unprivileged_children;
+module_param_named(unprivileged_children, mitosis_param_unprivileged_children, bool, 0644);
+MODULE_PARM_DESC(unprivileged_children, "Resume only callers without privilege: not root, no effective capability, no_new_privs set (multi-tenant hosts)");
+
 unsigned int mitosis_param_prefetch_pages = 8;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");
@@ -153,6 +159,15 @@ void mitosis_mm_arg_unlock(struct mm_struct *mm)
 /* Tasks. */
 struct pt_regs *mitosis_current_pt_regs(void)
 { return task_pt_regs(current); }
+
+bool mitosis_current_euid_is_root(void)
+{ return uid_eq(current_euid(), GLOBAL_ROOT_UID); }
+
+bool mitosis_current_caps_clear(void)
+{ return cap_isclear(current_cred()->cap_effective); }
+
+bool mitosis_current_no_new_privs(void)
+{ return task_no_new_privs(current); }
 
 pid_t mitosis_current_tid(void)
 { return task_pid_vnr(current); }

@@ -20,6 +20,7 @@ extern char *mitosis_param_device;
 extern unsigned int mitosis_param_connect_timeout_ms;
 extern unsigned int mitosis_param_io_timeout_ms;
 extern unsigned int mitosis_param_prefetch_pages;
+extern bool mitosis_param_unprivileged_children;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
 			 const struct ib_send_wr **bad_wr);
@@ -79,6 +80,9 @@ void mitosis_set_task_user_state(const struct mitosis_user_state *s);
 struct k_sigaction *mitosis_sigactions(void);
 void mitosis_sighand_lock_current(void);
 void mitosis_sighand_unlock_current(void);
+bool mitosis_current_euid_is_root(void);
+bool mitosis_current_caps_clear(void);
+bool mitosis_current_no_new_privs(void);
 pid_t mitosis_current_tid(void);
 struct fpstate *mitosis_current_fpstate(void);
 unsigned long mitosis_read_fsbase(void);

@@ -6,8 +6,9 @@
 
 use super::connection::*;
 use super::verbs::{Cq, DmaPage, Pd};
-use super::{count, CALLER, STATS};
+use super::CALLER;
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::errno;
 use core::ptr;
 use core::sync::atomic::Ordering;
@@ -22,10 +23,10 @@ impl Connection {
         addr: u32,
         port: u16,
         timeout_ms: u32,
-        on_closed: ClosedHandler,
+        owner: Arc<dyn Owner>,
     ) -> Result<Arc<Self>> {
         let conn = Arc::pin_init(
-            Self::new(Role::Client, addr, port, timeout_ms, None, on_closed),
+            Self::new(Role::Client, addr, port, timeout_ms, owner),
             GFP_KERNEL,
         )?;
         // SAFETY: `init_net` is the initial network namespace, alive forever; the handler
@@ -65,11 +66,11 @@ impl Connection {
         };
         match outcome {
             Ok(()) => {
-                count(&STATS.conns_established, 1);
+                count(&COUNTERS.conns_established, 1);
                 Ok(conn)
             }
             Err(e) => {
-                count(&STATS.conns_failed, 1);
+                count(&COUNTERS.conns_failed, 1);
                 // On the module's workqueue: the caller may hold the mmap lock (a
                 // fault reconnecting), and destroying a CM id waits for its handler,
                 // which user-space CM users order after the mmap lock.
@@ -84,20 +85,22 @@ impl Connection {
     pub(super) fn accept(
         id: *mut bindings::rdma_cm_id,
         event: &bindings::rdma_cm_event,
-        on_request: RequestHandler,
-        on_closed: ClosedHandler,
+        owner: Arc<dyn Owner>,
     ) -> Result<Arc<Self>> {
         // SAFETY: the CM passes a live id with a resolved route.
         let (addr, port) = unsafe { peer_of(id) };
-        let conn = Arc::pin_init(
-            Self::new(Role::Server, addr, port, 0, Some(on_request), on_closed),
-            GFP_KERNEL,
-        )?;
+        let conn = Arc::pin_init(Self::new(Role::Server, addr, port, 0, owner), GFP_KERNEL)?;
         let result = (|| {
             // SAFETY: we are in the CM handler of `id`, setting it up.
             unsafe { conn.create_resources(id)? };
-            // SAFETY: `id` is live; the context stays valid until `teardown` destroys it.
-            unsafe { (*id).context = &*conn as *const Self as *mut _ };
+            // SAFETY: `id` is live and we are in its handler (events are serialised):
+            // from now on its events go to the connection handler with the connection
+            // as context, valid until `teardown` destroys the id. It inherited the
+            // listener's handler and context.
+            unsafe {
+                (*id).event_handler = Some(cm_event_handler);
+                (*id).context = &*conn as *const Self as *mut _;
+            }
             // SAFETY: for CONNECT_REQUEST the union holds connection parameters.
             let theirs = unsafe { event.param.conn };
             // SAFETY: `id` has a device.
@@ -140,7 +143,7 @@ impl Connection {
         if dev.is_null() {
             return Err(ENODEV);
         }
-        if !super::device::allowed(dev) {
+        if !self.owner.device_allowed(super::device::name_of(dev)) {
             return Err(ENODEV);
         }
         let pd = Pd::new(dev)?;
@@ -253,7 +256,7 @@ impl Connection {
                 if connecting {
                     self.state.store(UP, Ordering::Release);
                     if self.role == Role::Server {
-                        count(&STATS.conns_accepted, 1);
+                        count(&COUNTERS.conns_accepted, 1);
                     }
                     finish(0);
                 }
@@ -283,21 +286,14 @@ impl Connection {
     }
 }
 
-/// Handler of every CM id the module creates: the listener (context NULL; it only gets
-/// CONNECT_REQUEST) and connections (context = the connection).
-pub(crate) unsafe extern "C" fn cm_event_handler(
+/// Handler of every connection's CM id (context = the connection, or NULL after a
+/// failed accept). The listener has its own (`listener.rs`).
+pub(super) unsafe extern "C" fn cm_event_handler(
     id: *mut bindings::rdma_cm_id,
     event: *mut bindings::rdma_cm_event,
 ) -> i32 {
     // SAFETY: the CM passes a valid event.
     let event = unsafe { &*event };
-    if event.event == bindings::rdma_cm_event_type_RDMA_CM_EVENT_CONNECT_REQUEST {
-        // SAFETY: `id` is the new connection's id.
-        return match super::listener::on_connect_request(id, event) {
-            Ok(()) => 0,
-            Err(_) => -1,
-        };
-    }
     // SAFETY: `id` is live in its own handler.
     let ctx = unsafe { (*id).context };
     if ctx.is_null() {

@@ -18,12 +18,13 @@
 //!   no waiter or buffer is referenced any more), waits for users to leave, then
 //!   destroys the QP, CQs, buffers, registrations, PD and the CM id, in that order.
 
+use super::device::{DeviceKey, Devices};
 use super::fastreg::Registration;
 use super::verbs::{Cq, DmaPage, Pd};
 use super::waiter::Waiter;
-use super::{count, workqueue, STATS};
 use crate::abi::wire;
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::util::take_all;
 use core::cell::UnsafeCell;
@@ -32,7 +33,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64,
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 use kernel::types::Opaque;
-use kernel::workqueue::{impl_has_work, new_work, HasWork, Work, WorkItem};
+use kernel::workqueue::{impl_has_work, new_work, HasWork, Queue, Work, WorkItem};
 
 /// Receive buffers per connection (control messages in flight from the peer).
 pub(super) const RECV_DEPTH: usize = 16;
@@ -63,10 +64,30 @@ pub(super) const UP: u32 = 1;
 pub(super) const DOWN: u32 = 2;
 pub(super) const DEAD: u32 = 3;
 
-/// Handles one control request received on a server connection (work context).
-pub(crate) type RequestHandler = fn(&Connection, &[u8]);
-/// Told when a connection has been torn down (work context), to drop it from lists.
-pub(crate) type ClosedHandler = fn(&Arc<Connection>);
+/// The owner of connections (the module): what the transport needs from it and what
+/// it tells it. Every connection, and the listener, carries its owner as its callback
+/// context; no callback of this layer reaches module state any other way.
+pub(crate) trait Owner: Send + Sync {
+    /// The workqueue connection work (teardown, request serving) runs on; `None` once
+    /// the owner is stopping (nothing is queued any more).
+    fn workqueue(&self) -> Option<&Queue>;
+    /// Whether connections may use the RDMA device named `name`.
+    fn device_allowed(&self, name: &[u8]) -> bool;
+    /// Before anything is allocated or answered: whether a connection request from
+    /// (network-order IPv4) `peer` is taken; an error rejects it.
+    fn admit(&self, peer: u32) -> Result;
+    /// Keeps an accepted connection (the listener does not own it).
+    fn accepted(&self, conn: Arc<Connection>) -> Result;
+    /// One control request received on an accepted connection (work context).
+    fn request(&self, conn: &Connection, msg: &[u8]);
+    /// The connection has been torn down (work context): drop it from lists.
+    fn closed(&self, conn: &Arc<Connection>);
+    /// The devices seen (the device client records them there).
+    fn devices(&self) -> &Devices;
+    /// The RDMA device `dev` is going away: tear down every connection on it before
+    /// returning.
+    fn device_removed(&self, dev: DeviceKey);
+}
 
 /// Verbs objects of a connection. Dropped fields are released in declaration order
 /// after the QP is destroyed in `Drop`.
@@ -182,8 +203,8 @@ pub(crate) struct Connection {
     /// handler (the shared `ib_comp_wq`, which a slow request would hold up).
     #[pin]
     pub(super) request_work: Work<Connection, REQUESTS>,
-    pub(super) on_request: Option<RequestHandler>,
-    pub(super) on_closed: ClosedHandler,
+    /// The module, told about requests (server) and the end of the connection.
+    pub(super) owner: Arc<dyn Owner>,
     /// The device the resources were made on, set once at setup; only compared (device
     /// removal), never dereferenced.
     pub(super) device: AtomicPtr<bindings::ib_device>,
@@ -226,8 +247,7 @@ impl Connection {
         peer_addr: u32,
         peer_port: u16,
         setup_timeout_ms: u32,
-        on_request: Option<RequestHandler>,
-        on_closed: ClosedHandler,
+        owner: Arc<dyn Owner>,
     ) -> impl PinInit<Self, Error> {
         try_pin_init!(Connection {
             role,
@@ -255,8 +275,7 @@ impl Connection {
             teardown_work <- new_work!("Connection::teardown_work"),
             requests <- new_mutex!(KVec::new()),
             request_work <- new_work!("Connection::request_work"),
-            on_request,
-            on_closed,
+            owner,
             device: AtomicPtr::new(ptr::null_mut()),
             created_ms: kernel::time::Ktime::ktime_get().to_ms(),
             authenticated: AtomicBool::new(false),
@@ -278,9 +297,9 @@ impl Connection {
         matches!(self.state.load(Ordering::Acquire), DOWN | DEAD)
     }
 
-    /// The device this connection runs on (null before setup), for comparison only.
-    pub(crate) fn device(&self) -> *mut bindings::ib_device {
-        self.device.load(Ordering::Acquire)
+    /// The device this connection runs on (a null key before setup).
+    pub(crate) fn device(&self) -> DeviceKey {
+        DeviceKey::of(self.device.load(Ordering::Acquire))
     }
 
     /// Server: records that the peer proved it holds a secret (an open succeeded).
@@ -325,7 +344,7 @@ impl Connection {
         // SAFETY: connections live in an `Arc` (type invariant) and `self` is borrowed, so
         // the refcount is non-zero.
         let arc: Arc<Self> = unsafe { ArcBorrow::from_raw(self as *const Self) }.into();
-        if let Some(queue) = workqueue() {
+        if let Some(queue) = self.owner.workqueue() {
             // Already queued: the returned reference is dropped, the queued one runs.
             let _ = queue.enqueue::<Arc<Self>, ID>(arc);
         }
@@ -373,7 +392,7 @@ impl Connection {
         drop(self.rpc_lock.lock());
         drop(self.io_lock.lock());
         let regs = take_all(&mut self.registrations.lock());
-        STATS
+        COUNTERS
             .mrs_live
             .fetch_sub(regs.len() as u64, Ordering::Relaxed);
         drop(regs);
@@ -391,7 +410,7 @@ impl Connection {
             unsafe { bindings::rdma_destroy_id(id) };
         }
         if had_res {
-            count(&STATS.conns_closed, 1);
+            count(&COUNTERS.conns_closed, 1);
         }
         self.state.store(DEAD, Ordering::Release);
     }
@@ -412,7 +431,7 @@ impl WorkItem<TEARDOWN> for Connection {
 
     fn run(conn: Arc<Connection>) {
         conn.teardown();
-        (conn.on_closed)(&conn);
+        conn.owner.closed(&conn);
     }
 }
 

@@ -6,95 +6,136 @@
 //! owner's hook so every connection on that device is torn down before the device goes:
 //! `rdma link delete` with the module loaded stays clean.
 
+use super::connection::Owner;
 use crate::abi::ioctl::{DeviceInfo, MAX_DEVICES};
 use crate::bindings;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Mutex};
+use kernel::sync::{new_mutex, Arc, Mutex};
 use kernel::types::Opaque;
 
-/// Called when a device is going away; must release everything on it before returning.
-pub(crate) type RemoveHook = fn(*mut bindings::ib_device);
+/// Identifies an RDMA device for comparison (which connections run on a device being
+/// removed); never dereferenced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct DeviceKey(usize);
 
-/// The registered client and the devices it has seen.
+impl DeviceKey {
+    pub(super) fn of(dev: *mut bindings::ib_device) -> Self {
+        DeviceKey(dev as usize)
+    }
+}
+
+/// The devices the client has seen, for status.
 ///
 /// # Invariants
 ///
-/// While registered, `client` is pinned and `CLIENT` points to `self`.
-#[pin_data(PinnedDrop)]
-pub(crate) struct DeviceClient {
+/// Every pointer in `list` is a registered device: it is removed (under the lock) by
+/// the client's `remove`, before the core frees the device.
+#[pin_data]
+pub(crate) struct Devices {
     #[pin]
-    client: Opaque<bindings::ib_client>,
-    #[pin]
-    devices: Mutex<KVec<*mut bindings::ib_device>>,
-    on_remove: RemoveHook,
-    registered: core::sync::atomic::AtomicBool,
+    list: Mutex<KVec<*mut bindings::ib_device>>,
 }
 
 // SAFETY: device pointers are only used while the core holds the devices registered.
+unsafe impl Send for Devices {}
+// SAFETY: the list is under a mutex.
+unsafe impl Sync for Devices {}
+
+impl Devices {
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Devices {
+            list <- new_mutex!(KVec::new()),
+        })
+    }
+
+    /// Status of every device seen (at most `MAX_DEVICES`).
+    pub(crate) fn infos(&self, out: &mut [DeviceInfo; MAX_DEVICES]) -> u32 {
+        let devs = self.list.lock();
+        let mut n = 0;
+        for (&dev, info) in devs.iter().zip(out.iter_mut()) {
+            let name = name_of(dev);
+            let len = name.len().min(info.name.len() - 1);
+            info.name[..len].copy_from_slice(&name[..len]);
+            let mut attr = bindings::ib_port_attr::default();
+            // SAFETY: `dev` is registered while in the list (type invariant).
+            if unsafe { bindings::ib_query_port(dev, 1, &mut attr) } == 0 {
+                info.port_state = attr.state;
+            }
+            // SAFETY: as above.
+            let attrs = unsafe { &(*dev).attrs };
+            info.max_fast_reg_page_list_len = attrs.max_fast_reg_page_list_len;
+            info.max_qp_rd_atom = attrs.max_qp_rd_atom as u32;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The registered `ib_client`: tells its owner when a device appears or goes away.
+///
+/// # Invariants
+///
+/// `client` is registered with the RDMA core from initialisation to `PinnedDrop`, and
+/// `CLIENT` points to `self` meanwhile. This is the module's one static pointer,
+/// because `ib_client::add` receives no context in 6.12 (`int (*add)(struct
+/// ib_device *)`, include/rdma/ib_verbs.h): the client's callbacks find their owner
+/// through it, and nothing else does.
+#[pin_data(PinnedDrop)]
+pub(crate) struct DeviceClient {
+    owner: Arc<dyn Owner>,
+    #[pin]
+    client: Opaque<bindings::ib_client>,
+}
+
+// SAFETY: the C struct is only used by the RDMA core under its locks.
 unsafe impl Send for DeviceClient {}
-// SAFETY: the device list is under a mutex.
+// SAFETY: as above; `&self` gives access to `owner` only.
 unsafe impl Sync for DeviceClient {}
 
 static CLIENT: AtomicPtr<DeviceClient> = AtomicPtr::new(ptr::null_mut());
-/// Only this device name may be used (module parameter), empty for any.
-fn wanted_name() -> &'static [u8] {
-    // SAFETY: the parameter is a NUL-terminated string set at load time (read-only, 0444).
-    let p = unsafe { bindings::mitosis_param_device };
-    if p.is_null() {
-        return b"";
-    }
-    // SAFETY: as above.
-    unsafe { kernel::str::CStr::from_char_ptr(p) }.as_bytes()
-}
 
-fn name_of(dev: *mut bindings::ib_device) -> &'static [u8] {
+/// The name of a registered device (the slice must not outlive the device).
+pub(super) fn name_of(dev: *mut bindings::ib_device) -> &'static [u8] {
     // SAFETY: `dev` is registered; its name is a NUL-terminated array that lives with it
     // (callers do not keep the slice past the device's life).
     let name = unsafe { &(*dev).name };
+    // SAFETY: as above; `c_char` and `u8` have the same layout.
     let bytes = unsafe { core::slice::from_raw_parts(name.as_ptr() as *const u8, name.len()) };
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
 }
 
-/// Whether connections may use `dev` (the `device` module parameter).
-pub(crate) fn allowed(dev: *mut bindings::ib_device) -> bool {
-    let want = wanted_name();
-    want.is_empty() || want == name_of(dev)
-}
-
 impl DeviceClient {
-    pub(crate) fn new(on_remove: RemoveHook) -> impl PinInit<Self> {
-        pin_init!(DeviceClient {
-            client <- Opaque::ffi_init(|c: *mut bindings::ib_client| {
-                let mut v = bindings::ib_client::default();
-                v.name = kernel::c_str!("mitosis").as_char_ptr();
-                v.add = Some(Self::add);
-                v.remove = Some(Self::remove);
-                // SAFETY: `c` is valid for writing.
-                unsafe { c.write(v) };
-            }),
-            devices <- new_mutex!(KVec::new()),
-            on_remove,
-            registered: core::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    /// Registers the client: `add` runs for every present device before this returns.
-    pub(crate) fn register(self: Pin<&mut Self>) -> Result {
-        // SAFETY: we do not move out of the pinned value.
-        let this = unsafe { self.get_unchecked_mut() };
-        CLIENT.store(this as *mut Self, Ordering::Release);
-        // SAFETY: `client` is initialised and pinned; it stays registered until Drop.
-        let r =
-            kernel::error::to_result(unsafe { bindings::ib_register_client(this.client.get()) });
-        if r.is_err() {
-            CLIENT.store(ptr::null_mut(), Ordering::Release);
-        } else {
-            this.registered.store(true, Ordering::Release);
-        }
-        r
+    /// Registers a client that tells `owner` about devices: `add` runs for every
+    /// present device before the initializer returns.
+    pub(crate) fn new(owner: Arc<dyn Owner>) -> impl PinInit<Self, Error> {
+        try_pin_init!(DeviceClient {
+            owner,
+            // SAFETY: the closure fully initialises the pinned slot and registers it;
+            // on failure nothing stays registered. `owner` is initialised before (it is
+            // first in this initializer), so callbacks during registration find it.
+            client <- unsafe {
+                kernel::init::pin_init_from_closure(
+                    move |slot: *mut Opaque<bindings::ib_client>| {
+                        let c = Opaque::raw_get(slot);
+                        let mut v = bindings::ib_client::default();
+                        v.name = kernel::c_str!("mitosis").as_char_ptr();
+                        v.add = Some(Self::add);
+                        v.remove = Some(Self::remove);
+                        c.write(v);
+                        let this = kernel::container_of!(slot, DeviceClient, client);
+                        CLIENT.store(this as *mut Self, Ordering::Release);
+                        let r = kernel::error::to_result(bindings::ib_register_client(c));
+                        if r.is_err() {
+                            CLIENT.store(ptr::null_mut(), Ordering::Release);
+                        }
+                        r
+                    },
+                )
+            },
+        }? Error)
     }
 
     fn get() -> Option<&'static DeviceClient> {
@@ -107,7 +148,14 @@ impl DeviceClient {
         let Some(this) = Self::get() else {
             return -(bindings::ENODEV as i32);
         };
-        if this.devices.lock().push(dev, GFP_KERNEL).is_err() {
+        if this
+            .owner
+            .devices()
+            .list
+            .lock()
+            .push(dev, GFP_KERNEL)
+            .is_err()
+        {
             return -(bindings::ENOMEM as i32);
         }
         pr_info!(
@@ -123,48 +171,16 @@ impl DeviceClient {
             "device {} removed: closing its connections\n",
             kernel::str::BStr::from_bytes(name_of(dev))
         );
-        (this.on_remove)(dev);
-        crate::util::remove_first(&mut this.devices.lock(), |&d| d == dev);
-    }
-
-    /// Status of every device seen (at most `MAX_DEVICES`).
-    pub(crate) fn infos(&self, out: &mut [DeviceInfo; MAX_DEVICES]) -> u32 {
-        let devs = self.devices.lock();
-        let mut n = 0;
-        for (&dev, info) in devs.iter().zip(out.iter_mut()) {
-            let name = name_of(dev);
-            let len = name.len().min(info.name.len() - 1);
-            info.name[..len].copy_from_slice(&name[..len]);
-            let mut attr = bindings::ib_port_attr::default();
-            // SAFETY: `dev` is registered while in the list (removed under the lock
-            // before the core frees it).
-            if unsafe { bindings::ib_query_port(dev, 1, &mut attr) } == 0 {
-                info.port_state = attr.state;
-            }
-            // SAFETY: as above.
-            let attrs = unsafe { &(*dev).attrs };
-            info.max_fast_reg_page_list_len = attrs.max_fast_reg_page_list_len;
-            info.max_qp_rd_atom = attrs.max_qp_rd_atom as u32;
-            n += 1;
-        }
-        n
-    }
-}
-
-impl DeviceClient {
-    /// Unregisters the client (idempotent): `remove` runs for every device first.
-    pub(crate) fn unregister(&self) {
-        if self.registered.swap(false, Ordering::AcqRel) {
-            // SAFETY: registered in `register`.
-            unsafe { bindings::ib_unregister_client(self.client.get()) };
-            CLIENT.store(ptr::null_mut(), Ordering::Release);
-        }
+        this.owner.device_removed(DeviceKey::of(dev));
+        crate::util::remove_first(&mut this.owner.devices().list.lock(), |&d| d == dev);
     }
 }
 
 #[pinned_drop]
 impl PinnedDrop for DeviceClient {
     fn drop(self: Pin<&mut Self>) {
-        self.unregister();
+        // SAFETY: registered (type invariant); `remove` runs for every device first.
+        unsafe { bindings::ib_unregister_client(self.client.get()) };
+        CLIENT.store(ptr::null_mut(), Ordering::Release);
     }
 }

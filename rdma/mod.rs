@@ -43,75 +43,53 @@ pub(crate) const CALLER: &kernel::str::CStr = kernel::c_str!("mitosis");
 /// `PAGE_SIZE` on every architecture this module builds for (x86_64).
 pub(crate) const PAGE_SIZE: usize = 4096;
 
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// Counters kept by the verbs layer, since module load.
-pub(crate) struct Stats {
-    pub(crate) conns_established: AtomicU64,
-    pub(crate) conns_failed: AtomicU64,
-    pub(crate) conns_accepted: AtomicU64,
-    pub(crate) conns_closed: AtomicU64,
-    pub(crate) ctrl_msgs_sent: AtomicU64,
-    pub(crate) ctrl_msgs_received: AtomicU64,
-    pub(crate) read_wrs_posted: AtomicU64,
-    pub(crate) read_doorbells: AtomicU64,
-    pub(crate) bytes_read: AtomicU64,
-    pub(crate) read_errors: AtomicU64,
-    pub(crate) read_timeouts: AtomicU64,
-    pub(crate) mrs_live: AtomicU64,
+/// A workqueue of the module's own (connection teardown and request serving run there,
+/// outside CM and completion handlers).
+///
+/// # Invariants
+///
+/// `wq` is the live workqueue made by `new` until `destroy` swaps it out.
+pub(crate) struct Workqueue {
+    wq: AtomicPtr<crate::bindings::workqueue_struct>,
 }
 
-pub(crate) static STATS: Stats = Stats {
-    conns_established: AtomicU64::new(0),
-    conns_failed: AtomicU64::new(0),
-    conns_accepted: AtomicU64::new(0),
-    conns_closed: AtomicU64::new(0),
-    ctrl_msgs_sent: AtomicU64::new(0),
-    ctrl_msgs_received: AtomicU64::new(0),
-    read_wrs_posted: AtomicU64::new(0),
-    read_doorbells: AtomicU64::new(0),
-    bytes_read: AtomicU64::new(0),
-    read_errors: AtomicU64::new(0),
-    read_timeouts: AtomicU64::new(0),
-    mrs_live: AtomicU64::new(0),
-};
-
-/// Adds `n` to a counter.
-pub(crate) fn count(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// The module's workqueue (connection teardown runs there, outside CM handlers).
-static WORKQUEUE: AtomicPtr<crate::bindings::workqueue_struct> =
-    AtomicPtr::new(core::ptr::null_mut());
-
-/// Creates the workqueue; called once at module load before anything can queue work.
-pub(crate) fn start_workqueue() -> kernel::error::Result {
-    // SAFETY: the format is a NUL-terminated string without conversions.
-    let wq =
-        unsafe { crate::bindings::alloc_workqueue(kernel::c_str!("mitosis").as_char_ptr(), 0, 0) };
-    if wq.is_null() {
-        return Err(kernel::error::code::ENOMEM);
+impl Workqueue {
+    pub(crate) fn new() -> kernel::error::Result<Self> {
+        // SAFETY: the format is a NUL-terminated string without conversions.
+        let wq = unsafe {
+            crate::bindings::alloc_workqueue(kernel::c_str!("mitosis").as_char_ptr(), 0, 0)
+        };
+        if wq.is_null() {
+            return Err(kernel::error::code::ENOMEM);
+        }
+        Ok(Workqueue {
+            wq: AtomicPtr::new(wq),
+        })
     }
-    WORKQUEUE.store(wq, Ordering::Release);
-    Ok(())
-}
 
-/// Runs all queued work and destroys the workqueue; called once at module unload after
-/// nothing can queue work any more.
-pub(crate) fn stop_workqueue() {
-    let wq = WORKQUEUE.swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if !wq.is_null() {
-        // SAFETY: `wq` came from `alloc_workqueue`; `destroy_workqueue` drains it first.
-        unsafe { crate::bindings::destroy_workqueue(wq) };
+    /// The queue, until [`Workqueue::destroy`].
+    pub(crate) fn get(&self) -> Option<&kernel::workqueue::Queue> {
+        let wq = self.wq.load(Ordering::Acquire);
+        // SAFETY: non-null, `wq` is live (type invariant); the owner destroys it only
+        // after nothing can queue work any more (see `state.rs`).
+        (!wq.is_null()).then(|| unsafe { kernel::workqueue::Queue::from_raw(wq.cast()) })
+    }
+
+    /// Runs all queued work and destroys the queue (idempotent). Never from a work
+    /// item of this queue.
+    pub(crate) fn destroy(&self) {
+        let wq = self.wq.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !wq.is_null() {
+            // SAFETY: `wq` came from `alloc_workqueue`; `destroy_workqueue` drains it.
+            unsafe { crate::bindings::destroy_workqueue(wq) };
+        }
     }
 }
 
-/// The module's workqueue, between `start_workqueue` and `stop_workqueue`.
-pub(crate) fn workqueue() -> Option<&'static kernel::workqueue::Queue> {
-    let wq = WORKQUEUE.load(Ordering::Acquire);
-    // SAFETY: non-null, `wq` is the live workqueue made by `start_workqueue`; it is
-    // destroyed only by `stop_workqueue`, after which nothing queues work (callers are
-    // stopped first, see `state.rs`).
-    (!wq.is_null()).then(|| unsafe { kernel::workqueue::Queue::from_raw(wq.cast()) })
+impl Drop for Workqueue {
+    fn drop(&mut self) {
+        self.destroy();
+    }
 }

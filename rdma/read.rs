@@ -4,8 +4,8 @@
 
 use super::connection::*;
 use super::verbs::DmaPage;
-use super::{count, STATS};
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::errno;
 use core::ptr;
 use kernel::prelude::*;
@@ -73,16 +73,16 @@ impl Connection {
         // drained.
         let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
         if r != 0 {
-            count(&STATS.read_errors, 1);
+            count(&COUNTERS.read_errors, 1);
             self.fail(errno::econnreset());
             return Err(Error::from_errno(r));
         }
-        count(&STATS.read_doorbells, 1);
-        count(&STATS.read_wrs_posted, n as u64);
+        count(&COUNTERS.read_doorbells, 1);
+        count(&COUNTERS.read_wrs_posted, n as u64);
         let status = match self.read_waiter.wait(timeout_ms) {
             Ok(s) => s,
             Err(e) => {
-                count(&STATS.read_timeouts, 1);
+                count(&COUNTERS.read_timeouts, 1);
                 peer_warn!(
                     "READ of {} pages from {} timed out\n",
                     n,
@@ -93,7 +93,7 @@ impl Connection {
             }
         };
         if status != bindings::ib_wc_status_IB_WC_SUCCESS {
-            count(&STATS.read_errors, 1);
+            count(&COUNTERS.read_errors, 1);
             peer_warn!(
                 "READ from {} failed: wc status {}\n",
                 Ipv4(self.peer_addr),
@@ -107,7 +107,7 @@ impl Connection {
                 EIO
             });
         }
-        count(&STATS.bytes_read, (n * super::PAGE_SIZE) as u64);
+        count(&COUNTERS.bytes_read, (n * super::PAGE_SIZE) as u64);
         for (i, b) in bufs[..n].iter().enumerate() {
             b.sync_for_cpu();
             consume(i, b.bytes())?;

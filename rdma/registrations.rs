@@ -5,8 +5,8 @@
 use super::connection::*;
 use super::fastreg::Registration;
 use super::pages::PageSet;
-use super::{count, STATS};
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::util::remove_first;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -21,7 +21,7 @@ impl Connection {
             return Err(EEXIST);
         }
         regs.push(PeerRegistration { key, opens: 1, reg }, GFP_KERNEL)?;
-        count(&STATS.mrs_live, 1);
+        count(&COUNTERS.mrs_live, 1);
         Ok(())
     }
 
@@ -60,7 +60,7 @@ impl Connection {
         };
         if last {
             drop(remove_first(&mut regs, |r| r.key == key));
-            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+            COUNTERS.mrs_live.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -69,7 +69,7 @@ impl Connection {
     pub(crate) fn remove_registration(&self, key: u64) -> bool {
         let removed = remove_first(&mut self.registrations.lock(), |r| r.key == key);
         if removed.is_some() {
-            STATS.mrs_live.fetch_sub(1, Ordering::Relaxed);
+            COUNTERS.mrs_live.fetch_sub(1, Ordering::Relaxed);
         }
         removed.is_some()
     }

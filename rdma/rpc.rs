@@ -4,9 +4,9 @@
 //! request/reply RPCs (client) and requests served on the module's workqueue (server).
 
 use super::connection::*;
-use super::{count, STATS};
 use crate::abi::wire;
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::util::take_all;
 use core::ptr;
@@ -56,7 +56,7 @@ impl Connection {
             }
             return;
         }
-        count(&STATS.ctrl_msgs_received, 1);
+        count(&COUNTERS.ctrl_msgs_received, 1);
         buf.page.sync_for_cpu();
         // SAFETY: we are a completion handler of this connection (type invariant).
         let Ok(res) = (unsafe { conn.res() }) else {
@@ -282,7 +282,7 @@ impl Connection {
             self.fail(errno::econnreset());
             return Err(Error::from_errno(r));
         }
-        count(&STATS.ctrl_msgs_sent, 1);
+        count(&COUNTERS.ctrl_msgs_sent, 1);
         Ok(())
     }
 
@@ -323,8 +323,9 @@ impl Connection {
         let Some(buf) = res.recv_bufs.get(index) else {
             return;
         };
-        if let Some(handler) = self.on_request {
-            handler(self, &buf.page.bytes()[..len.min(wire::MSG_SIZE)]);
+        if self.role == Role::Server {
+            self.owner
+                .request(self, &buf.page.bytes()[..len.min(wire::MSG_SIZE)]);
         }
         if Self::post_recv(res, buf).is_err() {
             self.fail(errno::econnreset());

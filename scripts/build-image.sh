@@ -8,6 +8,9 @@ ko=$1 bindir=$2 out=$3
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
+# The guest's root directory: mktemp's 0700 would keep every non-root process (a
+# child resumed as an unprivileged user) from opening any path.
+chmod 0755 "$stage"
 
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,scenarios,etc}
 cp /bin/busybox "$stage/bin/busybox"

@@ -25,7 +25,7 @@ use crate::abi::snapshot::{
 use crate::bindings;
 use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
 use crate::rdma::pages::{PageRef, PageSet};
-use crate::state;
+use crate::state::Host;
 use crate::task::CurrentTask;
 use kernel::prelude::*;
 
@@ -45,7 +45,7 @@ pub(crate) struct Captured {
 
 /// Captures the calling task; `args_addr` is its `ForkCaptureArgs` (children get their
 /// resume report there).
-pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
+pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     let mut st = boxed_task_state()?;
     st.capture_args = args_addr;
     capture_task(&mut st);
@@ -77,7 +77,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
             // `MADV_WIPEONFORK` memory reads as zeros in a forked child: no pages.
             let wiped = v.flags & bindings::VM_WIPEONFORK as u64 != 0;
             if v.special == Special::None && !wiped {
-                holes += capture_pages(&mm, &v, &mut runs, &mut data).inspect_err(|e| {
+                holes += capture_pages(host, &mm, &v, &mut runs, &mut data).inspect_err(|e| {
                     pr_warn!(
                         "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
                         v.start,
@@ -129,7 +129,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
     for p in data.into_iter() {
         pages.push(p, GFP_KERNEL)?;
     }
-    let (id, secret) = state::get()
+    let (id, secret) = host
         .publish_snapshot(PageSet::from_pages(pages), desc_len as u64)
         .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
@@ -143,7 +143,7 @@ pub(crate) fn capture(args_addr: u64) -> Result<Captured> {
 }
 
 /// The VMA's protection and kind as descriptor flags.
-fn prot_flags(v: &VmaView, st: &TaskState) -> u32 {
+fn prot_flags(v: &VmaView<'_>, st: &TaskState) -> u32 {
     let f = v.flags;
     let mut out = 0;
     for (vm, bit) in [
@@ -158,12 +158,12 @@ fn prot_flags(v: &VmaView, st: &TaskState) -> u32 {
             out |= bit;
         }
     }
-    if !v.file.is_null() {
+    if v.file.is_some() {
         out |= vma_flags::FILE;
     }
     let holds_start_brk = v.start <= st.start_brk && st.start_brk < v.end;
     let inside_heap = v.start >= st.start_brk && v.start < st.brk;
-    if v.file.is_null() && (holds_start_brk || inside_heap) {
+    if v.file.is_none() && (holds_start_brk || inside_heap) {
         out |= vma_flags::HEAP;
     }
     out
@@ -172,15 +172,16 @@ fn prot_flags(v: &VmaView, st: &TaskState) -> u32 {
 /// Takes a reference on every present page of `v`, appending runs (present pages
 /// only; pages between runs are holes) and data pages. Returns the hole count.
 fn capture_pages(
+    host: &Host,
     mm: &MmapReadGuard,
-    v: &VmaView,
+    v: &VmaView<'_>,
     runs: &mut KVVec<PageRun>,
     data: &mut KVVec<PageRef>,
 ) -> Result<u64> {
     let n_pages = (v.end - v.start) / PAGE;
     // Pages of a snapshot file the child never touched are the source snapshot's
     // holes: keep them holes instead of faulting them in.
-    let source = state::get().snapshot_fs().pager_of_file(v.file);
+    let source = v.file.and_then(|f| host.snapshot_fs().pager_of_file(&f));
     let source_desc = source.map(|p| p.descriptor()).transpose()?;
     let mut holes = 0u64;
     let mut p = 0u64;

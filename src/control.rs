@@ -10,11 +10,12 @@
 #![deny(unsafe_code)]
 
 use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply};
+use crate::counters::{count, COUNTERS};
 use crate::errno;
+use crate::params;
 use crate::rdma::connection::{Connection, Ipv4};
-use crate::region::{Region, REGION_OPENS, REGION_OPENS_REFUSED};
-use crate::state;
-use core::sync::atomic::Ordering;
+use crate::region::Region;
+use crate::state::Host;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -24,8 +25,10 @@ pub(crate) const MAX_CHUNK_PAGES: usize = 512;
 /// Log lines a peer triggers with its requests: at most this many per second.
 static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
 
-/// `RequestHandler` of server connections.
-pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
+/// Serves one request of a server connection (the host's [`Owner::request`]).
+///
+/// [`Owner::request`]: crate::rdma::connection::Owner::request
+pub(crate) fn handle_request(host: &Host, conn: &Connection, msg: &[u8]) {
     let (hdr, body) = match wire::decode(msg) {
         Ok(v) => v,
         Err(e) => {
@@ -42,14 +45,14 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
     match hdr.kind {
         Kind::OpenRegion => {
             let status = match OpenRegion::decode(body) {
-                Ok(req) => match open_region(conn, hdr.seq, &req) {
+                Ok(req) => match open_region(host, conn, hdr.seq, &req) {
                     Ok(()) => return,
                     Err(e) => e,
                 },
                 Err(_) => errno::ebadmsg(),
             };
-            REGION_OPENS_REFUSED.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.reply(state::io_timeout_ms(), &mut [], |buf| {
+            count(&COUNTERS.region_opens_refused, 1);
+            let _ = conn.reply(params::io_timeout_ms(), &mut [], |buf| {
                 wire::encode_status(Kind::OpenRegionReply, hdr.seq, status.to_errno(), buf)
                     .map_err(|_| EINVAL)
             });
@@ -67,13 +70,15 @@ pub(crate) fn handle_request(conn: &Connection, msg: &[u8]) {
     }
 }
 
-fn open_region(conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
+fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Result {
     let peer = Ipv4(conn.peer().0);
-    let region = state::get().find_region(req.region_id).ok_or_else(|| {
+    // An unknown (or released) id gets the same answer as a wrong secret: a peer
+    // must not learn which ids exist.
+    let region = host.find_region(req.region_id).ok_or_else(|| {
         if LOG.allow() {
             pr_info!("{} asked for unknown region {}\n", peer, req.region_id);
         }
-        ENOENT
+        errno::eacces()
     })?;
     if !region.secret_matches(&req.secret) {
         if LOG.allow() {
@@ -126,7 +131,7 @@ fn send_keys(
     rkeys: &[u32],
     regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
-    conn.reply(state::io_timeout_ms(), regs, |buf| {
+    conn.reply(params::io_timeout_ms(), regs, |buf| {
         OpenRegionReply::encode(
             seq,
             region.size,
@@ -137,6 +142,6 @@ fn send_keys(
         )
         .map_err(|_| EINVAL)
     })?;
-    REGION_OPENS.fetch_add(1, Ordering::Relaxed);
+    count(&COUNTERS.region_opens, 1);
     Ok(())
 }

@@ -19,9 +19,11 @@ use kernel::types::{ForeignOwnable, Opaque};
 pub(crate) trait MiscDevice: Sized {
     /// The per-file data (kept in `file->private_data` from open to release).
     type Ptr: ForeignOwnable + Send + Sync;
+    /// What the registration holds for every open (the driver's shared state).
+    type RegistrationData: Send + Sync;
 
     /// A file is opened.
-    fn open() -> Result<Self::Ptr>;
+    fn open(data: &Self::RegistrationData) -> Result<Self::Ptr>;
 
     /// The file's last reference is gone.
     fn release(data: Self::Ptr) {
@@ -58,9 +60,11 @@ pub(crate) struct MiscDeviceOptions {
 /// # Invariants
 ///
 /// `inner` is registered with the misc core (`misc_register` succeeded) and its `fops`
-/// points to `fops`; both are pinned until `PinnedDrop` deregisters.
+/// points to `fops`; both are pinned until `PinnedDrop` deregisters. `data` is
+/// initialised before `inner` is registered.
 #[pin_data(PinnedDrop)]
-pub(crate) struct MiscDeviceRegistration<T> {
+pub(crate) struct MiscDeviceRegistration<T: MiscDevice> {
+    data: T::RegistrationData,
     #[pin]
     fops: Opaque<bindings::file_operations>,
     #[pin]
@@ -69,17 +73,20 @@ pub(crate) struct MiscDeviceRegistration<T> {
 }
 
 // SAFETY: the C structs are only used by the misc core and the VFS under their locks.
-unsafe impl<T> Send for MiscDeviceRegistration<T> {}
-// SAFETY: as above; `&self` gives no access to them.
-unsafe impl<T> Sync for MiscDeviceRegistration<T> {}
+unsafe impl<T: MiscDevice> Send for MiscDeviceRegistration<T> {}
+// SAFETY: as above; `&self` gives no access to them, and `data` is `Sync`.
+unsafe impl<T: MiscDevice> Sync for MiscDeviceRegistration<T> {}
 
 impl<T: MiscDevice> MiscDeviceRegistration<T> {
-    /// Registers the device; `module` owns its files (they pin it while open).
+    /// Registers the device; `module` owns its files (they pin it while open), and
+    /// every open is given `data`.
     pub(crate) fn register(
         opts: MiscDeviceOptions,
         module: &'static ThisModule,
+        data: T::RegistrationData,
     ) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
+            data,
             fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
                 let mut v = bindings::file_operations::default();
                 v.owner = module.as_ptr().cast();
@@ -113,25 +120,38 @@ impl<T: MiscDevice> MiscDeviceRegistration<T> {
     }
 }
 
-/// The `fops` field of the registration whose `inner` field is at `inner`.
+/// The registration whose `inner` field is at `inner`.
 ///
 /// # Safety
 ///
 /// `inner` points to the `inner` field of a `MiscDeviceRegistration<T>`.
-unsafe fn fops_of<T>(inner: *mut bindings::miscdevice) -> *const bindings::file_operations {
-    // SAFETY: per the contract, both fields are in one `MiscDeviceRegistration<T>`.
+unsafe fn registration_of<T: MiscDevice>(
+    inner: *const bindings::miscdevice,
+) -> *const MiscDeviceRegistration<T> {
+    // SAFETY: per the contract, `inner` is inside a `MiscDeviceRegistration<T>`.
     unsafe {
-        let reg = kernel::container_of!(
+        kernel::container_of!(
             inner as *const Opaque<bindings::miscdevice>,
             MiscDeviceRegistration<T>,
             inner
-        );
-        (*reg).fops.get()
+        )
     }
 }
 
+/// The `fops` field of the registration whose `inner` field is at `inner`.
+///
+/// # Safety
+///
+/// As for [`registration_of`].
+unsafe fn fops_of<T: MiscDevice>(
+    inner: *mut bindings::miscdevice,
+) -> *const bindings::file_operations {
+    // SAFETY: per the contract; `fops` is initialised before `inner`.
+    unsafe { (*registration_of::<T>(inner)).fops.get() }
+}
+
 #[pinned_drop]
-impl<T> PinnedDrop for MiscDeviceRegistration<T> {
+impl<T: MiscDevice> PinnedDrop for MiscDeviceRegistration<T> {
     fn drop(self: Pin<&mut Self>) {
         // SAFETY: registered (type invariant); open files keep the module, not us.
         unsafe { bindings::misc_deregister(self.inner.get()) };
@@ -142,7 +162,10 @@ unsafe extern "C" fn fops_open<T: MiscDevice>(
     _inode: *mut bindings::inode,
     file: *mut bindings::file,
 ) -> i32 {
-    match T::open() {
+    // SAFETY: `misc_open` sets `private_data` to our registered `miscdevice` before
+    // calling us; the registration outlives its open calls (deregistration waits).
+    let reg = unsafe { &*registration_of::<T>((*file).private_data as *const _) };
+    match T::open(&reg.data) {
         Ok(data) => {
             // SAFETY: the file is being opened; `private_data` is ours until release.
             unsafe { (*file).private_data = data.into_foreign() as *mut _ };

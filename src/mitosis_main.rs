@@ -36,6 +36,7 @@ mod layout {
 #[allow(unreachable_pub, missing_docs, dead_code, clippy::all)]
 mod abi {
     pub(crate) mod ioctl;
+    pub(crate) mod mac;
     pub(crate) mod snapshot;
     pub(crate) mod wire;
     pub(crate) mod xsave;
@@ -47,14 +48,17 @@ mod rdma;
 mod capture;
 mod chardev;
 mod control;
+mod counters;
 mod errno;
 mod fpu;
 mod miscdev;
 mod mm;
 mod pager;
+mod params;
 mod region;
 mod remote;
 mod restore;
+mod snapfs;
 mod state;
 mod task;
 mod uargs;
@@ -72,20 +76,21 @@ module! {
 pub(crate) const MODULE_VERSION: &str = "0.1.0";
 
 struct MitosisModule {
-    state: Pin<KBox<state::Mitosis>>,
+    /// Everything the module runs; dropping it is the unload (see `state.rs`).
+    _state: Pin<KBox<state::Mitosis>>,
 }
 
 impl kernel::Module for MitosisModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let state = state::Mitosis::start(module)?;
+        let state = KBox::pin_init(state::Mitosis::start(module), GFP_KERNEL)?;
         pr_info!("loaded (ABI {})\n", abi::ioctl::ABI_VERSION);
-        Ok(MitosisModule { state })
+        Ok(MitosisModule { _state: state })
     }
 }
 
 impl Drop for MitosisModule {
     fn drop(&mut self) {
-        self.state.as_ref().stop();
-        pr_info!("unloaded\n");
+        // `_state` is dropped after this, its fields in unload order.
+        pr_info!("unloading\n");
     }
 }

@@ -4,8 +4,8 @@
 //! and the special mappings (vDSO, vvar) by name.
 
 use crate::bindings;
-use crate::pager::File;
 use crate::rdma::pages::PageRef;
+use crate::snapfs::File;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
@@ -140,7 +140,7 @@ impl MmapReadGuard {
     }
 
     /// The first VMA ending above `addr`.
-    pub(crate) fn vma_from(&self, addr: u64) -> Option<VmaView> {
+    pub(crate) fn vma_from(&self, addr: u64) -> Option<VmaView<'_>> {
         // SAFETY: the mm is read-locked (type invariant).
         let vma = unsafe { bindings::find_vma(self.mm(), addr as _) };
         NonNull::new(vma).map(|v| VmaView::read(v))
@@ -241,19 +241,34 @@ pub(crate) enum Special {
     Other,
 }
 
-/// What capture and restore need of one VMA, read under the mmap lock.
+/// The file a VMA maps, valid while the mmap lock guard it was read under (`'a`) is
+/// held: the VMA holds a reference on it.
+///
+/// # Invariants
+///
+/// `0` is a live file for `'a`.
 #[derive(Clone, Copy)]
-pub(crate) struct VmaView {
+pub(crate) struct VmaFile<'a>(NonNull<bindings::file>, core::marker::PhantomData<&'a ()>);
+
+impl VmaFile<'_> {
+    pub(crate) fn as_ptr(&self) -> *mut bindings::file {
+        self.0.as_ptr()
+    }
+}
+
+/// What capture and restore need of one VMA, read under the mmap lock (`'a`).
+#[derive(Clone, Copy)]
+pub(crate) struct VmaView<'a> {
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) flags: u64,
-    pub(crate) file: *mut bindings::file,
+    pub(crate) file: Option<VmaFile<'a>>,
     /// File offset of `start`, in pages (`vm_pgoff`).
     pub(crate) pgoff: u64,
     pub(crate) special: Special,
 }
 
-impl VmaView {
+impl VmaView<'_> {
     fn read(vma: NonNull<bindings::vm_area_struct>) -> Self {
         let v = vma.as_ptr();
         // SAFETY: the caller holds the mmap lock of the VMA's mm, so it is live and its
@@ -292,7 +307,7 @@ impl VmaView {
             start,
             end,
             flags,
-            file,
+            file: NonNull::new(file).map(|f| VmaFile(f, core::marker::PhantomData)),
             pgoff,
             special,
         }

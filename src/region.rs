@@ -8,7 +8,7 @@
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -35,10 +35,6 @@ pub(crate) fn pattern_pages(size: u64, seed: u64) -> Result<PageSet> {
         Ok(())
     })
 }
-
-/// Region counters since load.
-pub(crate) static REGION_OPENS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static REGION_OPENS_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) struct Region {
     pub(crate) id: u64,

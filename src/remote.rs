@@ -7,9 +7,9 @@
 use crate::abi::ioctl::read_flags;
 use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply};
 use crate::errno;
+use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
-use crate::state;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -48,7 +48,7 @@ impl RemoteRegion {
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
         let (size, chunk_bytes, info, rkeys) = conn.rpc(
-            state::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
+            params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
                 if reply.header.kind != Kind::OpenRegionReply {
@@ -97,7 +97,7 @@ impl RemoteRegion {
             remote.push(self.locate(off).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
         self.conn
-            .read_pages(&remote, state::io_timeout_ms(), consume)
+            .read_pages(&remote, params::io_timeout_ms(), consume)
     }
 
     /// Remote address and key of the page at `off`: the address is the region offset
@@ -150,7 +150,7 @@ impl RemoteRegion {
                 )?;
             }
             self.conn
-                .read_pages(&remote, state::io_timeout_ms(), |i, bytes| {
+                .read_pages(&remote, params::io_timeout_ms(), |i, bytes| {
                     let dst = bounce
                         .get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
                         .ok_or(EINVAL)?;
@@ -171,7 +171,7 @@ impl RemoteRegion {
         let req = CloseRegion {
             region_id: self.region_id,
         };
-        let _ = self.conn.notify(state::io_timeout_ms(), |seq, buf| {
+        let _ = self.conn.notify(params::io_timeout_ms(), |seq, buf| {
             req.encode(seq, buf).map_err(|_| EINVAL)
         });
     }

@@ -27,21 +27,19 @@ use crate::abi::snapshot::{
     X86_64_LIMITS,
 };
 use crate::bindings;
+use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::fpu;
 use crate::mm::{self, MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
 use crate::pager::{Pager, PagerKey};
+use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::remote::RemoteRegion;
-use crate::state;
+use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
-use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 use kernel::uaccess::UserSlice;
-
-/// Resumes that reached the child, and that failed.
-pub(crate) static RESUMES: AtomicU64 = AtomicU64::new(0);
-pub(crate) static RESUMES_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Largest descriptor accepted from a peer.
 const MAX_DESC_BYTES: u64 = 64 << 20;
@@ -61,17 +59,24 @@ struct Range {
 /// Replaces the caller with snapshot `a.snapshot_id` of the peer. Returns only on
 /// failure before the point of no return (or, after it, with the caller killed); on
 /// success the syscall returns 0 into the seed's context.
-pub(crate) fn resume(a: &ForkResumeArgs, port: u16, timeout_ms: u32, eager: bool) -> Result {
+pub(crate) fn resume(
+    host: &Arc<Host>,
+    a: &ForkResumeArgs,
+    port: u16,
+    timeout_ms: u32,
+    eager: bool,
+) -> Result {
     let start_ns = kernel::time::Ktime::ktime_get().to_ns() as u64;
-    let r = resume_inner(a, port, timeout_ms, eager, start_ns);
+    let r = resume_inner(host, a, port, timeout_ms, eager, start_ns);
     match r {
-        Ok(()) => RESUMES.fetch_add(1, Ordering::Relaxed),
-        Err(_) => RESUMES_FAILED.fetch_add(1, Ordering::Relaxed),
+        Ok(()) => count(&COUNTERS.resumes, 1),
+        Err(_) => count(&COUNTERS.resumes_failed, 1),
     };
     r
 }
 
 fn resume_inner(
+    host: &Arc<Host>,
     a: &ForkResumeArgs,
     port: u16,
     timeout_ms: u32,
@@ -84,8 +89,8 @@ fn resume_inner(
         id: a.snapshot_id,
         secret: a.secret,
     };
-    let fs = state::get().snapshot_fs();
-    let (conn, _) = state::get().connection_to(a.peer_addr, port, timeout_ms)?;
+    let fs = host.snapshot_fs();
+    let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
     // even when children on this host still map it.
     let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
@@ -97,10 +102,10 @@ fn resume_inner(
         }
         None => {
             let desc = fetch_descriptor(&remote).inspect_err(|_| remote.close())?;
-            fs.create(Pager::new(key, a.secret, remote, desc)?)?
+            fs.create(Pager::new(host.clone(), key, remote, desc)?)?
         }
     };
-    let prefetch = state::prefetch_pages();
+    let prefetch = params::prefetch_pages();
     let file = fs.open(inode, prefetch)?;
     let pager = file.pager();
     let desc = pager.descriptor()?;
@@ -274,7 +279,7 @@ fn seed_specials(desc: &Descriptor<'_>) -> Result<(Range, Range)> {
 
 /// Unmaps the launcher (except vDSO/vvar) and maps every seed VMA from the file.
 #[inline(never)]
-fn rebuild(desc: &Descriptor<'_>, file: &crate::pager::File, st: &TaskState) -> Result {
+fn rebuild(desc: &Descriptor<'_>, file: &crate::snapfs::File, st: &TaskState) -> Result {
     let mut doomed = KVVec::new();
     {
         let mm = MmapReadGuard::current()?;

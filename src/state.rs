@@ -1,31 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Module-wide state: devices, the connection pool, accepted connections, regions.
+//! Module-wide state, owned by the module value and reached by every callback through
+//! its own context (the misc device's registration data, the listener's and each
+//! connection's owner, the device client's owner, a snapshot inode's pager), never
+//! through a global pointer.
 //!
-//! Outgoing connections are pooled per peer address and shared by every user on this
-//! host; a dead one is replaced on next use. Accepted connections are kept until they
-//! close. Unload tears everything down in order: no new opens (device node gone), no
-//! new peers (listener gone), connections drained and destroyed, queued work finished,
-//! devices released, regions freed.
+//! [`Mitosis`] is what the module holds: its fields are declared in unload order.
+//! `/dev/mitosis` goes first (no new ioctls), then the listener (no new peers), then the
+//! device client (connections on each device torn down), and last the [`Host`]: every
+//! remaining connection torn down, queued work finished, regions freed.
+//!
+//! [`Host`] is the shared part: devices seen, the connection pool (outgoing
+//! connections, shared by every user on this host, a dead one replaced on next use),
+//! accepted connections (kept until they close), regions, unclaimed captures and the
+//! snapshot filesystem.
 
-use crate::abi::ioctl::{Counters, StatusArgs};
-use crate::bindings;
+#![deny(unsafe_code)]
+
+use crate::abi::ioctl::StatusArgs;
 use crate::capture::Captured;
 use crate::chardev::MitosisDevice;
+use crate::counters::COUNTERS;
 use crate::errno;
 use crate::miscdev::MiscDeviceRegistration;
-use crate::pager::SnapshotFs;
-use crate::rdma::connection::{Connection, Ipv4};
-use crate::rdma::device::DeviceClient;
-use crate::rdma::listener::{AcceptHooks, Listener};
+use crate::params::{self, MAX_TIMEOUT_MS};
+use crate::rdma::connection::{Connection, Ipv4, Owner};
+use crate::rdma::device::{DeviceClient, DeviceKey, Devices};
+use crate::rdma::listener::Listener;
 use crate::rdma::pages::PageSet;
-use crate::rdma::{self, STATS};
-use crate::region::{Region, Registry, REGION_OPENS, REGION_OPENS_REFUSED};
+use crate::rdma::Workqueue;
+use crate::region::{Region, Registry};
+use crate::snapfs::SnapshotFs;
 use crate::util::{remove_first, take_all};
-use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::workqueue::Queue;
 
 /// Most pooled outgoing connections (distinct peers).
 const MAX_POOLED: usize = 256;
@@ -36,30 +45,56 @@ const MAX_ACCEPTED: usize = 1024;
 const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
 /// How long an accepted connection may stay up without presenting a valid secret.
 const UNAUTHENTICATED_IDLE_MS: u32 = 30_000;
-/// Upper bound of every timeout (module parameters and per-call values): a wait on
-/// the network never blocks longer.
-pub(crate) const MAX_TIMEOUT_MS: u32 = 60_000;
 
-/// # Invariants
-///
-/// `STATE` points to the pinned state from `start` until `Drop`; every callback that
-/// reads it (ioctls, CM handlers, workqueue, ib_client) is stopped before `Drop`.
-#[pin_data(PinnedDrop)]
+/// The module's state, fields in unload order (see the module docs).
+#[pin_data]
 pub(crate) struct Mitosis {
-    /// `/dev/mitosis`, registered last by `start` and deregistered first by `stop`
-    /// (its ioctls reach the rest of the state).
-    #[pin]
-    chardev: Mutex<Option<Pin<KBox<MiscDeviceRegistration<MitosisDevice>>>>>,
+    chardev: Pin<KBox<MiscDeviceRegistration<MitosisDevice>>>,
+    listener: Option<Listener>,
     #[pin]
     devices: DeviceClient,
+    host: Stopping,
+}
+
+impl Mitosis {
+    /// Brings the module up; on error everything started so far is stopped (in the
+    /// reverse order).
+    pub(crate) fn start(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Mitosis {
+            host: Stopping(Host::new(module)?),
+            devices <- DeviceClient::new(host.0.clone()),
+            listener: match params::listen_port() {
+                0 => None,
+                port => Some(Listener::new(port, host.0.clone()).inspect_err(|e| {
+                    pr_err!("cannot listen on port {}: {:?}\n", port, e);
+                })?),
+            },
+            chardev: KBox::pin_init(MitosisDevice::register(module, host.0.clone()), GFP_KERNEL)?,
+        }? Error)
+    }
+}
+
+/// Holds the host state and stops it when dropped (the last step of unload).
+struct Stopping(Arc<Host>);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// The host state shared by every callback (see the module docs).
+#[pin_data]
+pub(crate) struct Host {
+    workqueue: Workqueue,
+    #[pin]
+    devices: Devices,
     #[pin]
     pool: Mutex<KVec<Arc<Connection>>>,
     #[pin]
     accepted: Mutex<KVec<Arc<Connection>>>,
     #[pin]
     regions: Mutex<Registry>,
-    #[pin]
-    listener: Mutex<Option<Listener>>,
     #[pin]
     snapshot_fs: SnapshotFs,
     /// Captures waiting for their parent's `FORK_CLAIM`.
@@ -78,101 +113,26 @@ struct Claim {
 /// Most unclaimed captures kept (a parent that died never claims).
 const MAX_CLAIMS: usize = 256;
 
-static STATE: AtomicPtr<Mitosis> = AtomicPtr::new(ptr::null_mut());
-
-static ACCEPT_HOOKS: AcceptHooks = AcceptHooks {
-    on_request: crate::control::handle_request,
-    on_closed: connection_closed,
-    admit,
-    on_accepted: connection_accepted,
-};
-
-/// The module state (valid from `start` until unload, see the type invariant).
-pub(crate) fn get() -> &'static Mitosis {
-    // SAFETY: only called by callbacks that run while the state lives (type invariant).
-    unsafe { &*STATE.load(Ordering::Acquire) }
-}
-
-/// The module state, if it is up (for callbacks that may run during unload).
-pub(crate) fn try_get() -> Option<&'static Mitosis> {
-    // SAFETY: as in `get`; null outside the state's lifetime.
-    unsafe { STATE.load(Ordering::Acquire).as_ref() }
-}
-
-pub(crate) fn prefetch_pages() -> u32 {
-    // SAFETY: a module parameter: a plain integer that may change at any time.
-    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_prefetch_pages)) }
-        .min(crate::rdma::connection::MAX_READ_BATCH as u32 * 4)
-}
-
-pub(crate) fn connect_timeout_ms() -> u32 {
-    // SAFETY: a module parameter: a plain integer that may change at any time.
-    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_connect_timeout_ms)) }
-        .clamp(1, MAX_TIMEOUT_MS)
-}
-
-pub(crate) fn io_timeout_ms() -> u32 {
-    // SAFETY: as above.
-    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_io_timeout_ms)) }
-        .clamp(1, MAX_TIMEOUT_MS)
-}
-
-pub(crate) fn listen_port() -> u16 {
-    // SAFETY: read-only module parameter (0444).
-    unsafe { bindings::mitosis_param_listen_port }
-}
-
-impl Mitosis {
-    /// Brings the module up; on error everything started so far is stopped.
-    pub(crate) fn start(module: &'static ThisModule) -> Result<Pin<KBox<Self>>> {
-        rdma::start_workqueue()?;
-        let state = KBox::pin_init(
-            try_pin_init!(Mitosis {
-                chardev <- new_mutex!(None),
-                devices <- DeviceClient::new(device_removed),
+impl Host {
+    fn new(module: &'static ThisModule) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            try_pin_init!(Host {
+                workqueue: Workqueue::new()?,
+                devices <- Devices::new(),
                 pool <- new_mutex!(KVec::new()),
                 accepted <- new_mutex!(KVec::new()),
                 regions <- new_mutex!(Registry::new()),
-                listener <- new_mutex!(None),
                 snapshot_fs <- SnapshotFs::new(module),
                 claims <- new_mutex!(KVec::new()),
             }? Error),
             GFP_KERNEL,
-        );
-        let mut state = match state {
-            Ok(s) => s,
-            Err(e) => {
-                rdma::stop_workqueue();
-                return Err(e);
-            }
-        };
-        STATE.store(&*state as *const Self as *mut Self, Ordering::Release);
-        let started = (|| {
-            // SAFETY: we do not move out of the pinned state.
-            let fields = unsafe { state.as_mut().get_unchecked_mut() };
-            // SAFETY: `devices` is structurally pinned.
-            unsafe { Pin::new_unchecked(&mut fields.devices) }.register()?;
-            if listen_port() != 0 {
-                let l = Listener::new(listen_port(), &ACCEPT_HOOKS).inspect_err(|e| {
-                    pr_err!("cannot listen on port {}: {:?}\n", listen_port(), e);
-                })?;
-                *fields.listener.lock() = Some(l);
-            }
-            let dev = KBox::pin_init(MitosisDevice::register(module), GFP_KERNEL)?;
-            *fields.chardev.lock() = Some(dev);
-            Ok(())
-        })();
-        if let Err(e) = started {
-            state.as_ref().stop();
-            return Err(e);
-        }
-        Ok(state)
+        )
     }
 
-    /// Stops everything that can call back into the state (see the module docs).
-    pub(crate) fn stop(self: Pin<&Self>) {
-        drop(self.chardev.lock().take());
-        drop(self.listener.lock().take());
+    /// Stops what remains once nothing can call in any more (the device node, the
+    /// listener and the device client are gone): connections, queued work, regions.
+    /// This also breaks the reference cycle between the host and its connections.
+    fn stop(&self) {
         // Never tear down under a list lock: CM handlers take the lists' locks while
         // holding their id's handler mutex, which teardown waits for.
         for list in [&self.accepted, &self.pool] {
@@ -181,9 +141,9 @@ impl Mitosis {
                 c.teardown();
             }
         }
-        rdma::stop_workqueue();
-        self.devices.unregister();
+        self.workqueue.destroy();
         self.regions.lock().clear();
+        drop(take_all(&mut self.claims.lock()));
     }
 
     pub(crate) fn snapshot_fs(&self) -> &SnapshotFs {
@@ -264,7 +224,7 @@ impl Mitosis {
     /// a silent address delays only its own callers; two callers racing to the same
     /// new peer both connect and the loser's connection is dropped.
     pub(crate) fn connection_to(
-        &self,
+        self: &Arc<Self>,
         addr: u32,
         port: u16,
         timeout_ms: u32,
@@ -273,18 +233,13 @@ impl Mitosis {
             return Ok((c, 0));
         }
         let start = kernel::time::Ktime::ktime_get();
-        let conn = Connection::connect(
-            addr,
-            port,
-            timeout_ms.min(MAX_TIMEOUT_MS),
-            connection_closed,
-        )
-        .inspect_err(|e| {
-            static LOG: crate::util::RateLimit = crate::util::RateLimit::new(8);
-            if LOG.allow() {
-                pr_info!("connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
-            }
-        })?;
+        let conn = Connection::connect(addr, port, timeout_ms.min(MAX_TIMEOUT_MS), self.clone())
+            .inspect_err(|e| {
+                static LOG: crate::util::RateLimit = crate::util::RateLimit::new(8);
+                if LOG.allow() {
+                    pr_info!("connecting to {}:{} failed: {:?}\n", Ipv4(addr), port, e);
+                }
+            })?;
         let ns = (kernel::time::Ktime::ktime_get() - start).to_ns().max(1) as u64;
         let winner = {
             let mut pool = self.pool.lock();
@@ -343,104 +298,93 @@ impl Mitosis {
         out.n_devices = self.devices.infos(&mut out.devices);
         let live = |v: &KVec<Arc<Connection>>| v.iter().filter(|c| c.is_up()).count() as u32;
         out.n_connections = live(&self.pool.lock()) + live(&self.accepted.lock());
-        out.listen_port = self.listener.lock().as_ref().map_or(0, |l| l.port() as u32);
-        let l = |c: &core::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let (snapshots_live, snapshot_pages) = self.regions.lock().snapshot_totals();
-        out.counters = Counters {
-            conns_established: l(&STATS.conns_established),
-            conns_failed: l(&STATS.conns_failed),
-            conns_accepted: l(&STATS.conns_accepted),
-            conns_closed: l(&STATS.conns_closed),
-            ctrl_msgs_sent: l(&STATS.ctrl_msgs_sent),
-            ctrl_msgs_received: l(&STATS.ctrl_msgs_received),
-            read_wrs_posted: l(&STATS.read_wrs_posted),
-            read_doorbells: l(&STATS.read_doorbells),
-            bytes_read: l(&STATS.bytes_read),
-            read_errors: l(&STATS.read_errors),
-            read_timeouts: l(&STATS.read_timeouts),
-            regions_live: self.regions.lock().len() as u64,
-            region_opens: l(&REGION_OPENS),
-            region_opens_refused: l(&REGION_OPENS_REFUSED),
-            mrs_live: l(&STATS.mrs_live),
-            snapshots_live,
-            snapshot_pages,
-            resumes: l(&crate::restore::RESUMES),
-            resumes_failed: l(&crate::restore::RESUMES_FAILED),
-            pages_fetched: l(&crate::pager::PAGES_FETCHED),
-            pages_zeroed: l(&crate::pager::PAGES_ZEROED),
-            fetch_failures: l(&crate::pager::FETCH_FAILURES),
-            _reserved: [0],
-        };
+        out.listen_port = params::listen_port() as u32;
+        let regions = self.regions.lock();
+        let (snapshots_live, snapshot_pages) = regions.snapshot_totals();
+        out.counters = COUNTERS.snapshot();
+        out.counters.regions_live = regions.len() as u64;
+        out.counters.snapshots_live = snapshots_live;
+        out.counters.snapshot_pages = snapshot_pages;
     }
 }
 
-#[pinned_drop]
-impl PinnedDrop for Mitosis {
-    fn drop(self: Pin<&mut Self>) {
-        // `devices` unregisters in its own drop, after which no callback can run.
-        STATE.store(ptr::null_mut(), Ordering::Release);
+/// The transport's callbacks (see [`Owner`]).
+impl Owner for Host {
+    fn workqueue(&self) -> Option<&Queue> {
+        self.workqueue.get()
     }
-}
 
-/// `ClosedHandler`: a torn-down connection leaves the lists.
-fn connection_closed(conn: &Arc<Connection>) {
-    let s = get();
-    remove_first(&mut s.pool.lock(), |c| Arc::ptr_eq(c, conn));
-    remove_first(&mut s.accepted.lock(), |c| Arc::ptr_eq(c, conn));
-}
+    fn device_allowed(&self, name: &[u8]) -> bool {
+        let want = params::device_name();
+        want.is_empty() || want == name
+    }
 
-/// Admission of a connection request from `peer`, before anything is allocated or
-/// answered: where a flood from the network is stopped. Connections still handshaking
-/// after the connect timeout, or up without a valid secret for
-/// [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold at most
-/// [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
-/// [`MAX_ACCEPTED`] in all. Requests arrive one at a time (the listener's CM handler).
-fn admit(peer: u32) -> Result {
-    static LOG: crate::util::RateLimit = crate::util::RateLimit::new(4);
-    let now = kernel::time::Ktime::ktime_get().to_ms();
-    let handshake_ms = connect_timeout_ms();
-    let accepted = get().accepted.lock();
-    for c in accepted.iter() {
-        if c.is_stale(now, handshake_ms, UNAUTHENTICATED_IDLE_MS) {
-            // Only queues its teardown, which removes it from the list.
-            c.fail(errno::etimedout());
+    /// Admission of a connection request from `peer`, before anything is allocated or
+    /// answered: where a flood from the network is stopped. Connections still
+    /// handshaking after the connect timeout, or up without a valid secret for
+    /// [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold at most
+    /// [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
+    /// [`MAX_ACCEPTED`] in all. Requests arrive one at a time (the listener's handler).
+    fn admit(&self, peer: u32) -> Result {
+        static LOG: crate::util::RateLimit = crate::util::RateLimit::new(4);
+        let now = kernel::time::Ktime::ktime_get().to_ms();
+        let handshake_ms = params::connect_timeout_ms();
+        let accepted = self.accepted.lock();
+        for c in accepted.iter() {
+            if c.is_stale(now, handshake_ms, UNAUTHENTICATED_IDLE_MS) {
+                // Only queues its teardown, which removes it from the list.
+                c.fail(errno::etimedout());
+            }
         }
-    }
-    let from_peer = accepted
-        .iter()
-        .filter(|c| c.peer().0 == peer && !c.authenticated() && !c.is_closing())
-        .count();
-    if from_peer >= MAX_UNAUTHENTICATED_PER_PEER || accepted.len() >= MAX_ACCEPTED {
-        if LOG.allow() {
-            pr_warn!(
-                "refused a connection from {}: {} unauthenticated from it, {} in all\n",
-                Ipv4(peer),
-                from_peer,
-                accepted.len()
-            );
+        let from_peer = accepted
+            .iter()
+            .filter(|c| c.peer().0 == peer && !c.authenticated() && !c.is_closing())
+            .count();
+        if from_peer >= MAX_UNAUTHENTICATED_PER_PEER || accepted.len() >= MAX_ACCEPTED {
+            if LOG.allow() {
+                pr_warn!(
+                    "refused a connection from {}: {} unauthenticated from it, {} in all\n",
+                    Ipv4(peer),
+                    from_peer,
+                    accepted.len()
+                );
+            }
+            return Err(errno::econnrefused());
         }
-        return Err(errno::econnrefused());
+        Ok(())
     }
-    Ok(())
-}
 
-/// Keeps an accepted connection (admitted by [`admit`] just before).
-fn connection_accepted(conn: Arc<Connection>) -> Result {
-    get().accepted.lock().push(conn, GFP_KERNEL)?;
-    Ok(())
-}
+    /// Keeps an accepted connection (admitted by [`Owner::admit`] just before).
+    fn accepted(&self, conn: Arc<Connection>) -> Result {
+        self.accepted.lock().push(conn, GFP_KERNEL)?;
+        Ok(())
+    }
 
-/// `ib_client` removal: tear down every connection on `dev` before it goes.
-fn device_removed(dev: *mut bindings::ib_device) {
-    let s = get();
-    for list in [&s.pool, &s.accepted] {
-        // One at a time, each torn down outside the list lock (see `stop`); no
-        // allocation, so nothing can make us skip one.
-        loop {
-            let victim = remove_first(&mut list.lock(), |c| c.device() == dev);
-            match victim {
-                Some(c) => c.teardown(),
-                None => break,
+    fn request(&self, conn: &Connection, msg: &[u8]) {
+        crate::control::handle_request(self, conn, msg);
+    }
+
+    /// A torn-down connection leaves the lists.
+    fn closed(&self, conn: &Arc<Connection>) {
+        remove_first(&mut self.pool.lock(), |c| Arc::ptr_eq(c, conn));
+        remove_first(&mut self.accepted.lock(), |c| Arc::ptr_eq(c, conn));
+    }
+
+    fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Tears down every connection on `dev` before it goes.
+    fn device_removed(&self, dev: DeviceKey) {
+        for list in [&self.pool, &self.accepted] {
+            // One at a time, each torn down outside the list lock (see `stop`); no
+            // allocation, so nothing can make us skip one.
+            loop {
+                let victim = remove_first(&mut list.lock(), |c| c.device() == dev);
+                match victim {
+                    Some(c) => c.teardown(),
+                    None => break,
+                }
             }
         }
     }

@@ -102,6 +102,18 @@ impl CurrentTask {
         unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as i32) }
     }
 
+    /// Whether the caller runs without any privilege: not root (effective uid), no
+    /// effective capability, and `no_new_privs` set (so nothing it executes later
+    /// gains any).
+    pub(crate) fn is_unprivileged(&self) -> bool {
+        // SAFETY: reads of the current task's credentials and flags.
+        unsafe {
+            !bindings::mitosis_current_euid_is_root()
+                && bindings::mitosis_current_caps_clear()
+                && bindings::mitosis_current_no_new_privs()
+        }
+    }
+
     /// This thread's id in its pid namespace.
     pub(crate) fn tid(&self) -> u32 {
         // SAFETY: reading the current task's id.

@@ -30,6 +30,11 @@ pub(crate) fn remove_first<T, A: Allocator>(
     swap_remove(v, i)
 }
 
+/// Drops every element, keeping the allocation.
+pub(crate) fn clear<T>(v: &mut KVec<T>) {
+    while swap_remove(v, v.len().wrapping_sub(1)).is_some() {}
+}
+
 /// Takes every element out, leaving `v` empty.
 pub(crate) fn take_all<T>(v: &mut KVec<T>) -> KVec<T> {
     core::mem::replace(v, KVec::new())

@@ -195,6 +195,29 @@ macro_rules! counters {
                 [$((stringify!($name), self.$name)),*].into_iter()
             }
         }
+
+        /// The module's running counters: the same fields, atomically updated from
+        /// any context; [`LiveCounters::snapshot`] reads them for `STATUS`.
+        #[derive(Debug, Default)]
+        pub struct LiveCounters {
+            $($(#[$m])* pub $name: core::sync::atomic::AtomicU64,)*
+        }
+
+        impl LiveCounters {
+            pub const fn new() -> Self {
+                LiveCounters {
+                    $($name: core::sync::atomic::AtomicU64::new(0),)*
+                }
+            }
+
+            /// Every counter's current value (each read on its own: not one instant).
+            pub fn snapshot(&self) -> Counters {
+                Counters {
+                    $($name: self.$name.load(core::sync::atomic::Ordering::Relaxed),)*
+                    _reserved: [0],
+                }
+            }
+        }
     };
 }
 

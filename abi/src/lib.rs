@@ -16,6 +16,7 @@
 #![no_std]
 
 pub mod ioctl;
+pub mod mac;
 pub mod snapshot;
 pub mod wire;
 pub mod xsave;

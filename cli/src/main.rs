@@ -7,14 +7,17 @@
 //! mitosis region destroy ID
 //! mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
 //!              [--length B] [--batch PAGES] [--timeout-ms MS]
-//! mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS]
+//! mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS] [--user UID[:GID]]
 //! mitosis release HANDLE|-|@FILE [--force]
 //! ```
 //! `resume` is the lean launcher: this process becomes a child of the snapshot (same
-//! pid, credentials, namespaces, cgroup and open files) and never returns here.
+//! pid, credentials, namespaces, cgroup and open files) and never returns here; with
+//! `--user` it first becomes that unprivileged identity (groups dropped, `no_new_privs`).
 //! Sizes accept K, M and G suffixes. Exit status: 0 ok, 1 operation failed, 2 bad usage.
 
-use mitosis::{format_secret, parse_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
+use mitosis::{
+    format_secret, parse_secret, Identity, Mitosis, RegionId, ResumeOptions, SnapshotHandle,
+};
 use mitosis_abi::ioctl::{check_pattern, MAX_BATCH_PAGES};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -27,7 +30,7 @@ const USAGE: &str = "usage:
   mitosis region destroy ID
   mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
                [--length B] [--batch PAGES] [--timeout-ms MS]
-  mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS]
+  mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS] [--user UID[:GID]]
   mitosis release HANDLE|-|@FILE [--force]
 HANDLE is IP:PORT/ID/SECRET as printed by the program that prepared the snapshot.";
 
@@ -329,13 +332,34 @@ fn handle_arg(rest: &[String], cmd: &str) -> Result<SnapshotHandle, Fail> {
         .map_err(|e: std::io::Error| usage(e.to_string()))
 }
 
+/// `UID[:GID]` (numeric; the gid defaults to the uid). Root (0) is refused: the point
+/// is to give up privilege.
+fn parse_identity(text: &str) -> Result<Identity, Fail> {
+    let bad = || {
+        usage(format!(
+            "--user: '{text}' is not UID[:GID] with non-zero numbers"
+        ))
+    };
+    let (uid, gid) = match text.split_once(':') {
+        Some((u, g)) => (u, g),
+        None => (text, text),
+    };
+    let uid: u32 = uid.parse().map_err(|_| bad())?;
+    let gid: u32 = gid.parse().map_err(|_| bad())?;
+    if uid == 0 || gid == 0 {
+        return Err(bad());
+    }
+    Ok(Identity { uid, gid })
+}
+
 /// Becomes a child of the snapshot; returns only on failure.
 fn cmd_resume(args: &[String]) -> Result<(), Fail> {
-    let (o, rest) = Opts::parse(args, &["--eager"], &["--timeout-ms"])?;
+    let (o, rest) = Opts::parse(args, &["--eager"], &["--timeout-ms", "--user"])?;
     let handle = handle_arg(&rest, "resume")?;
     let opts = ResumeOptions {
         eager: o.has("--eager"),
         connect_timeout: o.num("--timeout-ms")?.map(Duration::from_millis),
+        user: o.get("--user").map(parse_identity).transpose()?,
     };
     let m = open()?;
     Err(op(
@@ -392,6 +416,30 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_parsing() {
+        let id = |t: &str| parse_identity(t).ok();
+        assert_eq!(
+            id("65534"),
+            Some(Identity {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        assert_eq!(
+            id("1000:100"),
+            Some(Identity {
+                uid: 1000,
+                gid: 100
+            })
+        );
+        assert_eq!(id("0"), None);
+        assert_eq!(id("1000:0"), None);
+        assert_eq!(id("nobody"), None);
+        assert_eq!(id("1000:"), None);
+        assert_eq!(id("-1"), None);
+    }
+
     use super::*;
 
     #[test]

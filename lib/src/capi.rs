@@ -176,7 +176,7 @@ pub unsafe extern "C" fn mitosis_fork_resume(
     };
     let opts = ResumeOptions {
         eager: flags & 1 != 0,
-        connect_timeout: None,
+        ..Default::default()
     };
     errno(m.fork_resume(&h, opts))
 }

@@ -116,6 +116,44 @@ pub struct ResumeOptions {
     /// Fetch every present page before the child runs.
     pub eager: bool,
     pub connect_timeout: Option<Duration>,
+    /// Become this identity before resuming (see [`Identity`]); `None` keeps the
+    /// launcher's credentials.
+    pub user: Option<Identity>,
+}
+
+/// An unprivileged identity a child runs as: the launcher drops every supplementary
+/// group, sets its real, effective and saved gid and uid, and sets `no_new_privs`, all
+/// before the resume call (the device stays usable through the descriptor opened
+/// before). A launcher that cannot do all of it does not resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Identity {
+    /// Makes the calling process this identity, irreversibly.
+    fn assume(&self) -> io::Result<()> {
+        let check = |r: libc::c_int, what: &str| {
+            if r == 0 {
+                Ok(())
+            } else {
+                let e = io::Error::last_os_error();
+                Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+            }
+        };
+        // SAFETY: plain credential and prctl system calls on this process.
+        unsafe {
+            check(libc::setgroups(0, std::ptr::null()), "setgroups")?;
+            check(libc::setresgid(self.gid, self.gid, self.gid), "setresgid")?;
+            check(libc::setresuid(self.uid, self.uid, self.uid), "setresuid")?;
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                "no_new_privs",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Makes the `FORK_CAPTURE` call: `fd` is `/dev/mitosis`, `args` the seed's
@@ -605,6 +643,15 @@ impl Mitosis {
     /// on in the seed's `fork_prepare`, which returns [`Forked::Child`]). The error
     /// says why the launcher is still itself.
     pub fn fork_resume(&self, handle: &SnapshotHandle, opts: ResumeOptions) -> io::Error {
+        if let Some(user) = opts.user {
+            // The device is opened with the launcher's rights, before they go.
+            if self.fd() < 0 {
+                return io::Error::last_os_error();
+            }
+            if let Err(e) = user.assume() {
+                return e;
+            }
+        }
         let mut a = abi::ForkResumeArgs {
             peer_addr: u32::from_ne_bytes(handle.host.octets()),
             peer_port: handle.port,

@@ -373,7 +373,7 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 {
 	struct conn c;
 	uint8_t secret[16], wrong[16], m[MSG_SIZE];
-	int eacces = 0, enoent, sent = 0, dummy, ok = 1, badmsg_replies = 0;
+	int eacces = 0, unknown_eacces, sent = 0, dummy, ok = 1, badmsg_replies = 0;
 	uint32_t rkey = 0, rkey2 = 0;
 	int read_ok, guessed, stale;
 
@@ -422,7 +422,7 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 		wrong[i % 16] ^= 1 + (i & 0x7f);
 		eacces += open_region(&c, id, wrong, &rkey) == -EACCES;
 	}
-	enoent = open_region(&c, id + 1000000, secret, &rkey) == -ENOENT;
+	unknown_eacces = open_region(&c, id + 1000000, secret, &rkey) == -EACCES;
 	/* The right secret: the key works; a guessed one is refused by the device. */
 	read_ok = open_region(&c, id, secret, &rkey) == 0 && read_page(&c, 0, rkey) == IBV_WC_SUCCESS;
 	guessed = read_page(&c, 0, rkey ^ 0x5a5a00) != IBV_WC_SUCCESS;
@@ -439,9 +439,9 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	}
 	conn_free(&c);
 	printf("hostile-peer: RESULT garbage_sent=%d badmsg_replies=%d wrong_secret_eacces=%d/%d "
-	       "unknown_enoent=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
-	       sent, badmsg_replies, eacces, tries, enoent, read_ok, guessed, stale);
-	return !(ok && sent == 8 && badmsg_replies == 1 && eacces == tries && enoent && read_ok &&
+	       "unknown_eacces=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
+	       sent, badmsg_replies, eacces, tries, unknown_eacces, read_ok, guessed, stale);
+	return !(ok && sent == 8 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
 		 guessed && stale);
 }
 

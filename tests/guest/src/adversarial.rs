@@ -332,7 +332,7 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
     );
     r.check(
         "adv-wrong-secrets-refused",
-        line.contains("wrong_secret_eacces=200/200") && field(&line, "unknown_enoent") == Some(1),
+        line.contains("wrong_secret_eacces=200/200") && field(&line, "unknown_eacces") == Some(1),
         &line,
         &[],
     );

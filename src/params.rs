@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The module parameters (declared in `ffi/helpers.c` with `module_param_named`), read
+//! through typed accessors that apply their bounds. The writable ones (0644) may change
+//! at any time, so each read is one volatile load of a plain integer.
+
+use crate::bindings;
+use core::ptr;
+
+/// Upper bound of every timeout (module parameters and per-call values): a wait on
+/// the network never blocks longer.
+pub(crate) const MAX_TIMEOUT_MS: u32 = 60_000;
+
+/// Largest readahead window, in pages.
+const MAX_PREFETCH_PAGES: u32 = 256;
+
+/// Readahead window of snapshot files, in pages.
+pub(crate) fn prefetch_pages() -> u32 {
+    // SAFETY: a module parameter: a plain, always-initialised integer.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_prefetch_pages)) }
+        .min(MAX_PREFETCH_PAGES)
+}
+
+/// Bound of a connection's setup (address, route, handshake).
+pub(crate) fn connect_timeout_ms() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_connect_timeout_ms)) }
+        .clamp(1, MAX_TIMEOUT_MS)
+}
+
+/// Bound of one request or READ batch on an established connection.
+pub(crate) fn io_timeout_ms() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_io_timeout_ms)) }
+        .clamp(1, MAX_TIMEOUT_MS)
+}
+
+/// Whether children may be resumed only by callers without privilege (see
+/// `CurrentTask::is_unprivileged`).
+pub(crate) fn unprivileged_children() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_unprivileged_children)) }
+}
+
+/// The port the listener accepts peers on (0: no listener).
+pub(crate) fn listen_port() -> u16 {
+    // SAFETY: read-only module parameter (0444), set before `init`.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_listen_port)) }
+}
+
+/// The only RDMA device name connections may use; empty for any.
+pub(crate) fn device_name() -> &'static [u8] {
+    // SAFETY: a read-only (0444) string parameter, set before `init` and never freed
+    // while the module is loaded.
+    let p = unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_device)) };
+    if p.is_null() {
+        return b"";
+    }
+    // SAFETY: as above; the string is NUL-terminated.
+    unsafe { kernel::str::CStr::from_char_ptr(p) }.as_bytes()
+}

@@ -1,0 +1,592 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The snapshot filesystem: an internal pseudo filesystem with one inode per snapshot
+//! a child on this host maps, whose page cache is filled by the snapshot's [`Pager`].
+//!
+//! This file holds every `unsafe` of it: the filesystem type and its mount, the inode
+//! cache, the `address_space_operations` the VFS calls on a page-cache miss
+//! (`read_folio`, `readahead`), and the types the pager fills pages through
+//! ([`LockedFolio`], [`Mapping`], [`File`]). What a page holds is the pager's policy
+//! (`pager.rs`, no `unsafe`).
+//!
+//! Callbacks reach their state through their own context: a folio's inode holds its
+//! pager (`i_private`), the superblock holds the [`SnapshotFs`] (`s_fs_info`).
+
+use crate::bindings;
+use crate::mm::VmaFile;
+use crate::pager::{Pager, PagerKey};
+use crate::rdma::connection::MAX_READ_BATCH;
+use crate::rdma::PAGE_SIZE;
+use core::ptr::{self, NonNull};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::types::Opaque;
+
+/// `statfs` magic of the snapshot filesystem ("MSNF").
+const SNAPSHOT_FS_MAGIC: u64 = 0x4D53_4E46;
+
+/// Most snapshots with live children on this host at once.
+const MAX_CACHED: usize = 1024;
+
+/// A locked, order-0 page-cache folio of a snapshot file that the pager fills.
+/// Dropping it unlocks it (and drops the reference [`Mapping::grab`] took): a folio
+/// not marked up to date by then makes the faulting access fail with `SIGBUS`.
+///
+/// # Invariants
+///
+/// `folio` is locked by us, in the page cache of one of our inodes; when `owned`, we
+/// also hold one reference on it.
+pub(crate) struct LockedFolio {
+    folio: NonNull<bindings::folio>,
+    owned: bool,
+}
+
+// SAFETY: a locked folio may be filled and unlocked from any thread.
+unsafe impl Send for LockedFolio {}
+
+impl LockedFolio {
+    /// Page index of the folio in its file (file offset / page size).
+    pub(crate) fn index(&self) -> u64 {
+        // SAFETY: a live folio (type invariant).
+        unsafe { bindings::mitosis_folio_index(self.folio.as_ptr()) as u64 }
+    }
+
+    pub(crate) fn is_uptodate(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { bindings::mitosis_folio_test_uptodate(self.folio.as_ptr()) }
+    }
+
+    /// The page's bytes. Not up to date, they are not the snapshot's yet.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: an order-0 folio we hold locked (type invariant): its one page is
+        // mapped (x86-64 has no highmem), and no one writes it but its filler (us).
+        unsafe {
+            let page = bindings::mitosis_folio_page(self.folio.as_ptr());
+            core::slice::from_raw_parts(bindings::mitosis_page_address(page).cast(), PAGE_SIZE)
+        }
+    }
+
+    /// Fills the page with `bytes` (at most a page), marks it up to date.
+    pub(crate) fn fill_with(&mut self, bytes: &[u8]) {
+        // SAFETY: as in `bytes`; the folio is not up to date, so no mapping reads it.
+        unsafe {
+            let page = bindings::mitosis_folio_page(self.folio.as_ptr());
+            let dst = bindings::mitosis_page_address(page);
+            ptr::copy_nonoverlapping(bytes.as_ptr(), dst.cast(), PAGE_SIZE.min(bytes.len()));
+        }
+        self.mark_uptodate();
+    }
+
+    /// Fills the page with zeros (a hole of the snapshot), marks it up to date.
+    pub(crate) fn fill_zero(&mut self) {
+        // SAFETY: a locked folio (type invariant): zeroing then marking it up to date
+        // is how a filesystem fills a hole.
+        unsafe { bindings::mitosis_folio_zero(self.folio.as_ptr()) };
+        self.mark_uptodate();
+    }
+
+    fn mark_uptodate(&mut self) {
+        // SAFETY: locked (type invariant) and filled by the caller.
+        unsafe { bindings::mitosis_folio_mark_uptodate(self.folio.as_ptr()) };
+    }
+}
+
+impl Drop for LockedFolio {
+    fn drop(&mut self) {
+        // SAFETY: locked by us, and referenced by us when `owned` (type invariant).
+        unsafe {
+            bindings::folio_unlock(self.folio.as_ptr());
+            if self.owned {
+                bindings::mitosis_folio_put(self.folio.as_ptr());
+            }
+        }
+    }
+}
+
+/// The page cache of a snapshot file.
+///
+/// # Invariants
+///
+/// `0` is the live mapping of one of our inodes, for as long as the borrow of the
+/// [`File`] it came from.
+#[derive(Clone, Copy)]
+pub(crate) struct Mapping<'a>(
+    NonNull<bindings::address_space>,
+    core::marker::PhantomData<&'a File>,
+);
+
+impl Mapping<'_> {
+    /// The folio at page `index`, locked, with a reference (created not up to date if
+    /// it was absent).
+    pub(crate) fn grab(&self, index: u64) -> Result<LockedFolio> {
+        let index = usize::try_from(index).map_err(|_| EINVAL)?;
+        // SAFETY: a live mapping (type invariant).
+        let f = kernel::error::from_err_ptr(unsafe {
+            bindings::mitosis_grab_folio(self.0.as_ptr(), index as _)
+        })?;
+        Ok(LockedFolio {
+            folio: NonNull::new(f).ok_or(ENOMEM)?,
+            owned: true,
+        })
+    }
+}
+
+/// `address_space_operations::read_folio`.
+unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
+    let Some(folio) = NonNull::new(folio) else {
+        return EINVAL.to_errno();
+    };
+    // SAFETY: the folio is locked in one of our mappings, so its inode is not evicted.
+    let pager = unsafe { folio_pager(folio) };
+    // The VFS gives us the folio locked, in our mapping, with its own reference.
+    let mut batch = [LockedFolio {
+        folio,
+        owned: false,
+    }];
+    match pager.fill(&mut batch) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// `address_space_operations::readahead`: the folios of the window arrive locked.
+///
+/// Batches are on the heap (a fault can come from deep in the kernel, so this path
+/// keeps its stack small); without memory for one, each folio is filled on its own.
+/// Errors leave folios not up to date: a later fault retries with `read_folio`.
+unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
+    let mut batch: KVec<LockedFolio> =
+        KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL).unwrap_or(KVec::new());
+    let mut pager: Option<&Pager> = None;
+    loop {
+        // SAFETY: `rac` is the VFS's live readahead control; each folio returned is
+        // locked, in our mapping, and referenced by the readahead control.
+        let f = unsafe { bindings::mitosis_readahead_folio(rac) };
+        let Some(folio) = NonNull::new(f) else { break };
+        // SAFETY: as in `read_folio`; every folio of one readahead is of one inode.
+        let pager = *pager.get_or_insert_with(|| unsafe { folio_pager(folio) });
+        let f = LockedFolio {
+            folio,
+            owned: false,
+        };
+        if batch.capacity() == 0 {
+            let _ = pager.fill(&mut [f]);
+            continue;
+        }
+        if batch.push(f, GFP_KERNEL).is_err() {
+            continue;
+        }
+        if batch.len() == MAX_READ_BATCH {
+            let _ = pager.fill(&mut batch);
+            // Unlocks the batch's folios.
+            crate::util::clear(&mut batch);
+        }
+    }
+    if let Some(pager) = pager {
+        let _ = pager.fill(&mut batch);
+    }
+}
+
+/// The pager of a folio's inode.
+///
+/// # Safety
+///
+/// `folio` is locked in the page cache of one of our inodes (which keeps the inode from
+/// eviction) for `'a`.
+unsafe fn folio_pager<'a>(folio: NonNull<bindings::folio>) -> &'a Pager {
+    // SAFETY: per the contract.
+    unsafe { pager_of(bindings::mitosis_folio_inode(folio.as_ptr())) }
+}
+
+/// The pager of one of our inodes.
+///
+/// # Safety
+///
+/// `inode` is a live inode of the snapshot filesystem, not yet evicted.
+unsafe fn pager_of<'a>(inode: *mut bindings::inode) -> &'a Pager {
+    // SAFETY: `i_private` is set from `Arc::into_raw` before the inode is used and
+    // released in `evict_inode` only.
+    unsafe { &*((*inode).i_private as *const Pager) }
+}
+
+/// The filesystem state of one of our superblocks.
+///
+/// # Safety
+///
+/// `sb` is a live superblock of the snapshot filesystem.
+unsafe fn fs_of<'a>(sb: *mut bindings::super_block) -> &'a SnapshotFs {
+    // SAFETY: `s_fs_info` is set by `SnapshotFs::pin` when it mounts; the `SnapshotFs`
+    // outlives the superblock (its owner, the module, cannot unload while the
+    // superblock holds it).
+    unsafe { &*((*sb).s_fs_info as *const SnapshotFs) }
+}
+
+/// `super_operations::evict_inode`: the last user is gone.
+unsafe extern "C" fn evict_inode(inode: *mut bindings::inode) {
+    // SAFETY: the VFS evicts a live inode of ours exactly once.
+    unsafe {
+        bindings::truncate_inode_pages_final(ptr::addr_of_mut!((*inode).i_data));
+        bindings::clear_inode(inode);
+    }
+    // SAFETY: see `pager_of`; nothing uses the inode any more.
+    let raw = unsafe { (*inode).i_private } as *const Pager;
+    if raw.is_null() {
+        return;
+    }
+    // SAFETY: produced by `Arc::into_raw` in `SnapshotFs::create`.
+    let pager = unsafe { Arc::from_raw(raw) };
+    // SAFETY: the inode is one of ours, so is its superblock.
+    let fs = unsafe { fs_of((*inode).i_sb) };
+    // Out of the cache before the pager goes: lookups read cached inodes' pagers under
+    // the cache lock.
+    fs.forget(inode);
+    // The last reference: dropping the pager closes the remote open.
+    drop(pager);
+    // The inode's pin, taken in `SnapshotFs::create`.
+    fs.unpin();
+}
+
+/// `file_system_type::init_fs_context`.
+unsafe extern "C" fn init_fs_context(fc: *mut bindings::fs_context) -> i32 {
+    // SAFETY: `fc` is the VFS's live context.
+    let ctx = unsafe { bindings::init_pseudo(fc, SNAPSHOT_FS_MAGIC as _) };
+    if ctx.is_null() {
+        return ENOMEM.to_errno();
+    }
+    // SAFETY: `ctx` was just allocated for `fc`; the ops table is static.
+    unsafe { (*ctx).ops = &SUPER_OPS };
+    0
+}
+
+static SUPER_OPS: bindings::super_operations = bindings::super_operations {
+    statfs: Some(bindings::simple_statfs),
+    drop_inode: Some(bindings::generic_delete_inode),
+    evict_inode: Some(evict_inode),
+    // SAFETY: all-zero is a valid table (every other callback absent).
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+};
+
+static AOPS: bindings::address_space_operations = bindings::address_space_operations {
+    read_folio: Some(read_folio),
+    readahead: Some(readahead),
+    // Mappings are private: a write copies the page. Anything that still dirties a
+    // page-cache folio of ours (a forced write through /proc/PID/mem of a read-only
+    // view) must not reach writeback, which we do not have.
+    dirty_folio: Some(bindings::noop_dirty_folio),
+    // SAFETY: as above.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+};
+
+/// The filesystem type. Static because its lock-class keys must be in static storage
+/// for lockdep; only the VFS writes to it (under its own locks) once `owner` is set.
+struct FsType(core::cell::UnsafeCell<bindings::file_system_type>);
+
+// SAFETY: see the type's comment.
+unsafe impl Sync for FsType {}
+
+static FS_TYPE: FsType = FsType(core::cell::UnsafeCell::new(bindings::file_system_type {
+    name: c"mitosis-snapshot".as_ptr().cast(),
+    init_fs_context: Some(init_fs_context),
+    kill_sb: Some(bindings::kill_anon_super),
+    // SAFETY: all-zero is a valid value for every other field (`owner` is set at
+    // load, before the first mount).
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+}));
+
+/// The filesystem's mount, made on first use and dropped with the last pin.
+///
+/// Why not one mount for the module's lifetime: a superblock holds a reference on its
+/// type's owner, so a permanent mount would pin the module forever; without an owner,
+/// `__fput` drops the file's module reference *before* it evicts the inode (our code),
+/// so an unload racing a child's exit would run freed text. Instead every snapshot
+/// inode holds a pin of a mount whose superblock holds the module: the module stays
+/// until the last inode is evicted and the superblock is gone. The mount is not
+/// internal (`SB_KERNMOUNT` unset), so the last `mntput`, which may come from
+/// `evict_inode`, tears the superblock down later in task work, never under us.
+///
+/// # Invariants
+///
+/// `mnt` is non-null exactly while `pins` > 0, and then holds one mount reference
+/// per pin.
+struct Mount {
+    mnt: *mut bindings::vfsmount,
+    pins: usize,
+}
+
+// SAFETY: a mount pointer may be used from any thread.
+unsafe impl Send for Mount {}
+
+/// The internal filesystem and the cache of snapshot inodes.
+///
+/// # Invariants
+///
+/// `fops` is pinned; every cached inode pointer is live (removed in `evict_inode`) and
+/// owns one pin of `mount`.
+#[pin_data]
+pub(crate) struct SnapshotFs {
+    #[pin]
+    fops: Opaque<bindings::file_operations>,
+    module: &'static ThisModule,
+    #[pin]
+    cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
+    #[pin]
+    mount: Mutex<Mount>,
+}
+
+// SAFETY: the C structs are used by the VFS under its own locking; the cache and the
+// mount are behind mutexes.
+unsafe impl Send for SnapshotFs {}
+// SAFETY: as above.
+unsafe impl Sync for SnapshotFs {}
+
+/// A reference on a snapshot inode (dropped with `iput`).
+///
+/// # Invariants
+///
+/// We own one reference on `0`, a live inode of ours.
+pub(crate) struct SnapshotInode(NonNull<bindings::inode>);
+
+impl Drop for SnapshotInode {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant).
+        unsafe { bindings::iput(self.0.as_ptr()) };
+    }
+}
+
+impl SnapshotFs {
+    pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
+        // SAFETY: no mount exists before the module's state does, so the VFS does not
+        // read the type yet; the owner is this module, live while the type is used.
+        unsafe { (*FS_TYPE.0.get()).owner = module.as_ptr().cast() };
+        pin_init!(SnapshotFs {
+            fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
+                let mut v = bindings::file_operations::default();
+                v.owner = module.as_ptr().cast();
+                v.mmap = Some(bindings::generic_file_mmap);
+                // SAFETY: `f` is valid for writing.
+                unsafe { f.write(v) };
+            }),
+            module,
+            cache <- new_mutex!(KVec::new()),
+            mount <- new_mutex!(Mount {
+                mnt: ptr::null_mut(),
+                pins: 0,
+            }),
+        })
+    }
+
+    /// Mounts the filesystem with `self` as its superblock's `s_fs_info`.
+    fn mount(&self) -> Result<*mut bindings::vfsmount> {
+        // SAFETY: `FS_TYPE` is static and initialised. Flags 0: not `SB_KERNMOUNT`
+        // (see `Mount`).
+        let fc = kernel::error::from_err_ptr(unsafe {
+            bindings::fs_context_for_mount(FS_TYPE.0.get(), 0)
+        })?;
+        // SAFETY: a fresh context of ours; the superblock takes `s_fs_info` over, and
+        // `self` outlives it (see `fs_of`). `put_fs_context` does not free it.
+        let mnt = unsafe {
+            (*fc).s_fs_info = self as *const Self as *mut _;
+            let mnt = bindings::fc_mount(fc);
+            bindings::put_fs_context(fc);
+            kernel::error::from_err_ptr(mnt)?
+        };
+        // Snapshot files carry program text: the pseudo-fs default forbids
+        // PROT_EXEC. SAFETY: a superblock just made for us, used by no one yet.
+        unsafe { (*(*mnt).mnt_sb).s_iflags &= !(bindings::SB_I_NOEXEC as kernel::ffi::c_ulong) };
+        Ok(mnt)
+    }
+
+    /// Pins the mount (mounting on first use) and returns it.
+    fn pin(&self) -> Result<NonNull<bindings::vfsmount>> {
+        let mut m = self.mount.lock();
+        if m.mnt.is_null() {
+            // The mount's own reference becomes the first pin's.
+            m.mnt = self.mount()?;
+        } else {
+            // SAFETY: `mnt` is live while pinned (type invariant of `Mount`).
+            unsafe { bindings::mntget(m.mnt) };
+        }
+        m.pins += 1;
+        NonNull::new(m.mnt).ok_or(ENODEV)
+    }
+
+    /// Drops one pin; the last one lets the mount go (torn down in task work).
+    fn unpin(&self) {
+        let mnt = {
+            let mut m = self.mount.lock();
+            if m.pins == 0 {
+                return;
+            }
+            m.pins -= 1;
+            let mnt = m.mnt;
+            if m.pins == 0 {
+                m.mnt = ptr::null_mut();
+            }
+            mnt
+        };
+        // SAFETY: one reference of ours (type invariant of `Mount`).
+        unsafe { bindings::mntput(mnt) };
+    }
+
+    /// The inode of snapshot `key`, if a child on this host maps it and its pager still
+    /// serves new children (see [`Pager::shareable`]).
+    pub(crate) fn lookup(&self, key: PagerKey) -> Option<SnapshotInode> {
+        Self::find_live(&self.cache.lock(), key)
+    }
+
+    fn find_live(
+        cache: &KVec<(PagerKey, *mut bindings::inode)>,
+        key: PagerKey,
+    ) -> Option<SnapshotInode> {
+        cache
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .find_map(|&(_, inode)| {
+                // SAFETY: cached inodes are live (type invariant), so is their pager until
+                // eviction, which removes them from the cache first under its lock.
+                if !unsafe { pager_of(inode) }.shareable() {
+                    return None;
+                }
+                // SAFETY: as above; `igrab` fails on an inode being freed.
+                NonNull::new(unsafe { bindings::igrab(inode) }).map(SnapshotInode)
+            })
+    }
+
+    fn forget(&self, inode: *mut bindings::inode) {
+        crate::util::remove_first(&mut self.cache.lock(), |(_, i)| *i == inode);
+    }
+
+    /// The inode of `pager`'s snapshot: a new one cached by its key, or the one a
+    /// concurrent resume of the same snapshot created.
+    pub(crate) fn create(&self, pager: Pager) -> Result<SnapshotInode> {
+        let key = pager.key();
+        let mut cache = self.cache.lock();
+        // Another child of the same snapshot may have got here first: share its inode.
+        if let Some(inode) = Self::find_live(&cache, key) {
+            drop(cache);
+            // Ours is not needed: dropping it closes its remote open.
+            drop(pager);
+            return Ok(inode);
+        }
+        if cache.len() >= MAX_CACHED {
+            return Err(ENOSPC);
+        }
+        cache.reserve(1, GFP_KERNEL)?;
+        let pager = Arc::new(pager, GFP_KERNEL)?;
+        let mnt = self.pin()?;
+        // SAFETY: the mount is live while pinned.
+        let inode = kernel::error::from_err_ptr(unsafe {
+            bindings::alloc_anon_inode((*mnt.as_ptr()).mnt_sb)
+        })
+        .inspect_err(|_| self.unpin())?;
+        // SAFETY: a fresh inode only we know about.
+        unsafe {
+            (*inode).i_private = Arc::into_raw(pager) as *mut _;
+            (*(*inode).i_mapping).a_ops = &AOPS;
+            // Every VMA window of the snapshot (`abi::snapshot::window_offset`) is
+            // inside the file.
+            bindings::mitosis_i_size_write(inode, i64::MAX);
+        }
+        // The pin is the inode's now (dropped in `evict_inode`).
+        cache.push((key, inode), GFP_KERNEL)?;
+        Ok(SnapshotInode(NonNull::new(inode).ok_or(ENOMEM)?))
+    }
+
+    /// A read-only file of `inode` whose readahead window is `prefetch` pages. The file
+    /// pins the module until its last `fput`.
+    pub(crate) fn open(&self, inode: SnapshotInode, prefetch: u32) -> Result<File> {
+        // The inode holds a pin, so the mount is set and is the inode's.
+        let mnt = self.mount.lock().mnt;
+        // SAFETY: `module` is this module, live while we run.
+        if mnt.is_null()
+            || !unsafe { bindings::mitosis_try_module_get(self.module.as_ptr().cast()) }
+        {
+            return Err(ENODEV);
+        }
+        let raw = inode.0.as_ptr();
+        // SAFETY: `raw` is ours with a reference `alloc_file_pseudo` takes over on
+        // success (taking its own reference on `mnt`, live while the inode's pin is);
+        // `fops` is pinned for the module's lifetime.
+        let file = kernel::error::from_err_ptr(unsafe {
+            bindings::alloc_file_pseudo(
+                raw,
+                mnt,
+                kernel::c_str!("mitosis-snapshot").as_char_ptr(),
+                bindings::O_RDONLY as i32,
+                self.fops.get(),
+            )
+        });
+        match file {
+            Ok(f) => {
+                // The file owns the inode reference now (and drops it with itself).
+                core::mem::forget(inode);
+                // SAFETY: a fresh file only we know about.
+                let mapping = unsafe {
+                    (*f).__bindgen_anon_2.f_ra.ra_pages = prefetch;
+                    (*f).f_mapping
+                };
+                let Some(mapping) = NonNull::new(mapping) else {
+                    // SAFETY: the fresh file's one reference is ours.
+                    unsafe { bindings::fput(f) };
+                    return Err(EINVAL);
+                };
+                Ok(File { file: f, mapping })
+            }
+            Err(e) => {
+                // SAFETY: on failure we still own the module reference (and `inode`
+                // drops its own).
+                unsafe { bindings::mitosis_module_put(self.module.as_ptr().cast()) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The pager of a VMA's file, if it is one of our snapshot files. The borrow of the
+    /// mmap lock keeps the VMA, so its file and inode, alive.
+    pub(crate) fn pager_of_file<'a>(&self, file: &VmaFile<'a>) -> Option<&'a Pager> {
+        let file = file.as_ptr();
+        // SAFETY: `file` is live while the VMA is (see `VmaFile`).
+        let inode = unsafe { (*file).f_inode };
+        // SAFETY: as above; our superblocks are the only ones of our type.
+        if inode.is_null() || unsafe { (*(*inode).i_sb).s_type != FS_TYPE.0.get() } {
+            return None;
+        }
+        // SAFETY: an inode of ours, held by the file.
+        Some(unsafe { pager_of(inode) })
+    }
+}
+
+/// A snapshot file we hold a reference on (dropped with `fput`).
+///
+/// # Invariants
+///
+/// We own one reference on `file`, a file of one of our inodes whose page cache is
+/// `mapping`.
+pub(crate) struct File {
+    file: *mut bindings::file,
+    mapping: NonNull<bindings::address_space>,
+}
+
+impl File {
+    pub(crate) fn as_ptr(&self) -> *mut bindings::file {
+        self.file
+    }
+
+    /// The file's page cache.
+    pub(crate) fn mapping(&self) -> Mapping<'_> {
+        Mapping(self.mapping, core::marker::PhantomData)
+    }
+
+    /// The file's pager.
+    pub(crate) fn pager(&self) -> &Pager {
+        // SAFETY: our files are only made over our inodes (type invariant).
+        unsafe { pager_of((*self.file).f_inode) }
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant).
+        unsafe { bindings::fput(self.file) };
+    }
+}

@@ -1,0 +1,353 @@
+//! Guest B: remote children and the driving side of the line protocol.
+
+use super::parent::{finish_lazy, start_lazy};
+use super::*;
+
+/// Guest B.
+pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> ExitCode {
+    let addr = std::net::SocketAddr::from((peer, port));
+    let stream = (0..120).find_map(|_| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .ok()
+            .or_else(|| {
+                std::thread::sleep(Duration::from_millis(250));
+                None
+            })
+    });
+    let Some(stream) = stream else {
+        r.check("rf-connect-parent", false, "no fork-parent on A", &[]);
+        return ExitCode::FAILURE;
+    };
+    let mut out = stream.try_clone().expect("clone");
+    let mut lines = BufReader::new(stream).lines();
+    let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let h: Option<SnapshotHandle> = next().strip_prefix("handle ").and_then(|s| s.parse().ok());
+    let lazy: Option<SnapshotHandle> = next().strip_prefix("lazy ").and_then(|s| s.parse().ok());
+    let forced: Option<SnapshotHandle> =
+        next().strip_prefix("forced ").and_then(|s| s.parse().ok());
+    let sparse: Option<u64> = next().strip_prefix("sparse ").and_then(|s| s.parse().ok());
+    let dyn_h: Option<SnapshotHandle> = next().strip_prefix("dyn ").and_then(|s| s.parse().ok());
+    let (Some(h), Some(lazy)) = (h, lazy) else {
+        r.check("rf-handle", false, "no handle from A", &[]);
+        return ExitCode::FAILURE;
+    };
+    // Children of the dynamically linked C program.
+    let dyn_ok = dyn_h
+        .and_then(|d| launch(&d, false).ok())
+        .map(|c| run_child(c, &role_of_this_host()).0.success());
+    r.check(
+        "rf-dyn-child",
+        dyn_ok == Some(true),
+        format!("{dyn_ok:?}"),
+        &[],
+    );
+    let m = Mitosis::open().expect("open");
+    // Wrong secret: the launcher stays itself, with a distinct errno.
+    let mut wrong = h;
+    wrong.secret[0] ^= 1;
+    let e = m.fork_resume(&wrong, ResumeOptions::default());
+    r.check(
+        "rf-wrong-secret-eacces",
+        e.raw_os_error() == Some(libc::EACCES),
+        e.to_string(),
+        &[],
+    );
+    // A launcher whose vDSO sits inside the seed's memory (placed there on purpose):
+    // the library moves it out of the way and the resume succeeds.
+    let collide = sparse.and_then(|addr| {
+        let c = Command::new("/proc/self/exe")
+            .args([
+                "launch-with-vdso-at",
+                &(addr + (64 << 20)).to_string(),
+                &h.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        Some(run_child(c, "verify 300").0.success())
+    });
+    r.check(
+        "rf-vdso-collision-resolved",
+        collide == Some(true),
+        format!("{collide:?}"),
+        &[],
+    );
+    // A launcher with a pending signal (SIGUSR2, fatal by default: the child would die
+    // of it) and an armed interval timer: a forked child starts with neither.
+    let dirty = Command::new("/proc/self/exe")
+        .args(["launch-dirty", &h.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(|c| run_child(c, "launcher-state"));
+    r.check(
+        "rf-child-drops-launcher-signals-and-timers",
+        matches!(&dirty, Ok((st, _)) if st.success()),
+        format!("{:?}", dirty.as_ref().map(|(st, _)| st)),
+        &[],
+    );
+    check_identity_model(r, &h);
+    // A multi-threaded caller can neither resume nor be captured (EBUSY, and it lives).
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || {
+        let _ = stop_rx.recv();
+    });
+    let e = m.fork_resume(&h, ResumeOptions::default());
+    r.check(
+        "rf-multithreaded-resume-ebusy",
+        e.raw_os_error() == Some(libc::EBUSY),
+        e.to_string(),
+        &[],
+    );
+    let mut cap = abi::ForkCaptureArgs {
+        hdr: abi::Header::for_struct::<abi::ForkCaptureArgs>(),
+        ..Default::default()
+    };
+    // SAFETY: a valid argument struct; the module refuses before capturing anything.
+    let rc = unsafe {
+        m.raw_ioctl(
+            abi::IOC_FORK_CAPTURE,
+            &mut cap as *mut _ as *mut libc::c_void,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    r.check(
+        "rf-multithreaded-capture-ebusy",
+        rc < 0 && errno == Some(libc::EBUSY),
+        format!("rc {rc} errno {errno:?}"),
+        &[],
+    );
+    let _ = stop_tx.send(());
+    let _ = helper.join();
+    let mut unknown = h;
+    unknown.id += 1000;
+    let e = m.fork_resume(&unknown, ResumeOptions::default());
+    r.check(
+        "rf-unknown-id-eacces",
+        e.raw_os_error() == Some(libc::EACCES),
+        e.to_string(),
+        &[],
+    );
+
+    // The lazy children of the second and third snapshots start now and wait.
+    let lazy_child = start_lazy(&lazy);
+    r.check("rf-lazy-child-ready", lazy_child.is_some(), "", &[]);
+    let forced_child = forced.and_then(|f| start_lazy(&f));
+    r.check("rf-forced-child-ready", forced_child.is_some(), "", &[]);
+
+    // Concurrent children on B (A runs its own at the same time), one eager.
+    let t = Instant::now();
+    let kids: Vec<_> = (0..n_children)
+        .filter_map(|i| {
+            launch(&h, i == 0)
+                .ok()
+                .map(|c| (c, format!("verify {}", 200 + i)))
+        })
+        .collect();
+    let launched = kids.len();
+    let mut ok = 0;
+    for (i, (st, lines)) in run_children(kids).into_iter().enumerate() {
+        if status_ok(&st) {
+            ok += 1;
+        }
+        if i == 0 {
+            let eager = lines
+                .iter()
+                .any(|l| l.contains("rf-child-resumed") && !l.contains("\"eager_pages\":0.000"));
+            r.check(
+                "rf-eager-child",
+                status_ok(&st) && eager,
+                "child resumed with --eager fetched pages up front",
+                &[],
+            );
+        }
+    }
+    r.check(
+        "rf-remote-children",
+        launched == n_children && ok == n_children,
+        format!("{ok}/{n_children} children on B verified"),
+        &[
+            ("children", n_children as f64),
+            ("wall_ms", t.elapsed().as_secs_f64() * 1e3),
+        ],
+    );
+
+    // Two hops: B's child prepares, A resumes a grandchild.
+    let hop_ok = match launch(&h, false) {
+        Ok(mut c) => {
+            if let Some(i) = c.stdin.as_mut() {
+                let _ = writeln!(i, "hop");
+            }
+            let mut reader = BufReader::new(c.stdout.take().expect("stdout"));
+            let mut h3 = None;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                print!("{line}");
+                if let Some(x) = line.trim().strip_prefix("HOP ") {
+                    h3 = Some(x.to_string());
+                    break;
+                }
+                line.clear();
+            }
+            let done = match h3 {
+                Some(h3) => {
+                    let _ = writeln!(out, "hop {h3}");
+                    next() == "hop-done 1"
+                }
+                None => false,
+            };
+            if let Some(i) = c.stdin.as_mut() {
+                let _ = writeln!(i, "done");
+            }
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            print!("{rest}");
+            let st = c.wait().map(|s| s.success()).unwrap_or(false);
+            done && st
+        }
+        Err(_) => false,
+    };
+    r.check("rf-two-hop", hop_ok, "A -> B -> A", &[]);
+
+    // Release while a child runs: it keeps working; new resumes get EACCES (as for an
+    // id that never existed).
+    let release_ok = match launch(&h, false) {
+        Ok(mut c) => {
+            if let Some(i) = c.stdin.as_mut() {
+                let _ = writeln!(i, "wait-go");
+            }
+            let mut reader = BufReader::new(c.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let rm = Command::new("rmmod")
+                .arg("mitosis")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(true);
+            r.check(
+                "rf-rmmod-refused-with-child",
+                !rm,
+                "rmmod while a child maps a snapshot",
+                &[],
+            );
+            let _ = writeln!(out, "release");
+            let released = next() == "released";
+            let e = m.fork_resume(&h, ResumeOptions::default());
+            r.check(
+                "rf-released-eacces",
+                e.raw_os_error() == Some(libc::EACCES),
+                e.to_string(),
+                &[],
+            );
+            if let Some(i) = c.stdin.as_mut() {
+                let _ = writeln!(i, "go");
+            }
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            print!("{rest}");
+            released && c.wait().map(|s| s.success()).unwrap_or(false)
+        }
+        Err(_) => false,
+    };
+    r.check(
+        "rf-release-while-running",
+        release_ok,
+        "child verified everything after release",
+        &[],
+    );
+
+    // Forced release: the waiting child's next remote fault is a SIGBUS.
+    let _ = writeln!(out, "force-release");
+    let force_ok = next() == "force-released";
+    let sig = forced_child.and_then(finish_lazy);
+    r.check(
+        "rf-sigbus-after-forced-release",
+        force_ok && sig == Some(libc::SIGBUS),
+        format!("child ended with signal {sig:?}"),
+        &[],
+    );
+
+    // The parent guest goes away while the lazy child still has unfetched pages.
+    let _ = writeln!(out, "bye");
+    drop(out);
+    let gone = (0..120).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        !Command::new("ping")
+            .args(["-c", "1", "-W", "1", &peer.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    });
+    r.check("rf-parent-guest-gone", gone, "A stopped answering", &[]);
+    if let Some(mut c) = lazy_child {
+        if let Some(i) = c.stdin.as_mut() {
+            let _ = writeln!(i, "go");
+        }
+        let _ = echo_all(&mut c);
+        let st = c.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        let sig = st.signal();
+        r.check(
+            "rf-sigbus-when-parent-gone",
+            sig == Some(libc::SIGBUS),
+            format!("child ended with {st:?}"),
+            &[],
+        );
+    }
+    let healthy = Mitosis::open().and_then(|m| m.status()).is_ok();
+    r.check("rf-host-healthy-after-sigbus", healthy, "", &[]);
+    ExitCode::SUCCESS
+}
+
+/// The uid (and gid) children run as with `mitosis resume --user`.
+const CHILD_UID: u32 = 65534;
+const UNPRIVILEGED_PARAM: &str = "/sys/module/mitosis/parameters/unprivileged_children";
+
+/// The identity model: `--user` resumes into an unprivileged identity (no groups,
+/// `no_new_privs`, no device access); with `unprivileged_children` set the module
+/// refuses a privileged launcher (EPERM) and still admits an unprivileged one.
+fn check_identity_model(r: &mut Report, h: &SnapshotHandle) {
+    let user = format!("{CHILD_UID}:{CHILD_UID}");
+    let as_user = |task: &str| {
+        Command::new("mitosis")
+            .args(["resume", "--user", &user, &h.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map(|c| run_child(c, task).0)
+    };
+    let child = as_user("identity");
+    r.check(
+        "rf-resume-as-unprivileged-user",
+        matches!(&child, Ok(st) if st.success()),
+        format!("{child:?}"),
+        &[],
+    );
+    let set_policy = |on: bool| std::fs::write(UNPRIVILEGED_PARAM, if on { "1" } else { "0" });
+    let policy = set_policy(true);
+    let root = Command::new("mitosis")
+        .args(["resume", &h.to_string()])
+        .stdin(Stdio::null())
+        .output();
+    let refused = matches!(&root, Ok(o) if o.status.code() == Some(1)
+        && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"));
+    let admitted = as_user("identity");
+    let restored = set_policy(false);
+    r.check(
+        "rf-unprivileged-policy-refuses-root",
+        policy.is_ok() && refused,
+        format!(
+            "setting the parameter: {policy:?}; root launcher: {:?}",
+            root.map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
+        ),
+        &[],
+    );
+    r.check(
+        "rf-unprivileged-policy-admits-user",
+        restored.is_ok() && matches!(&admitted, Ok(st) if st.success()),
+        format!("{admitted:?}, parameter restored: {restored:?}"),
+        &[],
+    );
+}
