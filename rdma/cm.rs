@@ -7,6 +7,7 @@
 use super::connection::*;
 use super::verbs::{Cq, DmaPage, Pd};
 use super::CALLER;
+use crate::abi::wire;
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
@@ -114,7 +115,14 @@ impl Connection {
                 .min(RD_ATOM) as u8;
             param.retry_count = 7;
             param.rnr_retry_count = 7;
-            // SAFETY: in the CM handler of `id` with a QP created on it.
+            let mut challenge = [0u8; 16];
+            crate::util::random_bytes(&mut challenge);
+            *conn.challenge.lock() = Some(challenge);
+            let data = wire::encode_accept_data(&challenge);
+            param.private_data = data.as_ptr().cast();
+            param.private_data_len = data.len() as u8;
+            // SAFETY: in the CM handler of `id` with a QP created on it; `data` outlives
+            // the call (the CM copies it into the reply).
             kernel::error::to_result(unsafe { bindings::rdma_accept(id, &mut param) })
         })();
         match result {
@@ -253,6 +261,34 @@ impl Connection {
                 }
             }
             bindings::rdma_cm_event_type_RDMA_CM_EVENT_ESTABLISHED => {
+                if connecting && self.role == Role::Client {
+                    // SAFETY: for ESTABLISHED the union holds connection parameters,
+                    // whose private data (the server's accept data) lives for the call.
+                    let data = unsafe {
+                        let conn = event.param.conn;
+                        if conn.private_data.is_null() {
+                            &[][..]
+                        } else {
+                            core::slice::from_raw_parts(
+                                conn.private_data.cast::<u8>(),
+                                conn.private_data_len as usize,
+                            )
+                        }
+                    };
+                    match wire::decode_accept_data(data) {
+                        Some(c) => *self.challenge.lock() = Some(c),
+                        None => {
+                            // Not a Mitosis server of this wire version: nothing on
+                            // it could be opened.
+                            peer_warn!(
+                                "{} accepted without a challenge: refused\n",
+                                Ipv4(self.peer_addr)
+                            );
+                            finish(errno::eproto().to_errno());
+                            return;
+                        }
+                    }
+                }
                 if connecting {
                     self.state.store(UP, Ordering::Release);
                     if self.role == Role::Server {

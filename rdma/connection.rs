@@ -213,6 +213,11 @@ pub(crate) struct Connection {
     pub(super) created_ms: i64,
     /// Server: the peer presented a valid secret once (see [`Connection::authenticated`]).
     pub(super) authenticated: AtomicBool,
+    /// The server's challenge (random per connection, sent in the accept's private
+    /// data; a client keeps the one it received at ESTABLISHED): every open on the
+    /// connection proves the secret against it. `None` until known.
+    #[pin]
+    pub(super) challenge: Mutex<Option<[u8; 16]>>,
     /// Client: the READ destinations, owned by the connection so that a READ the
     /// device completes late (after a timeout) still lands in live, mapped pages: they
     /// are freed only by `teardown`, after the QP is drained. Taken under `io_lock`.
@@ -279,6 +284,7 @@ impl Connection {
             device: AtomicPtr::new(ptr::null_mut()),
             created_ms: kernel::time::Ktime::ktime_get().to_ms(),
             authenticated: AtomicBool::new(false),
+            challenge <- new_mutex!(None),
             read_bufs <- new_mutex!(KVec::new()),
         }? Error)
     }
@@ -300,6 +306,11 @@ impl Connection {
     /// The device this connection runs on (a null key before setup).
     pub(crate) fn device(&self) -> DeviceKey {
         DeviceKey::of(self.device.load(Ordering::Acquire))
+    }
+
+    /// The connection's challenge (see the field), once known.
+    pub(crate) fn challenge(&self) -> Option<[u8; 16]> {
+        *self.challenge.lock()
     }
 
     /// Server: records that the peer proved it holds a secret (an open succeeded).

@@ -9,13 +9,26 @@ use kernel::prelude::*;
 
 use super::PAGE_SIZE;
 
-/// One reference on a kernel page.
+/// How a [`PageRef`] holds its page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hold {
+    /// A plain reference (allocation, short-lived GUP), dropped with `put_page`.
+    Reference,
+    /// A long-term pin (`pin_user_pages_remote` with `FOLL_LONGTERM`: the page was
+    /// moved out of movable and CMA memory first), dropped with `unpin_user_page`.
+    Pin,
+}
+
+/// One reference (or pin) on a kernel page.
 ///
 /// # Invariants
 ///
-/// `self.0` is a live `struct page` on which this value owns one reference (dropped
-/// with `put_page`), so the frame cannot be freed or reused while the value lives.
-pub(crate) struct PageRef(NonNull<bindings::page>);
+/// `page` is a live `struct page` on which this value owns one reference or pin, as
+/// `hold` says, so the frame cannot be freed or reused while the value lives.
+pub(crate) struct PageRef {
+    page: NonNull<bindings::page>,
+    hold: Hold,
+}
 
 // SAFETY: a page reference may be dropped from any thread.
 unsafe impl Send for PageRef {}
@@ -29,18 +42,37 @@ impl PageRef {
     ///
     /// `page` is live and the caller owns one reference on it, which it gives up.
     pub(crate) unsafe fn from_raw(page: NonNull<bindings::page>) -> Self {
-        PageRef(page)
+        PageRef {
+            page,
+            hold: Hold::Reference,
+        }
+    }
+
+    /// Takes over one long-term pin the caller holds on `page` (`FOLL_PIN |
+    /// FOLL_LONGTERM`).
+    ///
+    /// # Safety
+    ///
+    /// `page` is live and the caller owns one pin on it, which it gives up.
+    pub(crate) unsafe fn from_pinned(page: NonNull<bindings::page>) -> Self {
+        PageRef {
+            page,
+            hold: Hold::Pin,
+        }
     }
 
     /// A fresh zeroed page.
     pub(crate) fn alloc_zeroed() -> Result<Self> {
         // SAFETY: plain allocation; a non-null result carries one reference.
         let p = unsafe { bindings::mitosis_alloc_zeroed_page() };
-        NonNull::new(p).map(PageRef).ok_or(ENOMEM)
+        // SAFETY: a fresh page with its one reference.
+        NonNull::new(p)
+            .map(|p| unsafe { Self::from_raw(p) })
+            .ok_or(ENOMEM)
     }
 
     pub(crate) fn as_ptr(&self) -> *mut bindings::page {
-        self.0.as_ptr()
+        self.page.as_ptr()
     }
 
     /// Whether the page is anonymous memory (written only through copy-on-write by its
@@ -83,8 +115,13 @@ impl PageRef {
 
 impl Drop for PageRef {
     fn drop(&mut self) {
-        // SAFETY: we own one reference (type invariant).
-        unsafe { bindings::mitosis_put_page(self.as_ptr()) };
+        // SAFETY: we own one reference or pin, as `hold` says (type invariant).
+        unsafe {
+            match self.hold {
+                Hold::Reference => bindings::mitosis_put_page(self.as_ptr()),
+                Hold::Pin => bindings::unpin_user_page(self.as_ptr()),
+            }
+        }
     }
 }
 

@@ -130,7 +130,7 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
         pages.push(p, GFP_KERNEL)?;
     }
     let (id, secret) = host
-        .publish_snapshot(PageSet::from_pages(pages), desc_len as u64)
+        .publish_snapshot(PageSet::from_pages(pages), &desc)
         .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,

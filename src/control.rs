@@ -80,7 +80,9 @@ fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Re
         }
         errno::eacces()
     })?;
-    if !region.secret_matches(&req.secret) {
+    // The server side of every connection has its challenge from the accept.
+    let challenge = conn.challenge().ok_or_else(errno::eacces)?;
+    if !region.proof_matches(&challenge, &req.proof) {
         if LOG.allow() {
             pr_warn!(
                 "{} gave a wrong secret for region {}\n",
@@ -137,6 +139,7 @@ fn send_keys(
             region.size,
             chunk_bytes,
             region.info,
+            &region.desc_mac,
             rkeys.iter().copied(),
             buf,
         )

@@ -102,21 +102,23 @@ impl MmapReadGuard {
         }
     }
 
-    /// Takes a reference on the pages from `addr` on (`out.len()` at most, at least 1):
-    /// present pages and THP subpages, swapped-out pages read back, PROT_NONE pages
-    /// through `FOLL_FORCE`. Returns how many were taken; 0 when the first page was
-    /// never touched (or is the shared zero page): a hole.
+    /// Pins the pages from `addr` on for the long term (`out.len()` at most, at least
+    /// 1): present pages and THP subpages, swapped-out pages read back, PROT_NONE pages
+    /// through `FOLL_FORCE`; pages in movable or CMA memory are migrated first
+    /// (`FOLL_LONGTERM`: a snapshot holds its pages for as long as it lives). Returns
+    /// how many were pinned; 0 when the first page was never touched (or is the shared
+    /// zero page): a hole.
     pub(crate) fn take_pages(&self, addr: u64, out: &mut [Option<PageRef>]) -> Result<usize> {
         let want = out.len().min(GUP_BATCH);
         let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
         // SAFETY: the mm is read-locked (type invariant; `locked` = NULL keeps it so);
         // `got` has room for `want` pointers.
         let r = unsafe {
-            bindings::get_user_pages_remote(
+            bindings::pin_user_pages_remote(
                 self.mm(),
                 addr as _,
                 want as _,
-                (bindings::FOLL_FORCE | bindings::FOLL_DUMP) as u32,
+                (bindings::FOLL_FORCE | bindings::FOLL_DUMP | bindings::FOLL_LONGTERM) as u32,
                 got.as_mut_ptr(),
                 ptr::null_mut(),
             )
@@ -128,10 +130,10 @@ impl MmapReadGuard {
             return Err(Error::from_errno(r as i32));
         }
         let n = (r as usize).min(want);
-        // Own every returned reference before anything can fail, so none leaks.
+        // Own every returned pin before anything can fail, so none leaks.
         for (slot, &page) in out.iter_mut().zip(&got[..n]) {
-            // SAFETY: GUP returned the page with one reference we now own.
-            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
+            // SAFETY: GUP returned the page with one long-term pin we now own.
+            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_pinned(p) });
         }
         if out[..n].iter().any(|p| p.is_none()) {
             return Err(EFAULT);

@@ -105,7 +105,10 @@ impl Pager {
             self.host
                 .connection_to(self.key.addr, self.key.port, params::connect_timeout_ms())?;
         let remote = RemoteRegion::open(conn, 0, self.key.id, self.key.secret)?;
-        if remote.size != link.remote.size || remote.info != link.remote.info {
+        if remote.size != link.remote.size
+            || remote.info != link.remote.info
+            || remote.desc_mac != link.remote.desc_mac
+        {
             remote.close();
             return Err(EIO);
         }

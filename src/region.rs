@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
+use crate::abi::mac::{constant_time_eq, descriptor_mac, open_proof};
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,8 @@ pub(crate) struct Region {
     /// For snapshots: the descriptor's length (it fills the first pages); 0 for test
     /// regions. Sent to peers with the keys.
     pub(crate) info: u64,
+    /// For snapshots: the descriptor's MAC under the secret (sent with the keys).
+    pub(crate) desc_mac: [u8; 16],
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
 }
@@ -51,12 +54,13 @@ pub(crate) struct Region {
 impl Region {
     /// Compares `secret` in constant time.
     pub(crate) fn secret_matches(&self, secret: &[u8; 16]) -> bool {
-        let diff = self
-            .secret
-            .iter()
-            .zip(secret.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        core::hint::black_box(diff) == 0
+        constant_time_eq(&self.secret, secret)
+    }
+
+    /// Whether `proof` shows the secret for the connection challenged with
+    /// `challenge` (constant time).
+    pub(crate) fn proof_matches(&self, challenge: &[u8; 16], proof: &[u8; 16]) -> bool {
+        constant_time_eq(&open_proof(&self.secret, challenge, self.id), proof)
     }
 
     pub(crate) fn is_live(&self) -> bool {
@@ -90,11 +94,17 @@ impl Registry {
         if held.saturating_add(pages.len()) > MAX_TEST_REGION_PAGES {
             return Err(ENOSPC);
         }
-        self.publish(pages, 0)
+        self.publish(pages, 0, &[])
     }
 
-    /// Publishes `pages` under a fresh id and random secret.
-    pub(crate) fn publish(&mut self, pages: PageSet, info: u64) -> Result<(u64, [u8; 16])> {
+    /// Publishes `pages` under a fresh id and random secret; `desc` is the snapshot
+    /// descriptor the pages start with (empty for test regions), whose MAC peers get.
+    pub(crate) fn publish(
+        &mut self,
+        pages: PageSet,
+        info: u64,
+        desc: &[u8],
+    ) -> Result<(u64, [u8; 16])> {
         if self.regions.len() >= MAX_REGIONS {
             return Err(ENOSPC);
         }
@@ -108,6 +118,7 @@ impl Registry {
                 size: (pages.len() * PAGE_SIZE) as u64,
                 pages: Arc::new(pages, GFP_KERNEL)?,
                 info,
+                desc_mac: descriptor_mac(&secret, desc),
                 live: AtomicBool::new(true),
             },
             GFP_KERNEL,

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 use crate::abi::ioctl::read_flags;
+use crate::abi::mac::open_proof;
 use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply};
 use crate::errno;
 use crate::params;
@@ -26,6 +27,8 @@ pub(crate) struct RemoteRegion {
     pub(crate) size: u64,
     /// The region's `info` (a snapshot's descriptor length).
     pub(crate) info: u64,
+    /// A snapshot's descriptor MAC, as the peer sent it (checked by the reader).
+    pub(crate) desc_mac: [u8; 16],
     chunk_bytes: u64,
     rkeys: KVec<u32>,
 }
@@ -44,10 +47,15 @@ impl RemoteRegion {
         region_id: u64,
         secret: [u8; 16],
     ) -> Result<Self> {
-        let req = OpenRegion { region_id, secret };
+        // The secret never travels: a proof for this connection's challenge does.
+        let challenge = conn.challenge().ok_or_else(errno::eproto)?;
+        let req = OpenRegion {
+            region_id,
+            proof: open_proof(&secret, &challenge, region_id),
+        };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let (size, chunk_bytes, info, rkeys) = conn.rpc(
+        let (size, chunk_bytes, info, desc_mac, rkeys) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
@@ -62,7 +70,7 @@ impl RemoteRegion {
                 for i in 0..r.n_keys() {
                     keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.size, r.chunk_bytes, r.info, keys))
+                Ok((r.size, r.chunk_bytes, r.info, r.desc_mac, keys))
             },
         )?;
         Ok(RemoteRegion {
@@ -71,6 +79,7 @@ impl RemoteRegion {
             region_id,
             size,
             info,
+            desc_mac,
             chunk_bytes,
             rkeys,
         })

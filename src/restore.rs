@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
+use crate::abi::mac::{constant_time_eq, descriptor_mac};
 use crate::abi::snapshot::{
     reg, vma_flags, window_offset, DescError, Descriptor, TaskState, PAGE, TASK_STATE_LEN,
     X86_64_LIMITS,
@@ -101,7 +102,7 @@ fn resume_inner(
             inode
         }
         None => {
-            let desc = fetch_descriptor(&remote).inspect_err(|_| remote.close())?;
+            let desc = fetch_descriptor(&remote, &a.secret).inspect_err(|_| remote.close())?;
             fs.create(Pager::new(host.clone(), key, remote, desc)?)?
         }
     };
@@ -160,7 +161,7 @@ fn resume_inner(
 
 /// Reads the descriptor (one doorbell per 64 pages: one for any ordinary process) and
 /// validates it completely.
-fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
+fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<KVVec<u8>> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
         pr_info!("resume: peer's descriptor length {} refused\n", len);
@@ -180,6 +181,11 @@ fn fetch_descriptor(remote: &RemoteRegion) -> Result<KVVec<u8>> {
             Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
         })?;
         p += n as u64;
+    }
+    // Before anything in it is used: a peer without the secret cannot produce it.
+    if !constant_time_eq(&descriptor_mac(secret, &desc), &remote.desc_mac) {
+        pr_warn!("resume: snapshot descriptor does not match its MAC: refused\n");
+        return Err(errno::ebadmsg());
     }
     let checked = Descriptor::parse(&desc).and_then(|d| {
         d.check_limits(&X86_64_LIMITS)?;

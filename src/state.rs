@@ -43,6 +43,10 @@ const MAX_ACCEPTED: usize = 1024;
 /// Most accepted connections from one peer address that have not authenticated (a
 /// host needs one pooled connection, a few while reconnecting).
 const MAX_UNAUTHENTICATED_PER_PEER: usize = 8;
+/// Most accepted connections that have not authenticated, from all peers together:
+/// each holds a QP, two CQs and 17 DMA-mapped pages before its peer proves anything,
+/// so this bounds what the network can make a host allocate (about 5 MiB).
+const MAX_UNAUTHENTICATED: usize = 64;
 /// How long an accepted connection may stay up without presenting a valid secret.
 const UNAUTHENTICATED_IDLE_MS: u32 = 30_000;
 
@@ -150,13 +154,9 @@ impl Host {
         &self.snapshot_fs
     }
 
-    /// Publishes a captured snapshot (descriptor of `desc_len` bytes in front).
-    pub(crate) fn publish_snapshot(
-        &self,
-        pages: PageSet,
-        desc_len: u64,
-    ) -> Result<(u64, [u8; 16])> {
-        self.regions.lock().publish(pages, desc_len)
+    /// Publishes a captured snapshot (descriptor `desc` in front).
+    pub(crate) fn publish_snapshot(&self, pages: PageSet, desc: &[u8]) -> Result<(u64, [u8; 16])> {
+        self.regions.lock().publish(pages, desc.len() as u64, desc)
     }
 
     /// Files a capture for the seed's parent.
@@ -323,8 +323,8 @@ impl Owner for Host {
     /// answered: where a flood from the network is stopped. Connections still
     /// handshaking after the connect timeout, or up without a valid secret for
     /// [`UNAUTHENTICATED_IDLE_MS`], are reaped; one peer address may hold at most
-    /// [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and the host
-    /// [`MAX_ACCEPTED`] in all. Requests arrive one at a time (the listener's handler).
+    /// [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, all peers together
+    /// [`MAX_UNAUTHENTICATED`], and the host [`MAX_ACCEPTED`] in all. Requests arrive one at a time (the listener's handler).
     fn admit(&self, peer: u32) -> Result {
         static LOG: crate::util::RateLimit = crate::util::RateLimit::new(4);
         let now = kernel::time::Ktime::ktime_get().to_ms();
@@ -336,16 +336,23 @@ impl Owner for Host {
                 c.fail(errno::etimedout());
             }
         }
-        let from_peer = accepted
-            .iter()
-            .filter(|c| c.peer().0 == peer && !c.authenticated() && !c.is_closing())
-            .count();
-        if from_peer >= MAX_UNAUTHENTICATED_PER_PEER || accepted.len() >= MAX_ACCEPTED {
+        let unauthenticated = || {
+            accepted
+                .iter()
+                .filter(|c| !c.authenticated() && !c.is_closing())
+        };
+        let from_peer = unauthenticated().filter(|c| c.peer().0 == peer).count();
+        let all_unauthenticated = unauthenticated().count();
+        if from_peer >= MAX_UNAUTHENTICATED_PER_PEER
+            || all_unauthenticated >= MAX_UNAUTHENTICATED
+            || accepted.len() >= MAX_ACCEPTED
+        {
             if LOG.allow() {
                 pr_warn!(
-                    "refused a connection from {}: {} unauthenticated from it, {} in all\n",
+                    "refused a connection from {}: {} unauthenticated from it, {} from all, {} connections in all\n",
                     Ipv4(peer),
                     from_peer,
+                    all_unauthenticated,
                     accepted.len()
                 );
             }

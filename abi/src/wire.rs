@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -168,11 +168,36 @@ pub fn decode(buf: &[u8]) -> Result<(MsgHeader, &[u8]), WireError> {
     ))
 }
 
-/// Body of [`Kind::OpenRegion`].
+/// What a server puts in its connection accept (the CM private data): a magic and the
+/// connection's random challenge, which every open on it answers with a proof
+/// (`mac::open_proof`). At least this long (IB CM pads it).
+pub const ACCEPT_DATA_LEN: usize = 20;
+/// "MCH1": the accept data is a version-1 challenge.
+pub const CHALLENGE_MAGIC: u32 = 0x4D43_4831;
+
+/// The accept data carrying `challenge`.
+pub fn encode_accept_data(challenge: &[u8; 16]) -> [u8; ACCEPT_DATA_LEN] {
+    let mut out = [0u8; ACCEPT_DATA_LEN];
+    out[..4].copy_from_slice(&CHALLENGE_MAGIC.to_le_bytes());
+    out[4..].copy_from_slice(challenge);
+    out
+}
+
+/// The challenge in a server's accept data, if it is one.
+pub fn decode_accept_data(data: &[u8]) -> Option<[u8; 16]> {
+    let magic = data.get(..4)?;
+    if magic != CHALLENGE_MAGIC.to_le_bytes() {
+        return None;
+    }
+    data.get(4..ACCEPT_DATA_LEN)?.try_into().ok()
+}
+
+/// Body of [`Kind::OpenRegion`]. The secret itself never travels: `proof` is
+/// `mac::open_proof(secret, challenge, region_id)` for the connection's challenge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenRegion {
     pub region_id: u64,
-    pub secret: [u8; 16],
+    pub proof: [u8; 16],
 }
 
 impl OpenRegion {
@@ -185,7 +210,7 @@ impl OpenRegion {
         let mut w = Writer { buf, pos: 0 };
         put_header(&mut w, Kind::OpenRegion, seq, 0, Self::LEN)?;
         w.put(&self.region_id.to_le_bytes())?;
-        w.put(&self.secret)?;
+        w.put(&self.proof)?;
         Ok(w.pos)
     }
 
@@ -195,9 +220,9 @@ impl OpenRegion {
         }
         let mut c = Cursor { buf: body, pos: 0 };
         let region_id = c.u64()?;
-        let mut secret = [0u8; 16];
-        secret.copy_from_slice(c.take(16)?);
-        Ok(OpenRegion { region_id, secret })
+        let mut proof = [0u8; 16];
+        proof.copy_from_slice(c.take(16)?);
+        Ok(OpenRegion { region_id, proof })
     }
 }
 
@@ -213,15 +238,18 @@ pub struct OpenRegionReply<'a> {
     /// For snapshots: the descriptor's length in bytes (it starts at offset 0).
     /// 0 for test regions.
     pub info: u64,
+    /// For snapshots: `mac::descriptor_mac(secret, descriptor)`, which a child checks
+    /// before it uses the descriptor.
+    pub desc_mac: [u8; 16],
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
 }
 
 /// Most rkeys one reply carries.
-pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - 28) / 4;
+pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - 44) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 28;
+    const FIXED_LEN: usize = 44;
 
     /// Number of rkeys.
     pub fn n_keys(&self) -> usize {
@@ -242,6 +270,7 @@ impl<'a> OpenRegionReply<'a> {
         size: u64,
         chunk_bytes: u64,
         info: u64,
+        desc_mac: &[u8; 16],
         rkeys: impl ExactSizeIterator<Item = u32>,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
@@ -256,6 +285,7 @@ impl<'a> OpenRegionReply<'a> {
         w.put(&size.to_le_bytes())?;
         w.put(&chunk_bytes.to_le_bytes())?;
         w.put(&info.to_le_bytes())?;
+        w.put(desc_mac)?;
         w.put(&(n as u32).to_le_bytes())?;
         for k in rkeys {
             w.put(&k.to_le_bytes())?;
@@ -270,6 +300,8 @@ impl<'a> OpenRegionReply<'a> {
         let size = c.u64()?;
         let chunk_bytes = c.u64()?;
         let info = c.u64()?;
+        let mut desc_mac = [0u8; 16];
+        desc_mac.copy_from_slice(c.take(16)?);
         let n = c.u32()? as usize;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
         if c.pos != body.len() || size == 0 || chunk_bytes == 0 || chunk_bytes % 4096 != 0 {
@@ -282,6 +314,7 @@ impl<'a> OpenRegionReply<'a> {
             size,
             chunk_bytes,
             info,
+            desc_mac,
             rkeys,
         })
     }

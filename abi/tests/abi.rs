@@ -86,12 +86,25 @@ fn wire_open_round_trip() {
     let mut buf = [0u8; wire::MSG_SIZE];
     let req = OpenRegion {
         region_id: 99,
-        secret: [7; 16],
+        proof: [7; 16],
     };
     let n = req.encode(5, &mut buf).unwrap();
     let (h, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!((h.kind, h.seq, h.status), (Kind::OpenRegion, 5, 0));
     assert_eq!(OpenRegion::decode(body).unwrap(), req);
+}
+
+#[test]
+fn accept_data_carries_the_challenge() {
+    let c = [0xabu8; 16];
+    let mut padded = wire::encode_accept_data(&c).to_vec();
+    // IB CM pads the accept's private data.
+    padded.resize(196, 0);
+    assert_eq!(wire::decode_accept_data(&padded), Some(c));
+    assert_eq!(wire::decode_accept_data(&padded[..19]), None);
+    padded[0] ^= 1;
+    assert_eq!(wire::decode_accept_data(&padded), None);
+    assert_eq!(wire::decode_accept_data(&[]), None);
 }
 
 #[test]
@@ -103,6 +116,7 @@ fn wire_reply_round_trip_and_consistency() {
         3 * 2 * 1024 * 1024 - 4096,
         2 << 20,
         777,
+        &[5; 16],
         keys.iter().copied(),
         &mut buf,
     )
@@ -110,17 +124,25 @@ fn wire_reply_round_trip_and_consistency() {
     let (h, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!((h.kind, h.seq), (Kind::OpenRegionReply, 9));
     let r = OpenRegionReply::decode(body).unwrap();
-    assert_eq!((r.n_keys(), r.info), (3, 777));
+    assert_eq!((r.n_keys(), r.info, r.desc_mac), (3, 777, [5; 16]));
     assert_eq!((r.rkey(0), r.rkey(2), r.rkey(3)), (Some(1), Some(3), None));
     // Size not covered exactly by the keys: refused.
-    let n = OpenRegionReply::encode(9, 4 * (2 << 20), 2 << 20, 0, keys.iter().copied(), &mut buf)
-        .unwrap();
+    let n = OpenRegionReply::encode(
+        9,
+        4 * (2 << 20),
+        2 << 20,
+        0,
+        &[0; 16],
+        keys.iter().copied(),
+        &mut buf,
+    )
+    .unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
     // Too many keys for one message.
     let many = vec![0u32; wire::MAX_REPLY_RKEYS + 1];
     assert_eq!(
-        OpenRegionReply::encode(1, 4096, 4096, 0, many.into_iter(), &mut buf),
+        OpenRegionReply::encode(1, 4096, 4096, 0, &[0; 16], many.into_iter(), &mut buf),
         Err(WireError::TooLarge)
     );
 }
@@ -138,7 +160,7 @@ fn wire_status_and_close() {
     assert_eq!(
         OpenRegion {
             region_id: 1,
-            secret: [0; 16]
+            proof: [0; 16]
         }
         .encode(1, &mut buf[..20]),
         Err(WireError::TooLarge)
@@ -183,7 +205,7 @@ proptest! {
                                        flip in 0usize..400, bit in 0u8..8) {
         let mut buf = [0u8; wire::MSG_SIZE];
         let size = keys.len() as u64 * 8192;
-        let n = OpenRegionReply::encode(1, size, 8192, 0, keys.iter().copied(), &mut buf).unwrap();
+        let n = OpenRegionReply::encode(1, size, 8192, 0, &[0; 16], keys.iter().copied(), &mut buf).unwrap();
         if flip < n {
             buf[flip] ^= 1 << bit;
         }
@@ -197,10 +219,10 @@ proptest! {
     #[test]
     fn open_round_trips(id in any::<u64>(), secret in any::<[u8; 16]>(), seq in any::<u64>()) {
         let mut buf = [0u8; 128];
-        let n = OpenRegion { region_id: id, secret }.encode(seq, &mut buf).unwrap();
+        let n = OpenRegion { region_id: id, proof: secret }.encode(seq, &mut buf).unwrap();
         let (h, body) = wire::decode(&buf[..n]).unwrap();
         prop_assert_eq!(h.seq, seq);
-        prop_assert_eq!(OpenRegion::decode(body).unwrap(), OpenRegion { region_id: id, secret });
+        prop_assert_eq!(OpenRegion::decode(body).unwrap(), OpenRegion { region_id: id, proof: secret });
     }
 }
 

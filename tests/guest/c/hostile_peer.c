@@ -13,10 +13,11 @@
  *       asked for, WRONG_TRIES opens with wrong secrets, an unknown id, then a
  *       correct open and a READ with its key, a READ with a guessed key, and (on a
  *       new connection) a READ with a key after its open was closed.
- *   hostile-peer serve PORT FILE [silent]
- *       A parent: accepts one connection at a time and answers every open with
- *       FILE as the region (descriptor first, as the module lays snapshots out),
- *       registered for remote READ. With `silent`, accepts and never answers.
+ *   hostile-peer serve PORT FILE SECRET_HEX [silent]
+ *       A parent: accepts one connection at a time (with a challenge, as the module
+ *       does) and answers every open with FILE as the region (descriptor first, as
+ *       the module lays snapshots out, with its MAC under SECRET_HEX), registered
+ *       for remote READ. With `silent`, accepts and never answers.
  *
  * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
  * observed is what a hardened module must do (refusals, no answers to garbage).
@@ -38,7 +39,9 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
+#define CHALLENGE_MAGIC 0x4D434831u
+#define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
 enum { K_OPEN = 1, K_OPEN_REPLY = 2, K_CLOSE = 3 };
 
@@ -109,7 +112,71 @@ struct conn {
 	uint64_t seq;
 	/* A receive that completed while waiting for something else. */
 	int pending_slot, pending_len;
+	/* The server's challenge, from its accept (abi/src/wire.rs). */
+	uint8_t challenge[16];
 };
+
+/* SipHash-2-4 with a 128-bit output over the concatenation of two parts, as
+ * abi/src/mac.rs (the module's proofs and descriptor MACs). */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                   \
+	do {                                                                       \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);          \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                             \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                             \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);          \
+	} while (0)
+
+static uint64_t get64(const uint8_t *p);
+
+static void siphash128(const uint8_t key[16], const uint8_t *a, size_t alen, const uint8_t *b,
+		       size_t blen, uint8_t out[16])
+{
+	uint64_t k0 = get64(key), k1 = get64(key + 8);
+	uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull ^ 0xee;
+	uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+	size_t len = alen + blen, i;
+	uint8_t word[8];
+	int n = 0;
+
+	for (i = 0; i < len; i++) {
+		word[n++] = i < alen ? a[i] : b[i - alen];
+		if (n == 8) {
+			uint64_t m = get64(word);
+
+			v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+			n = 0;
+		}
+	}
+	{
+		uint64_t m = (uint64_t)len << 56;
+
+		for (i = 0; i < (size_t)n; i++)
+			m |= (uint64_t)word[i] << (8 * i);
+		v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+	}
+	v2 ^= 0xee;
+	SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+	for (i = 0; i < 8; i++)
+		out[i] = (v0 ^ v1 ^ v2 ^ v3) >> (8 * i);
+	v1 ^= 0xdd;
+	SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+	for (i = 0; i < 8; i++)
+		out[8 + i] = (v0 ^ v1 ^ v2 ^ v3) >> (8 * i);
+}
+
+/* mac::open_proof: what an open sends instead of the secret. */
+static void open_proof(const uint8_t secret[16], const uint8_t challenge[16], uint64_t id,
+		       uint8_t out[16])
+{
+	uint8_t msg[16 + 16 + 8];
+
+	memcpy(msg, "mitosis-open-v1", 16);
+	memcpy(msg + 16, challenge, 16);
+	for (int i = 0; i < 8; i++)
+		msg[32 + i] = id >> (8 * i);
+	siphash128(secret, msg, sizeof(msg), NULL, 0, out);
+}
 
 static uint8_t *recv_buf(struct conn *c, int i) { return c->bufs + (size_t)i * MSG_SIZE; }
 static uint8_t *send_buf(struct conn *c) { return c->bufs + (size_t)NRECV * MSG_SIZE; }
@@ -201,9 +268,21 @@ static int connect_full(struct conn *c, const char *addr, int port)
 				     .retry_count = 7, .rnr_retry_count = 7 };
 
 	memset(c, 0, sizeof(*c));
+	struct rdma_cm_event *ev;
+	int got;
+
 	if (resolve(c, addr, port) || setup_qp(c) || rdma_connect(c->id, &p))
 		return -1;
-	return expect_event(c->ec, RDMA_CM_EVENT_ESTABLISHED, 5000);
+	got = next_event(c->ec, 5000, &ev);
+	if (got < 0)
+		return -ETIMEDOUT;
+	/* The server's challenge travels in its accept's private data. */
+	if (got == RDMA_CM_EVENT_ESTABLISHED && ev->param.conn.private_data &&
+	    ev->param.conn.private_data_len >= ACCEPT_DATA_LEN &&
+	    get32(ev->param.conn.private_data) == CHALLENGE_MAGIC)
+		memcpy(c->challenge, (const uint8_t *)ev->param.conn.private_data + 4, 16);
+	rdma_ack_cm_event(ev);
+	return got == RDMA_CM_EVENT_ESTABLISHED ? 0 : -got - 1000;
 }
 
 /* Polls one completion (bounded); receives that are not awaited are kept. */
@@ -303,9 +382,12 @@ static void parse_secret(const char *hex, uint8_t secret[16])
 	}
 }
 
-/* Sends an open; returns the reply's status (0 with *rkey set), or an error < -1000. */
+/* Sends an open with the proof of `secret` for the connection's challenge; returns the
+ * reply's status (0 with *rkey set), or an error < -1000. */
 static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], uint32_t *rkey)
 {
+	uint8_t proof[16];
+
 	uint8_t m[HDR_LEN + 24];
 	uint64_t seq = c->seq++;
 	int len, slot, status;
@@ -313,7 +395,8 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 
 	header(m, K_OPEN, seq, 0, 24);
 	put64(m + HDR_LEN, id);
-	memcpy(m + HDR_LEN + 8, secret, 16);
+	open_proof(secret, c->challenge, id, proof);
+	memcpy(m + HDR_LEN + 8, proof, 16);
 	if (send_msg(c, m, sizeof(m)))
 		return -1001;
 	slot = recv_msg(c, &len, 5000);
@@ -324,8 +407,9 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 		status = -1003;
 	else
 		status = (int32_t)get32(r + 16);
-	if (status == 0 && len >= HDR_LEN + 32)
-		*rkey = get32(r + HDR_LEN + 28);
+	/* size, chunk_bytes, info, desc_mac[16], n_keys, keys */
+	if (status == 0 && len >= HDR_LEN + 48)
+		*rkey = get32(r + HDR_LEN + 44);
 	post_recv(c, slot);
 	return status;
 }
@@ -446,8 +530,11 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 }
 
 /* Serves FILE as every region, one connection at a time, until killed. */
-static __attribute__((noreturn)) void mode_serve(int port, const char *path, int silent)
+static __attribute__((noreturn)) void mode_serve(int port, const char *path, const char *hex,
+						 int silent)
 {
+	uint8_t secret[16], desc_mac[16], accept_data[ACCEPT_DATA_LEN];
+
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
 	struct rdma_event_channel *ec = rdma_create_event_channel();
 	struct rdma_cm_id *listen_id;
@@ -467,6 +554,12 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, int
 	memset(file + len, 0, size - len);
 	close(fd);
 	info = get32(file + 8); /* the descriptor's length, from its header */
+	if (info > len)
+		die("descriptor length");
+	/* A parent knows its snapshot's secret: the descriptor's MAC is right (unless
+	 * the secret given here is not the handle's). */
+	parse_secret(hex, secret);
+	siphash128(secret, (const uint8_t *)"mitosis-desc-v1", 16, file, info, desc_mac);
 	if (!ec || rdma_create_id(ec, &listen_id, NULL, RDMA_PS_TCP) ||
 	    rdma_bind_addr(listen_id, (struct sockaddr *)&sa) || rdma_listen(listen_id, 8))
 		die("listen");
@@ -498,6 +591,12 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, int
 		}
 		/* I/O addresses from 0: the module reads region offsets. */
 		data = ibv_reg_mr_iova(c.pd, file, size, 0, IBV_ACCESS_REMOTE_READ);
+		/* A challenge the module requires; this parent never checks the proofs. */
+		put32(accept_data, CHALLENGE_MAGIC);
+		for (int i = 0; i < 16; i++)
+			accept_data[4 + i] = rand();
+		p.private_data = accept_data;
+		p.private_data_len = sizeof(accept_data);
 		if (!data || rdma_accept(c.id, &p))
 			die("accept");
 		/* Serve until the connection goes (its events share the channel). */
@@ -518,13 +617,14 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, int
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				header(out, K_OPEN_REPLY, get64(r + 8), 0, 32);
+				header(out, K_OPEN_REPLY, get64(r + 8), 0, 48);
 				put64(out + HDR_LEN, size);
 				put64(out + HDR_LEN + 8, size);
 				put64(out + HDR_LEN + 16, info);
-				put32(out + HDR_LEN + 24, 1);
-				put32(out + HDR_LEN + 28, data->rkey);
-				send_msg(&c, out, HDR_LEN + 32);
+				memcpy(out + HDR_LEN + 24, desc_mac, 16);
+				put32(out + HDR_LEN + 40, 1);
+				put32(out + HDR_LEN + 44, data->rkey);
+				send_msg(&c, out, HDR_LEN + 48);
 				served++;
 			}
 			post_recv(&c, s);
@@ -546,9 +646,9 @@ int main(int argc, char **argv)
 	if (argc == 7 && !strcmp(argv[1], "garbage"))
 		return mode_garbage(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 0), argv[5],
 				    atoi(argv[6]));
-	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "serve"))
-		mode_serve(atoi(argv[2]), argv[3], argc == 5 && !strcmp(argv[4], "silent"));
+	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "serve"))
+		mode_serve(atoi(argv[2]), argv[3], argv[4], argc == 6 && !strcmp(argv[5], "silent"));
 	fprintf(stderr, "usage: hostile-peer flood ADDR PORT N HOLD_MS | garbage ADDR PORT ID "
-			"SECRET_HEX TRIES | serve PORT FILE [silent]\n");
+			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent]\n");
 	return 2;
 }

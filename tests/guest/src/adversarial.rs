@@ -192,10 +192,14 @@ fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
 /// A running `hostile-peer serve`, killed on drop.
 struct HostileParent(Child);
 
+/// The secret in the handles of hostile parents (which know it, as a parent does).
+const HOSTILE_SECRET: [u8; 16] = [0x11; 16];
+
 impl HostileParent {
-    fn start(port: u16, file: &str, silent: bool) -> Result<Self, String> {
+    /// Serves `file` on `port`, its descriptor MAC made with `secret`.
+    fn start(port: u16, file: &str, secret: &[u8; 16], silent: bool) -> Result<Self, String> {
         let mut cmd = Command::new(HOSTILE_PEER);
-        cmd.args(["serve", &port.to_string(), file]);
+        cmd.args(["serve", &port.to_string(), file, &format_secret(secret)]);
         if silent {
             cmd.arg("silent");
         }
@@ -515,9 +519,9 @@ fn hostile_parents(
         };
         let outcome = put_together(&parts, &data)
             .and_then(|bytes| std::fs::write(&file, bytes).map_err(|e| e.to_string()))
-            .and_then(|()| HostileParent::start(port, &file, false))
+            .and_then(|()| HostileParent::start(port, &file, &HOSTILE_SECRET, false))
             .and_then(|_parent| {
-                let h = format!("{me}:{port}/1/{}", format_secret(&[0x11; 16]));
+                let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
                 let expect = v.errno.map_or("child".to_string(), |e| e.to_string());
                 let t = Instant::now();
                 let rc = agent.sh(&format!("mitosis-test resume-expect {h} {expect}"))?;
@@ -538,12 +542,19 @@ fn hostile_parents(
     // A parent that accepts and never answers: the resume times out, bounded.
     let outcome = put_together(&base, &data)
         .and_then(|bytes| std::fs::write("/tmp/adv-silent.bin", bytes).map_err(|e| e.to_string()))
-        .and_then(|()| HostileParent::start(HOSTILE_PORT + 99, "/tmp/adv-silent.bin", true))
+        .and_then(|()| {
+            HostileParent::start(
+                HOSTILE_PORT + 99,
+                "/tmp/adv-silent.bin",
+                &HOSTILE_SECRET,
+                true,
+            )
+        })
         .and_then(|_parent| {
             let h = format!(
                 "{me}:{}/1/{}",
                 HOSTILE_PORT + 99,
-                format_secret(&[0x11; 16])
+                format_secret(&HOSTILE_SECRET)
             );
             let t = Instant::now();
             let rc = agent.sh(&format!(
@@ -552,6 +563,22 @@ fn hostile_parents(
             ))?;
             Ok((rc, t.elapsed()))
         });
+    // A peer that does not hold the snapshot's secret serves an intact copy: its
+    // descriptor MAC is wrong, so the child refuses it before using any of it.
+    let port = HOSTILE_PORT + 98;
+    let no_secret = put_together(&base, &data)
+        .and_then(|bytes| std::fs::write("/tmp/adv-nosecret.bin", bytes).map_err(|e| e.to_string()))
+        .and_then(|()| HostileParent::start(port, "/tmp/adv-nosecret.bin", &[0x22; 16], false))
+        .and_then(|_parent| {
+            let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
+            agent.sh(&format!("mitosis-test resume-expect {h} {}", libc::EBADMSG))
+        });
+    r.check(
+        "adv-parent-without-secret-refused",
+        matches!(no_secret, Ok(0)),
+        format!("{no_secret:?}, want EBADMSG"),
+        &[],
+    );
     r.check(
         "adv-parent-silent-times-out",
         matches!(outcome, Ok((0, t)) if t < Duration::from_secs(20)),

@@ -353,9 +353,11 @@ fn scenario3(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
         },
         None,
     ));
+    // An id the peer does not have is refused like a wrong secret (ids cannot be
+    // probed).
     r.check(
         "s3-unknown-region-refused",
-        e == libc::ENOENT,
+        e == libc::EACCES,
         errname(e),
         &[],
     );
