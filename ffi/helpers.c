@@ -248,13 +248,6 @@ pid_t mitosis_current_tgid(void)
 /* A captured seed ends here: its exit must not write the captured memory (no
  * clear_child_tid store, no robust-list walk), and SIGKILL is handled before it could
  * run another user instruction. */
-void mitosis_seed_finish(void)
-{
-	current->clear_child_tid = NULL;
-	current->robust_list = NULL;
-	force_sig(SIGKILL);
-}
-
 /* Whether the current thread is alone in its process and its address space is not
  * shared (vfork, CLONE_VM): only then may capture end it or resume replace the mm. */
 bool mitosis_current_mm_exclusive(void)

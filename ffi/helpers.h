@@ -94,7 +94,6 @@ struct inode *mitosis_folio_inode(struct folio *folio);
 
 
 pid_t mitosis_current_tgid(void);
-void mitosis_seed_finish(void);
 
 bool mitosis_current_mm_exclusive(void);
 

@@ -5,6 +5,7 @@
 //! in the handler, serialised with teardown.
 
 use super::connection::*;
+use super::device::IbDevice;
 use super::verbs::{Cq, DmaPage, Pd};
 use super::CALLER;
 use crate::abi::wire;
@@ -151,7 +152,10 @@ impl Connection {
         if dev.is_null() {
             return Err(ENODEV);
         }
-        if !self.owner.device_allowed(super::device::name_of(dev)) {
+        // SAFETY: the id holds its device registered (a removal reaches our client,
+        // which tears this connection down, before the device goes).
+        let dev = unsafe { IbDevice::from_raw(dev) };
+        if !self.owner.device_allowed(dev.name()) {
             return Err(ENODEV);
         }
         let pd = Pd::new(dev)?;
@@ -197,7 +201,7 @@ impl Connection {
         for buf in res.recv_bufs.iter() {
             Self::post_recv(&res, buf)?;
         }
-        self.device.store(dev, Ordering::Release);
+        self.device.store(dev.as_ptr(), Ordering::Release);
         // SAFETY: caller guarantees we are the only writer (CONNECTING, in the handler).
         unsafe { *self.res.get() = Some(res) };
         Ok(())

@@ -18,8 +18,9 @@
 //!   no waiter or buffer is referenced any more), waits for users to leave, then
 //!   destroys the QP, CQs, buffers, registrations, PD and the CM id, in that order.
 
-use super::device::{DeviceKey, Devices};
+use super::device::{DeviceKey, IbDevice};
 use super::fastreg::Registration;
+pub(crate) use super::owner::Owner;
 use super::verbs::{Cq, DmaPage, Pd};
 use super::waiter::Waiter;
 use crate::abi::wire;
@@ -33,7 +34,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64,
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 use kernel::types::Opaque;
-use kernel::workqueue::{impl_has_work, new_work, HasWork, Queue, Work, WorkItem};
+use kernel::workqueue::{impl_has_work, new_work, HasWork, Work, WorkItem};
 
 /// Receive buffers per connection (control messages in flight from the peer).
 pub(super) const RECV_DEPTH: usize = 16;
@@ -64,31 +65,6 @@ pub(super) const UP: u32 = 1;
 pub(super) const DOWN: u32 = 2;
 pub(super) const DEAD: u32 = 3;
 
-/// The owner of connections (the module): what the transport needs from it and what
-/// it tells it. Every connection, and the listener, carries its owner as its callback
-/// context; no callback of this layer reaches module state any other way.
-pub(crate) trait Owner: Send + Sync {
-    /// The workqueue connection work (teardown, request serving) runs on; `None` once
-    /// the owner is stopping (nothing is queued any more).
-    fn workqueue(&self) -> Option<&Queue>;
-    /// Whether connections may use the RDMA device named `name`.
-    fn device_allowed(&self, name: &[u8]) -> bool;
-    /// Before anything is allocated or answered: whether a connection request from
-    /// (network-order IPv4) `peer` is taken; an error rejects it.
-    fn admit(&self, peer: u32) -> Result;
-    /// Keeps an accepted connection (the listener does not own it).
-    fn accepted(&self, conn: Arc<Connection>) -> Result;
-    /// One control request received on an accepted connection (work context).
-    fn request(&self, conn: &Connection, msg: &[u8]);
-    /// The connection has been torn down (work context): drop it from lists.
-    fn closed(&self, conn: &Arc<Connection>);
-    /// The devices seen (the device client records them there).
-    fn devices(&self) -> &Devices;
-    /// The RDMA device `dev` is going away: tear down every connection on it before
-    /// returning.
-    fn device_removed(&self, dev: DeviceKey);
-}
-
 /// Verbs objects of a connection. Dropped fields are released in declaration order
 /// after the QP is destroyed in `Drop`.
 pub(super) struct Resources {
@@ -107,9 +83,11 @@ impl Resources {
         unsafe { (*self.id).qp }
     }
 
-    pub(super) fn dev(&self) -> *mut bindings::ib_device {
-        // SAFETY: the id is bound to a device while it has a QP.
-        unsafe { (*self.id).device }
+    pub(super) fn dev(&self) -> &IbDevice {
+        // SAFETY: the id is bound to its device while it has a QP, and a device is not
+        // unregistered before its ids' resources are gone (device removal tears
+        // connections down first).
+        unsafe { IbDevice::from_raw((*self.id).device) }
     }
 }
 

@@ -55,16 +55,17 @@ impl Devices {
         let devs = self.list.lock();
         let mut n = 0;
         for (&dev, info) in devs.iter().zip(out.iter_mut()) {
-            let name = name_of(dev);
+            // SAFETY: `dev` is registered while in the list (type invariant).
+            let dev = unsafe { IbDevice::from_raw(dev) };
+            let name = dev.name();
             let len = name.len().min(info.name.len() - 1);
             info.name[..len].copy_from_slice(&name[..len]);
             let mut attr = bindings::ib_port_attr::default();
-            // SAFETY: `dev` is registered while in the list (type invariant).
-            if unsafe { bindings::ib_query_port(dev, 1, &mut attr) } == 0 {
+            // SAFETY: `dev` is registered.
+            if unsafe { bindings::ib_query_port(dev.as_ptr(), 1, &mut attr) } == 0 {
                 info.port_state = attr.state;
             }
-            // SAFETY: as above.
-            let attrs = unsafe { &(*dev).attrs };
+            let attrs = dev.attrs();
             info.max_fast_reg_page_list_len = attrs.max_fast_reg_page_list_len;
             info.max_qp_rd_atom = attrs.max_qp_rd_atom as u32;
             n += 1;
@@ -96,15 +97,47 @@ unsafe impl Sync for DeviceClient {}
 
 static CLIENT: AtomicPtr<DeviceClient> = AtomicPtr::new(ptr::null_mut());
 
-/// The name of a registered device (the slice must not outlive the device).
-pub(super) fn name_of(dev: *mut bindings::ib_device) -> &'static [u8] {
-    // SAFETY: `dev` is registered; its name is a NUL-terminated array that lives with it
-    // (callers do not keep the slice past the device's life).
-    let name = unsafe { &(*dev).name };
-    // SAFETY: as above; `c_char` and `u8` have the same layout.
-    let bytes = unsafe { core::slice::from_raw_parts(name.as_ptr() as *const u8, name.len()) };
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    &bytes[..end]
+/// An RDMA device (`struct ib_device`), borrowed while something keeps it registered:
+/// a CM id bound to it, or the client between its `add` and `remove`.
+///
+/// # Invariants
+///
+/// The wrapped device is registered with the RDMA core for as long as the reference.
+#[repr(transparent)]
+pub(crate) struct IbDevice(Opaque<bindings::ib_device>);
+
+impl IbDevice {
+    /// The device at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a registered device that stays registered for `'a`.
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::ib_device) -> &'a Self {
+        // SAFETY: `IbDevice` is a transparent wrapper; the caller guarantees the rest.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::ib_device {
+        self.0.get()
+    }
+
+    /// The device's name (up to its NUL).
+    pub(crate) fn name(&self) -> &[u8] {
+        // SAFETY: registered (type invariant): its name is a NUL-terminated array that
+        // lives with it; `c_char` and `u8` have the same layout.
+        let bytes = unsafe {
+            let name = &(*self.as_ptr()).name;
+            core::slice::from_raw_parts(name.as_ptr().cast::<u8>(), name.len())
+        };
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        &bytes[..end]
+    }
+
+    /// The device's attributes (limits).
+    pub(crate) fn attrs(&self) -> &bindings::ib_device_attr {
+        // SAFETY: registered (type invariant); the attributes are set at registration.
+        unsafe { &(*self.as_ptr()).attrs }
+    }
 }
 
 impl DeviceClient {
@@ -160,7 +193,8 @@ impl DeviceClient {
         }
         pr_info!(
             "device {} added\n",
-            kernel::str::BStr::from_bytes(name_of(dev))
+            // SAFETY: the core calls `add`/`remove` with a registered device.
+            kernel::str::BStr::from_bytes(unsafe { IbDevice::from_raw(dev) }.name())
         );
         0
     }
@@ -169,7 +203,8 @@ impl DeviceClient {
         let Some(this) = Self::get() else { return };
         pr_info!(
             "device {} removed: closing its connections\n",
-            kernel::str::BStr::from_bytes(name_of(dev))
+            // SAFETY: the core calls `add`/`remove` with a registered device.
+            kernel::str::BStr::from_bytes(unsafe { IbDevice::from_raw(dev) }.name())
         );
         this.owner.device_removed(DeviceKey::of(dev));
         crate::util::remove_first(&mut this.owner.devices().list.lock(), |&d| d == dev);

@@ -9,6 +9,7 @@
 //! never learn a kernel address. Dropping the registration deregisters every MR (any
 //! later READ with those keys fails on the wire) and unmaps the pages.
 
+use super::device::IbDevice;
 use super::pages::PageSet;
 use super::verbs::Pd;
 use super::PAGE_SIZE;
@@ -67,10 +68,11 @@ impl Registration {
     pub(crate) fn new(
         pages: Arc<PageSet>,
         pd: &Pd,
-        dev: *mut bindings::ib_device,
+        dev: &IbDevice,
         max_chunk_pages: usize,
         cqe: *mut bindings::ib_cqe,
     ) -> Result<(Self, KVec<bindings::ib_reg_wr>)> {
+        let dev = dev.as_ptr();
         let chunk_pages = max_chunk_pages.max(1);
         let n_chunks = pages.len().div_ceil(chunk_pages);
         let mut chunks = KVec::with_capacity(n_chunks, GFP_KERNEL)?;

@@ -10,7 +10,8 @@
 //! - `connection.rs`: an RC connection's state and teardown; `cm.rs`: where its QP is
 //!   created (connect, accept, CM events); `rpc.rs`: control messages over SEND/RECV;
 //!   `read.rs`: batched one-sided READs; `registrations.rs`: the peer's registrations;
-//! - `listener.rs`: the `rdma_cm` listener that accepts peers.
+//! - `listener.rs`: the `rdma_cm` listener that accepts peers;
+//! - `owner.rs`: the [`connection::Owner`] trait, the layer's interface to the module.
 //!
 //! Every verbs object is owned by a Rust value that releases it in `Drop`; queue pairs are
 //! drained before anything they may touch is destroyed.
@@ -30,6 +31,7 @@ pub(crate) mod connection;
 pub(crate) mod device;
 pub(crate) mod fastreg;
 pub(crate) mod listener;
+mod owner;
 pub(crate) mod pages;
 mod read;
 mod registrations;

@@ -87,8 +87,7 @@ impl Connection {
         // (type invariant).
         let res = unsafe { self.res()? };
         let dev = res.dev();
-        // SAFETY: the connection's device is live while it has resources.
-        let max = unsafe { (*dev).attrs.max_fast_reg_page_list_len } as usize;
+        let max = dev.attrs().max_fast_reg_page_list_len as usize;
         Registration::new(
             pages,
             &res.pd,

@@ -2,6 +2,7 @@
 
 //! Owned verbs objects: protection domain, completion queue, DMA-mapped page.
 
+use super::device::IbDevice;
 use super::CALLER;
 use crate::bindings;
 use core::ptr::NonNull;
@@ -17,9 +18,11 @@ use kernel::prelude::*;
 pub(crate) struct Pd(NonNull<bindings::ib_pd>);
 
 impl Pd {
-    pub(crate) fn new(dev: *mut bindings::ib_device) -> Result<Self> {
-        // SAFETY: `dev` is a registered device (callers hold it through an rdma_cm id).
-        let pd = from_err_ptr(unsafe { bindings::__ib_alloc_pd(dev, 0, CALLER.as_char_ptr()) })?;
+    pub(crate) fn new(dev: &IbDevice) -> Result<Self> {
+        // SAFETY: `dev` is a registered device.
+        let pd = from_err_ptr(unsafe {
+            bindings::__ib_alloc_pd(dev.as_ptr(), 0, CALLER.as_char_ptr())
+        })?;
         NonNull::new(pd).map(Pd).ok_or(ENOMEM)
     }
 
@@ -57,12 +60,12 @@ unsafe impl Sync for Pd {}
 pub(crate) struct Cq(NonNull<bindings::ib_cq>);
 
 impl Cq {
-    pub(crate) fn new(dev: *mut bindings::ib_device, entries: i32) -> Result<Self> {
+    pub(crate) fn new(dev: &IbDevice, entries: i32) -> Result<Self> {
         let ctx = bindings::ib_poll_context_IB_POLL_WORKQUEUE;
         // SAFETY: `dev` is a registered device.
         let cq = from_err_ptr(unsafe {
             bindings::__ib_alloc_cq(
-                dev,
+                dev.as_ptr(),
                 core::ptr::null_mut(),
                 entries,
                 0,
@@ -96,7 +99,8 @@ unsafe impl Sync for Cq {}
 /// # Invariants
 ///
 /// `addr` is the mapping of `page` for `dev` in direction `dir`, unmapped only in `Drop`
-/// (before the page is freed).
+/// (before the page is freed). Owners drop it before the device goes (a connection's
+/// pages go in its teardown, which device removal runs first).
 pub(crate) struct DmaPage {
     page: Page,
     dev: *mut bindings::ib_device,
@@ -106,10 +110,8 @@ pub(crate) struct DmaPage {
 
 impl DmaPage {
     /// Allocates a zeroed page and maps it for `dev`.
-    pub(crate) fn new(
-        dev: *mut bindings::ib_device,
-        dir: bindings::dma_data_direction,
-    ) -> Result<Self> {
+    pub(crate) fn new(dev: &IbDevice, dir: bindings::dma_data_direction) -> Result<Self> {
+        let dev = dev.as_ptr();
         let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
         // SAFETY: `dev` is registered and `page` is a valid page we own.
         let addr = unsafe { bindings::mitosis_ib_dma_map_page(dev, page.as_ptr().cast(), dir) };

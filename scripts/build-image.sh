@@ -16,11 +16,13 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,scenarios,etc}
 cp /bin/busybox "$stage/bin/busybox"
 file /bin/busybox | grep -q "statically linked" || { echo "build-image: /bin/busybox is not static (install busybox-static)" >&2; exit 1; }
 cp /usr/bin/rdma "$stage/usr/bin/rdma"
-# rdma, fork-dyn and hostile-peer are dynamic: bring their loader and libraries at
+# tc (iproute2): the adversarial scenario delays a link with netem.
+cp /usr/sbin/tc "$stage/usr/sbin/tc"
+# rdma, tc, fork-dyn and hostile-peer are dynamic: bring their loader and libraries at
 # their paths; hostile-peer's verbs library loads the rxe provider named by
 # /etc/libibverbs.d/rxe.driver.
 rxe_provider=$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)
-for exe in /usr/bin/rdma "$bindir/fork-dyn" "$bindir/hostile-peer" $rxe_provider; do
+for exe in /usr/bin/rdma /usr/sbin/tc "$bindir/fork-dyn" "$bindir/hostile-peer" $rxe_provider; do
   ldd "$exe" | grep -o '/[^ ]*' | while read -r lib; do
     mkdir -p "$stage$(dirname "$lib")"
     cp -L "$lib" "$stage$lib"

@@ -190,8 +190,11 @@ impl CurrentTask {
     /// `clear_child_tid` store, no robust-list walk), and SIGKILL is handled before it
     /// could run another user instruction.
     pub(crate) fn finish_seed(&self) {
-        // SAFETY: acts on the current task only.
-        unsafe { bindings::mitosis_seed_finish() };
+        let mut u = self.user_state();
+        u.clear_child_tid = 0;
+        u.robust_list = 0;
+        self.set_user_state(&u);
+        self.kill();
     }
 
     /// Ends the calling task with SIGKILL (delivered before it returns to user mode).

@@ -293,6 +293,7 @@ pub fn drive(r: &mut Report, peer: Ipv4Addr, me: Ipv4Addr) -> ExitCode {
             r.check("adv-fault-inject-resume", false, "no snapshot of A", &[]);
         }
     }
+    late_read_responses(r, &mut agent, &m);
     device_removed_under_child(r, &mut agent);
     // Random ioctls on both hosts' modules (after the rest: the module must still
     // answer, and the run must stay free of kernel reports).
@@ -908,5 +909,62 @@ fn device_removed_under_child(r: &mut Report, agent: &mut Agent) {
         child_ok && added == 0 && again == Some(RESUMED_AGENT_EXIT),
         format!("delete and child: {ended:?}; re-added {added}; a new child afterwards: {again:?}"),
         &[],
+    );
+}
+
+/// How long A's link holds every packet in `late_read_responses`: past this host's
+/// READ timeout (`io_timeout_ms`, 3 s by default), short of RC's retry limit.
+const LINK_DELAY_MS: u32 = 4000;
+
+/// READ responses that arrive after the READ timed out: A's link is delayed by netem
+/// while a child here faults its 64 MiB in. The READ times out, the connection is torn
+/// down (QP drained, its DMA pages freed) while the responses are still on the wire,
+/// and they reach a QP that no longer exists: nothing is written into freed memory
+/// (the KASAN run checks it), the child ends (SIGBUS, or exit 42 if it already had
+/// every page), and with the link healthy again a new child runs.
+fn late_read_responses(r: &mut Report, agent: &mut Agent, m: &Mitosis) {
+    use std::os::unix::process::ExitStatusExt;
+    let failed_reads = |m: &Mitosis| {
+        m.status()
+            .map(|s| s.counters.read_timeouts + s.counters.read_errors)
+            .unwrap_or(0)
+    };
+    let handle = agent
+        .call("prepare 64")
+        .and_then(|w| w.first().cloned().ok_or("no handle".into()));
+    let Ok(handle) = handle else {
+        r.check("adv-late-read-responses", false, format!("{handle:?}"), &[]);
+        return;
+    };
+    let resume = || {
+        Command::new("/bin/mitosis-test")
+            .args(["resume-expect", &handle, "child"])
+            .spawn()
+    };
+    let before = failed_reads(m);
+    let delay = format!("/usr/sbin/tc qdisc add dev eth0 root netem delay {LINK_DELAY_MS}ms");
+    let ended = resume().ok().map(|mut c| {
+        std::thread::sleep(Duration::from_millis(300));
+        let delayed = agent.sh(&delay);
+        let st = wait_bounded(&mut c, Duration::from_secs(90));
+        (delayed, st)
+    });
+    let cleared = agent.sh("/usr/sbin/tc qdisc del dev eth0 root");
+    // Let every late packet arrive before anything else uses the link.
+    std::thread::sleep(Duration::from_millis(2 * LINK_DELAY_MS as u64));
+    let failed = failed_reads(m).saturating_sub(before);
+    let again = resume()
+        .ok()
+        .and_then(|mut c| wait_bounded(&mut c, Duration::from_secs(120)))
+        .and_then(|st| st.code());
+    let child_ok = matches!(&ended, Some((Ok(0), Some(st)))
+        if st.code() == Some(RESUMED_AGENT_EXIT) || st.signal() == Some(libc::SIGBUS));
+    r.check(
+        "adv-late-read-responses",
+        child_ok && failed > 0 && matches!(cleared, Ok(0)) && again == Some(RESUMED_AGENT_EXIT),
+        format!(
+            "delay and child: {ended:?}; READs failed meanwhile {failed}; delay removed {cleared:?}; a new child afterwards: {again:?}"
+        ),
+        &[("failed_reads", failed as f64)],
     );
 }
