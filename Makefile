@@ -73,6 +73,8 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test-host: setup
+	# The C ABI test links the shared library, which `cargo test` alone does not build.
+	cargo build --workspace
 	cargo test --workspace
 
 test-guests: image

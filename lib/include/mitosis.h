@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * C ABI of the Mitosis user-space library (libmitosis, crate `mitosis`).
- * Every function returns 0 or a negative errno. Link with -lmitosis.
+ * C ABI of the Mitosis user-space library (libmitosis, crate `mitosis`): a shared
+ * library (libmitosis.so) and a static one (libmitosis.a). Every function returns 0 or
+ * a negative errno. Link with -lmitosis. The struct layouts and constants below are
+ * checked against the Rust definitions by lib/tests/c_abi.rs (compile-time asserts).
  */
 #ifndef MITOSIS_H
 #define MITOSIS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -53,7 +56,9 @@ struct mitosis_status {
 int mitosis_open(struct mitosis **out);
 void mitosis_close(struct mitosis *m);
 int mitosis_version(const struct mitosis *m, uint32_t *abi_version);
-int mitosis_status(const struct mitosis *m, struct mitosis_status *out);
+/* out_size: sizeof(*out). An older, shorter struct gets its prefix; a newer, longer
+ * one zeros past what the library knows; less than offsetof(counters) is -EINVAL. */
+int mitosis_status(const struct mitosis *m, struct mitosis_status *out, size_t out_size);
 
 /*
  * Remote fork. A snapshot handle is text: "IP:PORT/ID/SECRET" (secret: 32 hex digits),

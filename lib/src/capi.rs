@@ -65,21 +65,37 @@ pub unsafe extern "C" fn mitosis_version(m: *const Mitosis, abi_version: *mut u3
     }
 }
 
-/// Fills `*out` with the module status (`struct mitosis_status` in the header).
+/// Fills `*out` (`out_size` bytes, normally `sizeof(struct mitosis_status)`) with the
+/// module status. A caller built against an older, shorter struct gets its prefix; a
+/// longer one gets zeros past what this library knows. Sizes below the fixed part
+/// (header, counts, devices) are refused with `-EINVAL`.
 ///
 /// # Safety
 ///
-/// `m` from `mitosis_open`; `out` valid for writing a `StatusArgs`.
+/// `m` from `mitosis_open`; `out` valid for writing `out_size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn mitosis_status(m: *const Mitosis, out: *mut StatusArgs) -> i32 {
+pub unsafe extern "C" fn mitosis_status(
+    m: *const Mitosis,
+    out: *mut StatusArgs,
+    out_size: usize,
+) -> i32 {
     // SAFETY: per the contract.
     let (Some(m), false) = (unsafe { m.as_ref() }, out.is_null()) else {
         return -libc::EINVAL;
     };
+    if out_size < core::mem::offset_of!(StatusArgs, counters) {
+        return -libc::EINVAL;
+    }
     match m.status() {
         Ok(s) => {
-            // SAFETY: checked non-null; valid per the contract.
-            unsafe { out.write(s) };
+            let n = out_size.min(core::mem::size_of::<StatusArgs>());
+            // SAFETY: `out` is valid for `out_size` bytes (contract); `s` is a plain
+            // `repr(C)` struct of at least `n` bytes.
+            unsafe {
+                let dst = out.cast::<u8>();
+                core::ptr::copy_nonoverlapping((&s as *const StatusArgs).cast::<u8>(), dst, n);
+                core::ptr::write_bytes(dst.add(n), 0, out_size - n);
+            }
             0
         }
         Err(e) => errno(e),

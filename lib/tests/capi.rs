@@ -24,7 +24,7 @@ fn null_arguments_are_einval() {
             -libc::EINVAL
         );
         assert_eq!(
-            capi::mitosis_status(std::ptr::null(), std::ptr::null_mut()),
+            capi::mitosis_status(std::ptr::null(), std::ptr::null_mut(), 400),
             -libc::EINVAL
         );
         capi::mitosis_close(std::ptr::null_mut());
