@@ -15,30 +15,115 @@
 //! `--user` it first becomes that unprivileged identity (groups dropped, `no_new_privs`).
 //! Sizes accept K, M and G suffixes. Exit status: 0 ok, 1 operation failed, 2 bad usage.
 
+use clap::{Parser, Subcommand};
 use mitosis::{
     format_secret, parse_secret, Identity, Mitosis, RegionId, ResumeOptions, SnapshotHandle,
 };
-use mitosis_abi::ioctl::{check_pattern, MAX_BATCH_PAGES};
+use mitosis_abi::ioctl::{check_pattern, Counters, StatusArgs, MAX_BATCH_PAGES};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage:
-  mitosis version
-  mitosis status [--json]
-  mitosis region create --size BYTES [--seed N]
-  mitosis region destroy ID
-  mitosis read --peer IP[:PORT] --region ID --secret HEX [--seed N] [--offset B]
-               [--length B] [--batch PAGES] [--timeout-ms MS]
-  mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS] [--user UID[:GID]]
-  mitosis release HANDLE|-|@FILE [--force]
-HANDLE is IP:PORT/ID/SECRET as printed by the program that prepared the snapshot.";
+/// Command-line tool for the Mitosis remote-fork module. A HANDLE is IP:PORT/ID/SECRET
+/// as printed by the program that prepared the snapshot; `-` reads it from stdin and
+/// `@FILE` from the first line of FILE (so the secret stays out of `ps`).
+#[derive(Parser, Debug)]
+#[command(name = "mitosis", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The module's version and ABI version (a ping).
+    Version,
+    /// Listen port, RDMA devices, live connections and the counters.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test regions: kernel pages filled with a pattern, readable by peers.
+    #[command(subcommand)]
+    Region(RegionCmd),
+    /// Opens a peer's region and reads it with one-sided READs.
+    Read {
+        /// IP[:PORT] of the peer (port 0 or none: the default).
+        #[arg(long, value_parser = parse_peer_arg)]
+        peer: (Ipv4Addr, u16),
+        /// The region's id.
+        #[arg(long, value_parser = parse_num)]
+        region: u64,
+        /// The region's secret (32 hex digits).
+        #[arg(long, value_parser = parse_secret_arg)]
+        secret: [u8; 16],
+        /// Verify every byte against the pattern of this seed.
+        #[arg(long, value_parser = parse_num)]
+        seed: Option<u64>,
+        /// First byte to read (K/M/G suffixes).
+        #[arg(long, value_parser = parse_size_arg)]
+        offset: Option<u64>,
+        /// Bytes to read (default: to the end).
+        #[arg(long, value_parser = parse_size_arg)]
+        length: Option<u64>,
+        /// Pages per doorbell (1..=64).
+        #[arg(long, value_parser = parse_num, default_value_t = MAX_BATCH_PAGES as u64)]
+        batch: u64,
+        /// Connect timeout (0 or none: the module's).
+        #[arg(long, value_parser = parse_num)]
+        timeout_ms: Option<u64>,
+    },
+    /// The lean launcher: this process becomes a child of the snapshot (same pid,
+    /// namespaces, cgroup and open files) and never returns here.
+    Resume {
+        /// HANDLE, `-` (stdin) or `@FILE`.
+        handle: String,
+        /// Fetch every page before the child runs.
+        #[arg(long)]
+        eager: bool,
+        /// Connect timeout.
+        #[arg(long, value_parser = parse_num)]
+        timeout_ms: Option<u64>,
+        /// Become this unprivileged identity first (groups dropped, no_new_privs).
+        #[arg(long, value_name = "UID[:GID]", value_parser = parse_identity)]
+        user: Option<Identity>,
+    },
+    /// On the parent's host: ends the snapshot (running children keep working).
+    Release {
+        /// HANDLE, `-` (stdin) or `@FILE`.
+        handle: String,
+        /// Also revoke running children's access (their next remote fault: SIGBUS).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegionCmd {
+    /// Publishes a region; prints its id and secret.
+    Create {
+        /// Size in bytes (a multiple of 4096; K/M/G suffixes).
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+        /// Pattern seed.
+        #[arg(long, value_parser = parse_num, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Unpublishes a region (peers lose access).
+    Destroy {
+        #[arg(value_parser = parse_num)]
+        id: u64,
+    },
+}
 
 /// A failure with its exit code.
 struct Fail(u8, String);
 
 fn usage(msg: impl Into<String>) -> Fail {
-    Fail(2, format!("{}\n{USAGE}", msg.into()))
+    Fail(2, format!("{} (see mitosis --help)", msg.into()))
 }
 
 fn op(what: &str, e: std::io::Error) -> Fail {
@@ -56,60 +141,25 @@ fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// `--name value` options after the subcommand.
-struct Opts(Vec<(String, Option<String>)>);
+/// `123`, `0x7b`.
+fn parse_num(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+    .ok_or_else(|| format!("bad number '{s}'"))
+}
 
-impl Opts {
-    fn parse(
-        args: &[String],
-        flags: &[&str],
-        valued: &[&str],
-    ) -> Result<(Opts, Vec<String>), Fail> {
-        let mut opts = Vec::new();
-        let mut rest = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if flags.contains(&a.as_str()) {
-                opts.push((a.clone(), None));
-            } else if valued.contains(&a.as_str()) {
-                let v = it
-                    .next()
-                    .ok_or_else(|| usage(format!("{a} needs a value")))?;
-                opts.push((a.clone(), Some(v.clone())));
-            } else if a.starts_with("--") {
-                return Err(usage(format!("unknown option {a}")));
-            } else {
-                rest.push(a.clone());
-            }
-        }
-        Ok((Opts(opts), rest))
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
-    }
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-    }
-    fn size(&self, name: &str) -> Result<Option<u64>, Fail> {
-        self.get(name)
-            .map(|v| parse_size(v).ok_or_else(|| usage(format!("{name}: bad size '{v}'"))))
-            .transpose()
-    }
-    fn num(&self, name: &str) -> Result<Option<u64>, Fail> {
-        self.get(name)
-            .map(|v| {
-                let parsed = match v.strip_prefix("0x") {
-                    Some(h) => u64::from_str_radix(h, 16).ok(),
-                    None => v.parse().ok(),
-                };
-                parsed.ok_or_else(|| usage(format!("{name}: bad number '{v}'")))
-            })
-            .transpose()
-    }
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("bad size '{s}' (a number with K, M or G)"))
+}
+
+fn parse_peer_arg(s: &str) -> Result<(Ipv4Addr, u16), String> {
+    parse_peer(s).ok_or_else(|| format!("'{s}' is not IP[:PORT]"))
+}
+
+fn parse_secret_arg(s: &str) -> Result<[u8; 16], String> {
+    parse_secret(s).ok_or_else(|| "a secret is 32 hex digits".to_string())
 }
 
 fn open() -> Result<Mitosis, Fail> {
@@ -124,50 +174,75 @@ fn open() -> Result<Mitosis, Fail> {
     })
 }
 
-fn cmd_status(args: &[String]) -> Result<(), Fail> {
-    let (o, rest) = Opts::parse(args, &["--json"], &[])?;
-    if !rest.is_empty() {
-        return Err(usage("status takes no arguments"));
+/// `mitosis status --json`: one object, counters in ABI order.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    abi_version: u32,
+    module_version: &'a str,
+    listen_port: u32,
+    connections: u32,
+    devices: Vec<DeviceJson<'a>>,
+    counters: CountersJson<'a>,
+}
+
+#[derive(Serialize)]
+struct DeviceJson<'a> {
+    name: &'a str,
+    port_state: u32,
+    max_fast_reg_page_list_len: u32,
+    max_qp_rd_atom: u32,
+}
+
+/// The counters as a JSON object whose keys keep the ABI's order.
+struct CountersJson<'a>(&'a Counters);
+
+impl Serialize for CountersJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(Counters::NAMES.len()))?;
+        for (k, v) in self.0.iter() {
+            map.serialize_entry(k, &v)?;
+        }
+        map.end()
     }
+}
+
+fn status_json(v: &mitosis::Version, s: &StatusArgs) -> String {
+    let n = (s.n_devices as usize).min(s.devices.len());
+    let doc = StatusJson {
+        abi_version: v.abi_version,
+        module_version: &v.module_version,
+        listen_port: s.listen_port,
+        connections: s.n_connections,
+        devices: s.devices[..n]
+            .iter()
+            .map(|d| DeviceJson {
+                name: d.name_str(),
+                port_state: d.port_state,
+                max_fast_reg_page_list_len: d.max_fast_reg_page_list_len,
+                max_qp_rd_atom: d.max_qp_rd_atom,
+            })
+            .collect(),
+        counters: CountersJson(&s.counters),
+    };
+    // Serializing plain numbers and strings cannot fail.
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+fn cmd_status(json: bool) -> Result<(), Fail> {
     let m = open()?;
     let v = m.version().map_err(|e| op("version", e))?;
     let s = m.status().map_err(|e| op("status", e))?;
-    let counters: Vec<(&str, u64)> = s.counters.iter().collect();
-    let devices: Vec<_> = s.devices[..s.n_devices as usize].iter().collect();
-    if o.has("--json") {
-        let devs: Vec<String> = devices
-            .iter()
-            .map(|d| {
-                format!(
-                    "{{\"name\":\"{}\",\"port_state\":{},\"max_fast_reg_page_list_len\":{},\"max_qp_rd_atom\":{}}}",
-                    d.name_str(),
-                    d.port_state,
-                    d.max_fast_reg_page_list_len,
-                    d.max_qp_rd_atom
-                )
-            })
-            .collect();
-        let ctrs: Vec<String> = counters
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
-            .collect();
-        println!(
-            "{{\"abi_version\":{},\"module_version\":\"{}\",\"listen_port\":{},\"connections\":{},\"devices\":[{}],\"counters\":{{{}}}}}",
-            v.abi_version,
-            v.module_version,
-            s.listen_port,
-            s.n_connections,
-            devs.join(","),
-            ctrs.join(",")
-        );
+    if json {
+        println!("{}", status_json(&v, &s));
         return Ok(());
     }
+    let devices = &s.devices[..(s.n_devices as usize).min(s.devices.len())];
     println!(
         "module {} (ABI {}), listening on port {}",
         v.module_version, v.abi_version, s.listen_port
     );
     println!("devices: {}", if devices.is_empty() { "none" } else { "" });
-    for d in &devices {
+    for d in devices {
         let state = if d.port_state == 4 {
             "ACTIVE".to_string()
         } else {
@@ -182,21 +257,16 @@ fn cmd_status(args: &[String]) -> Result<(), Fail> {
         );
     }
     println!("connections: {}", s.n_connections);
-    for (k, v) in counters {
+    for (k, v) in s.counters.iter() {
         println!("  {k:22} {v}");
     }
     Ok(())
 }
 
-fn cmd_region(args: &[String]) -> Result<(), Fail> {
-    let (o, rest) = Opts::parse(args, &[], &["--size", "--seed"])?;
+fn cmd_region(cmd: RegionCmd) -> Result<(), Fail> {
     let m = open()?;
-    match rest.first().map(String::as_str) {
-        Some("create") if rest.len() == 1 => {
-            let size = o
-                .size("--size")?
-                .ok_or_else(|| usage("region create needs --size"))?;
-            let seed = o.num("--seed")?.unwrap_or(1);
+    match cmd {
+        RegionCmd::Create { size, seed } => {
             let r = m
                 .region_create(size, seed)
                 .map_err(|e| op("region create", e))?;
@@ -205,18 +275,13 @@ fn cmd_region(args: &[String]) -> Result<(), Fail> {
                 r.id,
                 format_secret(&r.secret)
             );
-            Ok(())
         }
-        Some("destroy") if rest.len() == 2 => {
-            let id = rest[1]
-                .parse()
-                .map_err(|_| usage("region destroy needs a numeric ID"))?;
+        RegionCmd::Destroy { id } => {
             m.region_destroy(id).map_err(|e| op("region destroy", e))?;
             println!("region {id} destroyed");
-            Ok(())
         }
-        _ => Err(usage("region create|destroy")),
     }
+    Ok(())
 }
 
 fn parse_peer(s: &str) -> Option<(Ipv4Addr, u16)> {
@@ -226,57 +291,44 @@ fn parse_peer(s: &str) -> Option<(Ipv4Addr, u16)> {
     }
 }
 
-fn cmd_read(args: &[String]) -> Result<(), Fail> {
-    let valued = [
-        "--peer",
-        "--region",
-        "--secret",
-        "--seed",
-        "--offset",
-        "--length",
-        "--batch",
-        "--timeout-ms",
-    ];
-    let (o, rest) = Opts::parse(args, &[], &valued)?;
-    if !rest.is_empty() {
-        return Err(usage("read takes only options"));
-    }
-    let (ip, port) = o
-        .get("--peer")
-        .and_then(parse_peer)
-        .ok_or_else(|| usage("read needs --peer IP[:PORT]"))?;
-    let id = o
-        .num("--region")?
-        .ok_or_else(|| usage("read needs --region ID"))?;
-    let secret = o
-        .get("--secret")
-        .and_then(parse_secret)
-        .ok_or_else(|| usage("read needs --secret with 32 hex digits"))?;
-    let batch = o.num("--batch")?.unwrap_or(MAX_BATCH_PAGES as u64);
-    if batch == 0 || batch > MAX_BATCH_PAGES as u64 {
+/// What `mitosis read` reads and how.
+struct ReadArgs {
+    peer: (Ipv4Addr, u16),
+    region: RegionId,
+    seed: Option<u64>,
+    offset: u64,
+    length: Option<u64>,
+    batch: u64,
+    timeout: Option<Duration>,
+}
+
+fn cmd_read(a: ReadArgs) -> Result<(), Fail> {
+    if a.batch == 0 || a.batch > MAX_BATCH_PAGES as u64 {
         return Err(usage(format!("--batch must be 1..={MAX_BATCH_PAGES}")));
     }
-    let timeout = o.num("--timeout-ms")?.map(Duration::from_millis);
+    let (ip, port) = a.peer;
+    let id = a.region.id;
     let m = open()?;
     let r = m
-        .remote_open(ip, port, RegionId { id, secret }, timeout)
+        .remote_open(ip, port, a.region, a.timeout)
         .map_err(|e| op("open", e))?;
-    let offset = o.size("--offset")?.unwrap_or(0);
-    let length = o.size("--length")?.unwrap_or(r.size.saturating_sub(offset));
+    let offset = a.offset;
+    let length = a.length.unwrap_or(r.size.saturating_sub(offset));
     println!(
         "opened region {id} on {ip}: {} bytes (connect {:.3} ms, open {:.3} ms)",
         r.size,
         r.connect_ns as f64 / 1e6,
         r.open_ns as f64 / 1e6
     );
-    let mut buf = vec![0u8; length as usize];
+    let len = usize::try_from(length).map_err(|_| usage("--length too large"))?;
+    let mut buf = vec![0u8; len];
     let chunk = 16usize << 20;
     let start = Instant::now();
     let mut reads = 0;
     for (i, part) in buf.chunks_mut(chunk).enumerate() {
         let off = offset + (i * chunk) as u64;
         let st = m
-            .remote_read(r.handle, off, part, batch as u32, 0)
+            .remote_read(r.handle, off, part, a.batch as u32, 0)
             .map_err(|e| op("read", e))?;
         reads += st.reads;
         eprint!(
@@ -288,12 +340,13 @@ fn cmd_read(args: &[String]) -> Result<(), Fail> {
     eprintln!();
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "read {length} bytes in {reads} READs ({batch}/doorbell) in {:.3} s: {:.0} pages/s, {:.1} MiB/s",
+        "read {length} bytes in {reads} READs ({}/doorbell) in {:.3} s: {:.0} pages/s, {:.1} MiB/s",
+        a.batch,
         secs,
         reads as f64 / secs,
         length as f64 / secs / (1 << 20) as f64
     );
-    if let Some(seed) = o.num("--seed")? {
+    if let Some(seed) = a.seed {
         match check_pattern(seed, offset, &buf) {
             None => println!("verified every byte against seed {seed}"),
             Some(w) => {
@@ -310,36 +363,32 @@ fn cmd_read(args: &[String]) -> Result<(), Fail> {
 /// The snapshot handle: the argument, or with `-` the first line of stdin, or with
 /// `@PATH` the first line of a file (a handle carries the secret: on a command line it
 /// is visible to every user in `ps` and `/proc/PID/cmdline`).
-fn handle_arg(rest: &[String], cmd: &str) -> Result<SnapshotHandle, Fail> {
-    let text = match rest {
-        [h] if h == "-" => {
+fn handle_arg(arg: &str) -> Result<SnapshotHandle, Fail> {
+    let text = match arg {
+        "-" => {
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)
                 .map_err(|e| usage(format!("reading the handle from stdin: {e}")))?;
             line
         }
-        [h] if h.starts_with('@') => std::fs::read_to_string(&h[1..])
+        h if h.starts_with('@') => std::fs::read_to_string(&h[1..])
             .map_err(|e| usage(format!("reading the handle from {}: {e}", &h[1..])))?
             .lines()
             .next()
             .unwrap_or_default()
             .to_string(),
-        [h] => h.clone(),
-        _ => return Err(usage(format!("{cmd} takes one HANDLE (or - or @FILE)"))),
+        h => h.to_string(),
     };
-    text.parse()
+    text.trim()
+        .parse()
         .map_err(|e: std::io::Error| usage(e.to_string()))
 }
 
 /// `UID[:GID]` (numeric; the gid defaults to the uid). Root (0) is refused: the point
 /// is to give up privilege.
-fn parse_identity(text: &str) -> Result<Identity, Fail> {
-    let bad = || {
-        usage(format!(
-            "--user: '{text}' is not UID[:GID] with non-zero numbers"
-        ))
-    };
+fn parse_identity(text: &str) -> Result<Identity, String> {
+    let bad = || format!("'{text}' is not UID[:GID] with non-zero numbers");
     let (uid, gid) = match text.split_once(':') {
         Some((u, g)) => (u, g),
         None => (text, text),
@@ -352,35 +401,9 @@ fn parse_identity(text: &str) -> Result<Identity, Fail> {
     Ok(Identity { uid, gid })
 }
 
-/// Becomes a child of the snapshot; returns only on failure.
-fn cmd_resume(args: &[String]) -> Result<(), Fail> {
-    let (o, rest) = Opts::parse(args, &["--eager"], &["--timeout-ms", "--user"])?;
-    let handle = handle_arg(&rest, "resume")?;
-    let opts = ResumeOptions {
-        eager: o.has("--eager"),
-        connect_timeout: o.num("--timeout-ms")?.map(Duration::from_millis),
-        user: o.get("--user").map(parse_identity).transpose()?,
-    };
-    let m = open()?;
-    Err(op(
-        &format!("resume from {handle}"),
-        m.fork_resume(&handle, opts),
-    ))
-}
-
-fn cmd_release(args: &[String]) -> Result<(), Fail> {
-    let (o, rest) = Opts::parse(args, &["--force"], &[])?;
-    let handle = handle_arg(&rest, "release")?;
-    open()?
-        .fork_release(&handle, o.has("--force"))
-        .map_err(|e| op("release", e))?;
-    println!("released snapshot {}", handle.id);
-    Ok(())
-}
-
-fn run(args: &[String]) -> Result<(), Fail> {
-    match args.first().map(String::as_str) {
-        Some("version") => {
+fn run(cli: Cli) -> Result<(), Fail> {
+    match cli.command {
+        Cmd::Version => {
             let v = open()?.version().map_err(|e| op("version", e))?;
             println!(
                 "mitosis module {} ABI {} (tool ABI {})",
@@ -390,22 +413,60 @@ fn run(args: &[String]) -> Result<(), Fail> {
             );
             Ok(())
         }
-        Some("status") => cmd_status(&args[1..]),
-        Some("region") => cmd_region(&args[1..]),
-        Some("read") => cmd_read(&args[1..]),
-        Some("resume") => cmd_resume(&args[1..]),
-        Some("release") => cmd_release(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+        Cmd::Status { json } => cmd_status(json),
+        Cmd::Region(cmd) => cmd_region(cmd),
+        Cmd::Read {
+            peer,
+            region,
+            secret,
+            seed,
+            offset,
+            length,
+            batch,
+            timeout_ms,
+        } => cmd_read(ReadArgs {
+            peer,
+            region: RegionId { id: region, secret },
+            seed,
+            offset: offset.unwrap_or(0),
+            length,
+            batch,
+            timeout: timeout_ms.map(Duration::from_millis),
+        }),
+        // Becomes a child of the snapshot; returns only on failure.
+        Cmd::Resume {
+            handle,
+            eager,
+            timeout_ms,
+            user,
+        } => {
+            let handle = handle_arg(&handle)?;
+            let opts = ResumeOptions {
+                eager,
+                connect_timeout: timeout_ms.map(Duration::from_millis),
+                user,
+            };
+            let m = open()?;
+            Err(op(
+                &format!("resume from {handle}"),
+                m.fork_resume(&handle, opts),
+            ))
+        }
+        Cmd::Release { handle, force } => {
+            let handle = handle_arg(&handle)?;
+            open()?
+                .fork_release(&handle, force)
+                .map_err(|e| op("release", e))?;
+            println!("released snapshot {}", handle.id);
             Ok(())
         }
-        _ => Err(usage("unknown command")),
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // Usage errors exit 2 with clap's message; `--help` and `--version` exit 0.
+    let cli = Cli::parse();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
             eprintln!("mitosis: {msg}");
@@ -416,6 +477,18 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mitosis").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn identity_parsing() {
         let id = |t: &str| parse_identity(t).ok();
@@ -433,14 +506,11 @@ mod tests {
                 gid: 100
             })
         );
-        assert_eq!(id("0"), None);
-        assert_eq!(id("1000:0"), None);
-        assert_eq!(id("nobody"), None);
-        assert_eq!(id("1000:"), None);
-        assert_eq!(id("-1"), None);
+        for bad in ["0", "1000:0", "nobody", "1000:", "-1"] {
+            assert_eq!(id(bad), None, "{bad}");
+        }
+        assert!(parse(&["resume", "--user", "0", "h"]).is_err());
     }
-
-    use super::*;
 
     #[test]
     fn sizes() {
@@ -464,27 +534,117 @@ mod tests {
     }
 
     #[test]
-    fn options_reject_unknown_and_missing_values() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(Opts::parse(&a(&["--bogus"]), &[], &[]).is_err());
-        assert!(Opts::parse(&a(&["--size"]), &[], &["--size"]).is_err());
-        let (o, rest) = Opts::parse(&a(&["create", "--size", "4K"]), &[], &["--size"])
-            .ok()
-            .unwrap();
-        assert_eq!(rest, vec!["create"]);
-        assert_eq!(o.size("--size").ok().flatten(), Some(4096));
+    fn commands_parse_and_refuse() {
+        let c = parse(&["resume", "--eager", "--timeout-ms", "0x10", "@/tmp/h"]).unwrap();
+        assert!(
+            matches!(c.command, Cmd::Resume { eager: true, timeout_ms: Some(16), ref handle, user: None } if handle == "@/tmp/h")
+        );
+        let c = parse(&["region", "create", "--size", "64M"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Region(RegionCmd::Create {
+                size: 67108864,
+                seed: 1
+            })
+        ));
+        let secret = "00112233445566778899aabbccddeeff";
+        let c = parse(&[
+            "read",
+            "--peer",
+            "10.0.0.2:7",
+            "--region",
+            "3",
+            "--secret",
+            secret,
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Read {
+                peer: (_, 7),
+                region: 3,
+                batch: 64,
+                ..
+            }
+        ));
+        // Unknown options, missing values and arguments, bad values: usage errors.
+        for bad in [
+            &["--bogus"][..],
+            &["status", "--bogus"],
+            &["region", "create"],
+            &["region", "create", "--size"],
+            &["region", "create", "--size", "12Q"],
+            &["region", "destroy", "x"],
+            &["resume"],
+            &[
+                "read", "--peer", "nope", "--region", "1", "--secret", secret,
+            ],
+            &[
+                "read", "--peer", "1.2.3.4", "--region", "1", "--secret", "abc",
+            ],
+            &["frobnicate"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        // Every command has --help.
+        for cmd in [
+            &["status"][..],
+            &["region", "create"],
+            &["read"],
+            &["resume"],
+            &["release"],
+        ] {
+            let mut args = cmd.to_vec();
+            args.push("--help");
+            let e = parse(&args).expect_err("help is an early exit");
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        }
     }
 
     #[test]
-    fn handles_from_a_file_keep_the_secret_off_the_command_line() {
-        let h = "10.0.0.1:18515/7/00112233445566778899aabbccddeeff";
+    fn handles_from_arguments_and_files() {
+        let text = "169.254.77.1:18515/7/00112233445566778899aabbccddeeff";
+        let parsed = handle_arg(text).ok().unwrap();
+        assert_eq!(parsed.id, 7);
         let path = std::env::temp_dir().join(format!("mitosis-handle-{}", std::process::id()));
-        std::fs::write(&path, format!("{h}\nignored\n")).unwrap();
-        let arg = vec![format!("@{}", path.display())];
-        let parsed = handle_arg(&arg, "resume").ok().unwrap();
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        let from_file = handle_arg(&format!("@{}", path.display())).ok().unwrap();
+        assert_eq!(from_file.id, 7);
         let _ = std::fs::remove_file(&path);
-        assert_eq!(parsed.to_string(), h);
-        assert!(handle_arg(&["@/nonexistent/handle".to_string()], "resume").is_err());
-        assert!(handle_arg(&[], "resume").is_err());
+        assert!(handle_arg("@/nonexistent/handle").is_err());
+        assert!(handle_arg("not-a-handle").is_err());
+    }
+
+    #[test]
+    fn status_json_is_real_json_in_abi_order() {
+        let mut s = StatusArgs {
+            n_devices: 1,
+            n_connections: 3,
+            listen_port: 18515,
+            ..Default::default()
+        };
+        s.devices[0].name[..4].copy_from_slice(b"rxe0");
+        s.devices[0].port_state = 4;
+        s.counters.resumes = 5;
+        let v = mitosis::Version {
+            abi_version: 3,
+            module_version: "0.1.0 \"quoted\"".into(),
+        };
+        let text = status_json(&v, &s);
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["listen_port"], 18515);
+        assert_eq!(doc["connections"], 3);
+        assert_eq!(doc["module_version"], "0.1.0 \"quoted\"");
+        assert_eq!(doc["devices"][0]["name"], "rxe0");
+        assert_eq!(doc["counters"]["resumes"], 5);
+        let keys: Vec<&str> = text
+            .split("\"counters\":{")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .filter_map(|kv| kv.split('"').nth(1))
+            .collect();
+        assert_eq!(keys, Counters::NAMES);
     }
 }
