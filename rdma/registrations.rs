@@ -33,6 +33,11 @@ impl Connection {
         let _ = self.retired.lock().push(reg, GFP_KERNEL);
     }
 
+    /// Whether the peer holds a registration under `key` now.
+    pub(crate) fn has_registration(&self, key: u64) -> bool {
+        self.registrations.lock().iter().any(|r| r.key == key)
+    }
+
     /// Opens the registration under `key` once more and returns its chunk size and rkeys,
     /// if there is one: a peer opening a region twice shares one registration.
     pub(crate) fn reopen_registration(&self, key: u64) -> Result<Option<(u64, KVec<u32>)>> {

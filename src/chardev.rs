@@ -14,6 +14,7 @@ use crate::remote::RemoteRegion;
 use crate::state::Host;
 use crate::task::CurrentTask;
 use crate::uargs::{log_rejected, read_args, require, require_admin, write_args};
+use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -126,6 +127,7 @@ fn dispatch(st: &FileState, cmd: u32, arg: usize) -> Result<isize> {
         Cmd::RemoteOpen => remote_open(&call),
         Cmd::RemoteRead => remote_read(&call),
         Cmd::RemoteClose => remote_close(&call),
+        Cmd::SnapshotList => snapshot_list(&call),
     };
     r.map(|()| 0)
 }
@@ -356,6 +358,33 @@ fn remote_close(c: &Call<'_>) -> Result {
         let r = crate::util::remove_first(&mut c.st.remotes.lock(), |r| r.handle == a.handle)
             .ok_or(ENOENT)?;
         r.close();
+        Ok(())
+    })
+}
+
+fn snapshot_list(c: &Call<'_>) -> Result {
+    c.call(true, |a: &mut abi::SnapshotListArgs| {
+        require(
+            a.count == 0 && a.total == 0 && a._pad == 0,
+            c.name,
+            "output fields not zero",
+        )?;
+        require(
+            a.capacity <= abi::MAX_LIST_ENTRIES,
+            c.name,
+            "capacity over MAX_LIST_ENTRIES",
+        )?;
+        let (entries, total) = c.st.host.snapshot_list(a.capacity as usize)?;
+        let mut out = UserSlice::new(
+            a.entries as UserPtr,
+            entries.len() * size_of::<abi::SnapshotEntry>(),
+        )
+        .writer();
+        for e in entries.iter() {
+            out.write_slice(e.as_bytes())?;
+        }
+        a.count = entries.len() as u32;
+        a.total = total as u32;
         Ok(())
     })
 }

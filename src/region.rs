@@ -47,6 +47,8 @@ pub(crate) struct Region {
     pub(crate) info: u64,
     /// For snapshots: the descriptor's MAC under the secret (sent with the keys).
     pub(crate) desc_mac: [u8; 16],
+    /// When it was published (monotonic ms).
+    pub(crate) created_ms: i64,
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
 }
@@ -119,6 +121,7 @@ impl Registry {
                 pages: Arc::new(pages, GFP_KERNEL)?,
                 info,
                 desc_mac: descriptor_mac(&secret, desc),
+                created_ms: kernel::time::Ktime::ktime_get().to_ms(),
                 live: AtomicBool::new(true),
             },
             GFP_KERNEL,
@@ -130,6 +133,17 @@ impl Registry {
     }
 
     /// Snapshots live and the pages they hold.
+    /// The snapshots (oldest first), at most `max`, and how many there are.
+    pub(crate) fn snapshots(&self, max: usize) -> Result<(KVec<Arc<Region>>, usize)> {
+        let all = self.regions.iter().filter(|r| r.info != 0);
+        let total = all.clone().count();
+        let mut out = KVec::with_capacity(total.min(max), GFP_KERNEL)?;
+        for r in all.take(max) {
+            out.push(r.clone(), GFP_KERNEL)?;
+        }
+        Ok((out, total))
+    }
+
     pub(crate) fn snapshot_totals(&self) -> (u64, u64) {
         self.regions
             .iter()

@@ -17,7 +17,7 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::ioctl::StatusArgs;
+use crate::abi::ioctl::{SnapshotEntry, StatusArgs};
 use crate::capture::Captured;
 use crate::chardev::MitosisDevice;
 use crate::counters::COUNTERS;
@@ -292,6 +292,30 @@ impl Host {
             c.remove_registration(region.id);
         }
         Ok(())
+    }
+
+    /// The snapshots of this host (at most `max`) as list entries, and how many there
+    /// are. The peers are counted after the registry lock is dropped.
+    pub(crate) fn snapshot_list(&self, max: usize) -> Result<(KVec<SnapshotEntry>, usize)> {
+        let (regions, total) = self.regions.lock().snapshots(max)?;
+        let now = kernel::time::Ktime::ktime_get().to_ms();
+        let accepted = self.accepted.lock();
+        let mut out = KVec::with_capacity(regions.len(), GFP_KERNEL)?;
+        for r in regions.iter() {
+            let peers = accepted.iter().filter(|c| c.has_registration(r.id)).count();
+            out.push(
+                SnapshotEntry {
+                    id: r.id,
+                    pages: r.pages.len() as u64,
+                    desc_bytes: r.info,
+                    age_ms: now.saturating_sub(r.created_ms).max(0) as u64,
+                    peers: peers as u32,
+                    _pad: 0,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok((out, total))
     }
 
     pub(crate) fn status(&self, out: &mut StatusArgs) {

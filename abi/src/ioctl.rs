@@ -499,6 +499,47 @@ ioctl_structs! {
     IOC_FORK_RESUME / ForkResume = 8, ForkResumeArgs, 48;
     IOC_FORK_RELEASE / ForkRelease = 9, ForkReleaseArgs, 40;
     IOC_FORK_CLAIM / ForkClaim = 10, ForkClaimArgs, 88;
+    /// The snapshots published on this host.
+    IOC_SNAPSHOT_LIST / SnapshotList = 11, SnapshotListArgs, 32;
+}
+
+/// Most entries one `IOC_SNAPSHOT_LIST` call returns (the module copies them through a
+/// bounded kernel buffer).
+pub const MAX_LIST_ENTRIES: u32 = 1024;
+
+/// One snapshot published on this host, in an `IOC_SNAPSHOT_LIST` answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub id: u64,
+    /// Pages it holds: the descriptor's and the seed's present pages.
+    pub pages: u64,
+    pub desc_bytes: u64,
+    /// Milliseconds since it was published.
+    pub age_ms: u64,
+    /// Peer hosts with an open of it now.
+    pub peers: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 40);
+// SAFETY: repr(C), integer fields, explicit padding (size checked above).
+unsafe impl Pod for SnapshotEntry {}
+
+/// `MITOSIS_IOC_SNAPSHOT_LIST`: the snapshots of this host, oldest first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotListArgs {
+    pub hdr: Header,
+    /// In: user address of an array of `capacity` [`SnapshotEntry`] (0 and 0 to count).
+    pub entries: u64,
+    /// In: at most [`MAX_LIST_ENTRIES`].
+    pub capacity: u32,
+    /// Out: entries written.
+    pub count: u32,
+    /// Out: snapshots on this host (more than `count` when `capacity` was short).
+    pub total: u32,
+    pub _pad: u32,
 }
 
 /// The 64-bit word at byte offset `off` (a multiple of 8) of a region filled with `seed`.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use mitosis_abi::ioctl::{self as abi, Header, Pod};
-pub use mitosis_abi::ioctl::{Counters, DeviceInfo, StatusArgs};
+pub use mitosis_abi::ioctl::{Counters, DeviceInfo, SnapshotEntry, StatusArgs};
 
 /// Default device node.
 pub const DEVICE_PATH: &str = "/dev/mitosis";
@@ -160,6 +160,23 @@ impl Mitosis {
             abi_version: a.module_abi_version,
             module_version: c_string(&a.module_version),
         })
+    }
+
+    /// The snapshots published on this host, oldest first.
+    pub fn snapshots(&self) -> io::Result<Vec<SnapshotEntry>> {
+        // Count, then fetch with room for a few published meanwhile.
+        let mut a = abi::SnapshotListArgs::default();
+        self.call(abi::IOC_SNAPSHOT_LIST, &mut a)?;
+        let room = (a.total + 16).min(abi::MAX_LIST_ENTRIES);
+        let mut entries = vec![SnapshotEntry::default(); room as usize];
+        let mut a = abi::SnapshotListArgs {
+            entries: entries.as_mut_ptr() as u64,
+            capacity: room,
+            ..Default::default()
+        };
+        self.call(abi::IOC_SNAPSHOT_LIST, &mut a)?;
+        entries.truncate(a.count as usize);
+        Ok(entries)
     }
 
     /// Devices, connections and counters.

@@ -134,8 +134,17 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
                 let _ = writeln!(out, "hop-done {}", good as u8);
             }
             ["release"] => {
+                // B has a child of it running: B's host holds an open.
+                check_list(r, &m, p.handle.id);
                 let rel = m.fork_release(&p.handle, false);
                 r.check("rf-release", rel.is_ok(), format!("{rel:?}"), &[]);
+                let listed = m.snapshots().map(|v| v.iter().any(|e| e.id == p.handle.id));
+                r.check(
+                    "rf-list-drops-released",
+                    matches!(listed, Ok(false)),
+                    format!("{listed:?}"),
+                    &[],
+                );
                 let again = m
                     .fork_release(&p.handle, false)
                     .err()
@@ -160,6 +169,31 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
     verify_parent(r, &w);
     drop(m);
     ExitCode::SUCCESS
+}
+
+/// `mitosis list` on the parent's host: the snapshot with its pages, descriptor and the
+/// peer host reading it, through the library and through the CLI's JSON.
+fn check_list(r: &mut Report, m: &Mitosis, id: u64) {
+    let entry = m
+        .snapshots()
+        .ok()
+        .and_then(|v| v.into_iter().find(|e| e.id == id));
+    r.check(
+        "rf-list-shows-snapshot",
+        matches!(entry, Some(e) if e.pages > 0 && e.desc_bytes > 0 && e.peers >= 1),
+        format!("{entry:?}"),
+        &[],
+    );
+    let cli = Command::new("mitosis").args(["list", "--json"]).output();
+    let text = cli
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ok = matches!(&cli, Ok(o) if o.status.success())
+        && text.starts_with('[')
+        && text.contains(&format!("\"id\":{id},"))
+        && text.contains(&format!("/{id}\""));
+    r.check("rf-cli-list-json", ok, text.trim().to_string(), &[]);
 }
 
 /// Launches a child with the "lazy" task and waits for its READY line.
