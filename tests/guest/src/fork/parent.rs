@@ -193,7 +193,7 @@ fn check_list(r: &mut Report, m: &Mitosis, id: u64) {
         && text.starts_with('[')
         && text.contains(&format!("\"id\":{id},"))
         && text.contains(&format!("/{id}\""));
-    r.check("rf-cli-list-json", ok, text.trim().to_string(), &[]);
+    r.check("rf-cli-list-json", ok, text.trim(), &[]);
 }
 
 /// Launches a child with the "lazy" task and waits for its READY line.
