@@ -26,11 +26,14 @@ endif
 # must be built the same way.
 kflags = $$(cat $(kdir)/.mitosis-makeflags 2>/dev/null)
 # The guest runner with this variant's kernel, image and boot parameters.
-vmrun = scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage \
-	--initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz \
+vmrun_with = scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage \
 	--append "$$(cat $(kdir)/.mitosis-bootparams 2>/dev/null)"
+vmrun = $(vmrun_with) --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz
+# Guests with the Python runtime (function scenarios): 1.5 GiB, the runtime unpacks
+# to about 130 MB of initramfs.
+vmrun_py = $(vmrun_with) --initrd $(OUT)/initramfs-python-$(KVARIANT).cpio.gz --mem 1536
 
-.PHONY: all setup kernel module userspace guest-bins image test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
+.PHONY: all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -62,8 +65,14 @@ guest-bins:
 	# The adversarial scenario's hostile peer: user-space rdma-core.
 	gcc -O2 -Wall -Werror -o $(GUEST_BIN)/hostile-peer tests/guest/c/hostile_peer.c -lrdmacm -libverbs
 
-image: module guest-bins | $(OUT)
-	scripts/build-image.sh mitosis.ko $(GUEST_BIN) $(OUT)/initramfs-$(KVARIANT).cpio.gz
+image: module guest-bins userspace | $(OUT)
+	scripts/build-image.sh mitosis.ko $(GUEST_BIN) target/release/libmitosis.so \
+		$(OUT)/initramfs-$(KVARIANT).cpio.gz
+
+# The image plus the cached Python runtime (concatenated archives: the kernel unpacks both).
+image-python: image
+	@py=$$(scripts/build-python.sh) && cat $(OUT)/initramfs-$(KVARIANT).cpio.gz "$$py" \
+		> $(OUT)/initramfs-python-$(KVARIANT).cpio.gz
 
 fmt:
 	cargo fmt --all -- --check
@@ -91,15 +100,26 @@ test-adversarial: image
 	$(vmrun) --scenario adversarial --expect tests/scenarios/adversarial.expect \
 		--out $(OUT)/adversarial-$(KVARIANT) --timeout $(TIMEOUT)
 
-check: fmt test-host clippy test-guests test-fork test-adversarial
+# Real Python functions remote-forked between the guests (tests/scenarios/functions.py).
+test-functions: image-python
+	$(vmrun_py) --scenario functions --expect tests/scenarios/functions.expect \
+		--out $(OUT)/functions-$(KVARIANT) --timeout $(TIMEOUT)
+
+check: fmt test-host clippy test-guests test-fork test-functions test-adversarial
 	$(MAKE) KVARIANT=kasan test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 bench: image
 	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
 
-demo: image
-	$(vmrun) --scenario demo --expect tests/scenarios/demo.expect --out $(OUT)/demo-$(KVARIANT) --timeout $(TIMEOUT)
+# The function demo: three Python functions, cold start against remote children.
+demo: image-python
+	$(vmrun_py) --scenario functions --expect tests/scenarios/functions.expect \
+		--out $(OUT)/demo-$(KVARIANT) --timeout $(TIMEOUT)
+
+# The memory demo: a 48 MiB Rust program, children on both guests.
+demo-memory: image
+	$(vmrun) --scenario demo --expect tests/scenarios/demo.expect --out $(OUT)/demo-memory-$(KVARIANT) --timeout $(TIMEOUT)
 
 clean:
 	-$(MAKE) -C $(kdir) M=$(CURDIR) clean

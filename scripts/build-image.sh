@@ -2,9 +2,13 @@
 # Builds the guest initramfs: busybox, rdma (iproute2) with its libraries, the module,
 # the static user-space tools and the scenario scripts.
 #
-#   scripts/build-image.sh MODULE.ko BINDIR OUT.cpio.gz
+#   scripts/build-image.sh MODULE.ko BINDIR LIBMITOSIS.so OUT.cpio.gz
+#
+# With the Python package and the function handlers (their interpreter comes in a
+# separate cached fragment, scripts/build-python.sh, appended for the scenarios that
+# run Python).
 set -euo pipefail
-ko=$1 bindir=$2 out=$3
+ko=$1 bindir=$2 sharedlib=$3 out=$4
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -37,7 +41,16 @@ cp /etc/libibverbs.d/rxe.driver "$stage/etc/libibverbs.d/"
 cp "$ko" "$stage/mitosis.ko"
 cp "$bindir/mitosis" "$bindir/mitosis-test" "$bindir/fork-dyn" "$bindir/hostile-peer" "$stage/bin/"
 cp "$root/tests/guest/rootfs/init" "$stage/init"
-cp "$root"/tests/scenarios/*.sh "$stage/scenarios/"
+cp "$root"/tests/scenarios/*.sh "$root"/tests/scenarios/*.py "$stage/scenarios/"
+# The Python package (with the shared library it loads) where Debian's python3.11
+# looks first, and the function handlers.
+pkg="$stage/usr/local/lib/python3.11/dist-packages/mitosis"
+mkdir -p "$pkg"
+cp "$root"/python/mitosis/*.py "$pkg/"
+cp "$sharedlib" "$pkg/libmitosis.so"
+mkdir -p "$stage/functions"
+cp -r "$root"/functions/serve.py "$root"/functions/handlers "$root"/functions/templates \
+  "$root"/functions/data "$stage/functions/"
 chmod +x "$stage/init"
 echo "root:x:0:0:root:/:/bin/sh" > "$stage/etc/passwd"
 (cd "$stage" && find . | cpio -o -H newc --quiet) | gzip -1 > "$out.tmp"

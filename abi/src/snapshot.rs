@@ -578,8 +578,13 @@ pub enum StateError {
 /// SA_IMMUTABLE, and the ABI markers the kernel sets itself, are refused.
 pub const USER_SA_FLAGS: u64 =
     0x1 | 0x2 | 0x4 | 0x800 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x4000_0000 | 0x8000_0000;
-/// `SS_AUTODISARM`, the only flag the kernel keeps in `sas_ss_flags`.
+/// `SS_AUTODISARM`, the flag `sigaltstack` keeps in `sas_ss_flags` besides the mode.
 pub const SS_AUTODISARM: u32 = 1 << 31;
+/// The modes `sigaltstack` stores: `SS_ONSTACK` (an enabling call may pass it) and
+/// `SS_DISABLE` (also what `sas_ss_reset` leaves, e.g. after an `SS_AUTODISARM`
+/// delivery or in a `CLONE_VM` child), both with no stack.
+pub const SS_ONSTACK: u32 = 1;
+pub const SS_DISABLE: u32 = 2;
 /// The original `struct rseq` size and alignment.
 pub const RSEQ_MIN_LEN: u32 = 32;
 /// Largest rseq area accepted (the kernel's feature size is far below a page).
@@ -606,6 +611,24 @@ impl UserLimits {
 }
 
 impl TaskState {
+    /// The alternate signal stack as `sigaltstack` can leave it: mode 0 or
+    /// `SS_ONSTACK` with a stack in user space (or none at all), or `SS_DISABLE` with
+    /// none; `SS_AUTODISARM` with any of them.
+    fn altstack_valid(&self, lim: &UserLimits) -> bool {
+        let (sp, size) = (self.sas_ss_sp, self.sas_ss_size);
+        match self.sas_ss_flags & !SS_AUTODISARM {
+            0 | SS_ONSTACK => {
+                if size == 0 {
+                    sp == 0
+                } else {
+                    lim.contains(sp, size)
+                }
+            }
+            SS_DISABLE => sp == 0 && size == 0,
+            _ => false,
+        }
+    }
+
     /// Checks every value of a task state received from a peer before any of it is
     /// applied: registers and pointers in user space, the mm layout as
     /// `prctl(PR_SET_MM_MAP)` requires it, rseq and sigaltstack as their system calls
@@ -640,10 +663,7 @@ impl TaskState {
         {
             return Err(StateError::Rseq);
         }
-        if self.sas_ss_flags & !SS_AUTODISARM != 0
-            || (self.sas_ss_size == 0 && (self.sas_ss_sp != 0 || self.sas_ss_flags != 0))
-            || !lim.contains(self.sas_ss_sp, self.sas_ss_size)
-        {
+        if !self.altstack_valid(lim) {
             return Err(StateError::AltStack);
         }
         for a in &self.sigactions {

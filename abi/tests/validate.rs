@@ -149,6 +149,24 @@ fn each_hostile_field_is_refused() {
             StateError::AltStack,
         ),
         (
+            "altstack unknown mode",
+            |s| s.sas_ss_flags = 4,
+            StateError::AltStack,
+        ),
+        (
+            "altstack disabled with a stack size",
+            |s| {
+                s.sas_ss_size = 8192;
+                s.sas_ss_flags = snapshot::SS_DISABLE
+            },
+            StateError::AltStack,
+        ),
+        (
+            "altstack pointer without size",
+            |s| s.sas_ss_sp = 0x7f00_0010_0000,
+            StateError::AltStack,
+        ),
+        (
             "SA_IMMUTABLE",
             |s| s.sigactions[9].flags |= 0x0080_0000,
             StateError::SigAction,
@@ -182,6 +200,21 @@ fn each_hostile_field_is_refused() {
     st.sas_ss_flags = snapshot::SS_AUTODISARM;
     st.sigactions[1].flags = USER_SA_FLAGS;
     st.sigactions[1].restorer = 0x40_3000;
+    assert_eq!(st.validate(&LIM, ARGS_LEN), Ok(()));
+    // What sigaltstack(SS_DISABLE) and sas_ss_reset leave (seen in CPython seeds), and
+    // an enabling call that passed SS_ONSTACK.
+    for flags in [
+        snapshot::SS_DISABLE,
+        snapshot::SS_DISABLE | snapshot::SS_AUTODISARM,
+    ] {
+        let mut st = good_state();
+        st.sas_ss_flags = flags;
+        assert_eq!(st.validate(&LIM, ARGS_LEN), Ok(()), "{flags:#x}");
+    }
+    let mut st = good_state();
+    st.sas_ss_sp = 0x7f00_0010_0000;
+    st.sas_ss_size = 8192;
+    st.sas_ss_flags = snapshot::SS_ONSTACK;
     assert_eq!(st.validate(&LIM, ARGS_LEN), Ok(()));
 }
 

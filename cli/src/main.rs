@@ -10,13 +10,22 @@
 //!              [--length B] [--batch PAGES] [--timeout-ms MS]
 //! mitosis resume HANDLE|-|@FILE [--eager] [--timeout-ms MS] [--user UID[:GID]]
 //! mitosis release HANDLE|-|@FILE [--force]
+//! mitosis run HANDLE|-|@FILE [--bundle DIR | --rootfs DIR] [--memory BYTES] [--cpus N]
+//!             [--pids N] [--hostname H] [--net none|host] [--user UID[:GID]]
+//!             [--eager] [--timeout-ms MS] [--host-clock] [--timing]
 //! ```
 //! `resume` is the lean launcher: this process becomes a child of the snapshot (same
 //! pid, credentials, namespaces, cgroup and open files) and never returns here; with
 //! `--user` it first becomes that unprivileged identity (groups dropped, `no_new_privs`).
+//! `run` is the lean container launcher (run.rs): the child runs in new namespaces and
+//! a cgroup with limits, and its exit status is `run`'s (125: the launch failed).
 //! Sizes accept K, M and G suffixes. Exit status: 0 ok, 1 operation failed, 2 bad usage.
 
-use clap::{Parser, Subcommand};
+mod container;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use container::{ContainerSpec, CpuMax, Net};
 use mitosis::{
     format_secret, parse_secret, Identity, Mitosis, RegionId, ResumeOptions, SnapshotEntry,
     SnapshotHandle,
@@ -25,6 +34,7 @@ use mitosis_abi::ioctl::{check_pattern, Counters, StatusArgs, MAX_BATCH_PAGES};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -100,6 +110,11 @@ enum Cmd {
         #[arg(long, value_name = "UID[:GID]", value_parser = parse_identity)]
         user: Option<Identity>,
     },
+    /// The lean container: resumes the snapshot as pid 1 of new pid, mount, uts, ipc,
+    /// cgroup and time namespaces (and a network one with --net none), in a cgroup v2
+    /// group with the limits, inside a root filesystem; exits with the child's status
+    /// (128+N for signal N, 125 when the launch failed).
+    Run(RunCmd),
     /// On the parent's host: ends the snapshot (running children keep working).
     Release {
         /// HANDLE, `-` (stdin) or `@FILE`.
@@ -108,6 +123,52 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args, Debug)]
+struct RunCmd {
+    /// HANDLE, `-` (stdin) or `@FILE`.
+    handle: String,
+    /// An OCI runtime bundle: DIR/config.json (root, hostname, mounts, process.user,
+    /// linux.namespaces and linux.resources) and its root filesystem. Flags override it.
+    #[arg(long, value_name = "DIR", conflicts_with = "rootfs")]
+    bundle: Option<PathBuf>,
+    /// Root filesystem to switch to, with /proc, /dev (device nodes and /dev/mitosis)
+    /// and /tmp mounted in it (default: this host's root with a fresh /proc).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// memory.max of the child's group (K/M/G); over it, the OOM killer ends the child.
+    #[arg(long, value_parser = parse_size_arg)]
+    memory: Option<u64>,
+    /// CPUs the group may use (cpu.max over a 100 ms period), e.g. 0.5.
+    #[arg(long, value_parser = container::parse_cpus)]
+    cpus: Option<CpuMax>,
+    /// pids.max: processes and threads the group may have.
+    #[arg(long, value_parser = parse_num)]
+    pids: Option<u64>,
+    /// The container's host name (new uts namespace).
+    #[arg(long, value_parser = container::parse_hostname)]
+    hostname: Option<String>,
+    /// none: a new network namespace with loopback only; host: this host's network.
+    #[arg(long, value_parser = container::parse_net)]
+    net: Option<Net>,
+    /// Run the child as this unprivileged identity (groups dropped, no_new_privs).
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_identity)]
+    user: Option<mitosis::Identity>,
+    /// Fetch every page before the child runs.
+    #[arg(long)]
+    eager: bool,
+    /// Connect timeout.
+    #[arg(long, value_parser = parse_num)]
+    timeout_ms: Option<u64>,
+    /// Keep this host's clocks (no time namespace: CLOCK_MONOTONIC may be earlier
+    /// than the seed's).
+    #[arg(long)]
+    host_clock: bool,
+    /// Print the launcher's own time (cgroup, namespaces, mounts) as one JSON line on
+    /// stderr just before the resume.
+    #[arg(long)]
+    timing: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -491,8 +552,51 @@ fn parse_identity(text: &str) -> Result<Identity, String> {
     Ok(Identity { uid, gid })
 }
 
-fn run(cli: Cli) -> Result<(), Fail> {
-    match cli.command {
+fn cmd_run(c: RunCmd) -> Result<u8, Fail> {
+    let handle = handle_arg(&c.handle)?;
+    let mut spec = match &c.bundle {
+        Some(dir) => ContainerSpec::from_bundle(dir)
+            .map_err(|e| Fail(run::LAUNCH_FAILED, format!("run: {e}")))?,
+        None => ContainerSpec {
+            rootfs: c.rootfs.clone(),
+            ..Default::default()
+        },
+    };
+    if c.memory.is_some() {
+        spec.limits.memory_max = c.memory;
+    }
+    if c.cpus.is_some() {
+        spec.limits.cpu = c.cpus;
+    }
+    if c.pids.is_some() {
+        spec.limits.pids_max = c.pids;
+    }
+    if c.hostname.is_some() {
+        spec.hostname = c.hostname.clone();
+    }
+    if let Some(net) = c.net {
+        spec.net = net;
+    }
+    if c.user.is_some() {
+        spec.user = c.user;
+    }
+    let m = open().map_err(|Fail(_, msg)| Fail(run::LAUNCH_FAILED, msg))?;
+    Ok(run::run(
+        &m,
+        run::RunArgs {
+            handle,
+            spec,
+            eager: c.eager,
+            connect_timeout: c.timeout_ms.map(Duration::from_millis),
+            host_clock: c.host_clock,
+            timing: c.timing,
+        },
+    ))
+}
+
+fn run(command: Cmd) -> Result<(), Fail> {
+    match command {
+        Cmd::Run(_) => unreachable!("dispatched by main"),
         Cmd::Version => {
             let v = open()?.version().map_err(|e| op("version", e))?;
             println!(
@@ -557,8 +661,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
 fn main() -> ExitCode {
     // Usage errors exit 2 with clap's message; `--help` and `--version` exit 0.
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        Cmd::Run(c) => cmd_run(c),
+        other => run(other).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(Fail(code, msg)) => {
             eprintln!("mitosis: {msg}");
             ExitCode::from(code)

@@ -61,14 +61,14 @@ int mitosis_version(const struct mitosis *m, uint32_t *abi_version);
 int mitosis_status(const struct mitosis *m, struct mitosis_status *out, size_t out_size);
 
 /*
- * Remote fork. A snapshot handle is text: "IP:PORT/ID/SECRET" (secret: 32 hex digits),
+ * Remote fork. A snapshot handle is text: "IP:PORT/ID/SECRET[/CLOCK_MS]" (secret: 32 hex digits),
  * at most MITOSIS_HANDLE_MAX bytes with the NUL.
  *
  * mitosis_fork_prepare returns twice, like fork(): 1 in the caller, with the handle in
  * `handle` (the snapshot lives until released), and 0 in every child resumed from it.
  * mitosis_fork_resume does not return on success; on failure the caller is unchanged.
  */
-#define MITOSIS_HANDLE_MAX 80
+#define MITOSIS_HANDLE_MAX 128
 #define MITOSIS_RESUME_EAGER 1u
 #define MITOSIS_RELEASE_FORCE 1u
 int mitosis_fork_prepare(const struct mitosis *m, char *handle, uint32_t handle_len);

@@ -27,14 +27,20 @@ use mitosis_abi::ioctl::{self as abi, release_flags, resume_flags, Header};
 
 use crate::{format_secret, parse_secret, Mitosis, DEVICE_PATH};
 
-/// Everything a launcher needs to resume from a snapshot: where, which, and the
-/// secret. Text form: `IP:PORT/ID/SECRET` (secret as 32 hex digits).
+/// Everything a launcher needs to resume from a snapshot: where, which, the secret,
+/// and the seed's clock. Text form: `IP:PORT/ID/SECRET[/CLOCK_MS]` (secret as 32 hex
+/// digits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotHandle {
     pub host: Ipv4Addr,
     pub port: u16,
     pub id: u64,
     pub secret: [u8; 16],
+    /// The parent's `CLOCK_BOOTTIME` in milliseconds, rounded up, read after the
+    /// capture: no clock the seed had read (`CLOCK_MONOTONIC` never runs ahead of
+    /// `CLOCK_BOOTTIME`) is later than this. A launcher with a time namespace
+    /// (`mitosis run`) starts the child's clocks here so they never go backwards.
+    pub seed_clock_ms: Option<u64>,
 }
 
 impl fmt::Display for SnapshotHandle {
@@ -46,7 +52,11 @@ impl fmt::Display for SnapshotHandle {
             self.port,
             self.id,
             format_secret(&self.secret)
-        )
+        )?;
+        match self.seed_clock_ms {
+            Some(ms) => write!(f, "/{ms}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -57,7 +67,7 @@ impl FromStr for SnapshotHandle {
         let bad = || {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("not a snapshot handle (IP:PORT/ID/SECRET): {s:?}"),
+                format!("not a snapshot handle (IP:PORT/ID/SECRET[/CLOCK_MS]): {s:?}"),
             )
         };
         let mut parts = s.trim().split('/');
@@ -66,6 +76,10 @@ impl FromStr for SnapshotHandle {
             parts.next().ok_or_else(bad)?,
             parts.next().ok_or_else(bad)?,
         );
+        let seed_clock_ms = match parts.next() {
+            Some(ms) => Some(ms.parse().map_err(|_| bad())?),
+            None => None,
+        };
         if parts.next().is_some() {
             return Err(bad());
         }
@@ -75,6 +89,7 @@ impl FromStr for SnapshotHandle {
             port: port.parse().map_err(|_| bad())?,
             id: id.parse().map_err(|_| bad())?,
             secret: parse_secret(secret).ok_or_else(bad)?,
+            seed_clock_ms,
         })
     }
 }
@@ -331,14 +346,24 @@ fn interface_addr(name: &str) -> io::Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(req[20], req[21], req[22], req[23]))
 }
 
-fn monotonic_ns() -> u64 {
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds (the clock a time namespace offsets with
+/// `CLOCK_MONOTONIC`).
+pub fn boottime_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
 }
 
 /// `mremap(from, len) -> to` by raw syscall (nothing here may touch the vDSO yet).
@@ -629,6 +654,7 @@ impl Mitosis {
                 port: a.listen_port as u16,
                 id: a.snapshot_id,
                 secret: a.secret,
+                seed_clock_ms: Some(boottime_ns().div_ceil(1_000_000)),
             },
             total: Duration::from_nanos(monotonic_ns() - start),
             capture: Duration::from_nanos(a.capture_ns),
@@ -714,10 +740,28 @@ mod tests {
             port: 18515,
             id: 42,
             secret: [7; 16],
+            seed_clock_ms: None,
         };
         let s = h.to_string();
         assert_eq!(s, "169.254.77.1:18515/42/07070707070707070707070707070707");
         assert_eq!(s.parse::<SnapshotHandle>().unwrap(), h);
+        let timed = SnapshotHandle {
+            seed_clock_ms: Some(123_456),
+            ..h
+        };
+        let s = timed.to_string();
+        assert_eq!(
+            s,
+            "169.254.77.1:18515/42/07070707070707070707070707070707/123456"
+        );
+        assert_eq!(s.parse::<SnapshotHandle>().unwrap(), timed);
+        for bad in [
+            "169.254.77.1:18515/42/07070707070707070707070707070707/",
+            "169.254.77.1:18515/42/07070707070707070707070707070707/x",
+            "169.254.77.1:18515/42/07070707070707070707070707070707/1/2",
+        ] {
+            assert!(bad.parse::<SnapshotHandle>().is_err(), "{bad}");
+        }
         for bad in [
             "",
             "1.2.3.4/1/00",

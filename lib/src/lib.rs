@@ -8,7 +8,7 @@
 pub mod capi;
 pub mod fork;
 
-pub use fork::{Forked, Identity, Prepared, ResumeOptions, Resumed, SnapshotHandle};
+pub use fork::{boottime_ns, Forked, Identity, Prepared, ResumeOptions, Resumed, SnapshotHandle};
 
 use std::fs::OpenOptions;
 use std::io;

@@ -76,9 +76,9 @@ fn layout_asserts() -> String {
         "MITOSIS_RELEASE_FORCE".into(),
         release_flags::FORCE as usize,
     );
-    // The longest handle text: "255.255.255.255:65535/<u64>/<32 hex>" and its NUL.
+    // The longest handle text: "255.255.255.255:65535/<u64>/<32 hex>/<u64>" and its NUL.
     check(
-        "(MITOSIS_HANDLE_MAX >= 15 + 1 + 5 + 1 + 20 + 1 + 32 + 1)".into(),
+        "(MITOSIS_HANDLE_MAX >= 15 + 1 + 5 + 1 + 20 + 1 + 32 + 1 + 20 + 1)".into(),
         1,
     );
     c

@@ -1,0 +1,614 @@
+"""Function scenario: real Python functions remote-forked between the two guests.
+
+    python3 /scenarios/functions.py a|b [--quick]
+
+Guest A: the Python package's local checks (return values, after-fork hooks, the
+threads refusal, errors), then one seed per function (interpreter start, imports,
+warm-up, first request, fork_prepare), children on A, the handles served to B, and the
+releases once B is done. Guest B: per function a cold start and children through the
+launcher, each response compared with the cold start's (the handlers are
+deterministic), with the times and the pages fetched; then the CLI's failure paths.
+One `MITOSIS-RESULT {json}` line per check (scripts/vmrun.py collects them).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+PORT = 7100
+SERVE = "/functions/serve.py"
+FUNCTIONS = ("dynamic_html", "thumbnailer", "matrix_aes")
+REQUESTS = {
+    "dynamic_html": {"username": "guest-b", "random_len": 200, "seed": 42, "request_id": "req-1"},
+    "thumbnailer": {"width": 160, "height": 120, "sharpen": True, "request_id": "req-1"},
+    "matrix_aes": {"n": 128, "seed": 42, "key": "000102030405060708090a0b0c0d0e0f",
+                   "request_id": "req-1"},
+}
+# Checks a response must pass besides equality with the cold start's.
+SANE = {
+    "dynamic_html": lambda r: r["items"] == 200 and r["greeting"] == "Hello, guest-b!",
+    "thumbnailer": lambda r: r["size"] == [160, 120] and r["source"] == [1600, 1200],
+    "matrix_aes": lambda r: r["roundtrip_ok"] is True and r["ciphertext_bytes"] > 100,
+}
+# A handle of a snapshot that cannot exist (id far beyond any issued here).
+BOGUS_SECRET = "0123456789abcdef" * 2
+DEAD_HOST = "169.254.77.99"
+
+role = sys.argv[1]
+passed = failed = 0
+
+
+def check(name, ok, detail="", **metrics):
+    global passed, failed
+    ok = bool(ok)
+    passed += ok
+    failed += not ok
+    rec = {"guest": role, "check": name, "pass": ok, "detail": str(detail)[:600]}
+    rec.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items()})
+    print("MITOSIS-RESULT " + json.dumps(rec), flush=True)
+    return ok
+
+
+def run(argv, stdin_text="", timeout=600, env=None):
+    """Runs argv; returns (rc, stdout, stderr, ms to the first stdout line, total ms)."""
+    import threading
+
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    out, err, first = [], [], []
+
+    def read_out():
+        for line in p.stdout:
+            if not first:
+                first.append(time.monotonic())
+            out.append(line)
+
+    readers = [threading.Thread(target=read_out),
+               threading.Thread(target=lambda: err.append(p.stderr.read()))]
+    for r in readers:
+        r.start()
+    try:
+        p.stdin.write(stdin_text)
+        p.stdin.close()
+    except BrokenPipeError:
+        pass  # it exited without reading its input
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        err.append(f"\n(killed after {timeout} s)")
+    for r in readers:
+        r.join(timeout=30)
+    end = time.monotonic()
+    t_first = ((first[0] if first else end) - t0) * 1e3
+    return p.returncode, "".join(out), "".join(err), t_first, (end - t0) * 1e3
+
+
+def counters():
+    import mitosis
+    return mitosis.status()["counters"]
+
+
+def python(code, timeout=300, env=None):
+    return run([sys.executable, "-c", code], timeout=timeout, env=env)
+
+
+def parse_response(out):
+    try:
+        return json.loads(out.splitlines()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- guest A: package
+
+def package_checks():
+    import errno
+    import mitosis
+
+    st = mitosis.status()
+    check("py-status-dict",
+          st["listen_port"] > 0 and any(d["active"] for d in st["devices"])
+          and list(st["counters"]) == list(mitosis.COUNTERS),
+          f"port {st['listen_port']} devices {st['devices']}")
+    check("py-version", mitosis.version()["abi_version"] > 0, mitosis.version())
+
+    # Return values and the interpreter's after-fork protocol. The program prints
+    # "PARENT handle" once; every child prints "CHILD" with what it sees.
+    prog = (
+        "import mitosis, os, random, sys, logging\n"
+        "random.seed(7)\n"
+        "data = {i: str(i) * 3 for i in range(50000)}\n"
+        "h = mitosis.fork_prepare()\n"
+        "if h is None:\n"
+        "    print('CHILD', os.getpid(), mitosis.is_child(), len(data), data[49999],\n"
+        "          random.random(), flush=True)\n"
+        "else:\n"
+        "    print('PARENT', h, type(h).__name__, mitosis.is_child(), flush=True)\n")
+    rc, out, err, _, _ = python(prog)
+    words = out.split()
+    handle = words[1] if rc == 0 and len(words) >= 4 and words[0] == "PARENT" else None
+    check("py-prepare-returns-handle-in-parent",
+          handle is not None and words[2] == "str" and words[3] == "False",
+          f"rc={rc} out={out!r} err={err[-300:]!r}")
+    if handle is None:
+        return
+    kids = []
+    for _ in range(2):
+        rc, out, err, _, _ = run(["mitosis", "resume", handle], timeout=120)
+        kids.append((rc, out.split(), err))
+    ok = all(rc == 0 and len(w) == 6 and w[0] == "CHILD" for rc, w, _ in kids)
+    check("py-prepare-returns-none-in-children",
+          ok and all(w[2] == "True" and w[3] == "50000" and w[4] == "49999" * 3
+                     for _, w, _ in kids), kids)
+    # PyOS_AfterFork_Child ran the random module's after-fork hook: each child reseeded
+    # (without it both would print the seed's next number).
+    check("py-child-after-fork-hooks-ran",
+          ok and kids[0][1][5] != kids[1][1][5], [w[5:] for _, w, _ in kids if len(w) > 5])
+    try:
+        mitosis.release(handle)
+        check("py-release", True)
+    except OSError as e:
+        check("py-release", False, e)
+    try:
+        mitosis.release(handle)
+        check("py-release-twice-not-found", False, "second release succeeded")
+    except OSError as e:
+        check("py-release-twice-not-found", isinstance(e, FileNotFoundError)
+              and e.errno == errno.ENOENT and "no such snapshot" in str(e), f"{type(e).__name__}: {e}")
+
+    # Errors: the exception class follows the errno, the message names the cause.
+    try:
+        mitosis.fork_resume("not a handle")
+        check("py-resume-malformed-einval", False, "returned")
+    except OSError as e:
+        check("py-resume-malformed-einval",
+              e.errno == errno.EINVAL and "malformed handle" in str(e), e)
+    bogus = f"{os.environ.get('MIP', '127.0.0.1')}:{st['listen_port']}/999999/{BOGUS_SECRET}"
+    try:
+        mitosis.fork_resume(bogus)
+        check("py-resume-unknown-permission-error", False, "returned")
+    except PermissionError as e:
+        check("py-resume-unknown-permission-error",
+              e.errno == errno.EACCES and "unknown or released" in str(e), e)
+    except OSError as e:
+        check("py-resume-unknown-permission-error", False, f"{type(e).__name__}: {e}")
+    try:
+        mitosis.fork_resume(f"{DEAD_HOST}:{st['listen_port']}/1/{BOGUS_SECRET}")
+        check("py-resume-unreachable", False, "returned")
+    except (TimeoutError, ConnectionError, OSError) as e:
+        check("py-resume-unreachable",
+              e.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.ECONNREFUSED) and DEAD_HOST in str(e),
+              f"{type(e).__name__}: {e}")
+    try:
+        mitosis.fork_resume(12)
+        check("py-resume-type-error", False, "returned")
+    except TypeError as e:
+        check("py-resume-type-error", "str" in str(e), e)
+
+    # Threads: refused before anything is captured, with the threads and the remedy
+    # named. numpy is imported so the OpenBLAS advice shows (these 1-CPU guests start
+    # no OpenBLAS pool; a Python thread and a bare _thread one stand in for it).
+    prog = (
+        "import numpy, threading, _thread, time, mitosis\n"
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=stop.wait, name='warmup-pool'); t.start()\n"
+        "_thread.start_new_thread(time.sleep, (30,))\n"
+        "time.sleep(0.2)\n"
+        "try:\n"
+        "    mitosis.fork_prepare(); print('PREPARED', flush=True)\n"
+        "except mitosis.ThreadsAliveError as e:\n"
+        "    print('REFUSED', e.errno, len(e.threads)); print(e, flush=True)\n"
+        "stop.set(); t.join()\n"
+        "import os; os._exit(0)\n")
+    rc, out, err, _, _ = python(prog)
+    check("py-threads-refused",
+          rc == 0 and out.startswith(f"REFUSED {errno.EBUSY} 2")
+          and "Python thread 'warmup-pool'" in out and "native thread" in out
+          and "OPENBLAS_NUM_THREADS=1" in out,
+          f"rc={rc} out={out!r} err={err[-300:]!r}")
+
+
+# ---------------------------------------------------------------- guest A: seeds
+
+def seeds():
+    handles = {}
+    for fn in FUNCTIONS:
+        path = f"/tmp/{fn}.handle"
+        rc, out, err, _, total = run([sys.executable, SERVE, fn, "--seed", path], timeout=900)
+        info = parse_response(out) or {}
+        ok = rc == 0 and os.path.exists(path)
+        check(f"fn-seed-{fn}", ok, f"rc={rc} {out.strip()} {err[-400:]}",
+              seed_ms=total, warm_ms=float(info.get("warm_ms", 0)),
+              prepare_ms=float(info.get("prepare_ms", 0)))
+        if ok:
+            handles[fn] = open(path).read().strip()
+    return handles
+
+
+# The probe seed's clocks run this far ahead of guest A's (its own time namespace),
+# so a child on B would see CLOCK_MONOTONIC go back by about this much without one.
+PROBE_CLOCK_AHEAD_S = 100000
+
+
+def probe_seed(handles):
+    """The container checks' seed (tests/scenarios/probe.py), in a time namespace whose
+    clocks are PROBE_CLOCK_AHEAD_S ahead of this host's."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def ahead():
+        if libc.unshare(0x80) != 0:  # CLONE_NEWTIME: entered at exec
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWTIME)")
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write(f"monotonic {PROBE_CLOCK_AHEAD_S} 0\nboottime {PROBE_CLOCK_AHEAD_S} 0\n")
+
+    path = "/tmp/probe.handle"
+    p = subprocess.run([sys.executable, "/scenarios/probe.py", path], preexec_fn=ahead,
+                       capture_output=True, text=True, timeout=300)
+    ok = p.returncode == 0 and os.path.exists(path)
+    check("probe-seed-in-time-namespace", ok, f"rc={p.returncode} {p.stderr[-400:]}")
+    if ok:
+        handles["probe"] = open(path).read().strip()
+
+
+def compare(fn, where, rc, out, err, reference):
+    resp = parse_response(out)
+    ok = rc == 0 and resp is not None and resp == reference and SANE[fn](resp)
+    return ok, f"rc={rc} response={out.strip()[:300]!r} reference={reference} err={err[-300:]!r}"
+
+
+def children_on_a(handles):
+    for fn, h in handles.items():
+        req = json.dumps(REQUESTS[fn]) + "\n"
+        rc, out, err, _, cold_ms = run([sys.executable, SERVE, fn, "--cold"], req)
+        reference = parse_response(out)
+        before = counters()
+        rc, out, err, first_ms, _ = run(["mitosis", "resume", f"@/tmp/{fn}.handle"], req)
+        ok, detail = compare(fn, "a", rc, out, err, reference)
+        check(f"fn-child-on-a-{fn}", ok and reference is not None, detail,
+              cold_ms=cold_ms, child_ms=first_ms,
+              local_pages=counters()["pages_fetched"] - before["pages_fetched"])
+
+
+def list_shows(handles):
+    rc, out, err, _, _ = run(["mitosis", "list", "--json"])
+    try:
+        ids = {str(e["id"]) for e in json.loads(out)}
+    except (ValueError, KeyError, TypeError):
+        ids = set()
+    want = {h.split("/")[1] for fn, h in handles.items() if fn in FUNCTIONS}
+    check("fn-list-shows-seeds", rc == 0 and want <= ids, f"want {want} listed {ids}")
+
+
+def serve_b(handles):
+    """Gives B the handles; when B says it is done, releases them and answers."""
+    srv = socket.create_server(("0.0.0.0", PORT))
+    srv.settimeout(1200)
+    conn, _ = srv.accept()
+    conn.settimeout(1800)
+    f = conn.makefile("rw")
+    f.write(json.dumps(handles) + "\n")
+    f.flush()
+    line = f.readline().strip()
+    released = []
+    import mitosis
+    for fn, h in handles.items():
+        try:
+            mitosis.release(h)
+            released.append(fn)
+        except OSError as e:
+            print(f"release {fn}: {e}", flush=True)
+    check("fn-released-after-b", line == "done" and len(released) == len(handles),
+          f"b said {line!r}, released {released}")
+    f.write("released\n")
+    f.flush()
+    f.readline()  # B's last word: its released-handle checks are over
+    conn.close()
+    srv.close()
+
+
+# ---------------------------------------------------------------- guest B
+
+def connect_a():
+    peer = os.environ["MPEER"]
+    deadline = time.monotonic() + 1500
+    while True:
+        try:
+            s = socket.create_connection((peer, PORT), timeout=5)
+            s.settimeout(1800)
+            return s
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def functions_on_b(handles, children):
+    rows = []
+    for fn in FUNCTIONS:
+        if fn not in handles:
+            check(f"fn-child-on-b-{fn}", False, "A published no handle")
+            continue
+        path = f"/tmp/{fn}.handle"
+        with open(path, "w") as f:
+            f.write(handles[fn] + "\n")
+        req = json.dumps(REQUESTS[fn]) + "\n"
+        rc, out, err, cold_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req)
+        reference = parse_response(out)
+        check(f"fn-cold-on-b-{fn}", rc == 0 and reference is not None and SANE[fn](reference),
+              f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=cold_ms)
+        # The plain launcher, then the container (both in a fresh page cache: the
+        # previous child's exit evicted the snapshot's pages on this host).
+        launchers = [("resume", ["mitosis", "resume", f"@{path}"])]
+        for i in range(1, children):
+            launchers.append(("run", ["mitosis", "run", "--timing", "--rootfs", CONTAINER_ROOT,
+                                      "--memory", "512M", "--pids", "64", "--cpus", "1",
+                                      "--hostname", fn.replace("_", "-"), f"@{path}"]))
+        for i, (how, argv) in enumerate(launchers):
+            before = counters()
+            t_start = time.time_ns()
+            rc, out, err, child_ms, _ = run(argv, req)
+            pages = counters()["pages_fetched"] - before["pages_fetched"]
+            ok, detail = compare(fn, "b", rc, out, err, reference)
+            ok = ok and reference is not None
+            timing = run_timing(err)
+            metrics = dict(cold_ms=cold_ms, child_ms=child_ms,
+                           speedup=cold_ms / child_ms if child_ms else 0.0,
+                           pages=pages, mib=pages * 4096 / 2**20)
+            if timing:
+                metrics["launcher_setup_ms"] = timing["setup_ms"]
+                metrics["resume_to_response_ms"] = child_ms - (
+                    timing["resume_realtime_ns"] - t_start) / 1e6
+            check(f"fn-child-on-b-{fn}" + ("" if how == "resume" else f"-{how}"), ok, detail,
+                  **metrics)
+            rows.append((fn, how, cold_ms, child_ms, pages, timing))
+    # The table a person reads in `make demo` (vmrun echoes MITOSIS- lines).
+    print("MITOSIS-DEMO function      launcher  cold start  child (launch to response)"
+          "  speedup  pages fetched     container setup")
+    for fn, how, cold, child, pages, timing in rows:
+        setup = f"{timing['setup_ms']:6.1f} ms" if timing else "     -"
+        print(f"MITOSIS-DEMO {fn:<13} {how:<8} {cold:7.0f} ms  {child:9.0f} ms"
+              f"                {cold / max(child, 1e-3):5.2f}x  {pages:6d} ({pages * 4096 / 2**20:5.1f} MiB)"
+              f"  {setup}")
+    sys.stdout.flush()
+
+
+def run_timing(err):
+    """The launcher's `--timing` line, if any."""
+    for line in err.splitlines():
+        if line.startswith("mitosis-run-timing "):
+            try:
+                return json.loads(line.split(" ", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+CONTAINER_ROOT = "/tmp/ctr"
+
+
+def container_root():
+    os.makedirs(CONTAINER_ROOT, exist_ok=True)
+    return CONTAINER_ROOT
+
+
+def cgroups_left():
+    try:
+        return [d for d in os.listdir("/sys/fs/cgroup/mitosis") if d.startswith("run-")]
+    except FileNotFoundError:
+        return []
+
+
+def containers_b(handles):
+    """`mitosis run` around children of the probe seed: namespaces, limits, clocks,
+    bundles, failures."""
+    if "probe" not in handles:
+        check("run-probe-handle", False, "A published no probe handle")
+        return
+    probe = "/tmp/probe.handle"
+    with open(probe, "w") as f:
+        f.write(handles["probe"] + "\n")
+    root = container_root()
+
+    def info_of(out):
+        for line in out.splitlines():
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if "pid" in d:
+                return d
+        return {}
+
+    base = ["mitosis", "run", "--rootfs", root, f"@{probe}"]
+    rc, out, err, _, total = run(base[:2] + ["--timing", "--hostname", "fn-box"] + base[2:],
+                                 "info\nexit 0\n")
+    i = info_of(out)
+    timing = run_timing(err) or {}
+    check("run-pid1-hostname-proc-devices",
+          rc == 0 and i.get("pid") == 1 and i.get("ppid") == 0 and i.get("hostname") == "fn-box"
+          and i.get("procs") == [1] and "mitosis" in i.get("dev", []) and "null" in i.get("dev", [])
+          and set(i.get("root", [])) == {"proc", "dev", "tmp"},
+          f"rc={rc} info={i} err={err[-300:]}",
+          setup_ms=float(timing.get("setup_ms", -1)), cgroup_ms=float(timing.get("cgroup_ms", -1)),
+          namespaces_ms=float(timing.get("namespaces_ms", -1)),
+          mounts_ms=float(timing.get("mounts_ms", -1)), total_ms=total)
+    # The seed's clocks are PROBE_CLOCK_AHEAD_S ahead of this host's: in the container
+    # they continue from there; with the plain launcher they are this host's (earlier).
+    ok = i.get("mono", 0) >= i.get("seed_mono", 1) and i.get("boot", 0) >= i.get("seed_boot", 1)
+    ok = ok and i.get("mono", 0) < i.get("seed_mono", 0) + 3600
+    check("run-monotonic-continues-from-seed", rc == 0 and ok,
+          f"seed mono {i.get('seed_mono')} boot {i.get('seed_boot')}, child mono {i.get('mono')} boot {i.get('boot')}",
+          gap_s=float(i.get("mono", 0) - i.get("seed_mono", 0)))
+    rc, out, err, _, _ = run(["mitosis", "resume", f"@{probe}"], "info\nexit 0\n")
+    j = info_of(out)
+    check("resume-keeps-host-clock", rc == 0 and j.get("mono", 1e12) < j.get("seed_mono", 0),
+          f"plain resume: seed mono {j.get('seed_mono')}, child mono {j.get('mono')} (documented: host clock)")
+
+    rc, out, err, _, _ = run(base[:2] + ["--memory", "64M"] + base[2:], "alloc 512\n", timeout=300)
+    check("run-memory-max-oom-killed", rc == 137 and "OOM killer" in err and '"done"' not in out,
+          f"rc={rc} out={out[-200:]!r} err={err[-300:]!r}")
+    rc, out, err, _, _ = run(base[:2] + ["--pids", "4"] + base[2:], "fork 10\nexit 0\n")
+    r = info_of(out.replace('"forked"', '"pid": 0, "forked"'))
+    check("run-pids-max-refuses-forks",
+          rc == 0 and 0 < r.get("forked", 99) < 10 and r.get("errno") == 11 and "pids.max" in err,
+          f"rc={rc} out={out!r} err={err[-300:]!r}")
+    rc, out, err, _, _ = run(base[:2] + ["--cpus", "0.25"] + base[2:], "spin 400\nexit 0\n")
+    r = info_of(out.replace('"cpu_ms"', '"pid": 0, "cpu_ms"'))
+    ratio = r.get("wall_ms", 0) / max(r.get("cpu_ms", 1), 1)
+    check("run-cpu-max-throttles", rc == 0 and ratio >= 2.0, f"rc={rc} {r}", wall_per_cpu=ratio)
+    rc, out, err, _, _ = run(base[:2] + ["--net", "none"] + base[2:], "info\nexit 0\n")
+    # A new network namespace: loopback (and the kernel's own tunnel devices such as
+    # sit0), none of the host's interfaces.
+    ifaces = info_of(out).get("ifaces", [])
+    check("run-net-none-loopback-only", rc == 0 and "lo" in ifaces and "eth0" not in ifaces,
+          ifaces)
+    rc, out, err, _, _ = run(base, "exit 7\n")
+    check("run-exit-status-is-the-childs", rc == 7, f"rc={rc} {err}")
+    check("run-cgroups-removed", cgroups_left() == [], cgroups_left())
+
+    # An OCI bundle as a runtime hands it over.
+    bundle = "/tmp/bundle"
+    os.makedirs(f"{bundle}/rootfs", exist_ok=True)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 65534, "gid": 65534}, "args": ["unused"], "cwd": "/"},
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "bundle-box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "resources": {"memory": {"limit": 256 << 20}, "pids": {"limit": 16},
+                          "cpu": {"quota": 100000, "period": 100000}},
+        },
+    }
+    with open(f"{bundle}/config.json", "w") as f:
+        json.dump(config, f)
+    rc, out, err, _, _ = run(["mitosis", "run", "--bundle", bundle, f"@{probe}"], "info\nexit 0\n")
+    i = info_of(out)
+    check("run-oci-bundle",
+          rc == 0 and i.get("hostname") == "bundle-box" and i.get("uid") == 65534
+          and i.get("no_new_privs") == "1" and "eth0" not in i.get("ifaces", ["eth0"])
+          and i.get("pid") == 1,
+          f"rc={rc} info={i} err={err[-300:]}")
+
+    # Failures: one line, status 125 (the launch failed) or 2 (usage).
+    for name, argv, want_rc, want in [
+        ("run-missing-rootfs-125", ["mitosis", "run", "--rootfs", "/nonexistent", f"@{probe}"], 125,
+         "root filesystem"),
+        ("run-bad-cpus-usage-2", ["mitosis", "run", "--cpus", "0", f"@{probe}"], 2, "CPU"),
+        ("run-bad-bundle-125", ["mitosis", "run", "--bundle", "/nonexistent", f"@{probe}"], 125,
+         "config.json"),
+        ("run-unreachable-parent-125", ["mitosis", "run", "--timeout-ms", "2000",
+                                        f"{DEAD_HOST}:18515/1/{BOGUS_SECRET}/1"], 125, "resume from"),
+    ]:
+        rc, out, err, _, _ = run(argv)
+        check(name, rc == want_rc and want in err, f"rc={rc} err={err!r}")
+    check("run-cgroups-removed-after-failures", cgroups_left() == [], cgroups_left())
+
+
+def cli_failures_b(handles):
+    """The CLI's failure paths: a one-line cause on stderr and a distinct exit status."""
+    rc, out, err, _, _ = run(["mitosis", "resume", "not-a-handle"])
+    check("cli-resume-malformed-exit-2", rc == 2 and err.startswith("mitosis: "), err)
+    port = handles[FUNCTIONS[0]].split("/")[0].split(":")[1]
+    rc, out, err, _, _ = run(["mitosis", "resume", "--timeout-ms", "2000",
+                              f"{DEAD_HOST}:{port}/1/{BOGUS_SECRET}"])
+    check("cli-resume-unreachable-exit-1",
+          rc == 1 and err.startswith("mitosis: resume from") and len(err.splitlines()) == 1, err)
+    rc, out, err, _, _ = run(["mitosis", "release", "@/nonexistent/handle"])
+    check("cli-handle-file-missing-exit-2", rc == 2 and "reading the handle" in err, err)
+    rc, out, err, _, _ = run(["mitosis", "status", "--json"])
+    try:
+        ok = rc == 0 and json.loads(out)["listen_port"] > 0
+    except (ValueError, KeyError):
+        ok = False
+    check("cli-status-json", ok, out[:200])
+
+
+def released_b(handles):
+    """After A released every snapshot: resuming one fails with the cause, both ways."""
+    import errno
+    import mitosis
+    fn = FUNCTIONS[0]
+    rc, out, err, _, _ = run(["mitosis", "resume", f"@/tmp/{fn}.handle"],
+                             json.dumps(REQUESTS[fn]) + "\n")
+    check("cli-resume-released-exit-1",
+          rc == 1 and "Permission denied" in err and out == "", f"rc={rc} {err}")
+    try:
+        mitosis.fork_resume(handles[fn])
+        check("py-resume-released-permission-error", False, "returned")
+    except PermissionError as e:
+        check("py-resume-released-permission-error", e.errno == errno.EACCES, e)
+
+
+def module_gone_b():
+    """Without the module: the CLI and the package say so."""
+    import mitosis
+    mitosis.close()  # this process's descriptor holds the module
+    rc, _, err, _, _ = run(["rmmod", "mitosis"])
+    check("rmmod-after-close", rc == 0, err)
+    rc, out, err, _, _ = run(["mitosis", "status"])
+    check("cli-module-not-loaded-exit-1", rc == 1 and "is mitosis.ko loaded?" in err, err)
+    rc, out, err, _, _ = python(
+        "import mitosis\n"
+        "try:\n    mitosis.status()\n"
+        "except FileNotFoundError as e:\n    print('ENOENT', e)\n")
+    check("py-module-not-loaded", "ENOENT" in out and "is mitosis.ko loaded?" in out, out + err)
+
+
+def phase(name, fn, *args):
+    """Runs one group of checks; an exception is a failed check, not the end."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - reported, then the scenario goes on
+        import traceback
+        check(f"{name}-raised", False, traceback.format_exc())
+        return None
+
+
+def main():
+    quick = "--quick" in sys.argv
+    if role == "a":
+        phase("package", package_checks)
+        handles = phase("seeds", seeds) or {}
+        phase("children-on-a", children_on_a, handles)
+        phase("probe", probe_seed, handles)
+        phase("list", list_shows, handles)
+        # Whatever happened above, B is waiting for the handles.
+        phase("serve-b", serve_b, handles)
+    else:
+        s = connect_a()
+        f = s.makefile("rw")
+        handles = json.loads(f.readline())
+        container_root()
+        phase("functions-on-b", functions_on_b, handles, 1 if quick else 2)
+        phase("containers", containers_b, handles)
+        phase("cli-failures", cli_failures_b, handles)
+        f.write("done\n")
+        f.flush()
+        f.readline()
+        phase("released", released_b, handles)
+        f.write("bye\n")
+        f.flush()
+        s.close()
+        phase("module-gone", module_gone_b)
+    print(f"functions on {role}: {passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
