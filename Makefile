@@ -33,7 +33,7 @@ vmrun = $(vmrun_with) --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz
 # to about 130 MB of initramfs.
 vmrun_py = $(vmrun_with) --initrd $(OUT)/initramfs-python-$(KVARIANT).cpio.gz --mem 1536
 
-.PHONY: all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
+.PHONY: install dkms-install test-install all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -105,7 +105,7 @@ test-functions: image-python
 	$(vmrun_py) --scenario functions --expect tests/scenarios/functions.expect \
 		--out $(OUT)/functions-$(KVARIANT) --timeout $(TIMEOUT)
 
-check: fmt test-host clippy test-guests test-fork test-functions test-adversarial
+check: fmt test-host test-install clippy test-guests test-fork test-functions test-adversarial
 	$(MAKE) KVARIANT=kasan test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
@@ -125,3 +125,43 @@ clean:
 	-$(MAKE) -C $(kdir) M=$(CURDIR) clean
 	cargo clean
 	rm -rf $(OUT) ffi/bindings_generated.rs
+
+# Installing on an RDMA host (docs/install.md). Build against the running kernel:
+#   make KDIR=/lib/modules/$(uname -r)/build && sudo make KDIR=/lib/modules/$(uname -r)/build install
+PREFIX ?= /usr/local
+DESTDIR ?=
+PYTHONDIR ?= $(shell python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || echo $(PREFIX)/lib/python3/dist-packages)
+UDEVDIR ?= /etc/udev/rules.d
+
+install: module userspace
+	$(MAKE) -C $(kdir) M=$(CURDIR) $(kflags) INSTALL_MOD_PATH=$(DESTDIR) INSTALL_MOD_DIR=updates modules_install
+	install -D -m 0755 target/release/mitosis $(DESTDIR)$(PREFIX)/bin/mitosis
+	install -D -m 0644 target/release/libmitosis.so $(DESTDIR)$(PREFIX)/lib/libmitosis.so
+	install -D -m 0644 target/release/libmitosis.a $(DESTDIR)$(PREFIX)/lib/libmitosis.a
+	install -D -m 0644 lib/include/mitosis.h $(DESTDIR)$(PREFIX)/include/mitosis.h
+	install -D -m 0644 python/mitosis/__init__.py $(DESTDIR)$(PYTHONDIR)/mitosis/__init__.py
+	install -D -m 0644 scripts/install/60-mitosis.rules $(DESTDIR)$(UDEVDIR)/60-mitosis.rules
+	install -D -m 0644 scripts/install/mitosis.conf $(DESTDIR)/etc/modprobe.d/mitosis.conf
+	@if [ -z "$(DESTDIR)" ]; then \
+		getent group mitosis >/dev/null || groupadd --system mitosis; \
+		depmod -a "$$(cat $(kdir)/include/config/kernel.release)" 2>/dev/null || true; \
+		udevadm control --reload-rules 2>/dev/null || true; \
+		ldconfig 2>/dev/null || true; \
+	fi
+	@echo "installed; load with: modprobe mitosis (options in /etc/modprobe.d/mitosis.conf)"
+
+# DKMS: the sources go to /usr/src/mitosis-VERSION; dkms rebuilds the module for every
+# kernel it installs (dkms.conf).
+DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
+dkms-install:
+	rm -rf $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
+	mkdir -p $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
+	git ls-files -z | xargs -0 cp --parents -t $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
+	@if [ -z "$(DESTDIR)" ]; then dkms add mitosis/$(DKMS_VERSION) && dkms build mitosis/$(DKMS_VERSION) && dkms install mitosis/$(DKMS_VERSION); fi
+
+# The install targets into a staging tree, checked file by file (part of test-host).
+test-install: module userspace
+	rm -rf $(OUT)/install-test
+	$(MAKE) -s install DESTDIR=$(CURDIR)/$(OUT)/install-test PREFIX=/usr PYTHONDIR=/usr/lib/python3/dist-packages
+	$(MAKE) -s dkms-install DESTDIR=$(CURDIR)/$(OUT)/install-test
+	scripts/install/check-staged.sh $(OUT)/install-test $(DKMS_VERSION)
