@@ -33,7 +33,7 @@ vmrun = $(vmrun_with) --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz
 # to about 130 MB of initramfs.
 vmrun_py = $(vmrun_with) --initrd $(OUT)/initramfs-python-$(KVARIANT).cpio.gz --mem 1536
 
-.PHONY: install dkms-install test-install all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
+.PHONY: bench-functions install dkms-install test-install all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -111,6 +111,16 @@ check: fmt test-host test-install clippy test-guests test-fork test-functions te
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 bench: image
 	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
+
+# Function benchmark (docs/benchmarks.md): 3 cold starts and 3 children per launcher
+# variant and function; the table and docs/functions-bench.png from its results.
+PLOT_LIBS = $(HOME)/.cache/mitosis/plot-pillow-11.0.0
+bench-functions: image-python
+	$(vmrun_py) --scenario functions --append MBENCH=1 --out $(OUT)/bench-functions-$(KVARIANT) --timeout 3000
+	@[ -d $(PLOT_LIBS) ] || /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check \
+		--only-binary=:all: --target $(PLOT_LIBS) pillow==11.0.0
+	PYTHONPATH=$(PLOT_LIBS) /usr/bin/python3.11 scripts/bench-functions-report.py \
+		$(OUT)/bench-functions-$(KVARIANT)/results.json docs/functions-bench.png
 
 # The function demo: three Python functions, cold start against remote children.
 demo: image-python

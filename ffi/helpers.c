@@ -245,6 +245,9 @@ void mitosis_sighand_unlock_current(void)
 pid_t mitosis_current_tgid(void)
 { return task_tgid_vnr(current); }
 
+pid_t mitosis_current_parent_tgid(void)
+{ return task_ppid_nr_ns(current, task_active_pid_ns(current)); }
+
 /* A captured seed ends here: its exit must not write the captured memory (no
  * clear_child_tid store, no robust-list walk), and SIGKILL is handled before it could
  * run another user instruction. */

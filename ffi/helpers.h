@@ -94,6 +94,7 @@ struct inode *mitosis_folio_inode(struct folio *folio);
 
 
 pid_t mitosis_current_tgid(void);
+pid_t mitosis_current_parent_tgid(void);
 
 bool mitosis_current_mm_exclusive(void);
 

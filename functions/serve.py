@@ -3,6 +3,10 @@ starts an instance:
 
     serve.py NAME --cold             interpreter start, imports, warm-up, then one
                                      request from stdin (JSON) answered on stdout
+    serve.py NAME --wait DIR         imports, warm-up, a first request, then DIR/ready;
+                                     waits for DIR/request.json and answers in
+                                     DIR/response.json (the CRIU baseline dumps it
+                                     while it waits)
     serve.py NAME --seed FILE        imports, warm-up, a first request, then
                                      mitosis.fork_prepare(): the handle goes to FILE
                                      and this process exits; every child resumed from
@@ -37,12 +41,29 @@ def answer(handler):
     return 0
 
 
+def wait_for_request(handler, d):
+    """A warm instance parked until a request file appears (what CRIU dumps)."""
+    with open(os.path.join(d, "ready"), "w") as f:
+        f.write(str(os.getpid()))
+    req = os.path.join(d, "request.json")
+    while not os.path.exists(req):
+        time.sleep(0.005)
+    with open(req) as f:
+        response = handler.handle(json.loads(f.read()))
+    tmp = os.path.join(d, "response.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(response, sort_keys=True) + "\n")
+    os.rename(tmp, os.path.join(d, "response.json"))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("function", help="handler module in functions/handlers")
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--cold", action="store_true", help="serve one request from stdin")
     mode.add_argument("--seed", metavar="FILE", help="prepare a snapshot, handle to FILE")
+    mode.add_argument("--wait", metavar="DIR", help="warm up, then answer DIR/request.json")
     args = ap.parse_args()
 
     t0 = time.monotonic()
@@ -51,10 +72,13 @@ def main():
     if args.cold:
         return answer(handler)
 
-    import mitosis
-
     # The first request, as a platform's warm-up would send it.
     handler.handle(dict(handler.SAMPLE))
+    if args.wait:
+        return wait_for_request(handler, args.wait)
+
+    import mitosis
+
     warmed = time.monotonic()
     seed_clock = time.clock_gettime(time.CLOCK_MONOTONIC)
     handle = mitosis.fork_prepare()
@@ -71,7 +95,7 @@ def main():
         f.write(handle + "\n")
     os.chmod(tmp, 0o600)
     os.rename(tmp, args.seed)
-    print(json.dumps({"seed": args.function, "warm_ms": round((warmed - t0) * 1e3, 1),
+    print(json.dumps({"seed": args.function, "pid": os.getpid(), "warm_ms": round((warmed - t0) * 1e3, 1),
                       "prepare_ms": round((prepared - warmed) * 1e3, 1),
                       "handle_file": args.seed}), flush=True)
     return 0

@@ -46,12 +46,17 @@ tar -C / -cf - \
 [ -d "$site/Crypto" ] && [ -d "$site/PIL" ] && [ -d "$site/numpy" ] && [ -d "$site/jinja2" ] || {
   echo "build-python: wheels missing from $site" >&2; exit 1; }
 find "$site" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
+# CRIU, the function benchmark's baseline (scripts/setup.sh installs Debian's).
+if [ -x /usr/sbin/criu ]; then
+  install -D -m 0755 /usr/sbin/criu "$stage/usr/sbin/criu"
+fi
 # Byte-compile once here, so no guest compiles at import (and the files are stable).
 "$py" -m compileall -q -j0 "$site" >/dev/null
 # Every shared library the interpreter, its extension modules and the wheels need,
 # from the host at the same paths (the wheels bring their own in *.libs).
 find "$stage" -name '*.so*' -type f > "$stage/.libs-needed"
 echo "$py" >> "$stage/.libs-needed"
+[ -x "$stage/usr/sbin/criu" ] && echo /usr/sbin/criu >> "$stage/.libs-needed"
 while read -r obj; do
   ldd "$obj" 2>/dev/null | grep -o '/[^ ]*' || true
 done < "$stage/.libs-needed" | sort -u | while read -r lib; do

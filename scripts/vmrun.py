@@ -122,7 +122,7 @@ class Guest:
                   f"localaddr=127.0.0.1:{hub.guest_ports[index]}")
         append = (
             f"console=ttyS0 panic=-1 loglevel=6 MROLE={self.role} MIP={self.ip} "
-            f"MPEER={self.peer} MSCENARIO={args.scenario} {args.append}"
+            f"MPEER={self.peer} MSCENARIO={args.scenario} {' '.join(args.append)}"
         ).strip()
         cmd = [
             "qemu-system-x86_64", "-machine", "pc", "-cpu", "max", "-smp", "1",
@@ -174,7 +174,9 @@ def main():
     ap.add_argument("--guests", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=1200)
     ap.add_argument("--mem", type=int, default=768)
-    ap.add_argument("--append", default="", help="extra kernel command-line parameters")
+    ap.add_argument("--append", action="append", default=[],
+                    help="extra kernel command-line parameters (repeatable; KEY=VALUE reaches "
+                         "the scenario as an environment variable)")
     ap.add_argument("--expect", help="file of 'ROLE CHECK' lines that must be reported")
     args = ap.parse_args()
     if args.guests < 2:

@@ -25,6 +25,7 @@ use crate::abi::snapshot::{
 use crate::bindings;
 use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
 use crate::rdma::pages::{PageRef, PageSet};
+use crate::region::Origin;
 use crate::state::Host;
 use crate::task::CurrentTask;
 use kernel::prelude::*;
@@ -129,8 +130,13 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     for p in data.into_iter() {
         pages.push(p, GFP_KERNEL)?;
     }
+    let task = CurrentTask::get();
+    let origin = Origin {
+        seed_pid: task.tgid().max(0) as u32,
+        parent_pid: task.parent_tgid().max(0) as u32,
+    };
     let (id, secret) = host
-        .publish_snapshot(PageSet::from_pages(pages), &desc)
+        .publish_snapshot(PageSet::from_pages(pages), &desc, origin)
         .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,

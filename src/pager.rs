@@ -77,9 +77,29 @@ pub(crate) struct Pager {
     /// Set when a reconnect failed (parent gone, snapshot revoked): later faults fail
     /// at once instead of each waiting for a connect timeout.
     dead: core::sync::atomic::AtomicBool,
+    /// Open files of this snapshot: one per resumed child on this host (its forks share
+    /// it), until the last of them unmaps it.
+    files: core::sync::atomic::AtomicU32,
 }
 
 impl Pager {
+    /// A snapshot file of this pager was opened (a child is being resumed).
+    pub(crate) fn file_opened(&self) {
+        self.files
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A snapshot file's last reference went (the child and its forks unmapped it).
+    pub(crate) fn file_closed(&self) {
+        self.files
+            .fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Children on this host mapping the snapshot.
+    pub(crate) fn children(&self) -> u32 {
+        self.files.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A pager over an opened snapshot whose descriptor `desc` passed validation.
     pub(crate) fn new(
         host: Arc<Host>,
@@ -95,6 +115,7 @@ impl Pager {
             data_offset: desc_pages * PAGE,
             link: KBox::pin_init(new_mutex!(Link { remote }), GFP_KERNEL)?,
             dead: core::sync::atomic::AtomicBool::new(false),
+            files: core::sync::atomic::AtomicU32::new(0),
         })
     }
 

@@ -37,6 +37,14 @@ pub(crate) fn pattern_pages(size: u64, seed: u64) -> Result<PageSet> {
     })
 }
 
+/// The processes a snapshot came from (process ids in the seed's pid namespace): the
+/// seed, ended at its capture, and the process that prepared it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Origin {
+    pub(crate) seed_pid: u32,
+    pub(crate) parent_pid: u32,
+}
+
 pub(crate) struct Region {
     pub(crate) id: u64,
     secret: [u8; 16],
@@ -49,6 +57,8 @@ pub(crate) struct Region {
     pub(crate) desc_mac: [u8; 16],
     /// When it was published (monotonic ms).
     pub(crate) created_ms: i64,
+    /// For snapshots: who it came from.
+    pub(crate) origin: Origin,
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
 }
@@ -96,7 +106,7 @@ impl Registry {
         if held.saturating_add(pages.len()) > MAX_TEST_REGION_PAGES {
             return Err(ENOSPC);
         }
-        self.publish(pages, 0, &[])
+        self.publish(pages, 0, &[], Origin::default())
     }
 
     /// Publishes `pages` under a fresh id and random secret; `desc` is the snapshot
@@ -106,6 +116,7 @@ impl Registry {
         pages: PageSet,
         info: u64,
         desc: &[u8],
+        origin: Origin,
     ) -> Result<(u64, [u8; 16])> {
         if self.regions.len() >= MAX_REGIONS {
             return Err(ENOSPC);
@@ -122,6 +133,7 @@ impl Registry {
                 info,
                 desc_mac: descriptor_mac(&secret, desc),
                 created_ms: kernel::time::Ktime::ktime_get().to_ms(),
+                origin,
                 live: AtomicBool::new(true),
             },
             GFP_KERNEL,

@@ -203,6 +203,21 @@ unsafe fn folio_pager<'a>(folio: NonNull<bindings::folio>) -> &'a Pager {
 /// # Safety
 ///
 /// `inode` is a live inode of the snapshot filesystem, not yet evicted.
+/// `release` of a snapshot file: its last reference is gone.
+///
+/// # Safety
+///
+/// Called by the VFS for a file made by [`SnapshotFs::open`] (only those use these file
+/// operations), with its inode, which the file holds until after this returns.
+unsafe extern "C" fn snapshot_file_release(
+    inode: *mut bindings::inode,
+    _file: *mut bindings::file,
+) -> core::ffi::c_int {
+    // SAFETY: one of our inodes, live (per the contract).
+    unsafe { pager_of(inode) }.file_closed();
+    0
+}
+
 unsafe fn pager_of<'a>(inode: *mut bindings::inode) -> &'a Pager {
     // SAFETY: `i_private` is set from `Arc::into_raw` before the inode is used and
     // released in `evict_inode` only.
@@ -363,6 +378,7 @@ impl SnapshotFs {
                 let mut v = bindings::file_operations::default();
                 v.owner = module.as_ptr().cast();
                 v.mmap = Some(bindings::generic_file_mmap);
+                v.release = Some(snapshot_file_release);
                 // SAFETY: `f` is valid for writing.
                 unsafe { f.write(v) };
             }),
@@ -452,6 +468,18 @@ impl SnapshotFs {
             })
     }
 
+    /// Children on this host mapping a snapshot whose key matches.
+    pub(crate) fn children_of(&self, matches: impl Fn(&PagerKey) -> bool) -> u32 {
+        self.cache
+            .lock()
+            .iter()
+            .filter(|(k, _)| matches(k))
+            // SAFETY: cached inodes are live, so is their pager (type invariant); the
+            // cache lock keeps eviction from freeing them meanwhile.
+            .map(|&(_, inode)| unsafe { pager_of(inode) }.children())
+            .sum()
+    }
+
     fn forget(&self, inode: *mut bindings::inode) {
         crate::util::remove_first(&mut self.cache.lock(), |(_, i)| *i == inode);
     }
@@ -518,8 +546,11 @@ impl SnapshotFs {
         });
         match file {
             Ok(f) => {
-                // The file owns the inode reference now (and drops it with itself).
+                // The file owns the inode reference now (and drops it with itself);
+                // its release counts it out.
                 core::mem::forget(inode);
+                // SAFETY: `raw` is one of our inodes, held by the new file.
+                unsafe { pager_of(raw) }.file_opened();
                 // SAFETY: a fresh file only we know about.
                 let mapping = unsafe {
                     (*f).__bindgen_anon_2.f_ra.ra_pages = prefetch;

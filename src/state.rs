@@ -29,7 +29,7 @@ use crate::rdma::device::{DeviceClient, DeviceKey, Devices};
 use crate::rdma::listener::Listener;
 use crate::rdma::pages::PageSet;
 use crate::rdma::Workqueue;
-use crate::region::{Region, Registry};
+use crate::region::{Origin, Region, Registry};
 use crate::snapfs::SnapshotFs;
 use crate::util::{remove_first, take_all};
 use kernel::prelude::*;
@@ -155,8 +155,15 @@ impl Host {
     }
 
     /// Publishes a captured snapshot (descriptor `desc` in front).
-    pub(crate) fn publish_snapshot(&self, pages: PageSet, desc: &[u8]) -> Result<(u64, [u8; 16])> {
-        self.regions.lock().publish(pages, desc.len() as u64, desc)
+    pub(crate) fn publish_snapshot(
+        &self,
+        pages: PageSet,
+        desc: &[u8],
+        origin: Origin,
+    ) -> Result<(u64, [u8; 16])> {
+        self.regions
+            .lock()
+            .publish(pages, desc.len() as u64, desc, origin)
     }
 
     /// Files a capture for the seed's parent.
@@ -310,10 +317,20 @@ impl Host {
                     desc_bytes: r.info,
                     age_ms: now.saturating_sub(r.created_ms).max(0) as u64,
                     peers: peers as u32,
-                    _pad: 0,
+                    children: 0,
+                    seed_pid: r.origin.seed_pid,
+                    parent_pid: r.origin.parent_pid,
                 },
                 GFP_KERNEL,
             )?;
+        }
+        drop(accepted);
+        // Children on this host: resumes of the snapshot by its own address (any of
+        // ours), counted from the snapshot files they map.
+        for (e, r) in out.iter_mut().zip(regions.iter()) {
+            e.children = self
+                .snapshot_fs
+                .children_of(|k| k.id == r.id && r.secret_matches(&k.secret));
         }
         Ok((out, total))
     }

@@ -186,6 +186,12 @@ impl CurrentTask {
         unsafe { bindings::mitosis_current_tgid() }
     }
 
+    /// The parent's process id in the caller's pid namespace (0 if it has none there).
+    pub(crate) fn parent_tgid(&self) -> i32 {
+        // SAFETY: a read of the current task's parent under RCU (in the helper).
+        unsafe { bindings::mitosis_current_parent_tgid() }
+    }
+
     /// Ends a captured seed: its exit must not write the captured memory (no
     /// `clear_child_tid` store, no robust-list walk), and SIGKILL is handled before it
     /// could run another user instruction.

@@ -21,7 +21,7 @@
 //! explicit (`_pad*` fields) and must be zero.
 
 /// Version of this ABI. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The ioctl type byte of `/dev/mitosis`.
 pub const IOC_MAGIC: u8 = 0xB7;
@@ -519,10 +519,15 @@ pub struct SnapshotEntry {
     pub age_ms: u64,
     /// Peer hosts with an open of it now.
     pub peers: u32,
-    pub _pad: u32,
+    /// Children on this host mapping it (one per resume; a child's forks share it).
+    pub children: u32,
+    /// The seed (ended at its capture) and the process that prepared the snapshot, in
+    /// the preparing process's pid namespace.
+    pub seed_pid: u32,
+    pub parent_pid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<SnapshotEntry>() == 48);
 // SAFETY: repr(C), integer fields, explicit padding (size checked above).
 unsafe impl Pod for SnapshotEntry {}
 

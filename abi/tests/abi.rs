@@ -47,6 +47,12 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(offset_of!(ioctl::RemoteOpenArgs, handle), 48);
     assert_eq!(size_of::<ioctl::RemoteReadArgs>(), 72);
     assert_eq!(offset_of!(ioctl::RemoteReadArgs, batch_pages), 40);
+    // ABI 3: list entries carry the local children and the seed's and parent's pids.
+    assert_eq!(ioctl::ABI_VERSION, 3);
+    assert_eq!(size_of::<ioctl::SnapshotEntry>(), 48);
+    assert_eq!(offset_of!(ioctl::SnapshotEntry, children), 36);
+    assert_eq!(offset_of!(ioctl::SnapshotEntry, parent_pid), 44);
+    assert_eq!(size_of::<ioctl::SnapshotListArgs>(), 32);
 }
 
 #[test]

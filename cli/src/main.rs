@@ -58,8 +58,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The snapshots published on this host: handle without the secret, size, pages,
-    /// peer hosts reading it now, age.
+    /// The snapshots published on this host: handle without the secret, the process
+    /// that prepared it and the seed, size, pages, peer hosts reading it now, children
+    /// on this host mapping it, age.
     List {
         /// One JSON array instead of a table.
         #[arg(long)]
@@ -343,6 +344,11 @@ struct ListEntryJson {
     pages: u64,
     desc_bytes: u64,
     peers: u32,
+    /// Children on this host mapping it now.
+    children: u32,
+    /// The process that prepared it, and the seed (ended at the capture).
+    parent_pid: u32,
+    seed_pid: u32,
     age_ms: u64,
 }
 
@@ -356,6 +362,9 @@ fn list_entries(host: &str, port: u32, entries: &[SnapshotEntry]) -> Vec<ListEnt
             pages: e.pages,
             desc_bytes: e.desc_bytes,
             peers: e.peers,
+            children: e.children,
+            parent_pid: e.parent_pid,
+            seed_pid: e.seed_pid,
             age_ms: e.age_ms,
         })
         .collect()
@@ -398,16 +407,19 @@ fn cmd_list(json: bool) -> Result<(), Fail> {
         return Ok(());
     }
     println!(
-        "{:<32} {:>10} {:>8} {:>5} {:>12}",
-        "HANDLE (no secret)", "SIZE", "PAGES", "PEERS", "AGE"
+        "{:<32} {:>8} {:>8} {:>10} {:>8} {:>5} {:>8} {:>12}",
+        "HANDLE (no secret)", "PARENT", "SEED", "SIZE", "PAGES", "PEERS", "CHILDREN", "AGE"
     );
     for r in &rows {
         println!(
-            "{:<32} {:>10} {:>8} {:>5} {:>12}",
+            "{:<32} {:>8} {:>8} {:>10} {:>8} {:>5} {:>8} {:>12}",
             r.handle,
+            r.parent_pid,
+            r.seed_pid,
             human_bytes(r.size_bytes),
             r.pages,
             r.peers,
+            r.children,
             human_age(r.age_ms)
         );
     }
@@ -823,7 +835,9 @@ mod tests {
             desc_bytes: 6000,
             age_ms: 125_000,
             peers: 2,
-            _pad: 0,
+            children: 3,
+            seed_pid: 101,
+            parent_pid: 100,
         };
         let rows = list_entries("10.0.0.1", 18515, &[e]);
         let doc: serde_json::Value =
@@ -831,6 +845,9 @@ mod tests {
         assert_eq!(doc[0]["handle"], "10.0.0.1:18515/7");
         assert_eq!(doc[0]["size_bytes"], 12_288u64 * 4096);
         assert_eq!(doc[0]["peers"], 2);
+        assert_eq!(doc[0]["children"], 3);
+        assert_eq!(doc[0]["parent_pid"], 100);
+        assert_eq!(doc[0]["seed_pid"], 101);
         assert_eq!(human_bytes(48 << 20), "48.0 MiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
         assert_eq!(human_bytes(8192), "8 KiB");

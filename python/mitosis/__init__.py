@@ -16,6 +16,7 @@ message says which operation failed and the likely cause.
 
 import ctypes
 import errno as _errno
+import gc
 import os
 import sys
 import threading
@@ -256,11 +257,17 @@ def _refuse_threads(threads):
     return ThreadsAliveError(msg, threads)
 
 
-def fork_prepare():
-    """Snapshots this interpreter. Returns the handle (a str: IP:PORT/ID/SECRET) in
-    the caller and None in every child resumed from it, like os.fork() returns a pid
+def fork_prepare(freeze_gc=True):
+    """Snapshots this interpreter. Returns the handle (a str: IP:PORT/ID/SECRET/CLOCK)
+    in the caller and None in every child resumed from it, like os.fork() returns a pid
     and 0. Raises ThreadsAliveError when other threads are alive (a child would lose
-    them) and OSError for the module's refusals."""
+    them) and OSError for the module's refusals.
+
+    With `freeze_gc` (the default) the snapshot's objects are collected once and moved
+    to the garbage collector's permanent generation (gc.freeze()), as prefork servers
+    do: a child's collections then never walk (and so never fetch) the seed's heap, only
+    what the child allocates. The caller's objects go back to the collector afterwards
+    (gc.unfreeze()); children keep them frozen."""
     global _child
     threads = _other_threads()
     if threads:
@@ -274,6 +281,9 @@ def fork_prepare():
             pass
     buf = ctypes.create_string_buffer(HANDLE_MAX)
     api = ctypes.pythonapi
+    if freeze_gc:
+        gc.collect()
+        gc.freeze()
     # The interpreter's own fork protocol (what os.fork() does): before-fork hooks and
     # the import lock here, then in the child the runtime re-initialises its locks and
     # thread state and runs the after-fork hooks (random reseeds, logging resets its
@@ -285,6 +295,8 @@ def fork_prepare():
         _child = True
         return None
     api.PyOS_AfterFork_Parent()
+    if freeze_gc:
+        gc.unfreeze()
     if rc == -_errno.EBUSY:
         threads = _other_threads()
         if threads:

@@ -1,6 +1,6 @@
 """Function scenario: real Python functions remote-forked between the two guests.
 
-    python3 /scenarios/functions.py a|b [--quick]
+    python3 /scenarios/functions.py a|b        (MBENCH=1 in the environment: benchmark)
 
 Guest A: the Python package's local checks (return values, after-fork hooks, the
 threads refusal, errors), then one seed per function (interpreter start, imports,
@@ -217,6 +217,9 @@ def package_checks():
 
 # ---------------------------------------------------------------- guest A: seeds
 
+SEED_PIDS = {}
+
+
 def seeds():
     handles = {}
     for fn in FUNCTIONS:
@@ -229,6 +232,7 @@ def seeds():
               prepare_ms=float(info.get("prepare_ms", 0)))
         if ok:
             handles[fn] = open(path).read().strip()
+            SEED_PIDS[fn] = info.get("pid")
     return handles
 
 
@@ -279,22 +283,179 @@ def children_on_a(handles):
 
 
 def list_shows(handles):
-    rc, out, err, _, _ = run(["mitosis", "list", "--json"])
-    try:
-        ids = {str(e["id"]) for e in json.loads(out)}
-    except (ValueError, KeyError, TypeError):
-        ids = set()
-    want = {h.split("/")[1] for fn, h in handles.items() if fn in FUNCTIONS}
-    check("fn-list-shows-seeds", rc == 0 and want <= ids, f"want {want} listed {ids}")
+    """`mitosis list --json`: every seed with the pid of the program that prepared it,
+    and a live local child of the probe counted, then gone."""
+    def listed():
+        rc, out, err, _, _ = run(["mitosis", "list", "--json"])
+        try:
+            return rc, {str(e["id"]): e for e in json.loads(out)}
+        except (ValueError, KeyError, TypeError):
+            return rc, {}
+
+    ids = {fn: h.split("/")[1] for fn, h in handles.items()}
+    child = None
+    if "probe" in handles:
+        child = subprocess.Popen(["mitosis", "resume", "@/tmp/probe.handle"], text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        child.stdin.write("info\n")
+        child.stdin.flush()
+        child.stdout.readline()  # the child runs
+    rc, entries = listed()
+    ok = rc == 0 and all(ids[fn] in entries for fn in FUNCTIONS if fn in ids)
+    ok = ok and all(entries[ids[fn]]["parent_pid"] == SEED_PIDS.get(fn)
+                    and entries[ids[fn]]["seed_pid"] > 0 and entries[ids[fn]]["children"] == 0
+                    for fn in FUNCTIONS if fn in ids and ids[fn] in entries)
+    check("fn-list-shows-seeds", ok, f"seed pids {SEED_PIDS} listed {entries}")
+    if child is not None:
+        probe = entries.get(ids["probe"], {})
+        child.stdin.write("exit 0\n")
+        child.stdin.close()
+        child.wait(timeout=60)
+        after = {}
+        for _ in range(50):
+            _, after = listed()
+            if after.get(ids["probe"], {}).get("children") == 0:
+                break
+            time.sleep(0.1)
+        check("list-counts-local-children",
+              probe.get("children") == 1 and after.get(ids["probe"], {}).get("children") == 0,
+              f"while running {probe}, after exit {after.get(ids['probe'])}")
+
+
+# ------------------------------------------------------- CRIU baseline (benchmark)
+
+CRIU_PORT = 7101
+
+
+def criu_dumps():
+    """Guest A: each function warmed up as a parked instance and dumped with CRIU (the
+    state of practice for restoring a warm instance elsewhere). Returns {fn: (dump_ms,
+    tar bytes of the images)}."""
+    import io
+    import tarfile
+
+    rc, out, err, _, _ = run(["criu", "check"], timeout=120)
+    check("criu-check", rc == 0, (out + err)[-600:])
+    dumps = {}
+    for fn in FUNCTIONS:
+        d = f"/tmp/criu/{fn}"
+        os.makedirs(f"{d}/img", exist_ok=True)
+        p = subprocess.Popen([sys.executable, SERVE, fn, "--wait", d], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not os.path.exists(f"{d}/ready") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rc, out, err, _, dump_ms = run(["criu", "dump", "-t", str(p.pid), "-D", f"{d}/img",
+                                        "-o", "dump.log"], timeout=300)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        log = open(f"{d}/img/dump.log").read()[-600:] if os.path.exists(f"{d}/img/dump.log") else ""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            t.add(f"{d}/img", arcname="img")
+        data = buf.getvalue()
+        ok = rc == 0
+        check(f"criu-dump-{fn}", ok, f"rc={rc} {err[-300:]} {log}", dump_ms=dump_ms,
+              image_mib=len(data) / 2**20)
+        if ok:
+            dumps[fn] = (dump_ms, data)
+    return dumps
+
+
+def accept_peer(port, mode):
+    """Guest A: the one connection B makes to `port`, as a file in `mode`."""
+    with socket.create_server(("0.0.0.0", port)) as srv:
+        srv.settimeout(1800)
+        conn, _ = srv.accept()
+    conn.settimeout(1800)
+    return conn, conn.makefile(mode)
+
+
+def connect_peer(port, patience_s):
+    """Guest B: connects to A's `port`, retrying while A is not listening yet."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            s = socket.create_connection((os.environ["MPEER"], port), timeout=5)
+            s.settimeout(1800)
+            return s
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def serve_criu_images(dumps):
+    """Guest A: sends B the CRIU images it asks for (a JSON line, then the tar)."""
+    conn, f = accept_peer(CRIU_PORT, "rwb")
+    for line in f:
+        fn = line.decode().strip()
+        if fn == "bye":
+            break
+        dump_ms, data = dumps.get(fn, (0, b""))
+        f.write((json.dumps({"dump_ms": dump_ms, "bytes": len(data)}) + "\n").encode())
+        f.write(data)
+        f.flush()
+    conn.close()
+
+
+def criu_restores():
+    """Guest B: per function, fetch A's images (timed as the copy), `criu restore`,
+    send the request, time restore to response, compare the response with a cold
+    start's."""
+    import io
+    import tarfile
+
+    s = connect_peer(CRIU_PORT, 120)
+    f = s.makefile("rwb")
+    for fn in FUNCTIONS:
+        d = f"/tmp/criu/{fn}"
+        os.makedirs(d, exist_ok=True)
+        t0 = time.monotonic()
+        f.write((fn + "\n").encode())
+        f.flush()
+        head = json.loads(f.readline())
+        data = f.read(head["bytes"]) if head["bytes"] else b""
+        copy_ms = (time.monotonic() - t0) * 1e3
+        if not data:
+            check(f"criu-restore-{fn}", False, "no images from A")
+            continue
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            t.extractall(d)
+        req = json.dumps(REQUESTS[fn]) + "\n"
+        rc, out, err, cold_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req)
+        reference = parse_response(out)
+        t0 = time.monotonic()
+        rc, out, err, _, restore_ms = run(["criu", "restore", "-D", f"{d}/img", "-d",
+                                           "-o", "restore.log"], timeout=300)
+        with open(f"{d}/request.json.tmp", "w") as g:
+            g.write(req)
+        os.rename(f"{d}/request.json.tmp", f"{d}/request.json")
+        deadline = time.monotonic() + 120
+        while rc == 0 and not os.path.exists(f"{d}/response.json") and time.monotonic() < deadline:
+            time.sleep(0.002)
+        response_ms = (time.monotonic() - t0) * 1e3
+        resp = None
+        if os.path.exists(f"{d}/response.json"):
+            resp = parse_response(open(f"{d}/response.json").read())
+        log = open(f"{d}/img/restore.log").read()[-600:] if os.path.exists(f"{d}/img/restore.log") else ""
+        total = head["dump_ms"] + copy_ms + response_ms
+        check(f"criu-restore-{fn}", rc == 0 and resp == reference and resp is not None,
+              f"rc={rc} response={resp} reference={reference} {err[-200:]} {log}",
+              dump_ms=head["dump_ms"], copy_ms=copy_ms, restore_ms=restore_ms,
+              restore_to_response_ms=response_ms, total_ms=total, cold_ms=cold_ms,
+              image_mib=len(data) / 2**20)
+    f.write(b"bye\n")
+    f.flush()
+    s.close()
 
 
 def serve_b(handles):
     """Gives B the handles; when B says it is done, releases them and answers."""
-    srv = socket.create_server(("0.0.0.0", PORT))
-    srv.settimeout(1200)
-    conn, _ = srv.accept()
-    conn.settimeout(1800)
-    f = conn.makefile("rw")
+    conn, f = accept_peer(PORT, "rw")
     f.write(json.dumps(handles) + "\n")
     f.flush()
     line = f.readline().strip()
@@ -312,26 +473,37 @@ def serve_b(handles):
     f.flush()
     f.readline()  # B's last word: its released-handle checks are over
     conn.close()
-    srv.close()
 
 
 # ---------------------------------------------------------------- guest B
 
-def connect_a():
-    peer = os.environ["MPEER"]
-    deadline = time.monotonic() + 1500
-    while True:
-        try:
-            s = socket.create_connection((peer, PORT), timeout=5)
-            s.settimeout(1800)
-            return s
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+PREFETCH_PARAM = "/sys/module/mitosis/parameters/prefetch_pages"
 
 
-def functions_on_b(handles, children):
+def launcher(how, fn, path):
+    """The command line of one way to start a child of `path`."""
+    if how == "run":
+        return ["mitosis", "run", "--timing", "--rootfs", CONTAINER_ROOT, "--memory", "512M",
+                "--pids", "64", "--cpus", "1", "--hostname", fn.replace("_", "-"), f"@{path}"]
+    if how == "eager":
+        return ["mitosis", "resume", "--eager", f"@{path}"]
+    return ["mitosis", "resume", f"@{path}"]  # resume, and resume-w32 with a wider window
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0.0
+
+
+def functions_on_b(handles, bench):
+    """Per function: cold starts and children, every response compared with the cold
+    start's. The test runs one cold start, one `mitosis resume` child and one `mitosis
+    run` child; the benchmark (MBENCH=1) three of each and of two more variants (eager
+    fetch, a 32-page prefetch window). Every child starts in a cold page cache: the
+    previous child's exit evicted the snapshot's pages on this host."""
+    rounds = 3 if bench else 1
+    variants = ["resume", "run"] + (["eager", "resume-w32"] if bench else [])
+    default_window = open(PREFETCH_PARAM).read().strip()
     rows = []
     for fn in FUNCTIONS:
         if fn not in handles:
@@ -341,41 +513,54 @@ def functions_on_b(handles, children):
         with open(path, "w") as f:
             f.write(handles[fn] + "\n")
         req = json.dumps(REQUESTS[fn]) + "\n"
-        rc, out, err, cold_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req)
-        reference = parse_response(out)
-        check(f"fn-cold-on-b-{fn}", rc == 0 and reference is not None and SANE[fn](reference),
-              f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=cold_ms)
-        # The plain launcher, then the container (both in a fresh page cache: the
-        # previous child's exit evicted the snapshot's pages on this host).
-        launchers = [("resume", ["mitosis", "resume", f"@{path}"])]
-        for i in range(1, children):
-            launchers.append(("run", ["mitosis", "run", "--timing", "--rootfs", CONTAINER_ROOT,
-                                      "--memory", "512M", "--pids", "64", "--cpus", "1",
-                                      "--hostname", fn.replace("_", "-"), f"@{path}"]))
-        for i, (how, argv) in enumerate(launchers):
-            before = counters()
-            t_start = time.time_ns()
-            rc, out, err, child_ms, _ = run(argv, req)
-            pages = counters()["pages_fetched"] - before["pages_fetched"]
-            ok, detail = compare(fn, "b", rc, out, err, reference)
-            ok = ok and reference is not None
-            timing = run_timing(err)
-            metrics = dict(cold_ms=cold_ms, child_ms=child_ms,
-                           speedup=cold_ms / child_ms if child_ms else 0.0,
-                           pages=pages, mib=pages * 4096 / 2**20)
-            if timing:
-                metrics["launcher_setup_ms"] = timing["setup_ms"]
-                metrics["resume_to_response_ms"] = child_ms - (
-                    timing["resume_realtime_ns"] - t_start) / 1e6
-            check(f"fn-child-on-b-{fn}" + ("" if how == "resume" else f"-{how}"), ok, detail,
-                  **metrics)
-            rows.append((fn, how, cold_ms, child_ms, pages, timing))
+        colds, reference = [], None
+        for i in range(rounds):
+            rc, out, err, cold_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req)
+            reference = reference or parse_response(out)
+            colds.append(cold_ms)
+            check(f"fn-cold-on-b-{fn}" + (f"-{i + 1}" if i else ""),
+                  rc == 0 and parse_response(out) is not None and SANE[fn](parse_response(out)),
+                  f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=cold_ms)
+        cold = median(colds)
+        for how in variants:
+            times, fetched, setups = [], [], []
+            for i in range(rounds):
+                with open(PREFETCH_PARAM, "w") as f:
+                    f.write("32" if how == "resume-w32" else default_window)
+                before = counters()
+                t_start = time.time_ns()
+                rc, out, err, child_ms, _ = run(launcher(how, fn, path), req)
+                pages = counters()["pages_fetched"] - before["pages_fetched"]
+                ok, detail = compare(fn, "b", rc, out, err, reference)
+                ok = ok and reference is not None
+                timing = run_timing(err)
+                metrics = dict(cold_ms=cold, child_ms=child_ms,
+                               speedup=cold / child_ms if child_ms else 0.0,
+                               pages=pages, mib=pages * 4096 / 2**20)
+                if timing:
+                    metrics["launcher_setup_ms"] = timing["setup_ms"]
+                    metrics["resume_to_response_ms"] = child_ms - (
+                        timing["resume_realtime_ns"] - t_start) / 1e6
+                    setups.append(timing["setup_ms"])
+                name = f"fn-child-on-b-{fn}" + ("" if how == "resume" else f"-{how}")
+                check(name + (f"-{i + 1}" if i else ""), ok, detail, **metrics)
+                times.append(child_ms)
+                fetched.append(pages)
+            rows.append((fn, how, cold, median(times), median(fetched),
+                         median(setups) if setups else None))
+            if bench:
+                check(f"bench-{fn}-{how}", True, f"{rounds} runs", cold_ms=cold,
+                      child_ms=median(times), child_min_ms=min(times), child_max_ms=max(times),
+                      pages=median(fetched), cold_min_ms=min(colds), cold_max_ms=max(colds),
+                      **({"launcher_setup_ms": median(setups)} if setups else {}))
+    with open(PREFETCH_PARAM, "w") as f:
+        f.write(default_window)
     # The table a person reads in `make demo` (vmrun echoes MITOSIS- lines).
-    print("MITOSIS-DEMO function      launcher  cold start  child (launch to response)"
+    print("MITOSIS-DEMO function      launcher    cold start  child (launch to response)"
           "  speedup  pages fetched     container setup")
-    for fn, how, cold, child, pages, timing in rows:
-        setup = f"{timing['setup_ms']:6.1f} ms" if timing else "     -"
-        print(f"MITOSIS-DEMO {fn:<13} {how:<8} {cold:7.0f} ms  {child:9.0f} ms"
+    for fn, how, cold, child, pages, setup in rows:
+        setup = f"{setup:6.1f} ms" if setup is not None else "     -"
+        print(f"MITOSIS-DEMO {fn:<13} {how:<10} {cold:7.0f} ms  {child:9.0f} ms"
               f"                {cold / max(child, 1e-3):5.2f}x  {pages:6d} ({pages * 4096 / 2**20:5.1f} MiB)"
               f"  {setup}")
     sys.stdout.flush()
@@ -581,21 +766,24 @@ def phase(name, fn, *args):
 
 
 def main():
-    quick = "--quick" in sys.argv
+    bench = os.environ.get("MBENCH") == "1"
     if role == "a":
         phase("package", package_checks)
         handles = phase("seeds", seeds) or {}
         phase("children-on-a", children_on_a, handles)
         phase("probe", probe_seed, handles)
         phase("list", list_shows, handles)
+        dumps = phase("criu-dump", criu_dumps) if bench else None
         # Whatever happened above, B is waiting for the handles.
         phase("serve-b", serve_b, handles)
+        if bench:
+            phase("criu-serve", serve_criu_images, dumps or {})
     else:
-        s = connect_a()
+        s = connect_peer(PORT, 1500)  # A's seeds take minutes under emulation
         f = s.makefile("rw")
         handles = json.loads(f.readline())
         container_root()
-        phase("functions-on-b", functions_on_b, handles, 1 if quick else 2)
+        phase("functions-on-b", functions_on_b, handles, bench)
         phase("containers", containers_b, handles)
         phase("cli-failures", cli_failures_b, handles)
         f.write("done\n")
@@ -605,6 +793,8 @@ def main():
         f.write("bye\n")
         f.flush()
         s.close()
+        if bench:
+            phase("criu-restore", criu_restores)
         phase("module-gone", module_gone_b)
     print(f"functions on {role}: {passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Turns the function benchmark's results (scripts/vmrun.py results.json of the
+functions scenario with MBENCH=1) into the table for docs/benchmarks.md and a plot.
+
+    bench-functions-report.py RESULTS.json OUT.png
+
+Prints the Markdown table on stdout. The plot needs Pillow: the Makefile runs this
+with a cached Pillow (pip --target, pinned) on PYTHONPATH.
+"""
+import json
+import sys
+
+FUNCTIONS = ("dynamic_html", "thumbnailer", "matrix_aes")
+VARIANTS = (
+    ("cold", "cold start (interpreter, imports, warm-up, request)"),
+    ("resume", "child, mitosis resume"),
+    ("run", "child, mitosis run (container)"),
+    ("eager", "child, resume --eager"),
+    ("resume-w32", "child, resume, 32-page window"),
+)
+COLOURS = {"cold": (90, 90, 90), "resume": (31, 119, 180), "run": (44, 160, 44),
+           "eager": (255, 127, 14), "resume-w32": (148, 103, 189)}
+
+
+def load(path):
+    with open(path) as f:
+        doc = json.load(f)
+    checks = {c["check"]: c for c in doc.get("checks", [])}
+    table = {}
+    for fn in FUNCTIONS:
+        row = {}
+        for how, _ in VARIANTS[1:]:
+            c = checks.get(f"bench-{fn}-{how}")
+            if c:
+                row[how] = c
+                row["cold"] = {"child_ms": c["cold_ms"], "child_min_ms": c.get("cold_min_ms"),
+                               "child_max_ms": c.get("cold_max_ms"), "pages": 0}
+        table[fn] = row
+    return table
+
+
+def markdown(table):
+    lines = ["| function | cold start | child: resume | child: run (setup) | child: eager | "
+             "child: 32-page window | pages fetched (resume) | cold / resume |",
+             "|---|---|---|---|---|---|---|---|"]
+    for fn, row in table.items():
+        def ms(how):
+            c = row.get(how)
+            if not c:
+                return "-"
+            return f"{c['child_ms']:.0f} ms ({c['child_min_ms']:.0f}-{c['child_max_ms']:.0f})"
+        run = row.get("run", {})
+        setup = f" ({run['launcher_setup_ms']:.0f} ms)" if "launcher_setup_ms" in run else ""
+        pages = row.get("resume", {}).get("pages", 0)
+        ratio = (row["cold"]["child_ms"] / row["resume"]["child_ms"]
+                 if "resume" in row and row["resume"]["child_ms"] else 0)
+        lines.append(f"| {fn} | {ms('cold')} | {ms('resume')} | {ms('run')}{setup} | "
+                     f"{ms('eager')} | {ms('resume-w32')} | {pages:.0f} "
+                     f"({pages * 4096 / 2**20:.1f} MiB) | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def plot(table, out):
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    bar_h, gap, left, width = 16, 14, 150, 900
+    rows = sum(len(r) for r in table.values())
+    height = 70 + rows * bar_h + len(table) * gap + 30 * len(VARIANTS) // 2 + 40
+    img = Image.new("RGB", (left + width + 120, height), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), "Python functions on guest B: time to the first response (median of 3, ms)",
+           fill="black", font=font)
+    top = max((c["child_ms"] for r in table.values() for c in r.values()), default=1)
+    y = 40
+    for fn, row in table.items():
+        d.text((10, y + 2), fn, fill="black", font=font)
+        for how, _ in VARIANTS:
+            c = row.get(how)
+            if not c:
+                continue
+            w = max(1, int(width * c["child_ms"] / top))
+            d.rectangle([left, y, left + w, y + bar_h - 3], fill=COLOURS[how])
+            d.text((left + w + 5, y + 1), f"{c['child_ms']:.0f}", fill="black", font=font)
+            y += bar_h
+        y += gap
+    y += 10
+    for i, (how, label) in enumerate(VARIANTS):
+        x = 10 + (i % 2) * 480
+        yy = y + (i // 2) * 18
+        d.rectangle([x, yy, x + 12, yy + 10], fill=COLOURS[how])
+        d.text((x + 18, yy - 1), label, fill="black", font=font)
+    img.save(out)
+
+
+def main():
+    table = load(sys.argv[1])
+    print(markdown(table))
+    if len(sys.argv) > 2:
+        plot(table, sys.argv[2])
+
+
+if __name__ == "__main__":
+    main()
