@@ -16,10 +16,13 @@ VARIANTS = (
     ("resume", "child, mitosis resume"),
     ("run", "child, mitosis run (container)"),
     ("eager", "child, resume --eager"),
+    ("resume-w0", "child, resume, no prefetch window"),
     ("resume-w32", "child, resume, 32-page window"),
+    ("criu", "CRIU: dump on A + copy + restore to response on B"),
 )
 COLOURS = {"cold": (90, 90, 90), "resume": (31, 119, 180), "run": (44, 160, 44),
-           "eager": (255, 127, 14), "resume-w32": (148, 103, 189)}
+           "eager": (255, 127, 14), "resume-w0": (23, 190, 207), "resume-w32": (148, 103, 189),
+           "criu": (214, 39, 40)}
 
 
 def load(path):
@@ -35,14 +38,19 @@ def load(path):
                 row[how] = c
                 row["cold"] = {"child_ms": c["cold_ms"], "child_min_ms": c.get("cold_min_ms"),
                                "child_max_ms": c.get("cold_max_ms"), "pages": 0}
+        c = checks.get(f"criu-restore-{fn}")
+        if c and c.get("pass"):
+            row["criu"] = {"child_ms": c["total_ms"], "child_min_ms": c["total_ms"],
+                           "child_max_ms": c["total_ms"], "pages": 0, "criu": c}
         table[fn] = row
     return table
 
 
 def markdown(table):
     lines = ["| function | cold start | child: resume | child: run (setup) | child: eager | "
-             "child: 32-page window | pages fetched (resume) | cold / resume |",
-             "|---|---|---|---|---|---|---|---|"]
+             "child: no window | child: 32-page window | pages fetched: window 8 / none | "
+             "CRIU: dump + copy + restore to response | cold / resume |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
             c = row.get(how)
@@ -52,11 +60,17 @@ def markdown(table):
         run = row.get("run", {})
         setup = f" ({run['launcher_setup_ms']:.0f} ms)" if "launcher_setup_ms" in run else ""
         pages = row.get("resume", {}).get("pages", 0)
+        exact = row.get("resume-w0", {}).get("pages", 0)
         ratio = (row["cold"]["child_ms"] / row["resume"]["child_ms"]
                  if "resume" in row and row["resume"]["child_ms"] else 0)
+        criu = row.get("criu", {}).get("criu")
+        criu_text = (f"{criu['total_ms']:.0f} ms ({criu['dump_ms']:.0f} + {criu['copy_ms']:.0f} + "
+                     f"{criu['restore_to_response_ms']:.0f}; {criu['image_mib']:.1f} MiB)"
+                     if criu else "-")
         lines.append(f"| {fn} | {ms('cold')} | {ms('resume')} | {ms('run')}{setup} | "
-                     f"{ms('eager')} | {ms('resume-w32')} | {pages:.0f} "
-                     f"({pages * 4096 / 2**20:.1f} MiB) | {ratio:.2f}x |")
+                     f"{ms('eager')} | {ms('resume-w0')} | {ms('resume-w32')} | {pages:.0f} / {exact:.0f} "
+                     f"({pages * 4096 / 2**20:.1f} / {exact * 4096 / 2**20:.1f} MiB) | {criu_text} | "
+                     f"{ratio:.2f}x |")
     return "\n".join(lines)
 
 

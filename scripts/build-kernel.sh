@@ -20,7 +20,7 @@ makeflags=""
 bootparams=""
 case "$variant" in
   debug) frags+=("$here/kernel/debug.config") ;;
-  perf) ;;
+  perf) frags+=("$here/kernel/bench.config") ;;
   # KASAN with Rust needs a clang-built kernel (see kasan.config).
   # Under KASAN the ACPI interpreter is too slow for the PCI routing method (_PRT):
   # route PCI interrupts from the BIOS table instead.

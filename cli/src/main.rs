@@ -745,6 +745,56 @@ mod tests {
     }
 
     #[test]
+    fn run_parses_limits_and_refuses_conflicts() {
+        let c = parse(&[
+            "run",
+            "--rootfs",
+            "/srv/root",
+            "--memory",
+            "256M",
+            "--cpus",
+            "0.5",
+            "--pids",
+            "64",
+            "--hostname",
+            "fn-1",
+            "--net",
+            "none",
+            "--user",
+            "1000",
+            "--timing",
+            "@/tmp/h",
+        ])
+        .unwrap();
+        let Cmd::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.memory, Some(256 << 20));
+        assert_eq!(
+            r.cpus,
+            Some(CpuMax {
+                quota_us: 50_000,
+                period_us: 100_000
+            })
+        );
+        assert_eq!((r.pids, r.net), (Some(64), Some(Net::None)));
+        assert_eq!(r.hostname.as_deref(), Some("fn-1"));
+        assert_eq!(r.user.map(|u| (u.uid, u.gid)), Some((1000, 1000)));
+        assert!(r.timing && !r.host_clock && !r.eager);
+        for bad in [
+            &["run", "--bundle", "/b", "--rootfs", "/r", "h"][..],
+            &["run", "--cpus", "0", "h"],
+            &["run", "--net", "bridge", "h"],
+            &["run", "--hostname", "-bad", "h"],
+            &["run", "--memory", "lots", "h"],
+            &["run", "--user", "0", "h"],
+            &["run"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn commands_parse_and_refuse() {
         let c = parse(&["resume", "--eager", "--timeout-ms", "0x10", "@/tmp/h"]).unwrap();
         assert!(
