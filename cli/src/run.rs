@@ -300,6 +300,10 @@ fn launch(m: &Mitosis, a: &RunArgs, started: u64) -> Result<u8, String> {
 fn container_init(m: &Mitosis, a: &RunArgs, procs: fs::File, started: u64, cgroup_done: u64) -> ! {
     let mut timings = (0, 0);
     let r = setup(a, procs, &mut timings);
+    let root = match &r {
+        Ok(root) => *root,
+        Err(_) => "",
+    };
     if let Err(msg) = r {
         eprintln!("mitosis: run: {msg}");
         // SAFETY: ends this process without running the launcher's exit handlers.
@@ -309,7 +313,7 @@ fn container_init(m: &Mitosis, a: &RunArgs, procs: fs::File, started: u64, cgrou
         let now = realtime_ns();
         let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
         eprintln!(
-            "mitosis-run-timing {{\"cgroup_ms\":{:.3},\"namespaces_ms\":{:.3},\"mounts_ms\":{:.3},\"setup_ms\":{:.3},\"resume_realtime_ns\":{now}}}",
+            "mitosis-run-timing {{\"cgroup_ms\":{:.3},\"namespaces_ms\":{:.3},\"mounts_ms\":{:.3},\"setup_ms\":{:.3},\"root\":\"{root}\",\"resume_realtime_ns\":{now}}}",
             ms(started, cgroup_done),
             ms(cgroup_done, timings.0),
             ms(timings.0, timings.1),
@@ -327,7 +331,9 @@ fn container_init(m: &Mitosis, a: &RunArgs, procs: fs::File, started: u64, cgrou
     unsafe { libc::_exit(LAUNCH_FAILED as i32) }
 }
 
-fn setup(a: &RunArgs, mut procs: fs::File, t: &mut (u64, u64)) -> Result<(), String> {
+/// Makes the container around this process; returns how the root was switched
+/// (`pivot_root`, `move+chroot` on an initramfs host, or `host` without a rootfs).
+fn setup(a: &RunArgs, mut procs: fs::File, t: &mut (u64, u64)) -> Result<&'static str, String> {
     procs
         .write_all(b"0")
         .map_err(|e| format!("joining the cgroup: {e}"))?;
@@ -359,18 +365,21 @@ fn setup(a: &RunArgs, mut procs: fs::File, t: &mut (u64, u64)) -> Result<(), Str
         libc::MS_REC | libc::MS_PRIVATE,
         "",
     )?;
-    match &a.spec.rootfs {
-        None => mount(
-            Some("proc"),
-            Path::new("/proc"),
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            "",
-        )?,
+    let how = match &a.spec.rootfs {
+        None => {
+            mount(
+                Some("proc"),
+                Path::new("/proc"),
+                Some("proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                "",
+            )?;
+            "host"
+        }
         Some(root) => enter_root(root, &a.spec)?,
-    }
+    };
     t.1 = realtime_ns();
-    Ok(())
+    Ok(how)
 }
 
 fn mount(
@@ -415,7 +424,7 @@ fn inside(root: &Path, dest: &Path) -> PathBuf {
     root.join(dest.strip_prefix("/").unwrap_or(dest))
 }
 
-fn enter_root(root: &Path, spec: &ContainerSpec) -> Result<(), String> {
+fn enter_root(root: &Path, spec: &ContainerSpec) -> Result<&'static str, String> {
     // pivot_root wants the new root to be a mount point.
     mount(
         Some(&root.to_string_lossy()),
@@ -495,11 +504,12 @@ fn enter_root(root: &Path, spec: &ContainerSpec) -> Result<(), String> {
             return Err(os_err(format!("chdir {}", root.display())));
         }
         let dot = c".".as_ptr();
-        if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+        let how = if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
             // The old root is stacked under the new one: detach it.
             if libc::umount2(dot, libc::MNT_DETACH) != 0 {
                 return Err(os_err("detaching the old root"));
             }
+            "pivot_root"
         } else if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
             // The host runs from its initramfs, which cannot be pivoted away (like
             // switch_root): move the new root over / and chroot into it.
@@ -516,14 +526,15 @@ fn enter_root(root: &Path, spec: &ContainerSpec) -> Result<(), String> {
             if libc::chroot(dot) != 0 {
                 return Err(os_err("chroot"));
             }
+            "move+chroot"
         } else {
             return Err(os_err("pivot_root"));
-        }
+        };
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(os_err("chdir /"));
         }
+        Ok(how)
     }
-    Ok(())
 }
 
 /// Brings `lo` up in a new network namespace.

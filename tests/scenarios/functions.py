@@ -627,8 +627,9 @@ def containers_b(handles):
     check("run-pid1-hostname-proc-devices",
           rc == 0 and i.get("pid") == 1 and i.get("ppid") == 0 and i.get("hostname") == "fn-box"
           and i.get("procs") == [1] and "mitosis" in i.get("dev", []) and "null" in i.get("dev", [])
-          and set(i.get("root", [])) == {"proc", "dev", "tmp"},
-          f"rc={rc} info={i} err={err[-300:]}",
+          and set(i.get("root", [])) == {"proc", "dev", "tmp"}
+          and timing.get("root") == "pivot_root",
+          f"rc={rc} info={i} root switch {timing.get('root')} err={err[-300:]}",
           setup_ms=float(timing.get("setup_ms", -1)), cgroup_ms=float(timing.get("cgroup_ms", -1)),
           namespaces_ms=float(timing.get("namespaces_ms", -1)),
           mounts_ms=float(timing.get("mounts_ms", -1)), total_ms=total)
