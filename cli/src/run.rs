@@ -9,7 +9,7 @@
 //! failed before the child ran (like `docker run`), with the cause on stderr.
 
 use crate::container::{ContainerSpec, Net};
-use mitosis::{boottime_ns, Mitosis, ResumeOptions, SnapshotHandle};
+use mitosis::{boottime_ns, monotonic_ns, Mitosis, ResumeOptions, SnapshotHandle};
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
@@ -177,16 +177,7 @@ fn time_offsets(seed_clock_ms: u64) -> String {
         let off = seed.saturating_sub(now);
         format!("{name} {} {}\n", off / 1_000_000_000, off % 1_000_000_000)
     };
-    let mono = {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is writable.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    line("monotonic", mono) + &line("boottime", boottime_ns())
+    line("monotonic", monotonic_ns()) + &line("boottime", boottime_ns())
 }
 
 /// Runs the container; returns the exit status for `mitosis run`.

@@ -8,7 +8,9 @@
 pub mod capi;
 pub mod fork;
 
-pub use fork::{boottime_ns, Forked, Identity, Prepared, ResumeOptions, Resumed, SnapshotHandle};
+pub use fork::{
+    boottime_ns, monotonic_ns, Forked, Identity, Prepared, ResumeOptions, Resumed, SnapshotHandle,
+};
 
 use std::fs::OpenOptions;
 use std::io;
