@@ -97,6 +97,14 @@ unsigned int mitosis_param_prefetch_pages = 8;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");
 
+bool mitosis_param_local_files = true;
+module_param_named(local_files, mitosis_param_local_files, bool, 0644);
+MODULE_PARM_DESC(local_files, "Map a seed's clean file mappings from this host's own file when it is the same file (path, size, mtime, first page)");
+
+bool mitosis_param_working_set = true;
+module_param_named(working_set, mitosis_param_working_set, bool, 0644);
+MODULE_PARM_DESC(working_set, "Record the pages a snapshot's children on this host fetched and prefetch them at its next resume here");
+
 /* Pages, folios, files. */
 struct page *mitosis_alloc_zeroed_page(void)
 { return alloc_page(GFP_KERNEL | __GFP_ZERO); }
@@ -255,3 +263,22 @@ pid_t mitosis_current_parent_tgid(void)
  * shared (vfork, CLONE_VM): only then may capture end it or resume replace the mm. */
 bool mitosis_current_mm_exclusive(void)
 { return get_nr_threads(current) == 1 && atomic_read(&current->mm->mm_users) == 1; }
+
+/* Files of the host's own filesystems (src/vfs.rs). */
+void mitosis_get_file(struct file *f)
+{ get_file(f); }
+
+bool mitosis_file_is_regular(struct file *f)
+{ return S_ISREG(file_inode(f)->i_mode); }
+
+bool mitosis_file_unlinked(struct file *f)
+{ return d_unlinked(f->f_path.dentry); }
+
+loff_t mitosis_file_size(struct file *f)
+{ return i_size_read(file_inode(f)); }
+
+time64_t mitosis_file_mtime_sec(struct file *f)
+{ return inode_get_mtime_sec(file_inode(f)); }
+
+char *mitosis_file_path(struct file *f, char *buf, int len)
+{ return d_path(&f->f_path, buf, len); }

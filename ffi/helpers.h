@@ -21,6 +21,8 @@ extern unsigned int mitosis_param_connect_timeout_ms;
 extern unsigned int mitosis_param_io_timeout_ms;
 extern unsigned int mitosis_param_prefetch_pages;
 extern bool mitosis_param_unprivileged_children;
+extern bool mitosis_param_local_files;
+extern bool mitosis_param_working_set;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
 			 const struct ib_send_wr **bad_wr);
@@ -97,5 +99,12 @@ pid_t mitosis_current_tgid(void);
 pid_t mitosis_current_parent_tgid(void);
 
 bool mitosis_current_mm_exclusive(void);
+
+void mitosis_get_file(struct file *f);
+bool mitosis_file_is_regular(struct file *f);
+bool mitosis_file_unlinked(struct file *f);
+loff_t mitosis_file_size(struct file *f);
+time64_t mitosis_file_mtime_sec(struct file *f);
+char *mitosis_file_path(struct file *f, char *buf, int len);
 
 #endif

@@ -20,7 +20,8 @@
 
 use crate::abi::ioctl::Pod;
 use crate::abi::snapshot::{
-    encode, encoded_len, vma_flags, PageRun, TaskState, Vma, PAGE, RUN_PRESENT, TASK_STATE_LEN,
+    encode_with_files, encoded_len, vma_flags, FileRef, PageRun, TaskState, Vma, FILE_PATH_MAX,
+    MAX_FILES, PAGE, RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
 use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
@@ -28,6 +29,7 @@ use crate::rdma::pages::{PageRef, PageSet};
 use crate::region::Origin;
 use crate::state::Host;
 use crate::task::CurrentTask;
+use crate::vfs::OpenFile;
 use kernel::prelude::*;
 
 /// Most pages one snapshot may hold (keys for them must fit one control reply).
@@ -57,6 +59,9 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     let mut runs = KVVec::new();
     let mut data = KVVec::new();
     let mut holes = 0u64;
+    // Clean private file mappings, as (VMA index, file, file offset): their identity is
+    // read once the mmap lock is dropped (it reads the file).
+    let mut clean_files = KVVec::new();
     {
         let mm = MmapReadGuard::current()
             .inspect_err(|e| pr_warn!("capture: no address space: {:?}\n", e))?;
@@ -78,7 +83,7 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
             // `MADV_WIPEONFORK` memory reads as zeros in a forked child: no pages.
             let wiped = v.flags & bindings::VM_WIPEONFORK as u64 != 0;
             if v.special == Special::None && !wiped {
-                holes += capture_pages(host, &mm, &v, &mut runs, &mut data).inspect_err(|e| {
+                let c = capture_pages(host, &mm, &v, &mut runs, &mut data).inspect_err(|e| {
                     pr_warn!(
                         "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
                         v.start,
@@ -87,6 +92,18 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
                         e
                     )
                 })?;
+                holes += c.holes;
+                let private = flags & (vma_flags::SHARED | vma_flags::GROWSDOWN) == 0;
+                if let (Some(f), true, true) = (v.file, c.clean, private) {
+                    clean_files.push(
+                        (
+                            vmas.len(),
+                            OpenFile::from_vma(&f),
+                            v.pgoff.saturating_mul(PAGE),
+                        ),
+                        GFP_KERNEL,
+                    )?;
+                }
             }
             vmas.push(
                 Vma {
@@ -104,15 +121,25 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
             )?;
         }
     }
+    let files = record_files(&mut vmas, clean_files)?;
     st.fpu_len = fpu.len() as u32;
     let mut state_bytes = KVVec::with_capacity(TASK_STATE_LEN + fpu.len(), GFP_KERNEL)?;
     state_bytes.extend_from_slice(st.as_bytes(), GFP_KERNEL)?;
     state_bytes.extend_from_slice(&fpu, GFP_KERNEL)?;
     drop(fpu);
 
-    let desc_len = encoded_len(vmas.len(), runs.len(), state_bytes.len()).ok_or(E2BIG)?;
+    let desc_len =
+        encoded_len(vmas.len(), runs.len(), files.len(), state_bytes.len()).ok_or(E2BIG)?;
     let mut desc = KVVec::from_elem(0u8, desc_len, GFP_KERNEL)?;
-    encode(&vmas, &runs, data.len() as u64, &state_bytes, &mut desc).map_err(|e| {
+    encode_with_files(
+        &vmas,
+        &runs,
+        &files,
+        data.len() as u64,
+        &state_bytes,
+        &mut desc,
+    )
+    .map_err(|e| {
         pr_warn!("capture: descriptor encoding failed: {:?}\n", e);
         EINVAL
     })?;
@@ -175,21 +202,72 @@ fn prot_flags(v: &VmaView<'_>, st: &TaskState) -> u32 {
     out
 }
 
+/// Gives each clean private file mapping of `clean` the record of its file (one per
+/// file), when the file has a path a child host could open: `file_id` and
+/// `file_offset` of its VMA. The pages stay captured: a child host without the same
+/// file fetches them as always. Files without such a path are left out.
+fn record_files(vmas: &mut [Vma], clean: KVVec<(usize, OpenFile, u64)>) -> Result<KVVec<FileRef>> {
+    let mut files: KVVec<FileRef> = KVVec::new();
+    // The file behind each record, so that VMAs of one open file share it.
+    let mut seen: KVVec<*mut bindings::file> = KVVec::new();
+    let mut buf = KVec::from_elem(0u8, FILE_PATH_MAX + 1, GFP_KERNEL)?;
+    for (vi, file, offset) in clean.into_iter() {
+        let Some(vma) = vmas.get_mut(vi) else {
+            continue;
+        };
+        let id = match seen.iter().position(|&p| p == file.as_ptr()) {
+            Some(i) => i + 1,
+            None => {
+                if files.len() >= MAX_FILES {
+                    continue;
+                }
+                let Some(path) = file.path(&mut buf) else {
+                    continue;
+                };
+                let Ok(ident) = file.identity() else {
+                    continue;
+                };
+                let Some(rec) = FileRef::new(path, ident.size, ident.mtime_sec, ident.head_hash)
+                else {
+                    continue;
+                };
+                files.push(rec, GFP_KERNEL)?;
+                seen.push(file.as_ptr(), GFP_KERNEL)?;
+                files.len()
+            }
+        };
+        vma.file_id = id as u32;
+        vma.file_offset = offset;
+    }
+    Ok(files)
+}
+
+/// What [`capture_pages`] found in one VMA.
+struct VmaPages {
+    holes: u64,
+    /// A private file mapping whose pages were all its file's own page-cache pages
+    /// before the capture (no `anon_vma`: never copied on write), so the file itself
+    /// holds the content. Decided before pinning: a long-term pin of a page-cache page
+    /// in a private mapping unshares it (the seed gets an anonymous copy).
+    clean: bool,
+}
+
 /// Takes a reference on every present page of `v`, appending runs (present pages
-/// only; pages between runs are holes) and data pages. Returns the hole count.
+/// only; pages between runs are holes) and data pages.
 fn capture_pages(
     host: &Host,
     mm: &MmapReadGuard,
     v: &VmaView<'_>,
     runs: &mut KVVec<PageRun>,
     data: &mut KVVec<PageRef>,
-) -> Result<u64> {
+) -> Result<VmaPages> {
     let n_pages = (v.end - v.start) / PAGE;
     // Pages of a snapshot file the child never touched are the source snapshot's
     // holes: keep them holes instead of faulting them in.
     let source = v.file.and_then(|f| host.snapshot_fs().pager_of_file(&f));
     let source_desc = source.map(|p| p.descriptor()).transpose()?;
     let mut holes = 0u64;
+    let clean = source_desc.is_none() && v.file.is_some() && !v.has_anon;
     let mut p = 0u64;
     let first_run = runs.len();
     while p < n_pages {
@@ -263,7 +341,7 @@ fn capture_pages(
         }
         p += r as u64;
     }
-    Ok(holes)
+    Ok(VmaPages { holes, clean })
 }
 
 /// A zeroed task state on the heap, built in a frame of its own (2.4 KiB that the

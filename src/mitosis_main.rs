@@ -63,6 +63,8 @@ mod state;
 mod task;
 mod uargs;
 mod util;
+mod vfs;
+mod working_set;
 
 module! {
     type: MitosisModule,

@@ -5,7 +5,6 @@
 
 use crate::bindings;
 use crate::rdma::pages::PageRef;
-use crate::snapfs::File;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
@@ -36,17 +35,41 @@ pub(crate) fn unmap(start: u64, len: u64) -> Result {
     kernel::error::to_result(unsafe { bindings::vm_munmap(start as _, len as _) })
 }
 
+/// A file a mapping can be made of.
+///
+/// # Safety
+///
+/// `file_ptr` returns a live file on which the implementor holds a reference for as
+/// long as it lives.
+pub(crate) unsafe trait MapSource {
+    fn file_ptr(&self) -> *mut bindings::file;
+}
+
+// SAFETY: a snapshot `File` owns a reference on its file (its type invariant).
+unsafe impl MapSource for crate::snapfs::File {
+    fn file_ptr(&self) -> *mut bindings::file {
+        self.as_ptr()
+    }
+}
+
+// SAFETY: an `OpenFile` owns a reference on its file (its type invariant).
+unsafe impl MapSource for crate::vfs::OpenFile {
+    fn file_ptr(&self) -> *mut bindings::file {
+        self.as_ptr()
+    }
+}
+
 /// Maps `len` bytes at exactly `addr` (`MAP_FIXED_NOREPLACE` must be in `flags`) from
 /// `file` at `offset`, or anonymous memory; `EEXIST` if the range is taken.
 pub(crate) fn map(
-    file: Option<&File>,
+    file: Option<&dyn MapSource>,
     addr: u64,
     len: u64,
     prot: u32,
     flags: u32,
     offset: u64,
 ) -> Result {
-    let f = file.map_or(ptr::null_mut(), |f| f.as_ptr());
+    let f = file.map_or(ptr::null_mut(), |f| f.file_ptr());
     // SAFETY: `f` is null or a file we hold; the kernel checks the rest.
     let got =
         unsafe { bindings::vm_mmap(f, addr as _, len as _, prot as _, flags as _, offset as _) }
@@ -267,6 +290,9 @@ pub(crate) struct VmaView<'a> {
     pub(crate) file: Option<VmaFile<'a>>,
     /// File offset of `start`, in pages (`vm_pgoff`).
     pub(crate) pgoff: u64,
+    /// The VMA has an `anon_vma`: it may hold anonymous (copied-on-write) pages. A
+    /// private file mapping without one holds only its file's page-cache pages.
+    pub(crate) has_anon: bool,
     pub(crate) special: Special,
 }
 
@@ -275,7 +301,7 @@ impl VmaView<'_> {
         let v = vma.as_ptr();
         // SAFETY: the caller holds the mmap lock of the VMA's mm, so it is live and its
         // fields are stable.
-        let (start, end, flags, file, pgoff, ops) = unsafe {
+        let (start, end, flags, file, pgoff, ops, has_anon) = unsafe {
             (
                 (*v).__bindgen_anon_1.__bindgen_anon_1.vm_start as u64,
                 (*v).__bindgen_anon_1.__bindgen_anon_1.vm_end as u64,
@@ -283,6 +309,7 @@ impl VmaView<'_> {
                 (*v).vm_file,
                 (*v).vm_pgoff as u64,
                 (*v).vm_ops,
+                !(*v).anon_vma.is_null(),
             )
         };
         let mut special = Special::None;
@@ -311,6 +338,7 @@ impl VmaView<'_> {
             flags,
             file: NonNull::new(file).map(|f| VmaFile(f, core::marker::PhantomData)),
             pgoff,
+            has_anon,
             special,
         }
     }

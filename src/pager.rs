@@ -32,6 +32,7 @@ use crate::remote::RemoteRegion;
 use crate::snapfs::{LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
+use crate::working_set::Trace;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -80,6 +81,19 @@ pub(crate) struct Pager {
     /// Open files of this snapshot: one per resumed child on this host (its forks share
     /// it), until the last of them unmaps it.
     files: core::sync::atomic::AtomicU32,
+    /// The pages read from the parent, for the host's working-set record.
+    trace: Pin<KBox<Mutex<Trace>>>,
+}
+
+impl Drop for Pager {
+    /// The snapshot's last child on this host is gone: what its children fetched is
+    /// the working set the next resume here prefetches.
+    fn drop(&mut self) {
+        if params::working_set() {
+            let pages = self.trace.lock().take();
+            self.host.working_sets().store(self.key, pages);
+        }
+    }
 }
 
 impl Pager {
@@ -116,6 +130,7 @@ impl Pager {
             link: KBox::pin_init(new_mutex!(Link { remote }), GFP_KERNEL)?,
             dead: core::sync::atomic::AtomicBool::new(false),
             files: core::sync::atomic::AtomicU32::new(0),
+            trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
         })
     }
 
@@ -170,8 +185,9 @@ impl Pager {
     /// The batch lives on the heap: a fault can come from deep in the kernel (a user
     /// copy in any system call touching snapshot memory), so this path keeps its
     /// stack small.
-    pub(crate) fn fill(&self, folios: &mut [LockedFolio]) -> Result {
+    pub(crate) fn fill(&self, folios: &mut [LockedFolio]) -> Result<usize> {
         let desc = self.descriptor()?;
+        let mut read = 0usize;
         let mut offs = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
         let mut result = Ok(());
         let mut rest = &mut folios[..];
@@ -197,13 +213,44 @@ impl Pager {
             }
             let (present, _) = rest.split_at_mut(offs.len());
             if !offs.is_empty() {
-                if let Err(e) = self.read_into(&offs, present) {
-                    result = Err(e);
+                match self.read_into(&offs, present) {
+                    Ok(()) => {
+                        read += offs.len();
+                        self.trace.lock().record(present.iter().map(|f| f.index()));
+                    }
+                    Err(e) => result = Err(e),
                 }
             }
             rest = &mut core::mem::take(&mut rest)[n..];
         }
-        result
+        result.map(|()| read)
+    }
+
+    /// A page fault's fill (`read_folio`, `readahead`): [`Pager::fill`], counted as a
+    /// remote fault when it read from the parent.
+    pub(crate) fn fault(&self, folios: &mut [LockedFolio]) -> Result {
+        let r = self.fill(folios);
+        if matches!(r, Ok(n) if n > 0) || r.is_err() {
+            count(&COUNTERS.remote_faults, 1);
+        }
+        r.map(|_| ())
+    }
+
+    /// Prefetches this host's working-set record of the snapshot, if any, into
+    /// `mapping`'s page cache: called at a resume that made a new pager. Returns the
+    /// pages read. Failures are left to the faults (they fetch what is missing).
+    pub(crate) fn replay_working_set(&self, mapping: Mapping<'_>) -> u64 {
+        if !params::working_set() {
+            return 0;
+        }
+        let Some(pages) = self.host.working_sets().take(self.key) else {
+            return 0;
+        };
+        let fetched = self
+            .fetch_indices(mapping, pages.iter().copied())
+            .unwrap_or(0);
+        count(&COUNTERS.ws_pages_replayed, fetched);
+        fetched
     }
 
     /// One doorbell of READs, page `offs[i]` into `folios[i]`.
@@ -257,24 +304,45 @@ impl Pager {
     /// cache, in batches of one doorbell. Returns the pages fetched.
     fn fetch(&self, mapping: Mapping<'_>, only: Option<usize>) -> Result<u64> {
         let desc = self.descriptor()?;
+        let mut indices = present_pages(&desc, only).map(|(vi, page)| folio_index(vi, page));
+        let mut err = None;
+        let fetched = self.fetch_indices(
+            mapping,
+            core::iter::from_fn(|| match indices.next()? {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    err = Some(e);
+                    None
+                }
+            }),
+        )?;
+        err.map_or(Ok(fetched), Err)
+    }
+
+    /// Brings the pages at page-cache `indices` into `mapping`'s page cache (those not
+    /// there yet), in batches of one doorbell. Returns the pages read from the parent.
+    fn fetch_indices(
+        &self,
+        mapping: Mapping<'_>,
+        indices: impl Iterator<Item = u64>,
+    ) -> Result<u64> {
         let mut batch = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
         let mut fetched = 0u64;
-        for (vi, page) in present_pages(&desc, only) {
-            let f = mapping.grab(folio_index(vi, page)?)?;
+        for index in indices {
+            let f = mapping.grab(index)?;
             if f.is_uptodate() {
                 continue;
             }
             // Within the capacity reserved above: no allocation.
             batch.push(f, GFP_KERNEL)?;
-            fetched += 1;
             if batch.len() == MAX_READ_BATCH {
                 let r = self.fill(&mut batch);
                 // Unlocks and releases the batch's folios.
                 crate::util::clear(&mut batch);
-                r?;
+                fetched += r? as u64;
             }
         }
-        self.fill(&mut batch)?;
+        fetched += self.fill(&mut batch)? as u64;
         Ok(fetched)
     }
 

@@ -42,6 +42,18 @@ pub(crate) fn unprivileged_children() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_unprivileged_children)) }
 }
 
+/// Whether resumes map clean file mappings from this host's own files (`vfs.rs`).
+pub(crate) fn local_files() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_local_files)) }
+}
+
+/// Whether snapshots' working sets are recorded and replayed on this host.
+pub(crate) fn working_set() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_working_set)) }
+}
+
 /// The port the listener accepts peers on (0: no listener).
 pub(crate) fn listen_port() -> u16 {
     // SAFETY: read-only module parameter (0444), set before `init`.

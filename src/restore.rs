@@ -13,6 +13,10 @@
 //! seed's context. A failure after that point kills the caller (SIGKILL) with a log
 //! line: it has no address space to return to.
 //!
+//! A clean file mapping of the seed (see [`crate::vfs`]) is mapped from this host's own
+//! file when the file at the recorded path, opened as the caller, has the seed file's
+//! identity; otherwise (missing, different, `local_files=0`) from the snapshot.
+//!
 //! The vDSO and vvar stay where the launcher had them; the child-side library moves
 //! them to the seed's addresses (`mremap`, which the vDSO supports) before anything
 //! calls into them, using the report written into the seed's `ForkCaptureArgs`.
@@ -38,6 +42,8 @@ use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::remote::RemoteRegion;
 use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
+use crate::util::ClearForReuse;
+use crate::vfs::OpenFile;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::uaccess::UserSlice;
@@ -95,20 +101,28 @@ fn resume_inner(
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
     // even when children on this host still map it.
     let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
-    let inode = match fs.lookup(key) {
+    let (inode, fresh) = match fs.lookup(key) {
         Some(inode) => {
             // Children here already share this snapshot's pages: keep theirs.
             remote.close();
-            inode
+            (inode, false)
         }
         None => {
             let desc = fetch_descriptor(&remote, &a.secret).inspect_err(|_| remote.close())?;
-            fs.create(Pager::new(host.clone(), key, remote, desc)?)?
+            (
+                fs.create(Pager::new(host.clone(), key, remote, desc)?)?,
+                true,
+            )
         }
     };
     let prefetch = params::prefetch_pages();
     let file = fs.open(inode, prefetch)?;
     let pager = file.pager();
+    // A new pager on this host: what the snapshot's earlier children here fetched
+    // comes in batched READs now, instead of one demand fault at a time later.
+    if fresh && !eager {
+        pager.replay_working_set(file.mapping());
+    }
     let desc = pager.descriptor()?;
     let (st, fpu) = task_state(&desc)?;
     fpu::check(fpu)?;
@@ -135,8 +149,10 @@ fn resume_inner(
         }
     }
 
+    let local = open_local_files(&desc)?;
+
     // Point of no return.
-    let rebuilt = rebuild(&desc, &file, &st)
+    let rebuilt = rebuild(&desc, &file, &local, &st)
         .and_then(|()| restore_task(&st, fpu))
         .and_then(|()| {
             let eager_pages = if eager {
@@ -283,9 +299,70 @@ fn seed_specials(desc: &Descriptor<'_>) -> Result<(Range, Range)> {
     Ok((vdso, vvar))
 }
 
-/// Unmaps the launcher (except vDSO/vvar) and maps every seed VMA from the file.
+/// This host's copies of the seed's clean mapped files, by file record (`None` where
+/// the file is missing or not the seed's; all `None` with `local_files=0`). Opened as
+/// the caller (its root, its credentials): a child maps only files its launcher can
+/// read.
+fn open_local_files(desc: &Descriptor<'_>) -> Result<KVVec<Option<OpenFile>>> {
+    let mut out = KVVec::with_capacity(desc.n_files(), GFP_KERNEL)?;
+    let enabled = params::local_files();
+    let mut path = KVec::with_capacity(crate::abi::snapshot::FILE_PATH_MAX + 1, GFP_KERNEL)?;
+    for id in 1..=desc.n_files() as u32 {
+        let rec = desc.file(id).ok_or(EINVAL)?;
+        let local = if enabled {
+            path.clear_for_reuse();
+            path.extend_from_slice(rec.path(), GFP_KERNEL)?;
+            path.push(0, GFP_KERNEL)?;
+            let cpath = kernel::str::CStr::from_bytes_with_nul(&path).map_err(|_| EINVAL)?;
+            let found = OpenFile::open_read(cpath).and_then(|f| Ok((f.identity()?, f)));
+            match found {
+                Ok((ident, f))
+                    if ident.size == rec.size
+                        && ident.mtime_sec == rec.mtime_sec
+                        && ident.head_hash == rec.head_hash =>
+                {
+                    Some(f)
+                }
+                other => {
+                    count(&COUNTERS.files_refused, 1);
+                    static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+                    if LOG.allow() {
+                        let why = match other {
+                            Ok((ident, _)) if ident.size != rec.size => "its size differs",
+                            Ok((ident, _)) if ident.mtime_sec != rec.mtime_sec => {
+                                "its modification time differs"
+                            }
+                            Ok(_) => "its first page differs",
+                            Err(e) if e == ENOENT => "it does not exist here",
+                            Err(_) => "it cannot be opened as the caller",
+                        };
+                        pr_info!(
+                            "resume: {} is not the seed's file ({}): its pages come from the snapshot\n",
+                            cpath,
+                            why
+                        );
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        out.push(local, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Unmaps the launcher (except vDSO/vvar) and maps every seed VMA: a clean file
+/// mapping from this host's copy of the file when `local` has it, everything else
+/// from the snapshot file.
 #[inline(never)]
-fn rebuild(desc: &Descriptor<'_>, file: &crate::snapfs::File, st: &TaskState) -> Result {
+fn rebuild(
+    desc: &Descriptor<'_>,
+    file: &crate::snapfs::File,
+    local: &[Option<OpenFile>],
+    st: &TaskState,
+) -> Result {
     let mut doomed = KVVec::new();
     {
         let mm = MmapReadGuard::current()?;
@@ -330,14 +407,26 @@ fn rebuild(desc: &Descriptor<'_>, file: &crate::snapfs::File, st: &TaskState) ->
         if stack {
             map_flags |= (bindings::MAP_ANONYMOUS | bindings::MAP_GROWSDOWN) as u64;
         }
-        let (src, offset) = if stack {
+        let len = v.end - v.start;
+        let own_file = (v.file_id as usize)
+            .checked_sub(1)
+            .and_then(|f| local.get(f))
+            .and_then(|f| f.as_ref());
+        if let Some(f) = own_file {
+            // Like `exec` maps a library: the same file at the seed's offset. A refusal
+            // (a `noexec` mount for an executable mapping) falls back to the snapshot.
+            if mm::map(Some(f), v.start, len, prot, map_flags as u32, v.file_offset).is_ok() {
+                count(&COUNTERS.vmas_local, 1);
+                continue;
+            }
+        }
+        let (src, offset): (Option<&dyn mm::MapSource>, u64) = if stack {
             (None, 0)
         } else {
             // The VMA's own window of the file (`window_offset`; the count was
             // checked against `MAX_WINDOWED_VMAS`).
             (Some(file), window_offset(i))
         };
-        let len = v.end - v.start;
         mm::map(src, v.start, len, prot, map_flags as u32, offset).inspect_err(|e| {
             pr_warn!(
                 "resume: mapping {:#x}-{:#x} failed ({:?})\n",

@@ -143,7 +143,7 @@ unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings
         folio,
         owned: false,
     }];
-    match pager.fill(&mut batch) {
+    match pager.fault(&mut batch) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -170,20 +170,20 @@ unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
             owned: false,
         };
         if batch.capacity() == 0 {
-            let _ = pager.fill(&mut [f]);
+            let _ = pager.fault(&mut [f]);
             continue;
         }
         if batch.push(f, GFP_KERNEL).is_err() {
             continue;
         }
         if batch.len() == MAX_READ_BATCH {
-            let _ = pager.fill(&mut batch);
+            let _ = pager.fault(&mut batch);
             // Unlocks the batch's folios.
             crate::util::clear(&mut batch);
         }
     }
     if let Some(pager) = pager {
-        let _ = pager.fill(&mut batch);
+        let _ = pager.fault(&mut batch);
     }
 }
 

@@ -32,6 +32,7 @@ use crate::rdma::Workqueue;
 use crate::region::{Origin, Region, Registry};
 use crate::snapfs::SnapshotFs;
 use crate::util::{remove_first, take_all};
+use crate::working_set::WorkingSets;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
 use kernel::workqueue::Queue;
@@ -101,6 +102,9 @@ pub(crate) struct Host {
     regions: Mutex<Registry>,
     #[pin]
     snapshot_fs: SnapshotFs,
+    /// Pages earlier children of each snapshot fetched here (`working_set.rs`).
+    #[pin]
+    working_sets: WorkingSets,
     /// Captures waiting for their parent's `FORK_CLAIM`.
     #[pin]
     claims: Mutex<KVec<Claim>>,
@@ -127,6 +131,7 @@ impl Host {
                 accepted <- new_mutex!(KVec::new()),
                 regions <- new_mutex!(Registry::new()),
                 snapshot_fs <- SnapshotFs::new(module),
+                working_sets <- WorkingSets::new(),
                 claims <- new_mutex!(KVec::new()),
             }? Error),
             GFP_KERNEL,
@@ -152,6 +157,10 @@ impl Host {
 
     pub(crate) fn snapshot_fs(&self) -> &SnapshotFs {
         &self.snapshot_fs
+    }
+
+    pub(crate) fn working_sets(&self) -> &WorkingSets {
+        &self.working_sets
     }
 
     /// Publishes a captured snapshot (descriptor `desc` in front).

@@ -21,7 +21,7 @@
 //! explicit (`_pad*` fields) and must be zero.
 
 /// Version of this ABI. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The ioctl type byte of `/dev/mitosis`.
 pub const IOC_MAGIC: u8 = 0xB7;
@@ -256,6 +256,18 @@ counters! {
     pages_zeroed,
     /// Remote faults that failed (the faulting child got SIGBUS).
     fetch_failures,
+    /// Page faults on snapshot memory that read from the parent (`read_folio` or
+    /// `readahead` calls that sent READs; each may bring a window of pages).
+    remote_faults,
+    /// Seed VMAs children on this host mapped from this host's own file (same path and
+    /// identity as the seed's), and file records whose local file was missing or
+    /// different (their VMAs came from the snapshot).
+    vmas_local,
+    files_refused,
+    /// Working sets recorded when a snapshot's last child on this host exited, and the
+    /// pages prefetched from them at later resumes of the same snapshot.
+    ws_recorded,
+    ws_pages_replayed,
 }
 
 impl DeviceInfo {
@@ -489,7 +501,7 @@ ioctl_structs! {
     /// Ping and version.
     IOC_VERSION / Version = 0, VersionArgs, 56;
     /// Devices, connections, counters.
-    IOC_STATUS / Status = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 184;
+    IOC_STATUS / Status = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 224;
     IOC_REGION_CREATE / RegionCreate = 2, RegionCreateArgs, 48;
     IOC_REGION_DESTROY / RegionDestroy = 3, RegionDestroyArgs, 16;
     IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;

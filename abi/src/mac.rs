@@ -148,6 +148,19 @@ pub fn descriptor_mac(secret: &[u8; 16], descriptor: &[u8]) -> [u8; MAC_LEN] {
     siphash128(secret, &[DESC_DOMAIN, descriptor])
 }
 
+/// Key of [`file_head_hash`]: public (the hash identifies content, it proves nothing).
+const FILE_HEAD_KEY: &[u8; 16] = b"mitosis-file-v1\0";
+
+/// How many bytes of a file [`file_head_hash`] covers: the first page (an ELF file's
+/// header, program headers and build-id note).
+pub const FILE_HEAD_LEN: usize = 4096;
+
+/// The identity hash of a file's first bytes (`head`: its first [`FILE_HEAD_LEN`]
+/// bytes, or the whole file if shorter).
+pub fn file_head_hash(head: &[u8]) -> [u8; MAC_LEN] {
+    siphash128(FILE_HEAD_KEY, &[&(head.len() as u64).to_le_bytes(), head])
+}
+
 /// Equality that takes the same time wherever the first difference is.
 pub fn constant_time_eq(a: &[u8; MAC_LEN], b: &[u8; MAC_LEN]) -> bool {
     let mut diff = 0u8;

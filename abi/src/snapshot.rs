@@ -4,8 +4,9 @@
 //! doorbell) to rebuild a seed's address space and execution state.
 //!
 //! Layout, little-endian: a 40-byte header, then `n_vmas` 48-byte VMA records, then
-//! `n_runs` 24-byte page runs, then `state_len` bytes of task state (a [`TaskState`]
-//! followed by the FPU image, opaque to the codec). Each VMA owns `n_runs` consecutive runs starting at
+//! `n_runs` 24-byte page runs, then `n_files` 256-byte file records ([`FileRef`]), then
+//! `state_len` bytes of task state (a [`TaskState`] followed by the FPU image, opaque
+//! to the codec). Each VMA owns `n_runs` consecutive runs starting at
 //! `first_run`; a run covers `n_pages` pages from VMA page `page` and is either present
 //! (its data is pages `data_page..data_page + n_pages` of the snapshot's published page
 //! set) or a hole (zero-filled locally). The checksum is CRC-32 (IEEE) of everything
@@ -13,10 +14,16 @@
 //! error, never a panic or an out-of-range index.
 
 pub const MAGIC: u32 = 0x4D53_4E50; // "MSNP"
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 40;
 pub const VMA_LEN: usize = 48;
 pub const RUN_LEN: usize = 24;
+pub const FILE_LEN: usize = 256;
+/// Longest path a [`FileRef`] holds (a longer one is not recorded: its VMA is always
+/// served from the snapshot).
+pub const FILE_PATH_MAX: usize = FILE_LEN - 40;
+/// Most file records one descriptor holds.
+pub const MAX_FILES: usize = 4096;
 pub const PAGE: u64 = 4096;
 
 /// Why a descriptor was refused.
@@ -35,6 +42,9 @@ pub enum DescError {
     BadRun,
     /// Does not fit the output buffer.
     TooLarge,
+    /// A file record's path is not an absolute, NUL-free path, its padding is not
+    /// zero, or a VMA names a file it may not map.
+    BadFile,
 }
 
 /// Bits of [`Vma::flags`].
@@ -71,7 +81,9 @@ pub struct Vma {
     pub file_offset: u64,
     pub first_run: u32,
     pub n_runs: u32,
-    /// Index of the file identity in a later table (0 = anonymous).
+    /// 0, or 1 + the index of the [`FileRef`] whose file this VMA maps with every
+    /// captured page clean (no private copy): a child host with the same file maps
+    /// the VMA from it, at `file_offset`, instead of fetching its pages.
     pub file_id: u32,
     pub _pad: u32,
 }
@@ -89,6 +101,67 @@ pub struct PageRun {
     pub kind: u32,
     /// For present runs: first page in the published page set.
     pub data_page: u64,
+}
+
+/// The identity of a file a clean file-backed VMA of the seed maps, taken at capture.
+/// A child host maps the VMA from its own file at `path` (resolved in the child's root,
+/// opened with its credentials) only if that file is a regular file of the same size,
+/// modification time (seconds) and first page ([`crate::mac::file_head_hash`]), the
+/// checks CRIU makes (size, ELF build-id, which sits in the first page) plus the
+/// modification time; otherwise the VMA's pages come from the snapshot as always.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub path_len: u32,
+    /// Reserved (0).
+    pub _pad: u32,
+    pub head_hash: [u8; 16],
+    /// `path_len` bytes of path, then zeros.
+    pub path: [u8; FILE_PATH_MAX],
+}
+
+impl Default for FileRef {
+    fn default() -> Self {
+        FileRef {
+            size: 0,
+            mtime_sec: 0,
+            path_len: 0,
+            _pad: 0,
+            head_hash: [0; 16],
+            path: [0; FILE_PATH_MAX],
+        }
+    }
+}
+
+impl FileRef {
+    /// A record for `path` (absolute, NUL-free, at most [`FILE_PATH_MAX`] bytes).
+    pub fn new(path: &[u8], size: u64, mtime_sec: i64, head_hash: [u8; 16]) -> Option<Self> {
+        let mut f = FileRef {
+            size,
+            mtime_sec,
+            path_len: path.len() as u32,
+            head_hash,
+            ..Default::default()
+        };
+        f.path.get_mut(..path.len())?.copy_from_slice(path);
+        f.valid().then_some(f)
+    }
+
+    /// The path's bytes.
+    pub fn path(&self) -> &[u8] {
+        &self.path[..(self.path_len as usize).min(FILE_PATH_MAX)]
+    }
+
+    fn valid(&self) -> bool {
+        let n = self.path_len as usize;
+        (1..=FILE_PATH_MAX).contains(&n)
+            && self.path[0] == b'/'
+            && !self.path[..n].contains(&0)
+            && self.path[n..].iter().all(|&b| b == 0)
+            && self._pad == 0
+            && self.size <= i64::MAX as u64
+    }
 }
 
 /// CRC-32 (IEEE, reflected), bitwise: descriptors are small and this stays `no_std`.
@@ -115,16 +188,23 @@ pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Length of the encoding of `n_vmas` VMAs, `n_runs` runs and `state_len` state bytes.
-pub fn encoded_len(n_vmas: usize, n_runs: usize, state_len: usize) -> Option<usize> {
+/// Length of the encoding of `n_vmas` VMAs, `n_runs` runs, `n_files` file records and
+/// `state_len` state bytes.
+pub fn encoded_len(
+    n_vmas: usize,
+    n_runs: usize,
+    n_files: usize,
+    state_len: usize,
+) -> Option<usize> {
     n_vmas
         .checked_mul(VMA_LEN)?
         .checked_add(n_runs.checked_mul(RUN_LEN)?)?
+        .checked_add(n_files.checked_mul(FILE_LEN)?)?
         .checked_add(state_len)?
         .checked_add(HEADER_LEN)
 }
 
-/// Encodes a descriptor for a page set of `data_pages` pages; returns its length.
+/// Encodes a descriptor without file records; see [`encode_with_files`].
 pub fn encode(
     vmas: &[Vma],
     runs: &[PageRun],
@@ -132,8 +212,21 @@ pub fn encode(
     state: &[u8],
     out: &mut [u8],
 ) -> Result<usize, DescError> {
-    let total = encoded_len(vmas.len(), runs.len(), state.len()).ok_or(DescError::TooLarge)?;
-    if total > out.len() || total > u32::MAX as usize {
+    encode_with_files(vmas, runs, &[], data_pages, state, out)
+}
+
+/// Encodes a descriptor for a page set of `data_pages` pages; returns its length.
+pub fn encode_with_files(
+    vmas: &[Vma],
+    runs: &[PageRun],
+    files: &[FileRef],
+    data_pages: u64,
+    state: &[u8],
+    out: &mut [u8],
+) -> Result<usize, DescError> {
+    let total =
+        encoded_len(vmas.len(), runs.len(), files.len(), state.len()).ok_or(DescError::TooLarge)?;
+    if total > out.len() || total > u32::MAX as usize || files.len() > MAX_FILES {
         return Err(DescError::TooLarge);
     }
     let out = &mut out[..total];
@@ -156,6 +249,15 @@ pub fn encode(
         out[at + 16..at + 24].copy_from_slice(&r.data_page.to_le_bytes());
         at += RUN_LEN;
     }
+    for f in files {
+        out[at..at + 8].copy_from_slice(&f.size.to_le_bytes());
+        out[at + 8..at + 16].copy_from_slice(&f.mtime_sec.to_le_bytes());
+        out[at + 16..at + 20].copy_from_slice(&f.path_len.to_le_bytes());
+        out[at + 20..at + 24].copy_from_slice(&f._pad.to_le_bytes());
+        out[at + 24..at + 40].copy_from_slice(&f.head_hash);
+        out[at + 40..at + FILE_LEN].copy_from_slice(&f.path);
+        at += FILE_LEN;
+    }
     out[at..at + state.len()].copy_from_slice(state);
     let sum = crc32(&out[HEADER_LEN..]);
     out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -167,7 +269,7 @@ pub fn encode(
     out[20..24].copy_from_slice(&(runs.len() as u32).to_le_bytes());
     out[24..32].copy_from_slice(&data_pages.to_le_bytes());
     out[32..36].copy_from_slice(&(state.len() as u32).to_le_bytes());
-    out[36..40].copy_from_slice(&0u32.to_le_bytes());
+    out[36..40].copy_from_slice(&(files.len() as u32).to_le_bytes());
     Ok(total)
 }
 
@@ -177,6 +279,7 @@ pub struct Descriptor<'a> {
     bytes: &'a [u8],
     n_vmas: usize,
     n_runs: usize,
+    n_files: usize,
     state_len: usize,
     pub data_pages: u64,
 }
@@ -193,7 +296,7 @@ impl<'a> Descriptor<'a> {
         if u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION {
             return Err(DescError::BadVersion);
         }
-        if get_u32(bytes, 8) as usize != bytes.len() || get_u32(bytes, 36) != 0 {
+        if get_u32(bytes, 8) as usize != bytes.len() || get_u32(bytes, 36) as usize > MAX_FILES {
             return Err(DescError::BadLength);
         }
         let d = Self::parse_validated(bytes)?;
@@ -214,8 +317,10 @@ impl<'a> Descriptor<'a> {
         let n_vmas = get_u32(bytes, 16) as usize;
         let n_runs = get_u32(bytes, 20) as usize;
         let state_len = get_u32(bytes, 32) as usize;
+        let n_files = get_u32(bytes, 36) as usize;
         let expect = (n_vmas as u64) * VMA_LEN as u64
             + (n_runs as u64) * RUN_LEN as u64
+            + (n_files as u64) * FILE_LEN as u64
             + state_len as u64
             + HEADER_LEN as u64;
         if expect != bytes.len() as u64 {
@@ -225,6 +330,7 @@ impl<'a> Descriptor<'a> {
             bytes,
             n_vmas,
             n_runs,
+            n_files,
             state_len,
             data_pages: get_u64(bytes, 24),
         })
@@ -244,6 +350,26 @@ impl<'a> Descriptor<'a> {
                 return Err(DescError::BadVma);
             }
             prev_end = v.end;
+            if v.file_id != 0 {
+                let mappable = vma_flags::FILE;
+                let never = vma_flags::SHARED
+                    | vma_flags::GROWSDOWN
+                    | vma_flags::VDSO
+                    | vma_flags::VVAR
+                    | vma_flags::HEAP;
+                if v.file_id as usize > self.n_files
+                    || v.flags & mappable != mappable
+                    || v.flags & never != 0
+                    || !v.file_offset.is_multiple_of(PAGE)
+                    || v.file_offset
+                        .checked_add(v.end - v.start)
+                        .is_none_or(|e| e > i64::MAX as u64)
+                {
+                    return Err(DescError::BadFile);
+                }
+            } else if v.file_offset != 0 {
+                return Err(DescError::BadVma);
+            }
             // Runs are stored in VMA order, without gaps or sharing.
             if v.first_run as u64 != next_run {
                 return Err(DescError::BadRun);
@@ -282,6 +408,11 @@ impl<'a> Descriptor<'a> {
         if next_run != self.n_runs as u64 {
             return Err(DescError::BadRun);
         }
+        for i in 0..self.n_files {
+            if !self.file_unchecked(i).valid() {
+                return Err(DescError::BadFile);
+            }
+        }
         Ok(())
     }
 
@@ -297,6 +428,16 @@ impl<'a> Descriptor<'a> {
 
     pub fn n_runs(&self) -> usize {
         self.n_runs
+    }
+
+    pub fn n_files(&self) -> usize {
+        self.n_files
+    }
+
+    /// The file record a VMA's `file_id` names (`None` for 0 or out of range).
+    pub fn file(&self, file_id: u32) -> Option<FileRef> {
+        let i = (file_id as usize).checked_sub(1)?;
+        (i < self.n_files).then(|| self.file_unchecked(i))
     }
 
     /// VMA `i`, if it exists.
@@ -362,6 +503,21 @@ impl<'a> Descriptor<'a> {
             file_id: get_u32(b, at + 40),
             _pad: get_u32(b, at + 44),
         }
+    }
+
+    fn file_unchecked(&self, i: usize) -> FileRef {
+        let at = HEADER_LEN + self.n_vmas * VMA_LEN + self.n_runs * RUN_LEN + i * FILE_LEN;
+        let b = self.bytes;
+        let mut f = FileRef {
+            size: get_u64(b, at),
+            mtime_sec: get_u64(b, at + 8) as i64,
+            path_len: get_u32(b, at + 16),
+            _pad: get_u32(b, at + 20),
+            ..Default::default()
+        };
+        f.head_hash.copy_from_slice(&b[at + 24..at + 40]);
+        f.path.copy_from_slice(&b[at + 40..at + FILE_LEN]);
+        f
     }
 
     fn run_unchecked(&self, i: usize) -> PageRun {

@@ -22,7 +22,7 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     }
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
-    assert_eq!(ioctl::IOC_STATUS, 0xc190_b701);
+    assert_eq!(ioctl::IOC_STATUS, 0xc1b8_b701);
     assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc058_b707);
     assert_eq!(ioctl::IOC_FORK_CLAIM, 0xc058_b70a);
     assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
@@ -35,8 +35,8 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(size_of::<ioctl::Header>(), 8);
     assert_eq!(size_of::<ioctl::VersionArgs>(), 56);
     assert_eq!(size_of::<ioctl::DeviceInfo>(), 48);
-    assert_eq!(size_of::<ioctl::Counters>(), 184);
-    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 184);
+    assert_eq!(size_of::<ioctl::Counters>(), 224);
+    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 224);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, claim_token), 16);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, child_vdso), 24);
     assert_eq!(offset_of!(ioctl::ForkClaimArgs, snapshot_id), 24);
@@ -48,7 +48,8 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(size_of::<ioctl::RemoteReadArgs>(), 72);
     assert_eq!(offset_of!(ioctl::RemoteReadArgs, batch_pages), 40);
     // ABI 3: list entries carry the local children and the seed's and parent's pids.
-    assert_eq!(ioctl::ABI_VERSION, 3);
+    // ABI 4: counters for local file mappings, remote faults and working sets.
+    assert_eq!(ioctl::ABI_VERSION, 4);
     assert_eq!(size_of::<ioctl::SnapshotEntry>(), 48);
     assert_eq!(offset_of!(ioctl::SnapshotEntry, children), 36);
     assert_eq!(offset_of!(ioctl::SnapshotEntry, parent_pid), 44);

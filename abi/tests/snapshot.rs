@@ -1,7 +1,9 @@
 //! The snapshot descriptor codec: round trips, lookups, and refusal (never a panic) of
 //! every kind of corruption.
 
-use mitosis_abi::snapshot::{self, DescError, Descriptor, PageRun, Vma, RUN_HOLE, RUN_PRESENT};
+use mitosis_abi::snapshot::{
+    self, vma_flags, DescError, Descriptor, FileRef, PageRun, Vma, RUN_HOLE, RUN_PRESENT,
+};
 use proptest::prelude::*;
 
 fn vma(start: u64, end: u64, first_run: u32, n_runs: u32) -> Vma {
@@ -232,4 +234,117 @@ fn state_length_must_match() {
     let len = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) + 1;
     bytes[32..36].copy_from_slice(&len.to_le_bytes());
     assert_eq!(Descriptor::parse(&bytes).err(), Some(DescError::BadLength));
+}
+
+fn with_files(vmas: &[Vma], runs: &[PageRun], files: &[FileRef]) -> Result<Vec<u8>, DescError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let n = snapshot::encode_with_files(vmas, runs, files, 5, STATE, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn lib_file() -> FileRef {
+    FileRef::new(b"/usr/lib/libexample.so.1", 123_456, 1_700_000_000, [7; 16]).unwrap()
+}
+
+/// A sample whose second VMA is a clean mapping of a file at offset 8 KiB.
+fn file_sample() -> (Vec<Vma>, Vec<PageRun>) {
+    let (mut v, r) = sample();
+    v[1].flags = vma_flags::READ | vma_flags::EXEC | vma_flags::FILE;
+    v[1].file_id = 1;
+    v[1].file_offset = 0x2000;
+    (v, r)
+}
+
+#[test]
+fn file_records_round_trip() {
+    let (v, r) = file_sample();
+    let f = lib_file();
+    let d_bytes = with_files(&v, &r, &[f]).unwrap();
+    let d = Descriptor::parse(&d_bytes).unwrap();
+    assert_eq!(d.n_files(), 1);
+    assert_eq!(d.file(1), Some(f));
+    assert_eq!(d.file(0), None);
+    assert_eq!(d.file(2), None);
+    assert_eq!(d.file(1).unwrap().path(), b"/usr/lib/libexample.so.1");
+    assert_eq!(d.vma(1), Some(v[1]));
+    assert_eq!(d.state(), STATE);
+    // Present runs still locate their data (the snapshot keeps the pages).
+    assert_eq!(d.lookup(0x40000).map(|x| x.1), Some(r[2]));
+}
+
+#[test]
+fn file_paths_must_be_absolute_and_clean() {
+    assert!(FileRef::new(b"relative/path", 1, 0, [0; 16]).is_none());
+    assert!(FileRef::new(b"", 1, 0, [0; 16]).is_none());
+    assert!(FileRef::new(b"/with\0nul", 1, 0, [0; 16]).is_none());
+    assert!(FileRef::new(&[b'/'; snapshot::FILE_PATH_MAX + 1], 1, 0, [0; 16]).is_none());
+    assert!(FileRef::new(&[b'/'; snapshot::FILE_PATH_MAX], 1, 0, [0; 16]).is_some());
+    assert!(FileRef::new(b"/huge", u64::MAX, 0, [0; 16]).is_none());
+    let (v, r) = file_sample();
+    // Records forged past `FileRef::new`: each is refused by the parser.
+    let mut bad = lib_file();
+    bad.path[30] = b'x'; // bytes after the path
+    assert_eq!(
+        Descriptor::parse(&with_files(&v, &r, &[bad]).unwrap()).err(),
+        Some(DescError::BadFile)
+    );
+    let mut bad = lib_file();
+    bad._pad = 1;
+    assert_eq!(
+        Descriptor::parse(&with_files(&v, &r, &[bad]).unwrap()).err(),
+        Some(DescError::BadFile)
+    );
+    let mut bad = lib_file();
+    bad.path_len = snapshot::FILE_PATH_MAX as u32 + 1;
+    assert_eq!(
+        Descriptor::parse(&with_files(&v, &r, &[bad]).unwrap()).err(),
+        Some(DescError::BadFile)
+    );
+}
+
+#[test]
+fn vmas_may_name_only_mappable_files() {
+    let f = lib_file();
+    let (v, r) = file_sample();
+    let refused = |v: &[Vma]| Descriptor::parse(&with_files(v, &r, &[f]).unwrap()).err();
+    let mut bad = v.clone();
+    bad[1].file_id = 2; // no such record
+    assert_eq!(refused(&bad), Some(DescError::BadFile));
+    for flag in [
+        vma_flags::SHARED,
+        vma_flags::GROWSDOWN,
+        vma_flags::HEAP,
+        vma_flags::VDSO,
+    ] {
+        let mut bad = v.clone();
+        bad[1].flags |= flag;
+        assert_eq!(refused(&bad), Some(DescError::BadFile), "flag {flag:#x}");
+    }
+    let mut bad = v.clone();
+    bad[1].flags &= !vma_flags::FILE;
+    assert_eq!(refused(&bad), Some(DescError::BadFile));
+    let mut bad = v.clone();
+    bad[1].file_offset = 0x2001;
+    assert_eq!(refused(&bad), Some(DescError::BadFile));
+    let mut bad = v.clone();
+    bad[1].file_offset = i64::MAX as u64 & !0xfff;
+    assert_eq!(refused(&bad), Some(DescError::BadFile));
+    // An offset without a file means nothing: refused too.
+    let mut bad = v.clone();
+    bad[0].file_offset = 0x1000;
+    assert_eq!(refused(&bad), Some(DescError::BadVma));
+    // Too many records claimed by the header.
+    let mut b = with_files(&v, &r, &[f]).unwrap();
+    b[36..40].copy_from_slice(&(snapshot::MAX_FILES as u32 + 1).to_le_bytes());
+    assert_eq!(Descriptor::parse(&b).err(), Some(DescError::BadLength));
+}
+
+#[test]
+fn file_head_hash_depends_on_length_and_content() {
+    use mitosis_abi::mac::file_head_hash;
+    let a = file_head_hash(b"\x7fELF....");
+    assert_eq!(a, file_head_hash(b"\x7fELF...."));
+    assert_ne!(a, file_head_hash(b"\x7fELF...!"));
+    assert_ne!(file_head_hash(b""), file_head_hash(b"\0"));
 }

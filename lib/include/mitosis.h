@@ -39,10 +39,11 @@ struct mitosis_counters {
 	uint64_t regions_live, region_opens, region_opens_refused, mrs_live;
 	uint64_t snapshots_live, snapshot_pages, resumes, resumes_failed;
 	uint64_t pages_fetched, pages_zeroed, fetch_failures;
+	uint64_t remote_faults, vmas_local, files_refused, ws_recorded, ws_pages_replayed;
 	uint64_t _reserved[1];
 };
 
-/* Same layout as mitosis_abi::ioctl::StatusArgs (400 bytes). */
+/* Same layout as mitosis_abi::ioctl::StatusArgs (440 bytes). */
 struct mitosis_status {
 	struct mitosis_header hdr;
 	uint32_t n_devices;

@@ -49,6 +49,7 @@ COUNTERS = (
     "regions_live", "region_opens", "region_opens_refused", "mrs_live",
     "snapshots_live", "snapshot_pages", "resumes", "resumes_failed",
     "pages_fetched", "pages_zeroed", "fetch_failures",
+    "remote_faults", "vmas_local", "files_refused", "ws_recorded", "ws_pages_replayed",
 )
 
 

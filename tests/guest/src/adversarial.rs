@@ -21,7 +21,9 @@ use crate::driver::{run_sh, Agent};
 use crate::report::Report;
 use mitosis::{format_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
 use mitosis_abi::ioctl::Pod;
-use mitosis_abi::snapshot::{self, reg, Descriptor, PageRun, TaskState, Vma, TASK_STATE_LEN};
+use mitosis_abi::snapshot::{
+    self, reg, Descriptor, FileRef, PageRun, TaskState, Vma, TASK_STATE_LEN,
+};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -46,6 +48,7 @@ struct Variant {
 struct Parts {
     vmas: Vec<Vma>,
     runs: Vec<PageRun>,
+    files: Vec<FileRef>,
     data_pages: u64,
     st: TaskState,
     fpu: Vec<u8>,
@@ -141,6 +144,31 @@ const VARIANTS: &[Variant] = &[
         },
     },
     Variant {
+        name: "file-id-unknown",
+        errno: Some(libc::EBADMSG),
+        change: |p| {
+            let n = p.files.len() as u32;
+            if let Some(v) = p.vmas.iter_mut().find(|v| v.file_id != 0) {
+                v.file_id = n + 1;
+            }
+        },
+    },
+    Variant {
+        // Every recorded file names a FIFO on the child's host: opening it must not
+        // block, it is refused as not a regular file, and the child runs from the
+        // snapshot's pages.
+        name: "file-path-fifo",
+        errno: None,
+        change: |p| {
+            for f in p.files.iter_mut() {
+                if let Some(g) = FileRef::new(ADV_FIFO.as_bytes(), f.size, f.mtime_sec, f.head_hash)
+                {
+                    *f = g;
+                }
+            }
+        },
+    },
+    Variant {
         name: "bad-checksum",
         errno: Some(libc::EBADMSG),
         change: |p| p.corrupt_byte = true,
@@ -157,6 +185,7 @@ fn take_apart(region: &[u8]) -> Result<(Parts, &[u8]), String> {
         .map_err(|e| format!("descriptor: {e:?}"))?;
     let vmas = (0..d.n_vmas()).filter_map(|i| d.vma(i)).collect();
     let runs = (0..d.n_runs()).filter_map(|i| d.run(i)).collect();
+    let files = (1..=d.n_files() as u32).filter_map(|i| d.file(i)).collect();
     let st = TaskState::from_bytes(d.state()).ok_or("short state")?;
     let fpu = d.state()[TASK_STATE_LEN..].to_vec();
     let data = &region[len.div_ceil(PAGE) * PAGE..];
@@ -164,6 +193,7 @@ fn take_apart(region: &[u8]) -> Result<(Parts, &[u8]), String> {
         Parts {
             vmas,
             runs,
+            files,
             data_pages: d.data_pages,
             st,
             fpu,
@@ -178,8 +208,9 @@ fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
     let mut state = p.st.as_bytes().to_vec();
     state.extend_from_slice(&p.fpu);
     let mut desc = vec![0u8; 64 << 20];
-    let n = snapshot::encode(&p.vmas, &p.runs, p.data_pages, &state, &mut desc)
-        .map_err(|e| format!("encode: {e:?}"))?;
+    let n =
+        snapshot::encode_with_files(&p.vmas, &p.runs, &p.files, p.data_pages, &state, &mut desc)
+            .map_err(|e| format!("encode: {e:?}"))?;
     desc.truncate(n);
     if p.corrupt_byte {
         desc[snapshot::HEADER_LEN + 3] ^= 0x40;
@@ -188,6 +219,9 @@ fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
     desc.extend_from_slice(data);
     Ok(desc)
 }
+
+/// A FIFO on the child's host that a hostile descriptor names as a mapped file.
+const ADV_FIFO: &str = "/tmp/adv-fifo";
 
 /// A running `hostile-peer serve`, killed on drop.
 struct HostileParent(Child);
@@ -487,15 +521,24 @@ fn hostile_parents(
         );
         return handle.ok();
     };
+    // The seed's executable is a clean file mapping: at least one file record.
     r.check(
         "adv-parent-snapshot-copied",
-        true,
+        !base.files.is_empty(),
         format!(
-            "{} VMAs, {} runs, {} data pages",
+            "{} VMAs, {} runs, {} file records, {} data pages",
             base.vmas.len(),
             base.runs.len(),
+            base.files.len(),
             base.data_pages
         ),
+        &[],
+    );
+    let fifo = agent.sh(&format!("rm -f {ADV_FIFO}; /bin/busybox mkfifo {ADV_FIFO}"));
+    r.check(
+        "adv-agent-fifo",
+        matches!(fifo, Ok(0)),
+        format!("mkfifo {ADV_FIFO} on the child's host: {fifo:?}"),
         &[],
     );
     // Control first and last: the harness reaches the module, and the host is healthy
@@ -505,6 +548,7 @@ fn hostile_parents(
         let mut parts = Parts {
             vmas: base.vmas.clone(),
             runs: base.runs.clone(),
+            files: base.files.clone(),
             data_pages: base.data_pages,
             st: base.st,
             fpu: base.fpu.clone(),

@@ -154,6 +154,7 @@ fn check_seed_memory(r: &mut Report, w: &World, stack: &[u64; STACK_WORDS]) {
         "2 dirty + 6 clean pages",
         &[],
     );
+    check_file_mappings(r, w);
     // Shared memory is copied at prepare: the parent's later writes are not seen.
     let shared_bad = first_bad(w.shared, SMALL_PAGES * PAGE, SEED_SHARED, 0);
     let memfd_bad = first_bad(w.memfd, SMALL_PAGES * PAGE, SEED_MEMFD, 0);
@@ -172,6 +173,39 @@ fn check_seed_memory(r: &mut Report, w: &World, stack: &[u64; STACK_WORDS]) {
             w.swapped_kib
         ),
         &[("seed_swapped_kib", w.swapped_kib as f64)],
+    );
+}
+
+/// Clean file mappings: from this host's own file when it is the seed's file (the
+/// executable, identical on every guest), from the snapshot when the file changed
+/// after prepare or is missing here.
+fn check_file_mappings(r: &mut Report, w: &World) {
+    let clean_bad = first_bad(w.file_clean, FILE_PAGES * PAGE, SEED_FILE, 0);
+    r.check(
+        "rf-child-changed-file-from-snapshot",
+        clean_bad.is_none(),
+        format!(
+            "read-only mapping of a file rewritten after prepare: first bad word {clean_bad:?}"
+        ),
+        &[],
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let exe_text = maps.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 6 && f[1].contains('x') && f[5] == w.exe
+    });
+    let snapshot_vmas = maps
+        .lines()
+        .filter(|l| l.contains("/mitosis-snapshot"))
+        .count();
+    r.check(
+        "rf-child-exe-mapped-from-local-file",
+        !w.exe.is_empty() && exe_text,
+        format!(
+            "{} executable mapping in /proc/self/maps ({snapshot_vmas} snapshot VMAs)",
+            w.exe
+        ),
+        &[("snapshot_vmas", snapshot_vmas as f64)],
     );
 }
 

@@ -46,6 +46,14 @@ pub struct World {
     pub(super) ro: *mut u8,
     pub(super) none: *mut u8,
     pub(super) file: *mut u8,
+    /// A read-only private mapping of the same file, every page clean: recorded with
+    /// the file's identity, but the parent rewrites the file's first pages after
+    /// prepare, so children must get it from the snapshot (a child host without the
+    /// file too).
+    pub(super) file_clean: *mut u8,
+    /// The seed's executable: its clean text mapping is the same file on every guest,
+    /// so children map it from their own host's copy.
+    pub(super) exe: String,
     /// Paged out to swap before prepare (`MADV_PAGEOUT`), and how much the seed's
     /// process had in swap then.
     pub(super) swapped: *mut u8,
@@ -84,6 +92,8 @@ impl World {
                 ro: none,
                 none,
                 file: none,
+                file_clean: none,
+                exe: String::new(),
                 swapped: none,
                 swapped_kib: 0,
                 shared: none,
@@ -110,6 +120,10 @@ impl World {
             libc::mprotect(none as *mut _, SMALL_PAGES * PAGE, libc::PROT_NONE);
         }
         let file = map_file();
+        let file_clean = map_file_clean();
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let swapped = map_anon(SWAP_PAGES * PAGE, 0);
         fill(swapped, SWAP_PAGES * PAGE, SEED_SWAP, 0);
         // SAFETY: advice on our own mapping: reclaim it now (to swap, if there is one).
@@ -155,6 +169,8 @@ impl World {
             ro,
             none,
             file,
+            file_clean,
+            exe,
             swapped,
             swapped_kib,
             shared,
@@ -173,7 +189,7 @@ impl World {
             + SPARSE_TOUCHED * PAGE
             + THP_BYTES
             + 2 * SMALL_PAGES * PAGE
-            + FILE_PAGES * PAGE
+            + 2 * FILE_PAGES * PAGE
     }
 
     /// The parent's writes after prepare: children must not see them.
@@ -191,10 +207,11 @@ impl World {
                 std::ptr::write_bytes(self.shared, 0xAB, SMALL_PAGES * PAGE);
                 std::ptr::write_bytes(self.memfd, 0xCD, SMALL_PAGES * PAGE);
             }
-            // The file behind the private mapping's clean pages changes too.
+            // The file behind the private mappings' clean pages changes too, its first
+            // page included (so it is no longer the file the snapshot recorded).
             use std::os::unix::fs::FileExt;
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(FILE_PATH) {
-                let _ = f.write_all_at(&vec![0xEEu8; PAGE], PAGE as u64);
+                let _ = f.write_all_at(&vec![0xEEu8; 2 * PAGE], 0);
             }
         }
     }
@@ -247,6 +264,31 @@ pub(super) fn map_sparse() -> *mut u8 {
         let off = sparse_offset(i);
         // SAFETY: inside the mapping.
         fill(unsafe { p.add(off) }, PAGE, SEED_SPARSE, off as u64);
+    }
+    p
+}
+
+/// A read-only private mapping of the seed file (written by [`map_file`]), every page
+/// read so the seed has them all present and clean.
+pub(super) fn map_file_clean() -> *mut u8 {
+    let f = std::fs::File::open(FILE_PATH).expect("open seed file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: a private read-only mapping of our own file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            FILE_PAGES * PAGE,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED);
+    let p = p as *mut u8;
+    for pg in 0..FILE_PAGES {
+        // SAFETY: inside the mapping.
+        let _ = unsafe { std::ptr::read_volatile(p.add(pg * PAGE)) };
     }
     p
 }

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Working sets: which pages of a snapshot its children on this host fetched.
+//!
+//! A snapshot's pager records the page-cache index of every page it reads from the
+//! parent (demand faults with their readahead window, and prefetches), in order. When
+//! the snapshot's last child on this host exits, its inode is evicted and the record
+//! moves here; the next resume of the same snapshot on this host takes it and reads
+//! those pages in batched READs before the child runs, instead of one demand fault
+//! after another (REAP's record-and-prefetch, kept per host: the record never leaves
+//! it). The set only grows: a replaying pager records the replayed pages too.
+//!
+//! Bounded: at most [`MAX_WS_PAGES`] pages per record (8 bytes each) and
+//! [`MAX_SETS`] records per host (storing one more drops another). Records are
+//! keyed like the snapshot inodes (address, port, id, secret): a snapshot reusing an
+//! old id never gets another's record.
+
+#![deny(unsafe_code)]
+
+use crate::counters::{count, COUNTERS};
+use crate::pager::PagerKey;
+use crate::util::{remove_first, swap_remove};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Mutex};
+
+/// Most pages one record holds (128 MiB of snapshot).
+pub(crate) const MAX_WS_PAGES: usize = 32768;
+/// Most records kept on a host.
+const MAX_SETS: usize = 32;
+
+/// The pages one pager fetched, in order (page-cache indices of its snapshot file).
+pub(crate) struct Trace {
+    pages: KVVec<u64>,
+}
+
+impl Trace {
+    pub(crate) const fn new() -> Self {
+        Trace {
+            pages: KVVec::new(),
+        }
+    }
+
+    /// Adds pages; silently stops at [`MAX_WS_PAGES`] or when memory is short (a
+    /// record is an optimisation, never a reason to fail a fault).
+    pub(crate) fn record(&mut self, indices: impl Iterator<Item = u64>) {
+        for i in indices {
+            if self.pages.len() >= MAX_WS_PAGES || self.pages.push(i, GFP_KERNEL).is_err() {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> KVVec<u64> {
+        core::mem::replace(&mut self.pages, KVVec::new())
+    }
+}
+
+/// The records of one host.
+#[pin_data]
+pub(crate) struct WorkingSets {
+    #[pin]
+    sets: Mutex<KVec<(PagerKey, KVVec<u64>)>>,
+}
+
+impl WorkingSets {
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(WorkingSets {
+            sets <- new_mutex!(KVec::new()),
+        })
+    }
+
+    /// Keeps `pages` as the record of `key`, replacing an older one.
+    pub(crate) fn store(&self, key: PagerKey, pages: KVVec<u64>) {
+        if pages.is_empty() {
+            return;
+        }
+        let mut sets = self.sets.lock();
+        remove_first(&mut sets, |(k, _)| *k == key);
+        if sets.len() >= MAX_SETS {
+            drop(swap_remove(&mut sets, 0));
+        }
+        if sets.push((key, pages), GFP_KERNEL).is_ok() {
+            count(&COUNTERS.ws_recorded, 1);
+        }
+    }
+
+    /// Takes the record of `key`, if any.
+    pub(crate) fn take(&self, key: PagerKey) -> Option<KVVec<u64>> {
+        remove_first(&mut self.sets.lock(), |(k, _)| *k == key).map(|(_, p)| p)
+    }
+}
