@@ -13,16 +13,17 @@ import sys
 FUNCTIONS = ("dynamic_html", "thumbnailer", "matrix_aes")
 VARIANTS = (
     ("cold", "cold start (interpreter, imports, warm-up, request)"),
-    ("resume", "child, mitosis resume"),
-    ("run", "child, mitosis run (container)"),
-    ("eager", "child, resume --eager"),
-    ("resume-w0", "child, resume, no prefetch window"),
-    ("resume-w32", "child, resume, 32-page window"),
+    ("baseline", "child, resume: every page from the parent (no local files, no working set)"),
+    ("resume", "child, resume: first on the host (libraries from local files)"),
+    ("resume-ws", "child, resume: replaying the host's working-set record"),
+    ("run", "child, mitosis run (container), replaying the record"),
+    ("eager", "child, resume --eager (local files)"),
+    ("resume-w0", "child, resume, no prefetch window (local files)"),
     ("criu", "CRIU: dump on A + copy + restore to response on B"),
 )
-COLOURS = {"cold": (90, 90, 90), "resume": (31, 119, 180), "run": (44, 160, 44),
-           "eager": (255, 127, 14), "resume-w0": (23, 190, 207), "resume-w32": (148, 103, 189),
-           "criu": (214, 39, 40)}
+COLOURS = {"cold": (90, 90, 90), "baseline": (148, 103, 189), "resume": (31, 119, 180),
+           "resume-ws": (23, 190, 207), "run": (44, 160, 44), "eager": (255, 127, 14),
+           "resume-w0": (188, 189, 34), "criu": (214, 39, 40)}
 
 
 def load(path):
@@ -47,30 +48,38 @@ def load(path):
 
 
 def markdown(table):
-    lines = ["| function | cold start | child: resume | child: run (setup) | child: eager | "
-             "child: no window | child: 32-page window | pages fetched: window 8 / none | "
-             "CRIU: dump + copy + restore to response | cold / resume |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| function | cold start | child: baseline | child: resume (local files) | "
+             "child: resume + working set | child: run + working set (setup) | child: eager | "
+             "child: no window | pages fetched: baseline / local files / + working set / "
+             "touched | remote faults: baseline / local files / + working set | "
+             "CRIU: dump + copy + restore to response | cold / best child |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
             c = row.get(how)
             if not c:
                 return "-"
             return f"{c['child_ms']:.0f} ms ({c['child_min_ms']:.0f}-{c['child_max_ms']:.0f})"
+
+        def field(how, key):
+            return row.get(how, {}).get(key, 0)
         run = row.get("run", {})
         setup = f" ({run['launcher_setup_ms']:.0f} ms)" if "launcher_setup_ms" in run else ""
-        pages = row.get("resume", {}).get("pages", 0)
-        exact = row.get("resume-w0", {}).get("pages", 0)
-        ratio = (row["cold"]["child_ms"] / row["resume"]["child_ms"]
-                 if "resume" in row and row["resume"]["child_ms"] else 0)
+        pages = [field(h, "pages") for h in ("baseline", "resume", "resume-ws", "resume-w0")]
+        faults = [field(h, "faults") for h in ("baseline", "resume", "resume-ws")]
+        children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "run", "eager")
+                    if h in row and row[h]["child_ms"]]
+        ratio = row["cold"]["child_ms"] / min(children) if children and "cold" in row else 0
         criu = row.get("criu", {}).get("criu")
         criu_text = (f"{criu['total_ms']:.0f} ms ({criu['dump_ms']:.0f} + {criu['copy_ms']:.0f} + "
                      f"{criu['restore_to_response_ms']:.0f}; {criu['image_mib']:.1f} MiB)"
                      if criu else "-")
-        lines.append(f"| {fn} | {ms('cold')} | {ms('resume')} | {ms('run')}{setup} | "
-                     f"{ms('eager')} | {ms('resume-w0')} | {ms('resume-w32')} | {pages:.0f} / {exact:.0f} "
-                     f"({pages * 4096 / 2**20:.1f} / {exact * 4096 / 2**20:.1f} MiB) | {criu_text} | "
-                     f"{ratio:.2f}x |")
+        lines.append(f"| {fn} | {ms('cold')} | {ms('baseline')} | {ms('resume')} | "
+                     f"{ms('resume-ws')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
+                     + " / ".join(f"{p:.0f}" for p in pages)
+                     + f" ({pages[0] * 4096 / 2**20:.1f} / {pages[1] * 4096 / 2**20:.1f} MiB) | "
+                     + " / ".join(f"{f:.0f}" for f in faults)
+                     + f" | {criu_text} | {ratio:.2f}x |")
     return "\n".join(lines)
 
 

@@ -481,7 +481,30 @@ def serve_b(handles):
 
 # ---------------------------------------------------------------- guest B
 
-PREFETCH_PARAM = "/sys/module/mitosis/parameters/prefetch_pages"
+PARAMS = "/sys/module/mitosis/parameters/"
+PREFETCH_PARAM = PARAMS + "prefetch_pages"
+
+# How each child variant runs: launcher, and the module parameters around it (local
+# files, working-set record and replay, readahead window). The test runs "resume" and
+# "run"; the benchmark all of them.
+VARIANTS = {
+    # This session's starting point: every page from the parent, one fault at a time.
+    "baseline": dict(local_files="0", working_set="0"),
+    # First child of a snapshot on this host: libraries from B's own files.
+    "resume": dict(local_files="1", working_set="0"),
+    # A later child: the pages earlier children here fetched come in batched READs.
+    "resume-ws": dict(local_files="1", working_set="1"),
+    "run": dict(local_files="1", working_set="1"),
+    "eager": dict(local_files="1", working_set="0"),
+    # No window: the pages fetched are exactly the pages the child touches.
+    "resume-w0": dict(local_files="1", working_set="0", prefetch_pages="0"),
+}
+
+
+def set_params(values):
+    for name, value in values.items():
+        with open(PARAMS + name, "w") as f:
+            f.write(value)
 
 
 def launcher(how, fn, path):
@@ -501,15 +524,17 @@ def median(xs):
 
 def functions_on_b(handles, bench):
     """Per function: cold starts and children, every response compared with the cold
-    start's. The test runs one cold start, one `mitosis resume` child and one `mitosis
-    run` child; the benchmark (MBENCH=1) three of each and of three more variants (eager
-    fetch; no prefetch window, which fetches exactly the pages the child touches; a
-    32-page window). Every child starts in a cold page cache: the
-    previous child's exit evicted the snapshot's pages on this host."""
+    start's. The test runs one cold start, one `mitosis resume` child (the first of its
+    snapshot on B: it records the working set) and one `mitosis run` child (replays
+    it); the benchmark (MBENCH=1) three of each of VARIANTS, after one unmeasured child
+    that records the working set the replaying variants use. Every child starts in a
+    cold page cache: the previous child's exit evicted the snapshot's pages on this
+    host."""
     rounds = 3 if bench else 1
-    variants = ["resume", "run"] + (["eager", "resume-w0", "resume-w32"] if bench else [])
-    windows = {"resume-w0": "0", "resume-w32": "32"}
-    default_window = open(PREFETCH_PARAM).read().strip()
+    variants = (["baseline", "resume", "resume-ws", "run", "eager", "resume-w0"] if bench
+                else ["resume", "run"])
+    defaults = {name: open(PARAMS + name).read().strip()
+                for name in ("prefetch_pages", "local_files", "working_set")}
     rows = []
     for fn in FUNCTIONS:
         if fn not in handles:
@@ -528,21 +553,35 @@ def functions_on_b(handles, bench):
                   rc == 0 and parse_response(out) is not None and SANE[fn](parse_response(out)),
                   f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=cold_ms)
         cold = median(colds)
+        if bench:
+            # Records the working set "resume-ws" and "run" replay (not measured).
+            set_params({**defaults, **VARIANTS["resume-ws"]})
+            run(launcher("resume", fn, path), req)
+        per_variant = {}
         for how in variants:
-            times, fetched, setups = [], [], []
+            times, fetched, setups, faults = [], [], [], []
             for i in range(rounds):
-                with open(PREFETCH_PARAM, "w") as f:
-                    f.write(windows.get(how, default_window))
+                # The test runs with the module's defaults (local files and working
+                # sets on): its second child replays what its first recorded.
+                set_params({**defaults, **(VARIANTS[how] if bench else {})})
                 before = counters()
                 t_start = time.time_ns()
                 rc, out, err, child_ms, _ = run(launcher(how, fn, path), req)
-                pages = counters()["pages_fetched"] - before["pages_fetched"]
+                after = counters()
+                delta = {k: after[k] - before[k] for k in
+                         ("pages_fetched", "remote_faults", "ws_pages_replayed", "vmas_local",
+                          "files_refused")}
+                pages = delta["pages_fetched"]
                 ok, detail = compare(fn, "b", rc, out, err, reference)
                 ok = ok and reference is not None
                 timing = run_timing(err)
                 metrics = dict(cold_ms=cold, child_ms=child_ms,
                                speedup=cold / child_ms if child_ms else 0.0,
-                               pages=pages, mib=pages * 4096 / 2**20)
+                               pages=pages, mib=pages * 4096 / 2**20,
+                               faults=delta["remote_faults"],
+                               replayed=delta["ws_pages_replayed"],
+                               vmas_local=delta["vmas_local"],
+                               files_refused=delta["files_refused"])
                 if timing:
                     metrics["launcher_setup_ms"] = timing["setup_ms"]
                     metrics["resume_to_response_ms"] = child_ms - (
@@ -552,15 +591,30 @@ def functions_on_b(handles, bench):
                 check(name + (f"-{i + 1}" if i else ""), ok, detail, **metrics)
                 times.append(child_ms)
                 fetched.append(pages)
+                faults.append(delta["remote_faults"])
+                per_variant.setdefault(how, delta)
             rows.append((fn, how, cold, median(times), median(fetched),
                          median(setups) if setups else None))
             if bench:
                 check(f"bench-{fn}-{how}", True, f"{rounds} runs", cold_ms=cold,
                       child_ms=median(times), child_min_ms=min(times), child_max_ms=max(times),
-                      pages=median(fetched), cold_min_ms=min(colds), cold_max_ms=max(colds),
+                      pages=median(fetched), faults=median(faults),
+                      cold_min_ms=min(colds), cold_max_ms=max(colds),
                       **({"launcher_setup_ms": median(setups)} if setups else {}))
-    with open(PREFETCH_PARAM, "w") as f:
-        f.write(default_window)
+        if not bench:
+            first, second = per_variant.get("resume"), per_variant.get("run")
+            check(f"fn-local-files-{fn}",
+                  bool(first and second and first["vmas_local"] > 0 and second["vmas_local"] > 0),
+                  "VMAs mapped from B's own files: mitosis resume "
+                  f"{first and first['vmas_local']}, mitosis run (image bound into the "
+                  f"container) {second and second['vmas_local']}")
+            check(f"fn-working-set-{fn}",
+                  bool(first and second and second["ws_pages_replayed"] > 0
+                       and second["remote_faults"] < first["remote_faults"]),
+                  f"first child: {first and first['remote_faults']} remote faults; second: "
+                  f"{second and second['ws_pages_replayed']} pages replayed from the first's "
+                  f"record, {second and second['remote_faults']} remote faults")
+    set_params(defaults)
     # The table a person reads in `make demo` (vmrun echoes MITOSIS- lines).
     print("MITOSIS-DEMO function      launcher    cold start  child (launch to response)"
           "  speedup  pages fetched     container setup")
@@ -584,10 +638,24 @@ def run_timing(err):
 
 
 CONTAINER_ROOT = "/tmp/ctr"
+# The host directories the containers' root gets (see container_root).
+IMAGE_DIRS = [d for d in ("usr", "lib", "lib64", "bin") if os.path.lexists("/" + d)]
 
 
 def container_root():
+    """The containers' root: empty but for the host's /usr and library directories,
+    bound read-only (the function's image, as a runtime would unpack it on every
+    host), so children map the interpreter and libraries from this host's files."""
     os.makedirs(CONTAINER_ROOT, exist_ok=True)
+    for d in IMAGE_DIRS:
+        src, dst = "/" + d, os.path.join(CONTAINER_ROOT, d)
+        if os.path.islink(src):
+            if not os.path.lexists(dst):
+                os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src) and not os.path.ismount(dst):
+            os.makedirs(dst, exist_ok=True)
+            subprocess.run(["/bin/busybox", "mount", "--bind", src, dst], check=True)
+            subprocess.run(["/bin/busybox", "mount", "-o", "remount,bind,ro", dst], check=True)
     return CONTAINER_ROOT
 
 
@@ -627,7 +695,9 @@ def containers_b(handles):
     check("run-pid1-hostname-proc-devices",
           rc == 0 and i.get("pid") == 1 and i.get("ppid") == 0 and i.get("hostname") == "fn-box"
           and i.get("procs") == [1] and "mitosis" in i.get("dev", []) and "null" in i.get("dev", [])
-          and set(i.get("root", [])) == {"proc", "dev", "tmp"}
+          # The root's own content: the image directories bound in, and what the
+          # launcher mounted.
+          and set(i.get("root", [])) == {"proc", "dev", "tmp"} | set(IMAGE_DIRS)
           and timing.get("root") == "pivot_root",
           f"rc={rc} info={i} root switch {timing.get('root')} err={err[-300:]}",
           setup_ms=float(timing.get("setup_ms", -1)), cgroup_ms=float(timing.get("cgroup_ms", -1)),
