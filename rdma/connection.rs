@@ -44,8 +44,9 @@ pub(crate) const SEND_DEPTH: u32 = 256;
 pub(crate) const MAX_READ_BATCH: usize = 64;
 /// Most REG_MR requests chained in one post (well under [`SEND_DEPTH`]).
 pub(super) const REG_BATCH: usize = 128;
-/// RDMA READs in flight the QP asks for (bounded by the device).
-pub(super) const RD_ATOM: u32 = 16;
+/// RDMA READs in flight the QP asks for (bounded by the device; rxe allows 128): a
+/// whole batch in flight, so a batch costs one round trip, not one per 16 pages.
+pub(super) const RD_ATOM: u32 = 128;
 
 /// Log lines a peer can trigger (failed receives, unexpected messages, READ errors):
 /// at most this many per second.
