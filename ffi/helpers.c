@@ -264,6 +264,17 @@ pid_t mitosis_current_parent_tgid(void)
 bool mitosis_current_mm_exclusive(void)
 { return get_nr_threads(current) == 1 && atomic_read(&current->mm->mm_users) == 1; }
 
+/* Snapshot inodes kept after their last child (src/snapfs.rs). */
+void mitosis_init_delayed_work(struct delayed_work *dw, work_func_t fn)
+{ INIT_DELAYED_WORK(dw, fn); }
+
+bool mitosis_queue_delayed_work(struct delayed_work *dw, unsigned long delay)
+{ return queue_delayed_work(system_wq, dw, delay); }
+
+unsigned int mitosis_param_keep_ms;
+module_param_named(keep_ms, mitosis_param_keep_ms, uint, 0644);
+MODULE_PARM_DESC(keep_ms, "Keep a snapshot's pages on this host for this many ms after its last child here exited, so the next child starts from them (0: drop at once; rmmod waits until they are dropped)");
+
 /* Files of the host's own filesystems (src/vfs.rs). */
 void mitosis_get_file(struct file *f)
 { get_file(f); }

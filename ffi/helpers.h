@@ -100,6 +100,10 @@ pid_t mitosis_current_parent_tgid(void);
 
 bool mitosis_current_mm_exclusive(void);
 
+void mitosis_init_delayed_work(struct delayed_work *dw, work_func_t fn);
+bool mitosis_queue_delayed_work(struct delayed_work *dw, unsigned long delay);
+extern unsigned int mitosis_param_keep_ms;
+
 void mitosis_get_file(struct file *f);
 bool mitosis_file_is_regular(struct file *f);
 bool mitosis_file_unlinked(struct file *f);

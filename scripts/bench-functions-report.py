@@ -19,11 +19,12 @@ VARIANTS = (
     ("run", "child, mitosis run (container), replaying the record"),
     ("eager", "child, resume --eager (local files)"),
     ("resume-w0", "child, resume, no prefetch window (local files)"),
+    ("warm", "child, resume on a warm host (the previous child's pages kept, keep_ms)"),
     ("criu", "CRIU: dump on A + copy + restore to response on B"),
 )
 COLOURS = {"cold": (90, 90, 90), "baseline": (148, 103, 189), "resume": (31, 119, 180),
            "resume-ws": (23, 190, 207), "run": (44, 160, 44), "eager": (255, 127, 14),
-           "resume-w0": (188, 189, 34), "criu": (214, 39, 40)}
+           "resume-w0": (188, 189, 34), "warm": (140, 86, 75), "criu": (214, 39, 40)}
 
 
 def load(path):
@@ -50,10 +51,11 @@ def load(path):
 def markdown(table):
     lines = ["| function | cold start | child: baseline | child: resume (local files) | "
              "child: resume + working set | child: run + working set (setup) | child: eager | "
-             "child: no window | pages fetched: baseline / local files / + working set / "
-             "touched | remote faults: baseline / local files / + working set | "
-             "CRIU: dump + copy + restore to response | cold / best child |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "child: no window | child: warm host | pages fetched: baseline / local files / "
+             "+ working set / touched / warm | remote faults: baseline / local files / + working "
+             "set | CRIU: dump + copy + restore to response | cold / first child | "
+             "cold / warm child |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
             c = row.get(how)
@@ -65,21 +67,27 @@ def markdown(table):
             return row.get(how, {}).get(key, 0)
         run = row.get("run", {})
         setup = f" ({run['launcher_setup_ms']:.0f} ms)" if "launcher_setup_ms" in run else ""
-        pages = [field(h, "pages") for h in ("baseline", "resume", "resume-ws", "resume-w0")]
+        pages = [field(h, "pages") for h in ("baseline", "resume", "resume-ws", "resume-w0",
+                                             "warm")]
         faults = [field(h, "faults") for h in ("baseline", "resume", "resume-ws")]
+        # The best a first child on a host reaches (no pages of the snapshot there yet,
+        # but its working-set record), and a child on a warm host.
         children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "run", "eager")
                     if h in row and row[h]["child_ms"]]
         ratio = row["cold"]["child_ms"] / min(children) if children and "cold" in row else 0
+        warm = row.get("warm", {}).get("child_ms")
+        warm_ratio = row["cold"]["child_ms"] / warm if warm and "cold" in row else 0
         criu = row.get("criu", {}).get("criu")
         criu_text = (f"{criu['total_ms']:.0f} ms ({criu['dump_ms']:.0f} + {criu['copy_ms']:.0f} + "
                      f"{criu['restore_to_response_ms']:.0f}; {criu['image_mib']:.1f} MiB)"
                      if criu else "-")
         lines.append(f"| {fn} | {ms('cold')} | {ms('baseline')} | {ms('resume')} | "
                      f"{ms('resume-ws')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
+                     f"{ms('warm')} | "
                      + " / ".join(f"{p:.0f}" for p in pages)
                      + f" ({pages[0] * 4096 / 2**20:.1f} / {pages[1] * 4096 / 2**20:.1f} MiB) | "
                      + " / ".join(f"{f:.0f}" for f in faults)
-                     + f" | {criu_text} | {ratio:.2f}x |")
+                     + f" | {criu_text} | {ratio:.2f}x | {warm_ratio:.2f}x |")
     return "\n".join(lines)
 
 

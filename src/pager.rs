@@ -104,9 +104,11 @@ impl Pager {
     }
 
     /// A snapshot file's last reference went (the child and its forks unmapped it).
-    pub(crate) fn file_closed(&self) {
+    /// Returns the children left on this host.
+    pub(crate) fn file_closed(&self) -> u32 {
         self.files
-            .fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(1, core::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(1)
     }
 
     /// Children on this host mapping the snapshot.

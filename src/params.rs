@@ -54,6 +54,15 @@ pub(crate) fn working_set() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_working_set)) }
 }
 
+/// Longest `keep_ms`: an hour.
+const MAX_KEEP_MS: u32 = 3_600_000;
+
+/// How long a snapshot's pages stay on this host after its last child here exited.
+pub(crate) fn keep_ms() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_keep_ms)) }.min(MAX_KEEP_MS)
+}
+
 /// The port the listener accepts peers on (0: no listener).
 pub(crate) fn listen_port() -> u16 {
     // SAFETY: read-only module parameter (0444), set before `init`.

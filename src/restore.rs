@@ -73,13 +73,29 @@ pub(crate) fn resume(
     timeout_ms: u32,
     eager: bool,
 ) -> Result {
-    let start_ns = kernel::time::Ktime::ktime_get().to_ns() as u64;
-    let r = resume_inner(host, a, port, timeout_ms, eager, start_ns);
+    let start = Start {
+        ns: kernel::time::Ktime::ktime_get().to_ns() as u64,
+        round_trips: round_trips(),
+    };
+    let r = resume_inner(host, a, port, timeout_ms, eager, &start);
     match r {
         Ok(()) => count(&COUNTERS.resumes, 1),
         Err(_) => count(&COUNTERS.resumes_failed, 1),
     };
     r
+}
+
+/// Where a resume started: the time and the host's round-trip count.
+struct Start {
+    ns: u64,
+    round_trips: u64,
+}
+
+/// Control RPCs and READ doorbells this host has sent (every resume on the host adds
+/// to them: a resume's own count is exact when it runs alone).
+fn round_trips() -> u64 {
+    use core::sync::atomic::Ordering::Relaxed;
+    COUNTERS.ctrl_msgs_sent.load(Relaxed) + COUNTERS.read_doorbells.load(Relaxed)
 }
 
 fn resume_inner(
@@ -88,7 +104,7 @@ fn resume_inner(
     port: u16,
     timeout_ms: u32,
     eager: bool,
-    start_ns: u64,
+    start: &Start,
 ) -> Result {
     let key = PagerKey {
         addr: a.peer_addr,
@@ -120,9 +136,11 @@ fn resume_inner(
     let pager = file.pager();
     // A new pager on this host: what the snapshot's earlier children here fetched
     // comes in batched READs now, instead of one demand fault at a time later.
-    if fresh && !eager {
-        pager.replay_working_set(file.mapping());
-    }
+    let prefetched = if fresh && !eager {
+        pager.replay_working_set(file.mapping())
+    } else {
+        0
+    };
     let desc = pager.descriptor()?;
     let (st, fpu) = task_state(&desc)?;
     fpu::check(fpu)?;
@@ -160,7 +178,12 @@ fn resume_inner(
             } else {
                 0
             };
-            report(&st, vdso, vvar, seed_vdso, seed_vvar, start_ns, eager_pages)
+            let counts = Counts {
+                eager_pages,
+                prefetched,
+                round_trips: round_trips().saturating_sub(start.round_trips),
+            };
+            report(&st, vdso, vvar, seed_vdso, seed_vvar, start.ns, &counts)
         });
     if let Err(e) = rebuilt {
         pr_warn!(
@@ -500,6 +523,13 @@ fn restore_task(st: &TaskState, fpu: &[u8]) -> Result {
 }
 
 /// Writes the child's report into the seed's `ForkCaptureArgs`.
+/// What the resume did before the child's first instruction, for its report.
+struct Counts {
+    eager_pages: u64,
+    prefetched: u64,
+    round_trips: u64,
+}
+
 fn report(
     st: &TaskState,
     vdso: Range,
@@ -507,7 +537,7 @@ fn report(
     seed_vdso: Range,
     seed_vvar: Range,
     start_ns: u64,
-    eager_pages: u64,
+    counts: &Counts,
 ) -> Result {
     let fields = [
         vdso.start,
@@ -517,13 +547,15 @@ fn report(
         vdso.end - vdso.start,
         vvar.end - vvar.start,
         start_ns,
-        eager_pages,
+        counts.eager_pages,
+        counts.prefetched,
+        counts.round_trips,
     ];
     let at = st
         .capture_args
         .checked_add(core::mem::offset_of!(ForkCaptureArgs, child_vdso) as u64)
         .ok_or(EFAULT)?;
-    let mut bytes = [0u8; 64];
+    let mut bytes = [0u8; 8 * 10];
     for (chunk, f) in bytes.chunks_exact_mut(8).zip(fields) {
         chunk.copy_from_slice(&f.to_ne_bytes());
     }

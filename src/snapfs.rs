@@ -27,6 +27,8 @@ const SNAPSHOT_FS_MAGIC: u64 = 0x4D53_4E46;
 
 /// Most snapshots with live children on this host at once.
 const MAX_CACHED: usize = 1024;
+/// Most snapshots kept without children (`keep_ms`); keeping one more drops another.
+const MAX_KEPT: usize = 16;
 
 /// A locked, order-0 page-cache folio of a snapshot file that the pager fills.
 /// Dropping it unlocks it (and drops the reference [`Mapping::grab`] took): a folio
@@ -214,8 +216,31 @@ unsafe extern "C" fn snapshot_file_release(
     _file: *mut bindings::file,
 ) -> core::ffi::c_int {
     // SAFETY: one of our inodes, live (per the contract).
-    unsafe { pager_of(inode) }.file_closed();
+    let pager = unsafe { pager_of(inode) };
+    if pager.file_closed() == 0 && crate::params::keep_ms() > 0 && pager.shareable() {
+        // SAFETY: the inode is ours (so is its superblock) and live: the file being
+        // released still holds it.
+        unsafe { fs_of((*inode).i_sb).keep(inode) };
+    }
     0
+}
+
+/// The `kept_work` of a [`SnapshotFs`]: drops expired kept inodes.
+///
+/// # Safety
+///
+/// Called by the workqueue for the `kept_work` of a live `SnapshotFs` (it cancels the
+/// work before it goes).
+unsafe extern "C" fn expire_kept(work: *mut bindings::work_struct) {
+    let at = core::mem::offset_of!(SnapshotFs, kept_work)
+        + core::mem::offset_of!(bindings::delayed_work, work);
+    // SAFETY: `work` is the `work` of the `kept_work` of a live `SnapshotFs`.
+    let fs = unsafe { &*(work.cast::<u8>().sub(at) as *const SnapshotFs) };
+    fs.expire();
+}
+
+fn now_ns() -> u64 {
+    kernel::time::Ktime::ktime_get().to_ns() as u64
 }
 
 unsafe fn pager_of<'a>(inode: *mut bindings::inode) -> &'a Pager {
@@ -346,6 +371,13 @@ pub(crate) struct SnapshotFs {
     cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
     #[pin]
     mount: Mutex<Mount>,
+    /// Inodes kept after their last child exited (`keep_ms`), each with the
+    /// `CLOCK_MONOTONIC` ns it expires at: one reference each.
+    #[pin]
+    kept: Mutex<KVec<(SnapshotInode, u64)>>,
+    /// Drops expired `kept` entries (on the system workqueue; cancelled by `stop`).
+    #[pin]
+    kept_work: Opaque<bindings::delayed_work>,
 }
 
 // SAFETY: the C structs are used by the VFS under its own locking; the cache and the
@@ -388,7 +420,97 @@ impl SnapshotFs {
                 mnt: ptr::null_mut(),
                 pins: 0,
             }),
+            kept <- new_mutex!(KVec::new()),
+            kept_work <- Opaque::ffi_init(|w: *mut bindings::delayed_work| {
+                // SAFETY: `w` is valid for writing; the callback matches the work.
+                unsafe { bindings::mitosis_init_delayed_work(w, Some(expire_kept)) }
+            }),
         })
+    }
+
+    /// Keeps `inode` (whose last child just exited) for `keep_ms`: the next resume of
+    /// its snapshot here finds its page cache. Keeping it again pushes its expiry out.
+    ///
+    /// # Safety
+    ///
+    /// `inode` is a live inode of this filesystem.
+    unsafe fn keep(&self, inode: *mut bindings::inode) {
+        let ms = crate::params::keep_ms();
+        let until = now_ns().saturating_add(ms as u64 * 1_000_000);
+        let mut dropped = None;
+        {
+            let mut kept = self.kept.lock();
+            if let Some(e) = kept.iter_mut().find(|(i, _)| i.0.as_ptr() == inode) {
+                e.1 = until;
+            } else {
+                if kept.len() >= MAX_KEPT {
+                    // The one expiring first goes (after the lock is dropped).
+                    let first = (0..kept.len()).min_by_key(|&i| kept[i].1).unwrap_or(0);
+                    dropped = crate::util::swap_remove(&mut kept, first);
+                }
+                if kept.reserve(1, GFP_KERNEL).is_err() {
+                    drop(kept);
+                    drop(dropped);
+                    return;
+                }
+                // SAFETY: live (per the contract); the reference is the entry's.
+                unsafe { bindings::ihold(inode) };
+                // SAFETY: `inode` is non-null (live).
+                let held = SnapshotInode(unsafe { NonNull::new_unchecked(inode) });
+                // Within the capacity reserved above: no allocation.
+                let _ = kept.push((held, until), GFP_KERNEL);
+            }
+        }
+        // Evicting a dropped inode closes its remote open: never under the lock.
+        drop(dropped);
+        let delay = kernel::time::msecs_to_jiffies(ms);
+        // SAFETY: the work was initialised in `new` and lives as long as `self`, which
+        // `stop` outlives it by cancelling it; an already queued work stays queued.
+        unsafe { bindings::mitosis_queue_delayed_work(self.kept_work.get(), delay) };
+    }
+
+    /// Drops the kept inodes that expired (all of them once `keep_ms` is 0) and
+    /// queues itself again for the next expiry.
+    fn expire(&self) {
+        let now = now_ns();
+        let forever = crate::params::keep_ms() == 0;
+        let mut expired = KVec::new();
+        let next = {
+            let mut kept = self.kept.lock();
+            if expired.reserve(kept.len(), GFP_KERNEL).is_err() {
+                Some(now + 1_000_000_000)
+            } else {
+                let mut i = 0;
+                while i < kept.len() {
+                    if forever || kept[i].1 <= now {
+                        if let Some(e) = crate::util::swap_remove(&mut kept, i) {
+                            // Within the capacity reserved above: no allocation.
+                            let _ = expired.push(e, GFP_KERNEL);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                kept.iter().map(|e| e.1).min()
+            }
+        };
+        // Evictions close remote opens: never under the lock.
+        drop(expired);
+        if let Some(at) = next {
+            let ms = (at.saturating_sub(now) / 1_000_000).saturating_add(1);
+            let delay = kernel::time::msecs_to_jiffies(ms.min(u32::MAX as u64) as u32);
+            // SAFETY: as in `keep`.
+            unsafe { bindings::mitosis_queue_delayed_work(self.kept_work.get(), delay) };
+        }
+    }
+
+    /// Stops keeping: cancels the expiry work (waiting for a running one) and drops
+    /// what is kept. Called when the module's state goes.
+    pub(crate) fn stop(&self) {
+        // SAFETY: the work was initialised in `new`.
+        unsafe { bindings::cancel_delayed_work_sync(self.kept_work.get()) };
+        let kept = crate::util::take_all(&mut self.kept.lock());
+        drop(kept);
     }
 
     /// Mounts the filesystem with `self` as its superblock's `s_fs_info`.

@@ -151,6 +151,7 @@ impl Host {
             }
         }
         self.workqueue.destroy();
+        self.snapshot_fs.stop();
         self.regions.lock().clear();
         drop(take_all(&mut self.claims.lock()));
     }

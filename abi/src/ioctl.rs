@@ -425,6 +425,11 @@ pub struct ForkCaptureArgs {
     /// pages fetched eagerly.
     pub resume_start_ns: u64,
     pub eager_pages: u64,
+    /// Out (child): pages prefetched from this host's working-set record of the
+    /// snapshot, and the network round trips the resume call made (control RPCs and
+    /// READ doorbells, counted by the module; a new connection's setup not included).
+    pub prefetched_pages: u64,
+    pub round_trips: u64,
 }
 
 /// `MITOSIS_IOC_FORK_CLAIM`: the parent collects what the seed `seed_pid` (its child)
@@ -507,7 +512,7 @@ ioctl_structs! {
     IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;
     IOC_REMOTE_READ / RemoteRead = 5, RemoteReadArgs, 72;
     IOC_REMOTE_CLOSE / RemoteClose = 6, RemoteCloseArgs, 16;
-    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 88;
+    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 104;
     IOC_FORK_RESUME / ForkResume = 8, ForkResumeArgs, 48;
     IOC_FORK_RELEASE / ForkRelease = 9, ForkReleaseArgs, 40;
     IOC_FORK_CLAIM / ForkClaim = 10, ForkClaimArgs, 88;

@@ -23,7 +23,7 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
     assert_eq!(ioctl::IOC_STATUS, 0xc1b8_b701);
-    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc058_b707);
+    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc068_b707);
     assert_eq!(ioctl::IOC_FORK_CLAIM, 0xc058_b70a);
     assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
     assert_eq!(ioctl::IOC_FORK_RELEASE, 0xc028_b709);

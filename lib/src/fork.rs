@@ -116,6 +116,12 @@ pub struct Resumed {
     pub resume: Duration,
     /// Pages fetched before the child ran (eager mode).
     pub eager_pages: u64,
+    /// Pages prefetched before the child ran from the working set earlier children of
+    /// the snapshot fetched on this host.
+    pub prefetched_pages: u64,
+    /// Network round trips of the resume call (control RPCs and READ doorbells, not
+    /// counting a new connection's setup).
+    pub round_trips: u64,
 }
 
 /// The two returns of [`Mitosis::fork_prepare`].
@@ -508,6 +514,8 @@ fn child_start(
     Forked::Child(Resumed {
         resume: Duration::from_nanos(first.saturating_sub(a.resume_start_ns)),
         eager_pages: a.eager_pages,
+        prefetched_pages: a.prefetched_pages,
+        round_trips: a.round_trips,
     })
 }
 

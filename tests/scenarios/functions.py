@@ -498,7 +498,11 @@ VARIANTS = {
     "eager": dict(local_files="1", working_set="0"),
     # No window: the pages fetched are exactly the pages the child touches.
     "resume-w0": dict(local_files="1", working_set="0", prefetch_pages="0"),
+    # A warm host: the previous child's pages are still in the page cache (keep_ms).
+    "warm": dict(local_files="1", working_set="1", keep_ms="10000"),
 }
+# How long the test keeps a snapshot's pages after its last child (the warm check).
+TEST_KEEP_MS = "5000"
 
 
 def set_params(values):
@@ -531,10 +535,10 @@ def functions_on_b(handles, bench):
     cold page cache: the previous child's exit evicted the snapshot's pages on this
     host."""
     rounds = 3 if bench else 1
-    variants = (["baseline", "resume", "resume-ws", "run", "eager", "resume-w0"] if bench
-                else ["resume", "run"])
+    variants = (["baseline", "resume", "resume-ws", "run", "eager", "resume-w0", "warm"]
+                if bench else ["resume", "run", "warm"])
     defaults = {name: open(PARAMS + name).read().strip()
-                for name in ("prefetch_pages", "local_files", "working_set")}
+                for name in ("prefetch_pages", "local_files", "working_set", "keep_ms")}
     rows = []
     for fn in FUNCTIONS:
         if fn not in handles:
@@ -560,10 +564,22 @@ def functions_on_b(handles, bench):
         per_variant = {}
         for how in variants:
             times, fetched, setups, faults = [], [], [], []
+            if how == "warm":
+                # A child whose pages the host keeps (not measured): each measured
+                # child finds its predecessor's pages in the page cache.
+                keep = VARIANTS["warm"] if bench else {"keep_ms": TEST_KEEP_MS}
+                set_params({**defaults, **keep})
+                run(launcher("resume", fn, path), req)
             for i in range(rounds):
                 # The test runs with the module's defaults (local files and working
-                # sets on): its second child replays what its first recorded.
-                set_params({**defaults, **(VARIANTS[how] if bench else {})})
+                # sets on): its second child replays what its first recorded; the
+                # third finds the pages the host kept.
+                if bench:
+                    set_params({**defaults, **VARIANTS[how]})
+                elif how == "warm":
+                    set_params({**defaults, "keep_ms": TEST_KEEP_MS})
+                else:
+                    set_params(defaults)
                 before = counters()
                 t_start = time.time_ns()
                 rc, out, err, child_ms, _ = run(launcher(how, fn, path), req)
@@ -608,6 +624,12 @@ def functions_on_b(handles, bench):
                   "VMAs mapped from B's own files: mitosis resume "
                   f"{first and first['vmas_local']}, mitosis run (image bound into the "
                   f"container) {second and second['vmas_local']}")
+            warm = per_variant.get("warm")
+            check(f"fn-warm-host-{fn}",
+                  bool(first and warm and warm["pages_fetched"] * 20 < first["pages_fetched"]),
+                  f"with keep_ms={TEST_KEEP_MS}, a child after one that just exited fetched "
+                  f"{warm and warm['pages_fetched']} pages (the first child: "
+                  f"{first and first['pages_fetched']})")
             check(f"fn-working-set-{fn}",
                   bool(first and second and second["ws_pages_replayed"] > 0
                        and second["remote_faults"] < first["remote_faults"]),
@@ -615,6 +637,8 @@ def functions_on_b(handles, bench):
                   f"{second and second['ws_pages_replayed']} pages replayed from the first's "
                   f"record, {second and second['remote_faults']} remote faults")
     set_params(defaults)
+    # Kept pages expire (keep_ms is 0 again): nothing is left to hold the module.
+    time.sleep(int(VARIANTS["warm"]["keep_ms"] if bench else TEST_KEEP_MS) / 1000 + 1)
     # The table a person reads in `make demo` (vmrun echoes MITOSIS- lines).
     print("MITOSIS-DEMO function      launcher    cold start  child (launch to response)"
           "  speedup  pages fetched     container setup")

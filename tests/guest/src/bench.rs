@@ -6,11 +6,14 @@
 //!        B: fork-demo-remote  runs 2 children of A's snapshot
 //! bench: A: bench-parent --sizes 1,64,1024   per seed size: cold start, local fork(),
 //!                                            prepare, children on A, resume rate
-//!        B: bench-remote --peer A            per seed size: children on B (resume,
-//!                                            touch 10% / 100%, pages fetched), fault
-//!                                            latency, resume rate
+//!        B: bench-remote --peer A            the link (TCP round trip and bulk rate);
+//!                                            per seed size: children on B (resume,
+//!                                            touch 10% / 100%, pages fetched, remote
+//!                                            faults; again replaying the working set),
+//!                                            fault latency, resume rate
 //! ```
-//! A and B talk over TCP (port 7002): A sends `seed MIB HANDLE`, B answers `done`.
+//! A and B talk over TCP (port 7002): A sends `seed MIB HANDLE`, B answers `done`; A
+//! serves the link measurement on port 7003.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -26,8 +29,12 @@ use crate::fork::{
 use crate::report::Report;
 
 const PORT: u16 = 7002;
+/// Where A serves the link measurement (`ping`: echo bytes; `bulk N`: send N MiB).
+const LINK_PORT: u16 = 7003;
 /// The module's readahead window for remote faults (writable at run time).
 const PREFETCH_PARAM: &str = "/sys/module/mitosis/parameters/prefetch_pages";
+/// Working-set record and replay (writable at run time).
+const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
 const PAGE_WORDS: usize = 512;
 
 fn ms(d: Duration) -> f64 {
@@ -35,10 +42,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn pages_fetched() -> u64 {
+    counters().pages_fetched
+}
+
+fn counters() -> mitosis_abi::ioctl::Counters {
     Mitosis::open()
         .and_then(|m| m.status())
-        .map(|s| s.counters.pages_fetched)
-        .unwrap_or(0)
+        .map(|s| s.counters)
+        .unwrap_or_default()
 }
 
 /// Reads one word per page of `heap[range]`; returns whether they are the seed's.
@@ -88,7 +99,8 @@ pub fn demo_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed) {
 
 /// Benchmark child: resume time, time to read 10% and 100% of the heap, pages fetched.
 pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label: &str) {
-    let before = pages_fetched();
+    let at_start = counters();
+    let before = at_start.pages_fetched;
     let n = w.heap.len();
     let t = Instant::now();
     let ok10 = touch_pages(&w.heap, 0, n / 10);
@@ -96,7 +108,9 @@ pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label:
     let ok100 = touch_pages(&w.heap, n / 10, n);
     let t100 = t.elapsed();
     let touched = n.div_ceil(PAGE_WORDS);
-    let fetched = pages_fetched().saturating_sub(before);
+    let at_end = counters();
+    let fetched = at_end.pages_fetched.saturating_sub(before);
+    let faults = at_end.remote_faults.saturating_sub(at_start.remote_faults);
     r.check(
         &format!("bench-child-{label}"),
         ok10 && ok100,
@@ -107,8 +121,97 @@ pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label:
             ("touch_100pct_ms", ms(t100)),
             ("pages_touched", touched as f64),
             ("pages_fetched", fetched as f64),
+            ("remote_faults", faults as f64),
             ("eager_pages", resumed.eager_pages as f64),
+            ("prefetched_pages", resumed.prefetched_pages as f64),
+            ("resume_round_trips", resumed.round_trips as f64),
         ],
+    );
+}
+
+/// A's side of the link measurement: one connection at a time, `ping` echoes every
+/// byte until EOF, `bulk N` sends N MiB and closes.
+fn serve_link() {
+    let Ok(l) = TcpListener::bind(("0.0.0.0", LINK_PORT)) else {
+        return;
+    };
+    for s in l.incoming().flatten() {
+        let _ = s.set_nodelay(true);
+        let Ok(rd) = s.try_clone() else { continue };
+        let mut rd = BufReader::new(rd);
+        let mut out = s;
+        let cmd = line(&mut rd);
+        if cmd == "ping" {
+            let mut b = [0u8; 1];
+            while std::io::Read::read_exact(&mut rd, &mut b).is_ok() {
+                if out.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        } else if let Some(n) = cmd.strip_prefix("bulk ").and_then(|n| n.parse::<usize>().ok()) {
+            let chunk = vec![0x5au8; 1 << 20];
+            for _ in 0..n.min(1024) {
+                if out.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// B's side: TCP round trip (1 byte each way, `TCP_NODELAY`, 200 times: median and
+/// p99) and bulk rate (64 MiB from A), over the guests' link that the RDMA traffic
+/// uses.
+fn measure_link(r: &mut Report, peer: Ipv4Addr) {
+    let rtt = (|| -> std::io::Result<Vec<Duration>> {
+        let s = TcpStream::connect((peer, LINK_PORT))?;
+        s.set_nodelay(true)?;
+        let mut rd = s.try_clone()?;
+        let mut out = s;
+        out.write_all(b"ping\n")?;
+        let mut times = Vec::new();
+        let mut b = [0u8; 1];
+        for _ in 0..200 {
+            let t = Instant::now();
+            out.write_all(b"x")?;
+            std::io::Read::read_exact(&mut rd, &mut b)?;
+            times.push(t.elapsed());
+        }
+        Ok(times)
+    })();
+    let bulk = (|| -> std::io::Result<(usize, Duration)> {
+        let mut s = TcpStream::connect((peer, LINK_PORT))?;
+        s.write_all(b"bulk 64\n")?;
+        let t = Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            let n = std::io::Read::read(&mut s, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok((total, t.elapsed()))
+    })();
+    let ok = matches!((&rtt, &bulk), (Ok(t), Ok((n, _))) if t.len() == 200 && *n == 64 << 20);
+    let mut metrics = Vec::new();
+    if let Ok(mut t) = rtt.as_ref().cloned() {
+        t.sort();
+        if !t.is_empty() {
+            metrics.push(("rtt_median_us", t[t.len() / 2].as_secs_f64() * 1e6));
+            metrics.push(("rtt_p99_us", t[t.len() * 99 / 100].as_secs_f64() * 1e6));
+        }
+    }
+    if let Ok((n, d)) = &bulk {
+        metrics.push(("bulk_mib_per_s", *n as f64 / (1 << 20) as f64 / d.as_secs_f64()));
+        metrics.push(("bulk_pages_per_s", *n as f64 / 4096.0 / d.as_secs_f64()));
+    }
+    r.check(
+        "bench-link-tcp",
+        ok,
+        format!("round trip {:?}, bulk {:?}", rtt.as_ref().map(|t| t.len()), bulk),
+        &metrics,
     );
 }
 
@@ -282,6 +385,7 @@ fn local_fork() -> Duration {
 
 /// Benchmark, guest A: one seed process per size (`bench-seed`).
 pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode {
+    std::thread::spawn(serve_link);
     let Some((mut rd, mut out)) = accept(PORT) else {
         r.check("bench-peer", false, "guest B never connected", &[]);
         return ExitCode::FAILURE;
@@ -341,6 +445,9 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         r.check("bench-peer", false, "no bench parent on A", &[]);
         return ExitCode::FAILURE;
     };
+    measure_link(r, peer);
+    // The cold measurements first: no working-set replay.
+    let _ = std::fs::write(WORKING_SET_PARAM, "0");
     loop {
         let msg = line(&mut rd);
         let words: Vec<&str> = msg.split_whitespace().collect();
@@ -396,6 +503,23 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
                 );
             }
         }
+        // A child recording its working set, then one replaying it (resume includes
+        // the prefetch; its touches should take no remote fault).
+        let set = std::fs::write(WORKING_SET_PARAM, "1");
+        let replayed = set.is_ok()
+            && launch(&h, false)
+                .map(|c| run_child(c, &format!("bench ws-record-{mib}")).0.success())
+                .unwrap_or(false)
+            && launch(&h, false)
+                .map(|c| run_child(c, &format!("bench ws-{mib}")).0.success())
+                .unwrap_or(false);
+        let _ = std::fs::write(WORKING_SET_PARAM, "0");
+        r.check(
+            &format!("bench-ws-ran-{mib}"),
+            replayed,
+            format!("{set:?}"),
+            &[],
+        );
         let _ = writeln!(out, "go");
         let (ok, wall) = burst(&h, burst_n, "exit");
         r.check(
@@ -409,5 +533,6 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         );
         let _ = writeln!(out, "done");
     }
+    let _ = std::fs::write(WORKING_SET_PARAM, "1");
     ExitCode::SUCCESS
 }

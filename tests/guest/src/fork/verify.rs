@@ -38,6 +38,8 @@ fn check_resume_and_registers(r: &mut Report, resumed: &mitosis::Resumed) {
         &[
             ("resume_ms", resumed.resume.as_secs_f64() * 1e3),
             ("eager_pages", resumed.eager_pages as f64),
+            ("prefetched_pages", resumed.prefetched_pages as f64),
+            ("round_trips", resumed.round_trips as f64),
         ],
     );
     let regs = REGISTER_MISMATCH.load(Ordering::SeqCst);
