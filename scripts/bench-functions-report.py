@@ -53,7 +53,7 @@ def markdown(table):
              "child: resume + working set | child: run + working set (setup) | child: eager | "
              "child: no window | child: warm host | pages fetched: baseline / local files / "
              "+ working set / touched / warm | remote faults: baseline / local files / + working "
-             "set | CRIU: dump + copy + restore to response | cold / first child | "
+             "set | CRIU: dump + copy + restore to response | cold / best cold-cache child | "
              "cold / warm child |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():

@@ -129,11 +129,12 @@ pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label:
     );
 }
 
-/// A's side of the link measurement: one connection at a time, `ping` echoes every
-/// byte until EOF, `bulk N` sends N MiB and closes.
-fn serve_link() {
+/// A's side of the link measurement (`mitosis-test bench-link-server`, a process of
+/// its own so that the benchmark process stays single-threaded): one connection at a
+/// time, `ping` echoes every byte until EOF, `bulk N` sends N MiB and closes.
+pub fn serve_link() -> ExitCode {
     let Ok(l) = TcpListener::bind(("0.0.0.0", LINK_PORT)) else {
-        return;
+        return ExitCode::FAILURE;
     };
     for s in l.incoming().flatten() {
         let _ = s.set_nodelay(true);
@@ -148,7 +149,10 @@ fn serve_link() {
                     break;
                 }
             }
-        } else if let Some(n) = cmd.strip_prefix("bulk ").and_then(|n| n.parse::<usize>().ok()) {
+        } else if let Some(n) = cmd
+            .strip_prefix("bulk ")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             let chunk = vec![0x5au8; 1 << 20];
             for _ in 0..n.min(1024) {
                 if out.write_all(&chunk).is_err() {
@@ -156,6 +160,17 @@ fn serve_link() {
                 }
             }
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Kills the link server when the benchmark ends.
+struct LinkServer(std::process::Child);
+
+impl Drop for LinkServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -204,13 +219,20 @@ fn measure_link(r: &mut Report, peer: Ipv4Addr) {
         }
     }
     if let Ok((n, d)) = &bulk {
-        metrics.push(("bulk_mib_per_s", *n as f64 / (1 << 20) as f64 / d.as_secs_f64()));
+        metrics.push((
+            "bulk_mib_per_s",
+            *n as f64 / (1 << 20) as f64 / d.as_secs_f64(),
+        ));
         metrics.push(("bulk_pages_per_s", *n as f64 / 4096.0 / d.as_secs_f64()));
     }
     r.check(
         "bench-link-tcp",
         ok,
-        format!("round trip {:?}, bulk {:?}", rtt.as_ref().map(|t| t.len()), bulk),
+        format!(
+            "round trip {:?}, bulk {:?}",
+            rtt.as_ref().map(|t| t.len()),
+            bulk
+        ),
         &metrics,
     );
 }
@@ -385,7 +407,9 @@ fn local_fork() -> Duration {
 
 /// Benchmark, guest A: one seed process per size (`bench-seed`).
 pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode {
-    std::thread::spawn(serve_link);
+    let _link = std::env::current_exe()
+        .and_then(|exe| Command::new(exe).arg("bench-link-server").spawn())
+        .map(LinkServer);
     let Some((mut rd, mut out)) = accept(PORT) else {
         r.check("bench-peer", false, "guest B never connected", &[]);
         return ExitCode::FAILURE;

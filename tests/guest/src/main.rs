@@ -149,6 +149,7 @@ fn main() -> ExitCode {
             return finish(&report, code);
         }
         Some("bench-cold") => return bench::cold(num(&args, "--mib", 1)),
+        Some("bench-link-server") => return bench::serve_link(),
         Some("adversarial") => {
             let Some(peer) = peer_arg(&args) else {
                 return ExitCode::from(2);
