@@ -97,6 +97,10 @@ unsigned int mitosis_param_prefetch_pages = 8;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");
 
+bool mitosis_param_pin_pages;
+module_param_named(pin_pages, mitosis_param_pin_pages, bool, 0644);
+MODULE_PARM_DESC(pin_pages, "Hold captured pages with long-term pins (moved out of movable and CMA memory first; every anonymous page the parent shares is copied at prepare) instead of plain references (no copy: the parent's later writes copy)");
+
 bool mitosis_param_local_files = true;
 module_param_named(local_files, mitosis_param_local_files, bool, 0644);
 MODULE_PARM_DESC(local_files, "Map a seed's clean file mappings from this host's own file when it is the same file (path, size, mtime, first page)");

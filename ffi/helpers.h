@@ -21,6 +21,7 @@ extern unsigned int mitosis_param_connect_timeout_ms;
 extern unsigned int mitosis_param_io_timeout_ms;
 extern unsigned int mitosis_param_prefetch_pages;
 extern bool mitosis_param_unprivileged_children;
+extern bool mitosis_param_pin_pages;
 extern bool mitosis_param_local_files;
 extern bool mitosis_param_working_set;
 

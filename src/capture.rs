@@ -49,6 +49,8 @@ pub(crate) struct Captured {
 /// Captures the calling task; `args_addr` is its `ForkCaptureArgs` (children get their
 /// resume report there).
 pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
+    // One way of holding pages for the whole capture (the parameter may change).
+    let pin = crate::params::pin_pages();
     let mut st = boxed_task_state()?;
     st.capture_args = args_addr;
     capture_task(&mut st);
@@ -83,15 +85,16 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
             // `MADV_WIPEONFORK` memory reads as zeros in a forked child: no pages.
             let wiped = v.flags & bindings::VM_WIPEONFORK as u64 != 0;
             if v.special == Special::None && !wiped {
-                let c = capture_pages(host, &mm, &v, &mut runs, &mut data).inspect_err(|e| {
-                    pr_warn!(
-                        "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
-                        v.start,
-                        v.end,
-                        v.flags,
-                        e
-                    )
-                })?;
+                let c =
+                    capture_pages(host, &mm, &v, pin, &mut runs, &mut data).inspect_err(|e| {
+                        pr_warn!(
+                            "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
+                            v.start,
+                            v.end,
+                            v.flags,
+                            e
+                        )
+                    })?;
                 holes += c.holes;
                 let private = flags & (vma_flags::SHARED | vma_flags::GROWSDOWN) == 0;
                 if let (Some(f), true, true) = (v.file, c.clean, private) {
@@ -247,8 +250,9 @@ struct VmaPages {
     holes: u64,
     /// A private file mapping whose pages were all its file's own page-cache pages
     /// before the capture (no `anon_vma`: never copied on write), so the file itself
-    /// holds the content. Decided before pinning: a long-term pin of a page-cache page
-    /// in a private mapping unshares it (the seed gets an anonymous copy).
+    /// holds the content. Decided before the pages are taken: with `pin_pages`, a
+    /// long-term pin of a page-cache page in a private mapping unshares it (the seed
+    /// gets an anonymous copy).
     clean: bool,
 }
 
@@ -258,6 +262,7 @@ fn capture_pages(
     host: &Host,
     mm: &MmapReadGuard,
     v: &VmaView<'_>,
+    pin: bool,
     runs: &mut KVVec<PageRun>,
     data: &mut KVVec<PageRef>,
 ) -> Result<VmaPages> {
@@ -285,16 +290,18 @@ fn capture_pages(
         let want = ((n_pages - p) as usize).min(GUP_BATCH);
         let want = if source_desc.is_some() { 1 } else { want };
         let mut batch: [Option<PageRef>; GUP_BATCH] = [const { None }; GUP_BATCH];
-        let r = mm.take_pages(addr, &mut batch[..want]).inspect_err(|e| {
-            pr_warn!(
-                "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {:?}\n",
-                addr,
-                v.start,
-                v.end,
-                v.flags,
-                e
-            )
-        })?;
+        let r = mm
+            .take_pages(addr, &mut batch[..want], pin)
+            .inspect_err(|e| {
+                pr_warn!(
+                    "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {:?}\n",
+                    addr,
+                    v.start,
+                    v.end,
+                    v.flags,
+                    e
+                )
+            })?;
         if r == 0 {
             // Never touched (or the shared zero page): a hole.
             holes += 1;

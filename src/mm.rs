@@ -125,26 +125,46 @@ impl MmapReadGuard {
         }
     }
 
-    /// Pins the pages from `addr` on for the long term (`out.len()` at most, at least
-    /// 1): present pages and THP subpages, swapped-out pages read back, PROT_NONE pages
-    /// through `FOLL_FORCE`; pages in movable or CMA memory are migrated first
-    /// (`FOLL_LONGTERM`: a snapshot holds its pages for as long as it lives). Returns
-    /// how many were pinned; 0 when the first page was never touched (or is the shared
-    /// zero page): a hole.
-    pub(crate) fn take_pages(&self, addr: u64, out: &mut [Option<PageRef>]) -> Result<usize> {
+    /// Takes the pages from `addr` on (`out.len()` at most, at least 1): present pages
+    /// and THP subpages, swapped-out pages read back, PROT_NONE pages through
+    /// `FOLL_FORCE`. With `pin`, as long-term pins (`FOLL_LONGTERM`: pages in movable
+    /// or CMA memory are migrated first; a read-only pin needs the page exclusive, so
+    /// an anonymous page shared with the parent after `fork()` is copied now); without,
+    /// as plain references (nothing copied: the parent's next write to such a page
+    /// copies it, because our reference keeps it from being reused). Returns how many
+    /// were taken; 0 when the first page was never touched (or is the shared zero
+    /// page): a hole.
+    pub(crate) fn take_pages(
+        &self,
+        addr: u64,
+        out: &mut [Option<PageRef>],
+        pin: bool,
+    ) -> Result<usize> {
         let want = out.len().min(GUP_BATCH);
         let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
+        let flags = bindings::FOLL_FORCE | bindings::FOLL_DUMP;
         // SAFETY: the mm is read-locked (type invariant; `locked` = NULL keeps it so);
         // `got` has room for `want` pointers.
         let r = unsafe {
-            bindings::pin_user_pages_remote(
-                self.mm(),
-                addr as _,
-                want as _,
-                (bindings::FOLL_FORCE | bindings::FOLL_DUMP | bindings::FOLL_LONGTERM) as u32,
-                got.as_mut_ptr(),
-                ptr::null_mut(),
-            )
+            if pin {
+                bindings::pin_user_pages_remote(
+                    self.mm(),
+                    addr as _,
+                    want as _,
+                    (flags | bindings::FOLL_LONGTERM) as u32,
+                    got.as_mut_ptr(),
+                    ptr::null_mut(),
+                )
+            } else {
+                bindings::get_user_pages_remote(
+                    self.mm(),
+                    addr as _,
+                    want as _,
+                    flags as u32,
+                    got.as_mut_ptr(),
+                    ptr::null_mut(),
+                )
+            }
         };
         if r == -(bindings::EFAULT as kernel::ffi::c_long) || r == 0 {
             return Ok(0);
@@ -155,8 +175,15 @@ impl MmapReadGuard {
         let n = (r as usize).min(want);
         // Own every returned pin before anything can fail, so none leaks.
         for (slot, &page) in out.iter_mut().zip(&got[..n]) {
-            // SAFETY: GUP returned the page with one long-term pin we now own.
-            *slot = NonNull::new(page).map(|p| unsafe { PageRef::from_pinned(p) });
+            // SAFETY: GUP returned the page with one pin (or reference, as asked) we
+            // now own.
+            *slot = NonNull::new(page).map(|p| unsafe {
+                if pin {
+                    PageRef::from_pinned(p)
+                } else {
+                    PageRef::from_raw(p)
+                }
+            });
         }
         if out[..n].iter().any(|p| p.is_none()) {
             return Err(EFAULT);

@@ -42,6 +42,12 @@ pub(crate) fn unprivileged_children() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_unprivileged_children)) }
 }
 
+/// Whether captures hold pages with long-term pins instead of references.
+pub(crate) fn pin_pages() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_pin_pages)) }
+}
+
 /// Whether resumes map clean file mappings from this host's own files (`vfs.rs`).
 pub(crate) fn local_files() -> bool {
     // SAFETY: as above (a `bool` parameter).

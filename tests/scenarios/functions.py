@@ -220,19 +220,27 @@ def package_checks():
 SEED_PIDS = {}
 
 
-def seeds():
+def seeds(bench):
+    """Guest A: each function's seed. The test prepares matrix_aes with long-term pins
+    (`pin_pages=1`) and the others with plain page references (the default), so both
+    ways of holding a snapshot's pages serve the children checked later; the
+    benchmark uses references throughout."""
     handles = {}
     for fn in FUNCTIONS:
+        pinned = not bench and fn == "matrix_aes"
+        set_params({"pin_pages": "1" if pinned else "0"})
         path = f"/tmp/{fn}.handle"
         rc, out, err, _, total = run([sys.executable, SERVE, fn, "--seed", path], timeout=900)
         info = parse_response(out) or {}
         ok = rc == 0 and os.path.exists(path)
-        check(f"fn-seed-{fn}", ok, f"rc={rc} {out.strip()} {err[-400:]}",
+        check(f"fn-seed-{fn}", ok, f"pages {'pinned' if pinned else 'referenced'}; "
+              f"rc={rc} {out.strip()} {err[-400:]}",
               seed_ms=total, warm_ms=float(info.get("warm_ms", 0)),
               prepare_ms=float(info.get("prepare_ms", 0)))
         if ok:
             handles[fn] = open(path).read().strip()
             SEED_PIDS[fn] = info.get("pid")
+    set_params({"pin_pages": "0"})
     return handles
 
 
@@ -870,7 +878,7 @@ def main():
     bench = os.environ.get("MBENCH") == "1"
     if role == "a":
         phase("package", package_checks)
-        handles = phase("seeds", seeds) or {}
+        handles = phase("seeds", seeds, bench) or {}
         phase("children-on-a", children_on_a, handles)
         phase("probe", probe_seed, handles)
         phase("list", list_shows, handles)
