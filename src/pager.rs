@@ -218,7 +218,9 @@ impl Pager {
                 match self.read_into(&offs, present) {
                     Ok(()) => {
                         read += offs.len();
-                        self.trace.lock().record(present.iter().map(|f| f.index()));
+                        if params::working_set() {
+                            self.trace.lock().record(present.iter().map(|f| f.index()));
+                        }
                     }
                     Err(e) => result = Err(e),
                 }
@@ -306,19 +308,11 @@ impl Pager {
     /// cache, in batches of one doorbell. Returns the pages fetched.
     fn fetch(&self, mapping: Mapping<'_>, only: Option<usize>) -> Result<u64> {
         let desc = self.descriptor()?;
-        let mut indices = present_pages(&desc, only).map(|(vi, page)| folio_index(vi, page));
-        let mut err = None;
-        let fetched = self.fetch_indices(
-            mapping,
-            core::iter::from_fn(|| match indices.next()? {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    err = Some(e);
-                    None
-                }
-            }),
-        )?;
-        err.map_or(Ok(fetched), Err)
+        // A validated descriptor's pages all have an index (windows and VMA sizes are
+        // bounded), so none is left out here.
+        let indices =
+            present_pages(&desc, only).filter_map(|(vi, page)| folio_index(vi, page).ok());
+        self.fetch_indices(mapping, indices)
     }
 
     /// Brings the pages at page-cache `indices` into `mapping`'s page cache (those not
