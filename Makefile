@@ -169,9 +169,11 @@ dkms-install:
 	git ls-files -z | xargs -0 cp --parents -t $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
 	@if [ -z "$(DESTDIR)" ]; then dkms add mitosis/$(DKMS_VERSION) && dkms build mitosis/$(DKMS_VERSION) && dkms install mitosis/$(DKMS_VERSION); fi
 
-# The install targets into a staging tree, checked file by file (part of test-host).
+# The install targets into a staging tree, checked file by file, and the staged DKMS
+# tree built by dkms itself in private trees (part of make check).
 test-install: module userspace
 	rm -rf $(OUT)/install-test
 	$(MAKE) -s install DESTDIR=$(CURDIR)/$(OUT)/install-test PREFIX=/usr PYTHONDIR=/usr/lib/python3/dist-packages
 	$(MAKE) -s dkms-install DESTDIR=$(CURDIR)/$(OUT)/install-test
 	scripts/install/check-staged.sh $(OUT)/install-test $(DKMS_VERSION)
+	scripts/install/dkms-build.sh $(OUT)/install-test $(DKMS_VERSION) $(kdir)

@@ -268,6 +268,65 @@ pid_t mitosis_current_parent_tgid(void)
 bool mitosis_current_mm_exclusive(void)
 { return get_nr_threads(current) == 1 && atomic_read(&current->mm->mm_users) == 1; }
 
+/* Page-table probes (src/page_table.rs). */
+void mitosis_rcu_read_lock(void)
+{ rcu_read_lock(); }
+
+void mitosis_rcu_read_unlock(void)
+{ rcu_read_unlock(); }
+
+pgd_t *mitosis_pgd_offset(struct mm_struct *mm, unsigned long addr)
+{ return pgd_offset(mm, addr); }
+
+bool mitosis_pgd_none(pgd_t *pgd)
+{ return pgd_none(pgdp_get(pgd)); }
+
+unsigned long mitosis_pgd_addr_end(unsigned long addr, unsigned long end)
+{ return pgd_addr_end(addr, end); }
+
+p4d_t *mitosis_p4d_offset(pgd_t *pgd, unsigned long addr)
+{ return p4d_offset(pgd, addr); }
+
+bool mitosis_p4d_none(p4d_t *p4d)
+{ return p4d_none(p4dp_get(p4d)); }
+
+unsigned long mitosis_p4d_addr_end(unsigned long addr, unsigned long end)
+{ return p4d_addr_end(addr, end); }
+
+pud_t *mitosis_pud_offset(p4d_t *p4d, unsigned long addr)
+{ return pud_offset(p4d, addr); }
+
+bool mitosis_pud_none(pud_t *pud)
+{ return pud_none(pudp_get(pud)); }
+
+bool mitosis_pud_leaf(pud_t *pud)
+{ return pud_leaf(pudp_get(pud)); }
+
+unsigned long mitosis_pud_addr_end(unsigned long addr, unsigned long end)
+{ return pud_addr_end(addr, end); }
+
+pmd_t *mitosis_pmd_offset(pud_t *pud, unsigned long addr)
+{ return pmd_offset(pud, addr); }
+
+pmd_t mitosis_pmdp_get_lockless(pmd_t *pmd)
+{ return pmdp_get_lockless(pmd); }
+
+bool mitosis_pmd_none(pmd_t pmd)
+{ return pmd_none(pmd); }
+
+/* A present entry pointing to a PTE table (not a huge page, not a migration entry). */
+bool mitosis_pmd_table(pmd_t pmd)
+{ return pmd_present(pmd) && !pmd_leaf(pmd) && !pmd_bad(pmd); }
+
+unsigned long mitosis_pmd_addr_end(unsigned long addr, unsigned long end)
+{ return pmd_addr_end(addr, end); }
+
+pte_t *mitosis_pte_offset_kernel(pmd_t *pmd, unsigned long addr)
+{ return pte_offset_kernel(pmd, addr); }
+
+bool mitosis_pte_none(pte_t *pte)
+{ return pte_none(ptep_get(pte)); }
+
 /* Snapshot inodes kept after their last child (src/snapfs.rs). */
 void mitosis_init_delayed_work(struct delayed_work *dw, work_func_t fn)
 { INIT_DELAYED_WORK(dw, fn); }

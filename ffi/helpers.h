@@ -101,6 +101,29 @@ pid_t mitosis_current_parent_tgid(void);
 
 bool mitosis_current_mm_exclusive(void);
 
+/* Page-table probes: capture skips never-populated ranges of anonymous memory
+ * (src/page_table.rs). */
+void mitosis_rcu_read_lock(void);
+void mitosis_rcu_read_unlock(void);
+pgd_t *mitosis_pgd_offset(struct mm_struct *mm, unsigned long addr);
+bool mitosis_pgd_none(pgd_t *pgd);
+unsigned long mitosis_pgd_addr_end(unsigned long addr, unsigned long end);
+p4d_t *mitosis_p4d_offset(pgd_t *pgd, unsigned long addr);
+bool mitosis_p4d_none(p4d_t *p4d);
+unsigned long mitosis_p4d_addr_end(unsigned long addr, unsigned long end);
+pud_t *mitosis_pud_offset(p4d_t *p4d, unsigned long addr);
+bool mitosis_pud_none(pud_t *pud);
+bool mitosis_pud_leaf(pud_t *pud);
+unsigned long mitosis_pud_addr_end(unsigned long addr, unsigned long end);
+pmd_t *mitosis_pmd_offset(pud_t *pud, unsigned long addr);
+pmd_t mitosis_pmdp_get_lockless(pmd_t *pmd);
+bool mitosis_pmd_none(pmd_t pmd);
+bool mitosis_pmd_table(pmd_t pmd);
+unsigned long mitosis_pmd_addr_end(unsigned long addr, unsigned long end);
+pte_t *mitosis_pte_offset_kernel(pmd_t *pmd, unsigned long addr);
+bool mitosis_pte_none(pte_t *pte);
+
+
 void mitosis_init_delayed_work(struct delayed_work *dw, work_func_t fn);
 bool mitosis_queue_delayed_work(struct delayed_work *dw, unsigned long delay);
 extern unsigned int mitosis_param_keep_ms;

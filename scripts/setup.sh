@@ -8,7 +8,7 @@ BINDGEN_VERSION=0.73.2
 PKGS=(flex bison bc libelf-dev libssl-dev cpio libclang-dev clang lld
       qemu-system-x86 busybox-static linux-source-6.12 iproute2 xz-utils
       librdmacm-dev libibverbs-dev ibverbs-providers
-      python3.11 python3-pip kmod criu)
+      python3.11 python3-pip kmod criu dkms)
 
 need=()
 for p in "${PKGS[@]}"; do

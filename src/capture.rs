@@ -20,8 +20,8 @@
 
 use crate::abi::ioctl::Pod;
 use crate::abi::snapshot::{
-    encode_with_files, encoded_len, vma_flags, FileRef, PageRun, TaskState, Vma, FILE_PATH_MAX,
-    MAX_FILES, PAGE, RUN_PRESENT, TASK_STATE_LEN,
+    encode_with_files, encoded_len, vma_flags, Descriptor, FileRef, PageRun, TaskState, Vma,
+    FILE_PATH_MAX, MAX_FILES, MAX_LEAD_PAGES, PAGE, RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
 use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
@@ -131,32 +131,31 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     state_bytes.extend_from_slice(&fpu, GFP_KERNEL)?;
     drop(fpu);
 
-    let desc_len =
-        encoded_len(vmas.len(), runs.len(), files.len(), state_bytes.len()).ok_or(E2BIG)?;
-    let mut desc = KVVec::from_elem(0u8, desc_len, GFP_KERNEL)?;
-    encode_with_files(
-        &vmas,
-        &runs,
-        &files,
-        data.len() as u64,
-        &state_bytes,
-        &mut desc,
-    )
-    .map_err(|e| {
-        pr_warn!("capture: descriptor encoding failed: {:?}\n", e);
-        EINVAL
-    })?;
+    let desc = encode_descriptor(&vmas, &runs, &files, data.len(), &state_bytes)?;
+    // Copies of the pages a child needs first go right after the descriptor (the data
+    // moves up by as many pages), so a child reads them with it in one batch.
+    let lead = lead_copies(&desc, &data)?;
+    for r in runs.iter_mut().filter(|r| r.kind == RUN_PRESENT) {
+        r.data_page = r.data_page.checked_add(lead.len() as u64).ok_or(E2BIG)?;
+    }
+    let desc = encode_descriptor(&vmas, &runs, &files, lead.len() + data.len(), &state_bytes)?;
+    let desc_len = desc.len();
     let desc_pages = desc_len.div_ceil(PAGE as usize);
-    if desc_pages + data.len() > MAX_SNAPSHOT_PAGES {
+    let n_pages = desc_pages + lead.len() + data.len();
+    if n_pages > MAX_SNAPSHOT_PAGES {
         return Err(E2BIG);
     }
-    let mut pages = KVVec::with_capacity(desc_pages + data.len(), GFP_KERNEL)?;
+    let mut pages = KVVec::with_capacity(n_pages, GFP_KERNEL)?;
     for chunk in desc.chunks(PAGE as usize) {
         let p = PageRef::alloc_zeroed()?;
         p.write(0, chunk)?;
         pages.push(p, GFP_KERNEL)?;
     }
+    let lead_pages = lead.len() as u32;
     let present = data.len() as u64;
+    for p in lead.into_iter() {
+        pages.push(p, GFP_KERNEL)?;
+    }
     for p in data.into_iter() {
         pages.push(p, GFP_KERNEL)?;
     }
@@ -166,7 +165,7 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
         parent_pid: task.parent_tgid().max(0) as u32,
     };
     let (id, secret) = host
-        .publish_snapshot(PageSet::from_pages(pages), &desc, origin)
+        .publish_snapshot(PageSet::from_pages(pages), &desc, lead_pages, origin)
         .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,
@@ -176,6 +175,41 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
         holes,
         desc_bytes: desc_len as u64,
     })
+}
+
+/// The descriptor of a snapshot with `data_pages` data pages.
+fn encode_descriptor(
+    vmas: &[Vma],
+    runs: &[PageRun],
+    files: &[FileRef],
+    data_pages: usize,
+    state: &[u8],
+) -> Result<KVVec<u8>> {
+    let len = encoded_len(vmas.len(), runs.len(), files.len(), state.len()).ok_or(E2BIG)?;
+    let mut desc = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
+    encode_with_files(vmas, runs, files, data_pages as u64, state, &mut desc).map_err(|e| {
+        pr_warn!("capture: descriptor encoding failed: {:?}\n", e);
+        EINVAL
+    })?;
+    Ok(desc)
+}
+
+/// Copies of the data pages `desc` lists as a child's first needs
+/// ([`Descriptor::lead_offsets`]), in that order.
+fn lead_copies(desc: &[u8], data: &[PageRef]) -> Result<KVVec<PageRef>> {
+    let desc = Descriptor::parse(desc).map_err(|_| EINVAL)?;
+    let mut offs = [0u64; MAX_LEAD_PAGES];
+    let n = desc.lead_offsets(&mut offs);
+    let mut lead = KVVec::with_capacity(n, GFP_KERNEL)?;
+    for &off in &offs[..n] {
+        let page = desc
+            .data_offset_at(off)
+            .and_then(|d| data.get((d / PAGE) as usize))
+            .ok_or(EINVAL)?;
+        // A copy, not a second reference: the copy is as immutable as the snapshot.
+        lead.push(page.copy()?, GFP_KERNEL)?;
+    }
+    Ok(lead)
 }
 
 /// The VMA's protection and kind as descriptor flags.
@@ -273,10 +307,23 @@ fn capture_pages(
     let source_desc = source.map(|p| p.descriptor()).transpose()?;
     let mut holes = 0u64;
     let clean = source_desc.is_none() && v.file.is_some() && !v.has_anon;
+    // Private anonymous memory: never-touched pages have no page-table entries, so
+    // ranges without any are skipped whole (a sparse reservation costs its tables).
+    let skip_unpopulated = v.anonymous && source_desc.is_none();
     let mut p = 0u64;
     let first_run = runs.len();
     while p < n_pages {
-        let addr = v.start + p * PAGE;
+        let mut addr = v.start + p * PAGE;
+        if skip_unpopulated {
+            let next = mm.next_populated(addr, v.end);
+            let skipped = next.saturating_sub(addr) / PAGE;
+            holes += skipped;
+            p += skipped;
+            if p >= n_pages {
+                break;
+            }
+            addr = next;
+        }
         if let Some(d) = &source_desc {
             // By file offset, not address: the child may have moved or grown the
             // mapping (`mremap`).

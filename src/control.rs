@@ -9,7 +9,7 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply};
+use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts};
 use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::params;
@@ -134,16 +134,14 @@ fn send_keys(
     regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
     conn.reply(params::io_timeout_ms(), regs, |buf| {
-        OpenRegionReply::encode(
-            seq,
-            region.size,
+        let facts = RegionFacts {
+            size: region.size,
             chunk_bytes,
-            region.info,
-            &region.desc_mac,
-            rkeys.iter().copied(),
-            buf,
-        )
-        .map_err(|_| EINVAL)
+            info: region.info,
+            desc_mac: region.desc_mac,
+            lead_pages: region.lead_pages,
+        };
+        OpenRegionReply::encode(seq, &facts, rkeys.iter().copied(), buf).map_err(|_| EINVAL)
     })?;
     count(&COUNTERS.region_opens, 1);
     Ok(())

@@ -53,6 +53,7 @@ mod errno;
 mod fpu;
 mod miscdev;
 mod mm;
+mod page_table;
 mod pager;
 mod params;
 mod region;

@@ -143,10 +143,22 @@ impl MmapReadGuard {
         let want = out.len().min(GUP_BATCH);
         let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
         let flags = bindings::FOLL_FORCE | bindings::FOLL_DUMP;
+        // References first through GUP's lockless walk (the mm is the current task's,
+        // type invariant): it visits each table once for the batch instead of walking
+        // from the top per page. It stops at the first page it cannot take without
+        // the slow path (not present, PROT_NONE, the zero page), which then decides.
+        let fast = if pin {
+            0
+        } else {
+            // SAFETY: `got` has room for `want` pointers.
+            unsafe { bindings::get_user_pages_fast_only(addr as _, want as _, 0, got.as_mut_ptr()) }
+        };
         // SAFETY: the mm is read-locked (type invariant; `locked` = NULL keeps it so);
         // `got` has room for `want` pointers.
         let r = unsafe {
-            if pin {
+            if fast > 0 {
+                fast as kernel::ffi::c_long
+            } else if pin {
                 bindings::pin_user_pages_remote(
                     self.mm(),
                     addr as _,
@@ -320,6 +332,10 @@ pub(crate) struct VmaView<'a> {
     /// The VMA has an `anon_vma`: it may hold anonymous (copied-on-write) pages. A
     /// private file mapping without one holds only its file's page-cache pages.
     pub(crate) has_anon: bool,
+    /// Private anonymous memory (no file, no operations: `vma_is_anonymous`). Its
+    /// never-touched pages have no page-table entries, so page tables alone say which
+    /// pages exist.
+    pub(crate) anonymous: bool,
     pub(crate) special: Special,
 }
 
@@ -366,6 +382,7 @@ impl VmaView<'_> {
             file: NonNull::new(file).map(|f| VmaFile(f, core::marker::PhantomData)),
             pgoff,
             has_anon,
+            anonymous: file.is_null() && ops.is_null(),
             special,
         }
     }

@@ -257,6 +257,28 @@ impl Pager {
         fetched
     }
 
+    /// Puts pages read along with the descriptor into `mapping`'s page cache: page
+    /// `i` of `bytes` at snapshot-file offset `offs[i]` (where not there yet). They
+    /// were read with the descriptor's batch, before this pager existed.
+    pub(crate) fn install(
+        &self,
+        mapping: Mapping<'_>,
+        offs: impl Iterator<Item = u64>,
+        bytes: &[u8],
+    ) {
+        let mut installed = 0u64;
+        for (off, page) in offs.zip(bytes.chunks_exact(PAGE_SIZE)) {
+            // A failure leaves the page to its demand fault.
+            if let Ok(mut f) = mapping.grab(off / PAGE) {
+                if !f.is_uptodate() {
+                    f.fill_with(page);
+                    installed += 1;
+                }
+            }
+        }
+        count(&COUNTERS.pages_fetched, installed);
+    }
+
     /// One doorbell of READs, page `offs[i]` into `folios[i]`.
     fn read_into(&self, offs: &[u64], folios: &mut [LockedFolio]) -> Result {
         let mut link = self.link.lock();

@@ -55,6 +55,9 @@ pub(crate) struct Region {
     pub(crate) info: u64,
     /// For snapshots: the descriptor's MAC under the secret (sent with the keys).
     pub(crate) desc_mac: [u8; 16],
+    /// For snapshots: pages after the descriptor holding copies of what a child needs
+    /// first (sent with the keys); 0 for test regions.
+    pub(crate) lead_pages: u32,
     /// When it was published (monotonic ms).
     pub(crate) created_ms: i64,
     /// For snapshots: who it came from.
@@ -106,16 +109,18 @@ impl Registry {
         if held.saturating_add(pages.len()) > MAX_TEST_REGION_PAGES {
             return Err(ENOSPC);
         }
-        self.publish(pages, 0, &[], Origin::default())
+        self.publish(pages, 0, &[], 0, Origin::default())
     }
 
     /// Publishes `pages` under a fresh id and random secret; `desc` is the snapshot
-    /// descriptor the pages start with (empty for test regions), whose MAC peers get.
+    /// descriptor the pages start with (empty for test regions), whose MAC peers get,
+    /// followed by `lead_pages` copies of the pages a child needs first.
     pub(crate) fn publish(
         &mut self,
         pages: PageSet,
         info: u64,
         desc: &[u8],
+        lead_pages: u32,
         origin: Origin,
     ) -> Result<(u64, [u8; 16])> {
         if self.regions.len() >= MAX_REGIONS {
@@ -132,6 +137,7 @@ impl Registry {
                 pages: Arc::new(pages, GFP_KERNEL)?,
                 info,
                 desc_mac: descriptor_mac(&secret, desc),
+                lead_pages,
                 created_ms: kernel::time::Ktime::ktime_get().to_ms(),
                 origin,
                 live: AtomicBool::new(true),

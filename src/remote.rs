@@ -29,6 +29,9 @@ pub(crate) struct RemoteRegion {
     pub(crate) info: u64,
     /// A snapshot's descriptor MAC, as the peer sent it (checked by the reader).
     pub(crate) desc_mac: [u8; 16],
+    /// Pages after a snapshot's descriptor holding copies of what a child needs
+    /// first, as the peer announced them (checked by the reader).
+    pub(crate) lead_pages: u32,
     chunk_bytes: u64,
     rkeys: KVec<u32>,
 }
@@ -55,7 +58,7 @@ impl RemoteRegion {
         };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let (size, chunk_bytes, info, desc_mac, rkeys) = conn.rpc(
+        let (facts, rkeys) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
@@ -70,17 +73,18 @@ impl RemoteRegion {
                 for i in 0..r.n_keys() {
                     keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.size, r.chunk_bytes, r.info, r.desc_mac, keys))
+                Ok((r.facts, keys))
             },
         )?;
         Ok(RemoteRegion {
             handle,
             conn,
             region_id,
-            size,
-            info,
-            desc_mac,
-            chunk_bytes,
+            size: facts.size,
+            info: facts.info,
+            desc_mac: facts.desc_mac,
+            lead_pages: facts.lead_pages,
+            chunk_bytes: facts.chunk_bytes,
             rkeys,
         })
     }

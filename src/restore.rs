@@ -28,8 +28,8 @@
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
 use crate::abi::mac::{constant_time_eq, descriptor_mac};
 use crate::abi::snapshot::{
-    reg, vma_flags, window_offset, DescError, Descriptor, TaskState, PAGE, TASK_STATE_LEN,
-    X86_64_LIMITS,
+    reg, vma_flags, window_offset, DescError, Descriptor, TaskState, MAX_LEAD_PAGES, PAGE,
+    TASK_STATE_LEN, X86_64_LIMITS,
 };
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
@@ -117,23 +117,28 @@ fn resume_inner(
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
     // even when children on this host still map it.
     let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
-    let (inode, fresh) = match fs.lookup(key) {
+    let (inode, lead) = match fs.lookup(key) {
         Some(inode) => {
             // Children here already share this snapshot's pages: keep theirs.
             remote.close();
-            (inode, false)
+            (inode, None)
         }
         None => {
-            let desc = fetch_descriptor(&remote, &a.secret).inspect_err(|_| remote.close())?;
+            let (desc, lead) =
+                fetch_descriptor(&remote, &a.secret).inspect_err(|_| remote.close())?;
             (
                 fs.create(Pager::new(host.clone(), key, remote, desc)?)?,
-                true,
+                Some(lead),
             )
         }
     };
+    let fresh = lead.is_some();
     let prefetch = params::prefetch_pages();
     let file = fs.open(inode, prefetch)?;
     let pager = file.pager();
+    if let Some(lead) = &lead {
+        pager.install(file.mapping(), lead.offs.iter().copied(), &lead.bytes);
+    }
     // A new pager on this host: what the snapshot's earlier children here fetched
     // comes in batched READs now, instead of one demand fault at a time later.
     let prefetched = if fresh && !eager {
@@ -200,14 +205,32 @@ fn resume_inner(
 
 /// Reads the descriptor (one doorbell per 64 pages: one for any ordinary process) and
 /// validates it completely.
-fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<KVVec<u8>> {
+/// Copies of the pages a child needs first, read with the descriptor: page `i` of
+/// `bytes` is the snapshot-file page at `offs[i]`.
+struct Lead {
+    offs: KVVec<u64>,
+    bytes: KVVec<u8>,
+}
+
+/// Reads the snapshot's descriptor and checks it, with the lead pages the parent
+/// announced when they fit in the same batch of READs.
+fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u8>, Lead)> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
         pr_info!("resume: peer's descriptor length {} refused\n", len);
         return Err(errno::ebadmsg());
     }
     let mut desc = KVVec::with_capacity(len as usize, GFP_KERNEL)?;
-    let pages = len.div_ceil(PAGE);
+    let desc_pages = len.div_ceil(PAGE);
+    // The lead pages only when they ride on the descriptor's one batch.
+    let lead_pages = match desc_pages.checked_add(remote.lead_pages as u64) {
+        Some(n) if n as usize <= MAX_READ_BATCH && n.saturating_mul(PAGE) <= remote.size => {
+            remote.lead_pages as u64
+        }
+        _ => 0,
+    };
+    let mut lead = KVVec::with_capacity((lead_pages * PAGE) as usize, GFP_KERNEL)?;
+    let pages = desc_pages + lead_pages;
     let mut offs = [0u64; MAX_READ_BATCH];
     let mut p = 0u64;
     while p < pages {
@@ -215,9 +238,13 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<KVVec<u8
         for (i, o) in offs[..n].iter_mut().enumerate() {
             *o = (p + i as u64) * PAGE;
         }
-        remote.read_batch(&offs[..n], |_, bytes| {
-            let want = (len as usize - desc.len()).min(bytes.len());
-            Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
+        remote.read_batch(&offs[..n], |i, bytes| {
+            if p + (i as u64) < desc_pages {
+                let want = (len as usize - desc.len()).min(bytes.len());
+                Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
+            } else {
+                Ok(lead.extend_from_slice(bytes, GFP_KERNEL)?)
+            }
         })?;
         p += n as u64;
     }
@@ -237,11 +264,35 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<KVVec<u8
             _ => Err(DescError::BadLength),
         }
     });
-    if let Err(e) = checked {
-        pr_warn!("resume: corrupt snapshot descriptor ({:?}) refused\n", e);
-        return Err(errno::ebadmsg());
+    let d = match checked {
+        Ok(()) => Descriptor::parse_validated(&desc).map_err(|_| errno::ebadmsg())?,
+        Err(e) => {
+            pr_warn!("resume: corrupt snapshot descriptor ({:?}) refused\n", e);
+            return Err(errno::ebadmsg());
+        }
+    };
+    let lead = lead_of(&d, lead)?;
+    Ok((desc, lead))
+}
+
+/// Pairs the lead pages read with the offsets the descriptor lists for them; a count
+/// that differs from the list (a peer of another version, or lying) drops them: the
+/// pages come by demand fault instead.
+fn lead_of(desc: &Descriptor<'_>, bytes: KVVec<u8>) -> Result<Lead> {
+    let mut all = KBox::new([0u64; MAX_LEAD_PAGES], GFP_KERNEL)?;
+    let n = desc.lead_offsets(&mut all);
+    let mut offs = KVVec::new();
+    if bytes.is_empty() || n as u64 * PAGE != bytes.len() as u64 {
+        if !bytes.is_empty() {
+            pr_info!("resume: the peer's lead pages do not match its descriptor: ignored\n");
+        }
+        return Ok(Lead {
+            offs,
+            bytes: KVVec::new(),
+        });
     }
-    Ok(desc)
+    offs.extend_from_slice(&all[..n], GFP_KERNEL)?;
+    Ok(Lead { offs, bytes })
 }
 
 /// The task state and FPU image of a validated descriptor.

@@ -169,11 +169,12 @@ impl Host {
         &self,
         pages: PageSet,
         desc: &[u8],
+        lead_pages: u32,
         origin: Origin,
     ) -> Result<(u64, [u8; 16])> {
         self.regions
             .lock()
-            .publish(pages, desc.len() as u64, desc, origin)
+            .publish(pages, desc.len() as u64, desc, lead_pages, origin)
     }
 
     /// Files a capture for the seed's parent.

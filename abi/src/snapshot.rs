@@ -25,6 +25,9 @@ pub const FILE_PATH_MAX: usize = FILE_LEN - 40;
 /// Most file records one descriptor holds.
 pub const MAX_FILES: usize = 4096;
 pub const PAGE: u64 = 4096;
+/// Most pages a snapshot stores after its descriptor for a child to read with it
+/// ([`Descriptor::lead_offsets`]).
+pub const MAX_LEAD_PAGES: usize = 48;
 
 /// Why a descriptor was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -887,6 +890,81 @@ impl Descriptor<'_> {
         }
         let page_in_run = ((addr - vma.start) / PAGE).checked_sub(run.page)?;
         run.data_page.checked_add(page_in_run)?.checked_mul(PAGE)
+    }
+
+    /// The snapshot-file offsets (see [`window_offset`]) of the pages a child needs as
+    /// soon as it resumes, in this order: every present page of its stacks (a resume
+    /// copies them in), then the pages holding the capture report, the thread pointer,
+    /// the rseq area and the instruction, unless their VMA has a file record (then the
+    /// child host's own file likely serves them). Holes and duplicates are left out;
+    /// at most [`MAX_LEAD_PAGES`] are written to `out`, their count returned.
+    ///
+    /// The parent stores copies of these pages right after the descriptor and a child
+    /// reads them together with it, in one batch. Both compute the list from the
+    /// descriptor alone (the copies do not change it), so they agree.
+    pub fn lead_offsets(&self, out: &mut [u64; MAX_LEAD_PAGES]) -> usize {
+        let mut n = 0;
+        for vi in 0..self.n_vmas {
+            let v = self.vma_unchecked(vi);
+            if v.flags & vma_flags::GROWSDOWN == 0 || v.flags & vma_flags::FILE != 0 {
+                continue;
+            }
+            let first = (v.first_run as usize).min(self.n_runs);
+            let last = first.saturating_add(v.n_runs as usize).min(self.n_runs);
+            for ri in first..last {
+                let r = self.run_unchecked(ri);
+                if r.kind != RUN_PRESENT {
+                    continue;
+                }
+                for page in r.page..r.page.saturating_add(r.n_pages as u64) {
+                    if n == MAX_LEAD_PAGES {
+                        return n;
+                    }
+                    if let Some(off) = page
+                        .checked_mul(PAGE)
+                        .and_then(|o| o.checked_add(window_offset(vi)))
+                    {
+                        self.push_lead(out, &mut n, off);
+                    }
+                }
+            }
+        }
+        // Single fields, not the whole (2.5 KiB) state on the stack.
+        let state = self.state();
+        if state.len() < TASK_STATE_LEN {
+            return n;
+        }
+        for at in [
+            core::mem::offset_of!(TaskState, capture_args),
+            core::mem::offset_of!(TaskState, fsbase),
+            core::mem::offset_of!(TaskState, rseq),
+            core::mem::offset_of!(TaskState, regs) + 8 * reg::IP,
+        ] {
+            let addr = get_u64(state, at);
+            let Some(vi) = search(0, self.n_vmas, |i| {
+                let v = self.vma_unchecked(i);
+                cmp_range(addr, v.start, v.end)
+            }) else {
+                continue;
+            };
+            let v = self.vma_unchecked(vi);
+            if v.file_id != 0 || n == MAX_LEAD_PAGES {
+                continue;
+            }
+            let off = (addr - v.start) / PAGE * PAGE;
+            if let Some(off) = off.checked_add(window_offset(vi)) {
+                self.push_lead(out, &mut n, off);
+            }
+        }
+        n
+    }
+
+    /// Appends `off` to `out[..*n]` if it is a present page not listed yet.
+    fn push_lead(&self, out: &mut [u64; MAX_LEAD_PAGES], n: &mut usize, off: u64) {
+        if *n < MAX_LEAD_PAGES && !out[..*n].contains(&off) && self.data_offset_at(off).is_some() {
+            out[*n] = off;
+            *n += 1;
+        }
     }
 
     /// Bytes of page data the descriptor refers to (`data_pages` pages).

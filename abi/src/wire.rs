@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -226,13 +226,9 @@ impl OpenRegion {
     }
 }
 
-/// Body of a successful [`Kind::OpenRegionReply`]: the region is registered for this
-/// connection as `rkeys.len()` memory regions of `chunk_bytes` each (the last may be
-/// shorter); byte `off` of the region is at remote address `off` with the key
-/// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
-/// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenRegionReply<'a> {
+/// The fixed fields of an [`OpenRegionReply`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionFacts {
     pub size: u64,
     pub chunk_bytes: u64,
     /// For snapshots: the descriptor's length in bytes (it starts at offset 0).
@@ -241,15 +237,30 @@ pub struct OpenRegionReply<'a> {
     /// For snapshots: `mac::descriptor_mac(secret, descriptor)`, which a child checks
     /// before it uses the descriptor.
     pub desc_mac: [u8; 16],
+    /// For snapshots: how many pages right after the descriptor's hold copies of the
+    /// pages a child needs first (`snapshot::Descriptor::lead_offsets`), so that it
+    /// reads them with the descriptor in one batch. At most
+    /// [`super::snapshot::MAX_LEAD_PAGES`]; 0 for test regions.
+    pub lead_pages: u32,
+}
+
+/// Body of a successful [`Kind::OpenRegionReply`]: the region is registered for this
+/// connection as `rkeys.len()` memory regions of `chunk_bytes` each (the last may be
+/// shorter); byte `off` of the region is at remote address `off` with the key
+/// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
+/// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenRegionReply<'a> {
+    pub facts: RegionFacts,
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
 }
 
 /// Most rkeys one reply carries.
-pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - 44) / 4;
+pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIXED_LEN) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 44;
+    const FIXED_LEN: usize = 48;
 
     /// Number of rkeys.
     pub fn n_keys(&self) -> usize {
@@ -267,10 +278,7 @@ impl<'a> OpenRegionReply<'a> {
     /// Encodes a successful reply with the rkeys produced by `rkeys`.
     pub fn encode(
         seq: u64,
-        size: u64,
-        chunk_bytes: u64,
-        info: u64,
-        desc_mac: &[u8; 16],
+        facts: &RegionFacts,
         rkeys: impl ExactSizeIterator<Item = u32>,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
@@ -282,10 +290,11 @@ impl<'a> OpenRegionReply<'a> {
         check_room(buf, HEADER_LEN + body)?;
         let mut w = Writer { buf, pos: 0 };
         put_header(&mut w, Kind::OpenRegionReply, seq, 0, body)?;
-        w.put(&size.to_le_bytes())?;
-        w.put(&chunk_bytes.to_le_bytes())?;
-        w.put(&info.to_le_bytes())?;
-        w.put(desc_mac)?;
+        w.put(&facts.size.to_le_bytes())?;
+        w.put(&facts.chunk_bytes.to_le_bytes())?;
+        w.put(&facts.info.to_le_bytes())?;
+        w.put(&facts.desc_mac)?;
+        w.put(&facts.lead_pages.to_le_bytes())?;
         w.put(&(n as u32).to_le_bytes())?;
         for k in rkeys {
             w.put(&k.to_le_bytes())?;
@@ -294,7 +303,8 @@ impl<'a> OpenRegionReply<'a> {
     }
 
     /// Decodes the body and checks it is self-consistent: `chunk_bytes` a non-zero
-    /// multiple of 4096, `size` non-zero and covered exactly by the keys.
+    /// multiple of 4096, `size` non-zero and covered exactly by the keys, at most
+    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
         let size = c.u64()?;
@@ -302,19 +312,25 @@ impl<'a> OpenRegionReply<'a> {
         let info = c.u64()?;
         let mut desc_mac = [0u8; 16];
         desc_mac.copy_from_slice(c.take(16)?);
+        let lead_pages = c.u32()?;
         let n = c.u32()? as usize;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
         if c.pos != body.len() || size == 0 || chunk_bytes == 0 || chunk_bytes % 4096 != 0 {
             return Err(WireError::BadLength);
         }
-        if size.div_ceil(chunk_bytes) != n as u64 {
+        if size.div_ceil(chunk_bytes) != n as u64
+            || lead_pages as usize > super::snapshot::MAX_LEAD_PAGES
+        {
             return Err(WireError::BadLength);
         }
         Ok(OpenRegionReply {
-            size,
-            chunk_bytes,
-            info,
-            desc_mac,
+            facts: RegionFacts {
+                size,
+                chunk_bytes,
+                info,
+                desc_mac,
+                lead_pages,
+            },
             rkeys,
         })
     }

@@ -2,7 +2,10 @@
 //! wire codec (round trips, and no input can make decoding panic or read out of bounds).
 
 use mitosis_abi::ioctl::{self, Pod};
-use mitosis_abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply, WireError};
+use mitosis_abi::snapshot;
+use mitosis_abi::wire::{
+    self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts, WireError,
+};
 use proptest::prelude::*;
 
 #[test]
@@ -118,38 +121,45 @@ fn accept_data_carries_the_challenge() {
 fn wire_reply_round_trip_and_consistency() {
     let mut buf = [0u8; wire::MSG_SIZE];
     let keys = [1u32, 2, 3];
-    let n = OpenRegionReply::encode(
-        9,
-        3 * 2 * 1024 * 1024 - 4096,
-        2 << 20,
-        777,
-        &[5; 16],
-        keys.iter().copied(),
-        &mut buf,
-    )
-    .unwrap();
+    let facts = RegionFacts {
+        size: 3 * 2 * 1024 * 1024 - 4096,
+        chunk_bytes: 2 << 20,
+        info: 777,
+        desc_mac: [5; 16],
+        lead_pages: 7,
+    };
+    let n = OpenRegionReply::encode(9, &facts, keys.iter().copied(), &mut buf).unwrap();
     let (h, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!((h.kind, h.seq), (Kind::OpenRegionReply, 9));
     let r = OpenRegionReply::decode(body).unwrap();
-    assert_eq!((r.n_keys(), r.info, r.desc_mac), (3, 777, [5; 16]));
+    assert_eq!((r.n_keys(), r.facts), (3, facts));
     assert_eq!((r.rkey(0), r.rkey(2), r.rkey(3)), (Some(1), Some(3), None));
     // Size not covered exactly by the keys: refused.
-    let n = OpenRegionReply::encode(
-        9,
-        4 * (2 << 20),
-        2 << 20,
-        0,
-        &[0; 16],
-        keys.iter().copied(),
-        &mut buf,
-    )
-    .unwrap();
+    let uncovered = RegionFacts {
+        size: 4 * (2 << 20),
+        chunk_bytes: 2 << 20,
+        ..RegionFacts::default()
+    };
+    let n = OpenRegionReply::encode(9, &uncovered, keys.iter().copied(), &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
+    // More lead pages than a child reads with the descriptor: refused.
+    let too_many_lead = RegionFacts {
+        lead_pages: snapshot::MAX_LEAD_PAGES as u32 + 1,
+        ..facts
+    };
+    let n = OpenRegionReply::encode(9, &too_many_lead, keys.iter().copied(), &mut buf).unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
     // Too many keys for one message.
     let many = vec![0u32; wire::MAX_REPLY_RKEYS + 1];
+    let page = RegionFacts {
+        size: 4096,
+        chunk_bytes: 4096,
+        ..RegionFacts::default()
+    };
     assert_eq!(
-        OpenRegionReply::encode(1, 4096, 4096, 0, &[0; 16], many.into_iter(), &mut buf),
+        OpenRegionReply::encode(1, &page, many.into_iter(), &mut buf),
         Err(WireError::TooLarge)
     );
 }
@@ -212,13 +222,14 @@ proptest! {
                                        flip in 0usize..400, bit in 0u8..8) {
         let mut buf = [0u8; wire::MSG_SIZE];
         let size = keys.len() as u64 * 8192;
-        let n = OpenRegionReply::encode(1, size, 8192, 0, &[0; 16], keys.iter().copied(), &mut buf).unwrap();
+        let facts = RegionFacts { size, chunk_bytes: 8192, ..RegionFacts::default() };
+        let n = OpenRegionReply::encode(1, &facts, keys.iter().copied(), &mut buf).unwrap();
         if flip < n {
             buf[flip] ^= 1 << bit;
         }
         if let Ok((_, body)) = wire::decode(&buf[..n]) {
             if let Ok(r) = OpenRegionReply::decode(body) {
-                prop_assert!(r.size <= r.chunk_bytes * r.n_keys() as u64);
+                prop_assert!(r.facts.size <= r.facts.chunk_bytes * r.n_keys() as u64);
             }
         }
     }

@@ -348,3 +348,73 @@ fn file_head_hash_depends_on_length_and_content() {
     assert_ne!(a, file_head_hash(b"\x7fELF...!"));
     assert_ne!(file_head_hash(b""), file_head_hash(b"\0"));
 }
+
+/// A descriptor whose state puts the capture report, thread pointer, rseq area and
+/// instruction at the given addresses (other state bytes zero).
+fn encode_with_state(vmas: &[Vma], runs: &[PageRun], data: u64, at: [u64; 4]) -> Vec<u8> {
+    use mitosis_abi::snapshot::{reg, TaskState, TASK_STATE_LEN};
+    let mut st = TaskState::default();
+    (st.capture_args, st.fsbase, st.rseq, st.regs[reg::IP]) = (at[0], at[1], at[2], at[3]);
+    let state = mitosis_abi::ioctl::Pod::as_bytes(&st).to_vec();
+    assert_eq!(state.len(), TASK_STATE_LEN);
+    let file = FileRef::new(b"/lib/x.so", 4096, 0, [0; 16]).unwrap();
+    let files: &[FileRef] = if vmas.iter().any(|v| v.file_id != 0) {
+        &[file]
+    } else {
+        &[]
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let n = snapshot::encode_with_files(vmas, runs, files, data, &state, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn lead_pages_are_the_stack_then_the_resume_points() {
+    // VMA 0: code (present); VMA 1: data with a hole; VMA 2: a stack (pages 2-3
+    // present); VMA 3: a file mapping with a file record.
+    let mut vmas = vec![
+        vma(0x10000, 0x12000, 0, 1),
+        vma(0x20000, 0x24000, 1, 2),
+        vma(0x7f000, 0x83000, 3, 1),
+        vma(0x90000, 0x91000, 4, 1),
+    ];
+    vmas[2].flags = vma_flags::GROWSDOWN;
+    vmas[3].flags = vma_flags::FILE;
+    vmas[3].file_id = 1;
+    let runs = vec![
+        run(0, 2, RUN_PRESENT, 0),
+        run(0, 1, RUN_PRESENT, 2),
+        run(1, 3, RUN_HOLE, 0),
+        run(2, 2, RUN_PRESENT, 3),
+        run(0, 1, RUN_PRESENT, 5),
+    ];
+    let w = snapshot::window_offset;
+    // Report on the stack (a duplicate), thread pointer in data page 0, rseq in a hole
+    // (left out), instruction in the file mapping (left out), then code.
+    let b = encode_with_state(&vmas, &runs, 6, [0x81008, 0x20010, 0x21000, 0x90004]);
+    let d = Descriptor::parse(&b).unwrap();
+    let mut out = [0u64; snapshot::MAX_LEAD_PAGES];
+    let n = d.lead_offsets(&mut out);
+    assert_eq!(&out[..n], &[w(2) + 2 * 4096, w(2) + 3 * 4096, w(1)]);
+    let b = encode_with_state(&vmas, &runs, 6, [0, 0, 0, 0x11ff0]);
+    let d = Descriptor::parse(&b).unwrap();
+    let n = d.lead_offsets(&mut out);
+    assert_eq!(&out[..n], &[w(2) + 2 * 4096, w(2) + 3 * 4096, w(0) + 4096]);
+    // A stack larger than the limit: the first MAX_LEAD_PAGES pages only.
+    let mut big = vec![vma(0x100000, 0x200000, 0, 1)];
+    big[0].flags = vma_flags::GROWSDOWN;
+    let b = encode_with_state(
+        &big,
+        &[run(0, 256, RUN_PRESENT, 0)],
+        256,
+        [0x1ff000, 0, 0, 0],
+    );
+    let d = Descriptor::parse(&b).unwrap();
+    assert_eq!(d.lead_offsets(&mut out), snapshot::MAX_LEAD_PAGES);
+    assert_eq!(out[snapshot::MAX_LEAD_PAGES - 1], w(0) + 47 * 4096);
+    // A state too short to read: the stack alone.
+    let b = encode(&vmas[..3], &runs[..4], 6).unwrap();
+    let d = Descriptor::parse(&b).unwrap();
+    assert_eq!(d.lead_offsets(&mut out), 2);
+}

@@ -4,8 +4,10 @@
 //! ```text
 //! demo:  A: fork-demo-parent  builds a 48 MiB world, prepares, runs 2 local children
 //!        B: fork-demo-remote  runs 2 children of A's snapshot
-//! bench: A: bench-parent --sizes 1,64,1024   per seed size: cold start, local fork(),
-//!                                            prepare, children on A, resume rate
+//! bench: A: bench-parent --sizes 1,64,1024   prepare of a 64 KiB seed with and without
+//!                                            a sparse 4 GiB reservation; per seed size:
+//!                                            cold start, local fork(), prepare,
+//!                                            children on A, resume rate
 //!        B: bench-remote --peer A            the link (TCP round trip and bulk rate);
 //!                                            per seed size: children on B (resume,
 //!                                            touch 10% / 100%, pages fetched, remote
@@ -389,6 +391,125 @@ pub fn cold(mib: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Pages touched in the sparse reservation of `bench-sparse-seed`.
+const SPARSE_TOUCHED: usize = 16;
+/// The small seed's own heap.
+const SMALL_HEAP: usize = 64 << 10;
+
+/// `bench-sparse-seed --reserve-mib N [--heap-mib M]`: a seed of a 64 KiB heap (or
+/// `M` MiB) plus an `N` MiB reservation with 16 pages touched (spread over it);
+/// prepares once and prints `prepare_ms capture_ms present_pages hole_pages`. A child
+/// of it just exits.
+pub fn sparse_seed(reserve_mib: usize, heap_mib: usize) -> ExitCode {
+    let Ok(m) = Mitosis::open() else {
+        return ExitCode::FAILURE;
+    };
+    let heap = vec![0x5au8; SMALL_HEAP.max(heap_mib << 20)];
+    let len = reserve_mib << 20;
+    let reserve = if len == 0 {
+        std::ptr::null_mut()
+    } else {
+        // SAFETY: a fresh private reservation; only its own pages are written.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return ExitCode::FAILURE;
+        }
+        for i in 0..SPARSE_TOUCHED {
+            // SAFETY: inside the reservation (16 evenly spaced pages).
+            unsafe { *(p as *mut u8).add(i * (len / SPARSE_TOUCHED)) = 1 };
+        }
+        p
+    };
+    std::hint::black_box((&heap, reserve));
+    match m.fork_prepare() {
+        Ok(mitosis::Forked::Parent(p)) => {
+            println!(
+                "{:.3} {:.3} {} {}",
+                ms(p.total),
+                ms(p.capture),
+                p.present_pages,
+                p.hole_pages
+            );
+            let _ = m.fork_release(&p.handle, false);
+            ExitCode::SUCCESS
+        }
+        Ok(mitosis::Forked::Child(_)) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-sparse-seed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Median prepare and capture time (ms) of `bench-sparse-seed` over 3 runs, with the
+/// last run's present and hole pages.
+fn sparse_prepare(reserve_mib: usize) -> Option<(f64, f64, f64, f64)> {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let out = Command::new("/proc/self/exe")
+            .args([
+                "bench-sparse-seed",
+                "--reserve-mib",
+                &reserve_mib.to_string(),
+            ])
+            .output()
+            .ok()?;
+        let v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if !out.status.success() || v.len() != 4 {
+            return None;
+        }
+        runs.push(v);
+    }
+    runs.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let capture = {
+        let mut c: Vec<f64> = runs.iter().map(|v| v[1]).collect();
+        c.sort_by(f64::total_cmp);
+        c[1]
+    };
+    Some((runs[1][0], capture, runs[2][2], runs[2][3]))
+}
+
+/// Prepare of a 64 KiB seed against the same seed with a sparse 4 GiB reservation.
+fn measure_sparse_prepare(r: &mut Report) {
+    let small = sparse_prepare(0);
+    let sparse = sparse_prepare(4096);
+    let (Some(small), Some(sparse)) = (small, sparse) else {
+        r.check(
+            "bench-prepare-sparse-4g",
+            false,
+            "bench-sparse-seed failed",
+            &[],
+        );
+        return;
+    };
+    r.check(
+        "bench-prepare-sparse-4g",
+        true,
+        format!("64 KiB seed vs + 4 GiB reservation with {SPARSE_TOUCHED} pages touched"),
+        &[
+            ("small_prepare_ms", small.0),
+            ("small_capture_ms", small.1),
+            ("sparse_prepare_ms", sparse.0),
+            ("sparse_capture_ms", sparse.1),
+            ("sparse_over_small", sparse.0 / small.0),
+            ("sparse_present_pages", sparse.2),
+            ("sparse_hole_pages", sparse.3),
+        ],
+    );
+}
+
 /// Time of a local `fork()` of this process (until it returns in the parent).
 fn local_fork() -> Duration {
     let t = Instant::now();
@@ -414,6 +535,7 @@ pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode
         r.check("bench-peer", false, "guest B never connected", &[]);
         return ExitCode::FAILURE;
     };
+    measure_sparse_prepare(r);
     for &mib in sizes {
         let cold = cold_start(mib);
         r.check(

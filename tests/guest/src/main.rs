@@ -15,6 +15,10 @@
 //! mitosis-test bench-parent [--sizes 1,64,1024] [--burst 8]  make bench, guest A
 //! mitosis-test bench-remote --peer IP [--burst 8]            make bench, guest B
 //! mitosis-test bench-cold --mib N           cold start of the benchmark program
+//! mitosis-test bench-sparse-seed --reserve-mib N [--heap-mib M]
+//!                                           prepare a 64 KiB (M MiB) seed with an N MiB
+//!                                           sparse reservation (16 pages touched), print
+//!                                           times
 //! mitosis-test adversarial --peer IP        on guest B: hostile peers and parents
 //!                                           against A (see adversarial.rs)
 //! mitosis-test ioctl-fuzz [N] [SEED]        N random ioctls on this guest's module
@@ -150,6 +154,9 @@ fn main() -> ExitCode {
         }
         Some("bench-cold") => return bench::cold(num(&args, "--mib", 1)),
         Some("bench-link-server") => return bench::serve_link(),
+        Some("bench-sparse-seed") => {
+            return bench::sparse_seed(num(&args, "--reserve-mib", 0), num(&args, "--heap-mib", 0))
+        }
         Some("adversarial") => {
             let Some(peer) = peer_arg(&args) else {
                 return ExitCode::from(2);
