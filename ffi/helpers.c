@@ -93,9 +93,9 @@ bool mitosis_param_unprivileged_children;
 module_param_named(unprivileged_children, mitosis_param_unprivileged_children, bool, 0644);
 MODULE_PARM_DESC(unprivileged_children, "Resume only callers without privilege: not root, no effective capability, no_new_privs set (multi-tenant hosts)");
 
-unsigned int mitosis_param_prefetch_pages = 8;
+unsigned int mitosis_param_prefetch_pages = 64;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
-MODULE_PARM_DESC(prefetch_pages, "Snapshot pages read around each remote fault (readahead window, 0: only the faulting page)");
+MODULE_PARM_DESC(prefetch_pages, "Most snapshot pages one remote fault reads: the window starts at 1 page, doubles while faults come in sequence and drops to 1 on any other fault (at most 64; 0 or 1: only the faulting page)");
 
 bool mitosis_param_pin_pages;
 module_param_named(pin_pages, mitosis_param_pin_pages, bool, 0644);
@@ -108,6 +108,10 @@ MODULE_PARM_DESC(local_files, "Map a seed's clean file mappings from this host's
 bool mitosis_param_working_set = true;
 module_param_named(working_set, mitosis_param_working_set, bool, 0644);
 MODULE_PARM_DESC(working_set, "Record the pages a snapshot's children on this host fetched and prefetch them at its next resume here");
+
+bool mitosis_param_lead_pages = true;
+module_param_named(lead_pages, mitosis_param_lead_pages, bool, 0644);
+MODULE_PARM_DESC(lead_pages, "Read the pages a child needs first (its stack, the resume point) with the snapshot descriptor, in one batch (0: only the descriptor; they come by demand fault)");
 
 /* Pages, folios, files. */
 struct page *mitosis_alloc_zeroed_page(void)
@@ -211,6 +215,13 @@ pgoff_t mitosis_folio_index(struct folio *folio)
 
 struct inode *mitosis_folio_inode(struct folio *folio)
 { return folio_inode(folio); }
+
+struct address_space *mitosis_folio_mapping(struct folio *folio)
+{ return folio->mapping; }
+
+/* A folio for readahead next to a locked one: never waits for another folio's lock. */
+struct folio *mitosis_grab_folio_nowait(struct address_space *mapping, pgoff_t index)
+{ return __filemap_get_folio(mapping, index, FGP_LOCK | FGP_CREAT | FGP_NOWAIT, readahead_gfp_mask(mapping)); }
 
 /*
  * task_struct fields, in C (bindgen's task_struct is now checked against the

@@ -24,6 +24,7 @@ extern bool mitosis_param_unprivileged_children;
 extern bool mitosis_param_pin_pages;
 extern bool mitosis_param_local_files;
 extern bool mitosis_param_working_set;
+extern bool mitosis_param_lead_pages;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
 			 const struct ib_send_wr **bad_wr);
@@ -60,6 +61,8 @@ void mitosis_folio_zero(struct folio *folio);
 void mitosis_folio_put(struct folio *folio);
 struct folio *mitosis_readahead_folio(struct readahead_control *rac);
 struct folio *mitosis_grab_folio(struct address_space *mapping, pgoff_t index);
+struct folio *mitosis_grab_folio_nowait(struct address_space *mapping, pgoff_t index);
+struct address_space *mitosis_folio_mapping(struct folio *folio);
 void mitosis_i_size_write(struct inode *inode, loff_t size);
 bool mitosis_try_module_get(struct module *mod);
 void mitosis_module_put(struct module *mod);

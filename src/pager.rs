@@ -11,8 +11,9 @@
 //! page with one-sided RDMA READs of exactly the present pages (one doorbell per batch)
 //! and zero-fill holes locally. The core MM does the rest: copy-on-write when a child
 //! writes, sharing of fetched pages among every child of the snapshot on this host,
-//! reclaim of clean pages (fetched again when needed). The readahead window of each
-//! child's file is the `prefetch_pages` module parameter.
+//! reclaim of clean pages (fetched again when needed). The kernel's readahead is off
+//! for snapshot files: a demand fault's batch is sized here (`demand_window`), one
+//! page on random access, doubling up to `prefetch_pages` on sequential access.
 //!
 //! Inodes are cached by (parent address, port, snapshot id, secret) while some child
 //! maps them; the last unmap evicts the inode, which closes the remote open (the parent
@@ -23,7 +24,7 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::snapshot::{window_offset, Descriptor, PAGE, RUN_PRESENT};
+use crate::abi::snapshot::{window_offset, Descriptor, PAGE, RUN_PRESENT, VMA_WINDOW};
 use crate::counters::{count, COUNTERS};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
@@ -33,9 +34,15 @@ use crate::snapfs::{LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
 use crate::working_set::Trace;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
+
+/// A demand fault this close (in pages) to the previous one is local: see
+/// [`Pager::demand_window`].
+const LOCAL_SPAN: u64 = 32;
+/// Pages a local demand fault reads around itself.
+const LOCAL_WINDOW: u64 = 8;
 
 /// Which snapshot an inode holds. The secret is part of it: ids restart when a parent
 /// reloads its module, secrets are random per snapshot, so a new snapshot with an old
@@ -83,6 +90,13 @@ pub(crate) struct Pager {
     files: core::sync::atomic::AtomicU32,
     /// The pages read from the parent, for the host's working-set record.
     trace: Pin<KBox<Mutex<Trace>>>,
+    /// The demand-fault stream: the page a sequential reader faults on next, and how
+    /// far past its faulting page the last window read (see [`Pager::demand_window`]). A heuristic shared
+    /// by the snapshot's children on this host: races only change a window's size.
+    stream_next: AtomicU64,
+    stream_window: AtomicU64,
+    /// The page of the last demand fault.
+    stream_last: AtomicU64,
 }
 
 impl Drop for Pager {
@@ -133,6 +147,9 @@ impl Pager {
             dead: core::sync::atomic::AtomicBool::new(false),
             files: core::sync::atomic::AtomicU32::new(0),
             trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
+            stream_next: AtomicU64::new(u64::MAX),
+            stream_window: AtomicU64::new(0),
+            stream_last: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -238,6 +255,75 @@ impl Pager {
             count(&COUNTERS.remote_faults, 1);
         }
         r.map(|_| ())
+    }
+
+    /// The pages a demand fault at page-cache `index` reads, as `[first, end)` around
+    /// it, never outside the page's VMA:
+    /// - at the page right after the previous fault's window (a sequential reader: the
+    ///   pages in between were mapped by fault-around without faulting), a window
+    ///   forward from `index` twice the previous one, up to `prefetch_pages` (at most
+    ///   one batch);
+    /// - within [`LOCAL_SPAN`] pages of the previous fault (a working set with
+    ///   locality, like an interpreter's heap), [`LOCAL_WINDOW`] pages around it;
+    /// - anywhere else, the page alone: random access costs one page per fault.
+    fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64) {
+        let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
+        let last = self.stream_last.swap(index, Ordering::Relaxed);
+        let (first, window) = if self.stream_next.load(Ordering::Relaxed) == index {
+            let w = self.stream_window.load(Ordering::Relaxed).saturating_mul(2);
+            (index, w.clamp(1, max))
+        } else if last.abs_diff(index) <= LOCAL_SPAN {
+            let w = LOCAL_WINDOW.min(max);
+            (index.saturating_sub(w / 2), w)
+        } else {
+            (index, 1)
+        };
+        let per_window = VMA_WINDOW / PAGE;
+        let vma_first = index - index % per_window;
+        let vma_end = desc
+            .vma((index / per_window) as usize)
+            .and_then(|v| vma_first.checked_add((v.end - v.start) / PAGE))
+            .unwrap_or(index.saturating_add(1));
+        let first = first.max(vma_first);
+        let end = first
+            .saturating_add(window)
+            .min(vma_end)
+            .max(index.saturating_add(1));
+        self.stream_window
+            .store(end.saturating_sub(index), Ordering::Relaxed);
+        self.stream_next.store(end, Ordering::Relaxed);
+        (first, end)
+    }
+
+    /// A demand fault on `folio` (`read_folio`): it and the pages of its window
+    /// ([`Pager::demand_window`]) not in the page cache yet, in one batch. A page whose
+    /// folio another task holds locked is left out (never waited for: we hold
+    /// `folio`'s lock).
+    pub(crate) fn demand_fault(&self, folio: LockedFolio) -> Result {
+        let index = folio.index();
+        let (first, end) = match self.descriptor() {
+            Ok(desc) => self.demand_window(&desc, index),
+            Err(_) => (index, index.saturating_add(1)),
+        };
+        let mut batch = KVec::new();
+        let window = end.saturating_sub(first) as usize;
+        if window > 1 && batch.reserve(window, GFP_KERNEL).is_ok() {
+            if let Some(mapping) = folio.mapping() {
+                for i in (first..end).filter(|&i| i != index) {
+                    let Some(f) = mapping.try_grab(i) else {
+                        continue;
+                    };
+                    if !f.is_uptodate() {
+                        // Within the capacity reserved above: no allocation.
+                        batch.push(f, GFP_KERNEL)?;
+                    }
+                }
+            }
+        }
+        if batch.push(folio, GFP_KERNEL).is_err() {
+            return Err(ENOMEM);
+        }
+        self.fault(&mut batch)
     }
 
     /// Prefetches this host's working-set record of the snapshot, if any, into

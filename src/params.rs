@@ -60,6 +60,12 @@ pub(crate) fn working_set() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_working_set)) }
 }
 
+/// Whether a resume reads the snapshot's lead pages with its descriptor.
+pub(crate) fn lead_pages() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_lead_pages)) }
+}
+
 /// Longest `keep_ms`: an hour.
 const MAX_KEEP_MS: u32 = 3_600_000;
 

@@ -133,8 +133,7 @@ fn resume_inner(
         }
     };
     let fresh = lead.is_some();
-    let prefetch = params::prefetch_pages();
-    let file = fs.open(inode, prefetch)?;
+    let file = fs.open(inode)?;
     let pager = file.pager();
     if let Some(lead) = &lead {
         pager.install(file.mapping(), lead.offs.iter().copied(), &lead.bytes);
@@ -224,7 +223,11 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u
     let desc_pages = len.div_ceil(PAGE);
     // The lead pages only when they ride on the descriptor's one batch.
     let lead_pages = match desc_pages.checked_add(remote.lead_pages as u64) {
-        Some(n) if n as usize <= MAX_READ_BATCH && n.saturating_mul(PAGE) <= remote.size => {
+        Some(n)
+            if params::lead_pages()
+                && n as usize <= MAX_READ_BATCH
+                && n.saturating_mul(PAGE) <= remote.size =>
+        {
             remote.lead_pages as u64
         }
         _ => 0,

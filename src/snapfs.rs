@@ -109,15 +109,42 @@ impl Drop for LockedFolio {
 ///
 /// # Invariants
 ///
-/// `0` is the live mapping of one of our inodes, for as long as the borrow of the
-/// [`File`] it came from.
+/// `0` is the live mapping of one of our inodes, for as long as the borrow it came
+/// from: of the [`File`], or of a folio locked in it.
 #[derive(Clone, Copy)]
 pub(crate) struct Mapping<'a>(
     NonNull<bindings::address_space>,
-    core::marker::PhantomData<&'a File>,
+    core::marker::PhantomData<&'a ()>,
 );
 
+impl LockedFolio {
+    /// The mapping the folio is locked in (one of ours: only our mappings' folios
+    /// become `LockedFolio`s).
+    pub(crate) fn mapping(&self) -> Option<Mapping<'_>> {
+        // SAFETY: a locked page-cache folio keeps its mapping, whose inode cannot be
+        // evicted while the folio is locked (type invariant).
+        let m = unsafe { bindings::mitosis_folio_mapping(self.folio.as_ptr()) };
+        NonNull::new(m).map(|m| Mapping(m, core::marker::PhantomData))
+    }
+}
+
 impl Mapping<'_> {
+    /// The folio at page `index`, locked, with a reference, if that takes no wait for
+    /// another folio's lock (created not up to date if it was absent): readahead next
+    /// to a folio the caller holds locked.
+    pub(crate) fn try_grab(&self, index: u64) -> Option<LockedFolio> {
+        let index = usize::try_from(index).ok()?;
+        // SAFETY: a live mapping (type invariant).
+        let f = kernel::error::from_err_ptr(unsafe {
+            bindings::mitosis_grab_folio_nowait(self.0.as_ptr(), index as _)
+        })
+        .ok()?;
+        Some(LockedFolio {
+            folio: NonNull::new(f)?,
+            owned: true,
+        })
+    }
+
     /// The folio at page `index`, locked, with a reference (created not up to date if
     /// it was absent).
     pub(crate) fn grab(&self, index: u64) -> Result<LockedFolio> {
@@ -141,11 +168,11 @@ unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings
     // SAFETY: the folio is locked in one of our mappings, so its inode is not evicted.
     let pager = unsafe { folio_pager(folio) };
     // The VFS gives us the folio locked, in our mapping, with its own reference.
-    let mut batch = [LockedFolio {
+    let folio = LockedFolio {
         folio,
         owned: false,
-    }];
-    match pager.fault(&mut batch) {
+    };
+    match pager.demand_fault(folio) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -642,9 +669,10 @@ impl SnapshotFs {
         Ok(SnapshotInode(NonNull::new(inode).ok_or(ENOMEM)?))
     }
 
-    /// A read-only file of `inode` whose readahead window is `prefetch` pages. The file
-    /// pins the module until its last `fput`.
-    pub(crate) fn open(&self, inode: SnapshotInode, prefetch: u32) -> Result<File> {
+    /// A read-only file of `inode`, without the kernel's readahead (the pager sizes
+    /// each fault's batch itself: [`Pager::demand_fault`]). The file pins the module
+    /// until its last `fput`.
+    pub(crate) fn open(&self, inode: SnapshotInode) -> Result<File> {
         // The inode holds a pin, so the mount is set and is the inode's.
         let mnt = self.mount.lock().mnt;
         // SAFETY: `module` is this module, live while we run.
@@ -675,7 +703,7 @@ impl SnapshotFs {
                 unsafe { pager_of(raw) }.file_opened();
                 // SAFETY: a fresh file only we know about.
                 let mapping = unsafe {
-                    (*f).__bindgen_anon_2.f_ra.ra_pages = prefetch;
+                    (*f).__bindgen_anon_2.f_ra.ra_pages = 0;
                     (*f).f_mapping
                 };
                 let Some(mapping) = NonNull::new(mapping) else {

@@ -271,3 +271,33 @@ fn c_header_counters_match_the_abi() {
         8 * (ioctl::Counters::NAMES.len() + 1)
     );
 }
+
+/// The C hostile peer (tests/guest/c/hostile_peer.c) speaks the wire by hand: its
+/// version and open-reply layout must follow the Rust codec's.
+#[test]
+fn c_hostile_peer_speaks_this_wire_version() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/guest/c/hostile_peer.c"
+    ))
+    .unwrap();
+    let version = format!("#define WIRE_VERSION {}", wire::WIRE_VERSION);
+    assert!(src.contains(&version), "hostile_peer.c lacks `{version}`");
+    // A one-key reply: its rkey's offset in the body and the body length.
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let facts = RegionFacts {
+        size: 4096,
+        chunk_bytes: 4096,
+        ..RegionFacts::default()
+    };
+    let n = OpenRegionReply::encode(1, &facts, [0xabcd_ef01u32].into_iter(), &mut buf).unwrap();
+    let body = n - wire::HEADER_LEN;
+    assert_eq!(&buf[n - 4..n], &0xabcd_ef01u32.to_le_bytes());
+    for needle in [
+        format!("put32(out + HDR_LEN + {}, data->rkey)", body - 4),
+        format!("send_msg(&c, out, HDR_LEN + {body})"),
+        format!("get32(r + HDR_LEN + {})", body - 4),
+    ] {
+        assert!(src.contains(&needle), "hostile_peer.c lacks `{needle}`");
+    }
+}

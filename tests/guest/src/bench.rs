@@ -11,11 +11,13 @@
 //!        B: bench-remote --peer A            the link (TCP round trip and bulk rate);
 //!                                            per seed size: children on B (resume,
 //!                                            touch 10% / 100%, pages fetched, remote
-//!                                            faults; again replaying the working set),
+//!                                            faults; without lead pages; again
+//!                                            replaying the working set),
 //!                                            fault latency, resume rate
 //! ```
-//! A and B talk over TCP (port 7002): A sends `seed MIB HANDLE`, B answers `done`; A
-//! serves the link measurement on port 7003.
+//! A and B talk over TCP (port 7002): B says when it measured the link (A serves that
+//! on port 7003 and measures nothing meanwhile), A sends `seed MIB HANDLE`, B answers
+//! `done`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -35,6 +37,8 @@ const PORT: u16 = 7002;
 const LINK_PORT: u16 = 7003;
 /// The module's readahead window for remote faults (writable at run time).
 const PREFETCH_PARAM: &str = "/sys/module/mitosis/parameters/prefetch_pages";
+/// Lead pages read with the descriptor (writable at run time).
+const LEAD_PAGES_PARAM: &str = "/sys/module/mitosis/parameters/lead_pages";
 /// Working-set record and replay (writable at run time).
 const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
 const PAGE_WORDS: usize = 512;
@@ -535,6 +539,8 @@ pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode
         r.check("bench-peer", false, "guest B never connected", &[]);
         return ExitCode::FAILURE;
     };
+    // B measures the link first: nothing else may compete for the CPUs meanwhile.
+    let _ = line(&mut rd);
     measure_sparse_prepare(r);
     for &mib in sizes {
         let cold = cold_start(mib);
@@ -592,6 +598,7 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         return ExitCode::FAILURE;
     };
     measure_link(r, peer);
+    let _ = writeln!(out, "link measured");
     // The cold measurements first: no working-set replay.
     let _ = std::fs::write(WORKING_SET_PARAM, "0");
     loop {
@@ -611,6 +618,20 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             "",
             &[],
         );
+        // The same child without the lead pages: the stack and the resume point come
+        // by demand fault (the round trips before the first instruction, compared).
+        let set = std::fs::write(LEAD_PAGES_PARAM, "0");
+        let nolead = set.is_ok()
+            && launch(&h, false)
+                .map(|c| run_child(c, &format!("bench nolead-{mib}")).0.success())
+                .unwrap_or(false);
+        let _ = std::fs::write(LEAD_PAGES_PARAM, "1");
+        r.check(
+            &format!("bench-nolead-ran-{mib}"),
+            nolead,
+            format!("{set:?}"),
+            &[],
+        );
         let eager =
             launch(&h, true).map(|c| run_child(c, &format!("bench eager-{mib}")).0.success());
         r.check(
@@ -627,8 +648,9 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             &[],
         );
         if mib == "64" {
-            // The prefetch window against throughput and fault latency.
-            for window in [0, 32, 8] {
+            // The largest demand-fault window against throughput and fault latency
+            // (64, the default, last: it stays set for what follows).
+            for window in [1, 16, 64] {
                 let set = std::fs::write(PREFETCH_PARAM, window.to_string());
                 let run = set.is_ok()
                     && launch(&h, false)
