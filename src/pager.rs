@@ -90,13 +90,30 @@ pub(crate) struct Pager {
     files: core::sync::atomic::AtomicU32,
     /// The pages read from the parent, for the host's working-set record.
     trace: Pin<KBox<Mutex<Trace>>>,
-    /// The demand-fault stream: the page a sequential reader faults on next, and how
-    /// far past its faulting page the last window read (see [`Pager::demand_window`]). A heuristic shared
-    /// by the snapshot's children on this host: races only change a window's size.
-    stream_next: AtomicU64,
-    stream_window: AtomicU64,
-    /// The page of the last demand fault.
-    stream_last: AtomicU64,
+    /// Demand-fault streams, one per VMA (modulo [`STREAMS`]: an interpreter touches
+    /// its heap, stack and libraries' data in turn, each with its own locality). See
+    /// [`Pager::demand_window`]. A heuristic shared by the snapshot's children on this
+    /// host: races only change a window's size.
+    streams: [Stream; STREAMS],
+}
+
+/// Streams per pager.
+const STREAMS: usize = 16;
+
+/// One demand-fault stream: the page a sequential reader faults on next, how far past
+/// its faulting page the last window read, and the page of the last fault.
+struct Stream {
+    next: AtomicU64,
+    window: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Stream {
+    const NEW: Stream = Stream {
+        next: AtomicU64::new(u64::MAX),
+        window: AtomicU64::new(0),
+        last: AtomicU64::new(u64::MAX),
+    };
 }
 
 impl Drop for Pager {
@@ -147,9 +164,7 @@ impl Pager {
             dead: core::sync::atomic::AtomicBool::new(false),
             files: core::sync::atomic::AtomicU32::new(0),
             trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
-            stream_next: AtomicU64::new(u64::MAX),
-            stream_window: AtomicU64::new(0),
-            stream_last: AtomicU64::new(u64::MAX),
+            streams: [Stream::NEW; STREAMS],
         })
     }
 
@@ -259,18 +274,21 @@ impl Pager {
 
     /// The pages a demand fault at page-cache `index` reads, as `[first, end)` around
     /// it, never outside the page's VMA:
-    /// - at the page right after the previous fault's window (a sequential reader: the
-    ///   pages in between were mapped by fault-around without faulting), a window
-    ///   forward from `index` twice the previous one, up to `prefetch_pages` (at most
-    ///   one batch);
-    /// - within [`LOCAL_SPAN`] pages of the previous fault (a working set with
-    ///   locality, like an interpreter's heap), [`LOCAL_WINDOW`] pages around it;
+    /// - at the page right after the previous window in the same VMA (a sequential
+    ///   reader: the pages in between were mapped by fault-around without faulting), a
+    ///   window forward from `index` twice the previous one, up to `prefetch_pages` (at
+    ///   most one batch);
+    /// - within [`LOCAL_SPAN`] pages of the previous fault in the same VMA (a working
+    ///   set with locality, like an interpreter's heap), [`LOCAL_WINDOW`] pages around
+    ///   it;
     /// - anywhere else, the page alone: random access costs one page per fault.
     fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64) {
         let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
-        let last = self.stream_last.swap(index, Ordering::Relaxed);
-        let (first, window) = if self.stream_next.load(Ordering::Relaxed) == index {
-            let w = self.stream_window.load(Ordering::Relaxed).saturating_mul(2);
+        let per_window = VMA_WINDOW / PAGE;
+        let stream = &self.streams[(index / per_window) as usize % STREAMS];
+        let last = stream.last.swap(index, Ordering::Relaxed);
+        let (first, window) = if stream.next.load(Ordering::Relaxed) == index {
+            let w = stream.window.load(Ordering::Relaxed).saturating_mul(2);
             (index, w.clamp(1, max))
         } else if last.abs_diff(index) <= LOCAL_SPAN {
             let w = LOCAL_WINDOW.min(max);
@@ -278,7 +296,6 @@ impl Pager {
         } else {
             (index, 1)
         };
-        let per_window = VMA_WINDOW / PAGE;
         let vma_first = index - index % per_window;
         let vma_end = desc
             .vma((index / per_window) as usize)
@@ -289,9 +306,10 @@ impl Pager {
             .saturating_add(window)
             .min(vma_end)
             .max(index.saturating_add(1));
-        self.stream_window
+        stream
+            .window
             .store(end.saturating_sub(index), Ordering::Relaxed);
-        self.stream_next.store(end, Ordering::Relaxed);
+        stream.next.store(end, Ordering::Relaxed);
         (first, end)
     }
 
