@@ -202,8 +202,6 @@ fn resume_inner(
     Ok(())
 }
 
-/// Reads the descriptor (one doorbell per 64 pages: one for any ordinary process) and
-/// validates it completely.
 /// Copies of the pages a child needs first, read with the descriptor: page `i` of
 /// `bytes` is the snapshot-file page at `offs[i]`.
 struct Lead {
@@ -211,8 +209,9 @@ struct Lead {
     bytes: KVVec<u8>,
 }
 
-/// Reads the snapshot's descriptor and checks it, with the lead pages the parent
-/// announced when they fit in the same batch of READs.
+/// Reads the snapshot's descriptor (one doorbell per 64 pages: one for any ordinary
+/// process) and validates it completely; the lead pages the parent announced come in
+/// the same batch when they fit in it.
 fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u8>, Lead)> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {

@@ -352,6 +352,7 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
     let port = MODULE_PORT.to_string();
     // Malformed messages, wrong secrets, guessed and stale keys on one connection.
     let region = agent.create(1 << 20, 5);
+    let started = std::time::Instant::now();
     let (code, line) = match &region {
         Ok(reg) => hostile_peer(&[
             "garbage",
@@ -387,13 +388,17 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
         &line,
         &[],
     );
-    let logged = agent.sh(
-        "n=$(dmesg | grep -c 'gave a wrong secret'); echo \"wrong-secret log lines: $n\"; [ \"$n\" -le 48 ]",
-    );
+    // The module logs at most 16 lines a second per kind: whatever the 200 wrong
+    // secrets took (longer on a slow KASAN guest), the lines stay within the seconds
+    // they spanned (plus the window they started in) and well below 200.
+    let allowed = 16 * (started.elapsed().as_secs() + 2).min(10);
+    let logged = agent.sh(&format!(
+        "n=$(dmesg | grep -c 'gave a wrong secret'); echo \"wrong-secret log lines: $n (allowed {allowed})\"; [ \"$n\" -le {allowed} ]"
+    ));
     r.check(
         "adv-peer-logs-rate-limited",
         logged == Ok(0),
-        format!("{logged:?}"),
+        format!("{logged:?}, at most {allowed} allowed"),
         &[],
     );
     // The host still serves an honest open and read after all that.
