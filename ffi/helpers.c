@@ -105,9 +105,13 @@ bool mitosis_param_local_files = true;
 module_param_named(local_files, mitosis_param_local_files, bool, 0644);
 MODULE_PARM_DESC(local_files, "Map a seed's clean file mappings from this host's own file when it is the same file (path, size, mtime, first page)");
 
-bool mitosis_param_working_set = true;
-module_param_named(working_set, mitosis_param_working_set, bool, 0644);
-MODULE_PARM_DESC(working_set, "Record the pages a snapshot's children on this host fetched and prefetch them at its next resume here");
+unsigned int mitosis_param_working_set = 1;
+module_param_named(working_set, mitosis_param_working_set, uint, 0644);
+MODULE_PARM_DESC(working_set, "Working sets: 0 off; 1 record the pages a snapshot's children on this host fetched, report them to the parent, and prefetch at a resume this host's record or else the parent's; 2 the same, but prefetch only the parent's record (to measure a new host)");
+
+unsigned int mitosis_param_read_pages_per_wr = 1;
+module_param_named(read_pages_per_wr, mitosis_param_read_pages_per_wr, uint, 0644);
+MODULE_PARM_DESC(read_pages_per_wr, "Most contiguous pages one RDMA READ request carries (1-16, bounded by the device's scatter entries; default 1: on rxe under emulation more bytes per request overrun the link's buffers, see docs/benchmarks.md)");
 
 bool mitosis_param_lead_pages = true;
 module_param_named(lead_pages, mitosis_param_lead_pages, bool, 0644);

@@ -23,8 +23,9 @@ extern unsigned int mitosis_param_prefetch_pages;
 extern bool mitosis_param_unprivileged_children;
 extern bool mitosis_param_pin_pages;
 extern bool mitosis_param_local_files;
-extern bool mitosis_param_working_set;
+extern unsigned int mitosis_param_working_set;
 extern bool mitosis_param_lead_pages;
+extern unsigned int mitosis_param_read_pages_per_wr;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
 			 const struct ib_send_wr **bad_wr);

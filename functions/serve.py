@@ -88,7 +88,14 @@ def main():
             "function": args.function, "pid": os.getpid(),
             "seed_monotonic": seed_clock, "child_monotonic": child_clock,
         }}), file=sys.stderr, flush=True)
-        return answer(handler)
+        # A child serves one request and is discarded: it leaves like a forked worker
+        # (multiprocessing's children do the same), without the interpreter's
+        # finalization, which would walk (and so fetch from the parent) the whole
+        # inherited heap after the response and put it in the working set.
+        rc = answer(handler)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
     prepared = time.monotonic()
     tmp = args.seed + ".tmp"
     with open(tmp, "w") as f:

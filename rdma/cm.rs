@@ -184,7 +184,12 @@ impl Connection {
         attr.recv_cq = recv_cq.as_ptr();
         attr.cap.max_send_wr = SEND_DEPTH;
         attr.cap.max_recv_wr = RECV_DEPTH as u32;
-        attr.cap.max_send_sge = 1;
+        // A READ of contiguous remote pages scatters into several local pages.
+        let read_sges = crate::params::MAX_READ_PAGES_PER_WR
+            .min(dev.attrs().max_send_sge as u32)
+            .min(dev.attrs().max_sge_rd as u32)
+            .max(1);
+        attr.cap.max_send_sge = read_sges;
         attr.cap.max_recv_sge = 1;
         attr.sq_sig_type = bindings::ib_sig_type_IB_SIGNAL_REQ_WR;
         attr.qp_type = bindings::ib_qp_type_IB_QPT_RC;
@@ -197,6 +202,7 @@ impl Connection {
             _send_cq: send_cq,
             _recv_cq: recv_cq,
             pd,
+            read_sges: attr.cap.max_send_sge.clamp(1, read_sges),
         };
         for buf in res.recv_bufs.iter() {
             Self::post_recv(&res, buf)?;

@@ -78,6 +78,8 @@ pub(super) struct Resources {
     pub(super) _send_cq: Cq,
     pub(super) _recv_cq: Cq,
     pub(super) pd: Pd,
+    /// Scatter entries the QP accepts in one READ request (at least 1).
+    pub(super) read_sges: u32,
 }
 
 impl Resources {

@@ -12,7 +12,8 @@ use kernel::prelude::*;
 
 impl Connection {
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
-    /// [`MAX_READ_BATCH`]) with one doorbell, waits (bounded) for all of them, then
+    /// [`MAX_READ_BATCH`]) with one doorbell (pages contiguous under one key share a
+    /// request, up to the `read_pages_per_wr` parameter), waits (bounded) for all of them, then
     /// hands page `i`'s bytes to `consume(i, bytes)`. The destinations are the
     /// connection's own DMA pages: after a timeout or error the connection fails and
     /// they stay allocated until `teardown` has drained the QP, so a late response
@@ -40,33 +41,52 @@ impl Connection {
             bufs.push(page, GFP_KERNEL)?;
         }
         let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
-        let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
-        for (i, &(raddr, rkey)) in remote.iter().enumerate() {
+        for buf in bufs[..n].iter() {
             sges.push(
                 bindings::ib_sge {
-                    addr: bufs[i].dma_addr(),
+                    addr: buf.dma_addr(),
                     length: super::PAGE_SIZE as u32,
                     lkey: res.pd.local_dma_lkey(),
                 },
                 GFP_KERNEL,
             )?;
+        }
+        // One request per run of pages contiguous under one key (at most `per_wr`),
+        // scattered into that many local pages: fewer requests on the wire.
+        let per_wr = crate::params::read_pages_per_wr().min(res.read_sges) as usize;
+        let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut first_sge = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut i = 0;
+        while i < n {
+            let (raddr, rkey) = remote[i];
+            let mut pages = 1;
+            while pages < per_wr
+                && remote.get(i + pages).is_some_and(|&(a, k)| {
+                    k == rkey && Some(a) == raddr.checked_add((pages * super::PAGE_SIZE) as u64)
+                })
+            {
+                pages += 1;
+            }
             let mut wr = bindings::ib_rdma_wr::default();
             // Every request carries the waiter: an unsignalled one that fails completes.
             wr.wr.__bindgen_anon_1.wr_cqe = self.read_waiter.cqe();
-            wr.wr.num_sge = 1;
+            wr.wr.num_sge = pages as i32;
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
             wr.remote_addr = raddr;
             wr.rkey = rkey;
             wrs.push(wr, GFP_KERNEL)?;
+            first_sge.push(i, GFP_KERNEL)?;
+            i += pages;
         }
-        for i in 0..n {
-            wrs[i].wr.sg_list = &mut sges[i];
-            if i + 1 < n {
-                let next: *mut bindings::ib_send_wr = &mut wrs[i + 1].wr;
-                wrs[i].wr.next = next;
+        let n_wrs = wrs.len();
+        for w in 0..n_wrs {
+            wrs[w].wr.sg_list = &mut sges[first_sge[w]];
+            if w + 1 < n_wrs {
+                let next: *mut bindings::ib_send_wr = &mut wrs[w + 1].wr;
+                wrs[w].wr.next = next;
             }
         }
-        wrs[n - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
+        wrs[n_wrs - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
         self.read_waiter.arm();
         // SAFETY: the QP is live; the chain is valid until the post returns; the
         // destination pages belong to the connection and stay mapped until its QP is
@@ -78,7 +98,7 @@ impl Connection {
             return Err(Error::from_errno(r));
         }
         count(&COUNTERS.read_doorbells, 1);
-        count(&COUNTERS.read_wrs_posted, n as u64);
+        count(&COUNTERS.read_wrs_posted, n_wrs as u64);
         let status = match self.read_waiter.wait(timeout_ms) {
             Ok(s) => s,
             Err(e) => {

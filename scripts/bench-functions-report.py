@@ -16,6 +16,7 @@ VARIANTS = (
     ("baseline", "child, resume: every page from the parent (no local files, no working set)"),
     ("resume", "child, resume: first on the host (libraries from local files)"),
     ("resume-ws", "child, resume: replaying the host's working-set record"),
+    ("resume-wsp", "child, resume: first on a new host, replaying the parent's record"),
     ("run", "child, mitosis run (container), replaying the record"),
     ("eager", "child, resume --eager (local files)"),
     ("resume-w0", "child, resume, no prefetch window (local files)"),
@@ -23,7 +24,7 @@ VARIANTS = (
     ("criu", "CRIU: dump on A + copy + restore to response on B"),
 )
 COLOURS = {"cold": (90, 90, 90), "baseline": (148, 103, 189), "resume": (31, 119, 180),
-           "resume-ws": (23, 190, 207), "run": (44, 160, 44), "eager": (255, 127, 14),
+           "resume-ws": (23, 190, 207), "resume-wsp": (0, 128, 128), "run": (44, 160, 44), "eager": (255, 127, 14),
            "resume-w0": (188, 189, 34), "warm": (140, 86, 75), "criu": (214, 39, 40)}
 
 
@@ -50,12 +51,13 @@ def load(path):
 
 def markdown(table):
     lines = ["| function | cold start | child: baseline | child: resume (local files) | "
-             "child: resume + working set | child: run + working set (setup) | child: eager | "
+             "child: resume + working set | child: new host + parent's working set | "
+             "child: run + working set (setup) | child: eager | "
              "child: no window | child: warm host | pages fetched: baseline / local files / "
              "+ working set / touched / warm | remote faults: baseline / local files / + working "
              "set | CRIU: dump + copy + restore to response | cold / best cold-cache child | "
              "cold / warm child |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
             c = row.get(how)
@@ -72,7 +74,7 @@ def markdown(table):
         faults = [field(h, "faults") for h in ("baseline", "resume", "resume-ws")]
         # The best a first child on a host reaches (no pages of the snapshot there yet,
         # but its working-set record), and a child on a warm host.
-        children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "run", "eager")
+        children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "resume-wsp", "run", "eager")
                     if h in row and row[h]["child_ms"]]
         ratio = row["cold"]["child_ms"] / min(children) if children and "cold" in row else 0
         warm = row.get("warm", {}).get("child_ms")
@@ -82,7 +84,7 @@ def markdown(table):
                      f"{criu['restore_to_response_ms']:.0f}; {criu['image_mib']:.1f} MiB)"
                      if criu else "-")
         lines.append(f"| {fn} | {ms('cold')} | {ms('baseline')} | {ms('resume')} | "
-                     f"{ms('resume-ws')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
+                     f"{ms('resume-ws')} | {ms('resume-wsp')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
                      f"{ms('warm')} | "
                      + " / ".join(f"{p:.0f}" for p in pages)
                      + f" ({pages[0] * 4096 / 2**20:.1f} / {pages[1] * 4096 / 2**20:.1f} MiB) | "

@@ -9,7 +9,9 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::wire::{self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts};
+use crate::abi::wire::{
+    self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts, WorkingSetReport,
+};
 use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::params;
@@ -62,11 +64,46 @@ pub(crate) fn handle_request(host: &Host, conn: &Connection, msg: &[u8]) {
                 conn.release_registration(req.region_id);
             }
         }
+        Kind::WorkingSet => match WorkingSetReport::decode(body) {
+            Ok(report) => take_working_set(host, conn, &report),
+            Err(e) => {
+                if LOG.allow() {
+                    pr_warn!(
+                        "malformed working set from {} ({:?}), dropped\n",
+                        Ipv4(conn.peer().0),
+                        e
+                    );
+                }
+            }
+        },
         Kind::OpenRegionReply => {
             if LOG.allow() {
                 pr_warn!("unexpected reply from {}, dropped\n", Ipv4(conn.peer().0));
             }
         }
+    }
+}
+
+/// A peer's working set of a snapshot: kept if the peer opened that snapshot on this
+/// connection (so proved its secret) and it is the first. A peer can only name pages
+/// of snapshots it may read anyway; children check every page against the descriptor.
+fn take_working_set(host: &Host, conn: &Connection, report: &WorkingSetReport<'_>) {
+    let region = host
+        .find_region(report.region_id)
+        .filter(|r| conn.has_registration(r.id));
+    let Some(region) = region else {
+        if LOG.allow() {
+            pr_warn!(
+                "{} reported a working set of region {} it has not opened, dropped\n",
+                Ipv4(conn.peer().0),
+                report.region_id
+            );
+        }
+        return;
+    };
+    let runs = (0..report.n_runs()).filter_map(|i| report.run(i));
+    if region.offer_working_set(report.n_runs(), runs) {
+        count(&COUNTERS.ws_reports_kept, 1);
     }
 }
 
@@ -133,6 +170,8 @@ fn send_keys(
     rkeys: &[u32],
     regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
+    // Copied first: the region's lock is not held across the send.
+    let runs = region.working_set(OpenRegionReply::room_for_runs(rkeys.len()))?;
     conn.reply(params::io_timeout_ms(), regs, |buf| {
         let facts = RegionFacts {
             size: region.size,
@@ -141,7 +180,8 @@ fn send_keys(
             desc_mac: region.desc_mac,
             lead_pages: region.lead_pages,
         };
-        OpenRegionReply::encode(seq, &facts, rkeys.iter().copied(), buf).map_err(|_| EINVAL)
+        OpenRegionReply::encode_with_runs(seq, &facts, rkeys.iter().copied(), &runs, buf)
+            .map_err(|_| EINVAL)
     })?;
     count(&COUNTERS.region_opens, 1);
     Ok(())

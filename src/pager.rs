@@ -25,6 +25,7 @@
 #![deny(unsafe_code)]
 
 use crate::abi::snapshot::{window_offset, Descriptor, PAGE, RUN_PRESENT, VMA_WINDOW};
+use crate::abi::wire::{runs_from_pages, WsRun, MAX_WS_RUNS};
 use crate::counters::{count, COUNTERS};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
@@ -118,10 +119,17 @@ impl Stream {
 
 impl Drop for Pager {
     /// The snapshot's last child on this host is gone: what its children fetched is
-    /// the working set the next resume here prefetches.
+    /// the working set the next resume here prefetches, and, if the parent has none
+    /// yet, what it hands to the snapshot's first child on every other host.
     fn drop(&mut self) {
         if params::working_set() {
-            let pages = self.trace.lock().take();
+            let mut pages = self.trace.lock().take();
+            {
+                let link = self.link.lock();
+                if link.remote.ws_runs.is_empty() && !self.dead.load(Ordering::Relaxed) {
+                    report_working_set(&link.remote, &mut pages);
+                }
+            }
             self.host.working_sets().store(self.key, pages);
         }
     }
@@ -351,14 +359,39 @@ impl Pager {
         if !params::working_set() {
             return 0;
         }
-        let Some(pages) = self.host.working_sets().take(self.key) else {
-            return 0;
+        let local = if params::working_set_local() {
+            self.host.working_sets().take(self.key)
+        } else {
+            None
         };
-        let fetched = self
-            .fetch_indices(mapping, pages.iter().copied())
-            .unwrap_or(0);
+        let fetched = match local {
+            Some(pages) => self.fetch_indices(mapping, pages.iter().copied()),
+            None => self.replay_parents_record(mapping),
+        }
+        .unwrap_or(0);
         count(&COUNTERS.ws_pages_replayed, fetched);
         fetched
+    }
+
+    /// Prefetches the working set the parent handed out with the open (an earlier
+    /// child on another host reported it): only pages the descriptor says are
+    /// present, so a lying parent can make a child read nothing it could not fault in.
+    fn replay_parents_record(&self, mapping: Mapping<'_>) -> Result<u64> {
+        let desc = self.descriptor()?;
+        let mut pages = KVVec::new();
+        {
+            let link = self.link.lock();
+            for r in link.remote.ws_runs.iter() {
+                // The decoder checked that runs end before u64::MAX.
+                let end = r.first.saturating_add(u64::from(r.pages));
+                for i in r.first..end {
+                    if self.locate(&desc, i.saturating_mul(PAGE)).is_some() {
+                        pages.push(i, GFP_KERNEL)?;
+                    }
+                }
+            }
+        }
+        self.fetch_indices(mapping, pages.iter().copied())
     }
 
     /// Puts pages read along with the descriptor into `mapping`'s page cache: page
@@ -497,6 +530,19 @@ impl Pager {
     pub(crate) fn key(&self) -> PagerKey {
         self.key
     }
+}
+
+/// Sends `pages` (sorted here) to the parent as runs; nothing if empty or short of
+/// memory.
+fn report_working_set(remote: &RemoteRegion, pages: &mut [u64]) {
+    if pages.is_empty() {
+        return;
+    }
+    let Ok(mut runs) = KVec::from_elem(WsRun::default(), MAX_WS_RUNS, GFP_KERNEL) else {
+        return;
+    };
+    let n = runs_from_pages(pages, &mut runs);
+    remote.report_working_set(&runs[..n]);
 }
 
 /// Page index in the snapshot file of VMA `vi`'s page `page`.

@@ -54,16 +54,36 @@ pub(crate) fn local_files() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_local_files)) }
 }
 
-/// Whether snapshots' working sets are recorded and replayed on this host.
-pub(crate) fn working_set() -> bool {
-    // SAFETY: as above (a `bool` parameter).
+/// The `working_set` parameter: 0, 1 or 2 (anything else counts as 1).
+fn working_set_mode() -> u32 {
+    // SAFETY: as above.
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_working_set)) }
+}
+
+/// Whether snapshots' working sets are recorded, reported and replayed.
+pub(crate) fn working_set() -> bool {
+    working_set_mode() != 0
+}
+
+/// Whether a resume may replay this host's own record (else only the parent's).
+pub(crate) fn working_set_local() -> bool {
+    working_set_mode() != 2
 }
 
 /// Whether a resume reads the snapshot's lead pages with its descriptor.
 pub(crate) fn lead_pages() -> bool {
     // SAFETY: as above (a `bool` parameter).
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_lead_pages)) }
+}
+
+/// Most local pages (scatter entries) one READ request may carry.
+pub(crate) const MAX_READ_PAGES_PER_WR: u32 = 16;
+
+/// Most contiguous pages one READ request carries (at least 1).
+pub(crate) fn read_pages_per_wr() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_read_pages_per_wr)) }
+        .clamp(1, MAX_READ_PAGES_PER_WR)
 }
 
 /// Longest `keep_ms`: an hour.

@@ -7,11 +7,12 @@
 
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
 use crate::abi::mac::{constant_time_eq, descriptor_mac, open_proof};
+use crate::abi::wire::WsRun;
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{new_mutex, Arc, Mutex};
 
 /// Most regions live on one host at once.
 pub(crate) const MAX_REGIONS: usize = 1024;
@@ -64,9 +65,43 @@ pub(crate) struct Region {
     pub(crate) origin: Origin,
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
+    /// For snapshots: the working set the first opener reported (`control.rs`),
+    /// handed to later openers with the keys; empty until then.
+    working_set: Pin<KBox<Mutex<KVec<WsRun>>>>,
 }
 
 impl Region {
+    /// Keeps `runs` (validated by the wire decoder) as the snapshot's working set if it
+    /// has none yet: the first report wins, later ones change nothing (a record is a
+    /// hint: failing to keep one is not an error). Returns whether it was kept.
+    pub(crate) fn offer_working_set(&self, n: usize, runs: impl Iterator<Item = WsRun>) -> bool {
+        let mut ws = self.working_set.lock();
+        if !ws.is_empty() || self.info == 0 {
+            return false;
+        }
+        let Ok(mut taken) = KVec::with_capacity(n, GFP_KERNEL) else {
+            return false;
+        };
+        for r in runs.take(n) {
+            // Within the capacity reserved above: no allocation.
+            if taken.push(r, GFP_KERNEL).is_err() {
+                return false;
+            }
+        }
+        *ws = taken;
+        true
+    }
+
+    /// The first `max` runs of the snapshot's working set (copied: the caller sends
+    /// them without holding the lock).
+    pub(crate) fn working_set(&self, max: usize) -> Result<KVec<WsRun>> {
+        let ws = self.working_set.lock();
+        let n = ws.len().min(max);
+        let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+        out.extend_from_slice(&ws[..n], GFP_KERNEL)?;
+        Ok(out)
+    }
+
     /// Compares `secret` in constant time.
     pub(crate) fn secret_matches(&self, secret: &[u8; 16]) -> bool {
         constant_time_eq(&self.secret, secret)
@@ -141,6 +176,7 @@ impl Registry {
                 created_ms: kernel::time::Ktime::ktime_get().to_ms(),
                 origin,
                 live: AtomicBool::new(true),
+                working_set: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
             },
             GFP_KERNEL,
         )?;

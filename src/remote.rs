@@ -6,7 +6,7 @@
 
 use crate::abi::ioctl::read_flags;
 use crate::abi::mac::open_proof;
-use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply};
+use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply, WorkingSetReport, WsRun};
 use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
@@ -34,6 +34,10 @@ pub(crate) struct RemoteRegion {
     pub(crate) lead_pages: u32,
     chunk_bytes: u64,
     rkeys: KVec<u32>,
+    /// A snapshot's working set as an earlier opener reported it to the peer
+    /// (ascending, disjoint, at most `wire::MAX_WS_PAGES` pages; not trusted beyond
+    /// that: the pager keeps only pages its descriptor says are present).
+    pub(crate) ws_runs: KVec<WsRun>,
 }
 
 /// What one read did.
@@ -58,7 +62,7 @@ impl RemoteRegion {
         };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let (facts, rkeys) = conn.rpc(
+        let (facts, rkeys, ws_runs) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
@@ -73,7 +77,11 @@ impl RemoteRegion {
                 for i in 0..r.n_keys() {
                     keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.facts, keys))
+                let mut runs = KVec::with_capacity(r.n_runs(), GFP_KERNEL)?;
+                for i in 0..r.n_runs() {
+                    runs.push(r.run(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
+                }
+                Ok((r.facts, keys, runs))
             },
         )?;
         Ok(RemoteRegion {
@@ -86,6 +94,7 @@ impl RemoteRegion {
             lead_pages: facts.lead_pages,
             chunk_bytes: facts.chunk_bytes,
             rkeys,
+            ws_runs,
         })
     }
 
@@ -176,6 +185,13 @@ impl RemoteRegion {
             off += n as u64 * page;
         }
         Ok(outcome)
+    }
+
+    /// Reports the pages this host's children fetched (best effort, no reply).
+    pub(crate) fn report_working_set(&self, runs: &[WsRun]) {
+        let _ = self.conn.notify(params::io_timeout_ms(), |seq, buf| {
+            WorkingSetReport::encode(self.region_id, runs, seq, buf).map_err(|_| EINVAL)
+        });
     }
 
     /// Tells the peer we are done (best effort: its registration also ends with the

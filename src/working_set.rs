@@ -7,8 +7,9 @@
 //! the snapshot's last child on this host exits, its inode is evicted and the record
 //! moves here; the next resume of the same snapshot on this host takes it and reads
 //! those pages in batched READs before the child runs, instead of one demand fault
-//! after another (REAP's record-and-prefetch, kept per host: the record never leaves
-//! it). The set only grows: a replaying pager records the replayed pages too.
+//! after another (REAP's record-and-prefetch). The set only grows: a replaying pager
+//! records the replayed pages too. The pager also reports a record to the parent
+//! (`Pager::drop`), which hands it to the snapshot's first child on other hosts.
 //!
 //! Bounded: at most [`MAX_WS_PAGES`] pages per record (8 bytes each) and
 //! [`MAX_SETS`] records per host (storing one more drops another). Records are

@@ -183,7 +183,6 @@ macro_rules! counters {
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct Counters {
             $($(#[$m])* pub $name: u64,)*
-            pub _reserved: [u64; 1],
         }
 
         impl Counters {
@@ -214,7 +213,6 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Counters {
                 Counters {
                     $($name: self.$name.load(core::sync::atomic::Ordering::Relaxed),)*
-                    _reserved: [0],
                 }
             }
         }
@@ -268,6 +266,9 @@ counters! {
     /// pages prefetched from them at later resumes of the same snapshot.
     ws_recorded,
     ws_pages_replayed,
+    /// Working sets this host keeps as a parent: the first one a peer reported for
+    /// each of its snapshots (in the slot that was reserved: the layout is unchanged).
+    ws_reports_kept,
 }
 
 impl DeviceInfo {

@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 4;
+pub const WIRE_VERSION: u16 = 5;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -39,6 +39,9 @@ pub enum Kind {
     OpenRegionReply = 2,
     /// The opener is done with a region: body [`CloseRegion`]; no reply.
     CloseRegion = 3,
+    /// The pages an opener's children fetched from a snapshot: body
+    /// [`WorkingSetReport`]; no reply.
+    WorkingSet = 4,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
             1 => Ok(Kind::OpenRegion),
             2 => Ok(Kind::OpenRegionReply),
             3 => Ok(Kind::CloseRegion),
+            4 => Ok(Kind::WorkingSet),
             _ => Err(WireError::UnknownKind),
         }
     }
@@ -244,23 +248,168 @@ pub struct RegionFacts {
     pub lead_pages: u32,
 }
 
+/// Pages `[first, first + pages)` of a snapshot file (page-cache indices on the
+/// child's host; the same on every host, they follow from the descriptor: VMA `i`'s
+/// pages start at `snapshot::window_offset(i) / PAGE`, so indices exceed 32 bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WsRun {
+    pub first: u64,
+    pub pages: u32,
+}
+
+/// Most pages a working set names, over all its runs.
+pub const MAX_WS_PAGES: u64 = 32768;
+/// Bytes of one encoded [`WsRun`]: first (u64), pages (u32).
+const WS_RUN_LEN: usize = 12;
+/// Most runs a [`WorkingSetReport`] carries.
+pub const MAX_WS_RUNS: usize = (MSG_SIZE - HEADER_LEN - WorkingSetReport::FIXED_LEN) / WS_RUN_LEN;
+/// Largest gap (in pages) [`runs_from_pages`] reads across to merge two runs.
+const MAX_MERGE_GAP: u64 = 1 << 12;
+
+fn put_runs(w: &mut Writer<'_>, runs: &[WsRun]) -> Result<(), WireError> {
+    for r in runs {
+        w.put(&r.first.to_le_bytes())?;
+        w.put(&r.pages.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Checks encoded runs: ascending, disjoint, none empty, none past the last page
+/// index, at most [`MAX_WS_PAGES`] pages in all.
+fn check_runs(bytes: &[u8]) -> Result<(), WireError> {
+    if !bytes.len().is_multiple_of(WS_RUN_LEN) {
+        return Err(WireError::BadLength);
+    }
+    let mut next_free = 0u64;
+    let mut total = 0u64;
+    for i in 0..bytes.len() / WS_RUN_LEN {
+        let r = run_at(bytes, i).ok_or(WireError::Truncated)?;
+        let end = r
+            .first
+            .checked_add(u64::from(r.pages))
+            .ok_or(WireError::BadLength)?;
+        total += u64::from(r.pages);
+        if r.pages == 0 || r.first < next_free || total > MAX_WS_PAGES {
+            return Err(WireError::BadLength);
+        }
+        next_free = end;
+    }
+    Ok(())
+}
+
+/// Run `i` of encoded runs.
+fn run_at(bytes: &[u8], i: usize) -> Option<WsRun> {
+    let at = i.checked_mul(WS_RUN_LEN)?;
+    let s = bytes.get(at..at.checked_add(WS_RUN_LEN)?)?;
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&s[..8]);
+    Some(WsRun {
+        first: u64::from_le_bytes(first),
+        pages: u32::from_le_bytes([s[8], s[9], s[10], s[11]]),
+    })
+}
+
+/// Turns page indices (any order, duplicates allowed; sorted in place) into at most
+/// `out.len()` runs written to `out`, returning how many. Nearby runs merge (their
+/// gap, up to 4096 pages, is read too) until the set fits; what still does not fit
+/// is left out from the highest indices, as are pages past [`MAX_WS_PAGES`].
+pub fn runs_from_pages(pages: &mut [u64], out: &mut [WsRun]) -> usize {
+    pages.sort_unstable();
+    let mut gap = 0u64;
+    loop {
+        let last = gap >= MAX_MERGE_GAP;
+        if let Some(n) = build_runs(pages, gap, out, last) {
+            return n;
+        }
+        gap = if gap == 0 { 1 } else { gap * 2 };
+    }
+}
+
+/// [`runs_from_pages`] with runs merged across gaps of at most `gap` pages: `None`
+/// when they do not fit in `out`, unless `truncate`.
+fn build_runs(sorted: &[u64], gap: u64, out: &mut [WsRun], truncate: bool) -> Option<usize> {
+    let mut n = 0usize;
+    let mut total = 0u64;
+    let mut cur: Option<(u64, u64)> = None;
+    for &p in sorted {
+        let Some(next) = p.checked_add(1) else {
+            break;
+        };
+        cur = match cur {
+            Some((first, end)) if p < end => Some((first, end)),
+            Some((first, end)) if p - end <= gap => Some((first, next)),
+            Some(done) => {
+                if !emit(out, &mut n, &mut total, done) {
+                    return Some(n);
+                }
+                Some((p, next))
+            }
+            None => Some((p, next)),
+        };
+        if n >= out.len() {
+            return if truncate { Some(n) } else { None };
+        }
+    }
+    if let Some(done) = cur {
+        emit(out, &mut n, &mut total, done);
+    }
+    Some(n)
+}
+
+/// Appends `[first, end)` (clipped at [`MAX_WS_PAGES`] in all); false once full.
+fn emit(out: &mut [WsRun], n: &mut usize, total: &mut u64, (first, end): (u64, u64)) -> bool {
+    let pages = (end - first).min(MAX_WS_PAGES - *total);
+    if pages > 0 {
+        if let Some(slot) = out.get_mut(*n) {
+            *slot = WsRun {
+                first,
+                // At most MAX_WS_PAGES.
+                pages: pages as u32,
+            };
+            *n += 1;
+            *total += pages;
+        }
+    }
+    *total < MAX_WS_PAGES
+}
+
 /// Body of a successful [`Kind::OpenRegionReply`]: the region is registered for this
 /// connection as `rkeys.len()` memory regions of `chunk_bytes` each (the last may be
 /// shorter); byte `off` of the region is at remote address `off` with the key
 /// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
 /// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
+/// After the keys, the snapshot's working set as an earlier opener reported it
+/// ([`WorkingSetReport`]), as many runs as fit (none for test regions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenRegionReply<'a> {
     pub facts: RegionFacts,
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
+    /// Encoded [`WsRun`]s, checked by `decode`.
+    runs: &'a [u8],
 }
 
 /// Most rkeys one reply carries.
 pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIXED_LEN) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 48;
+    const FIXED_LEN: usize = 56;
+
+    /// Most working-set runs a reply with `n_keys` keys has room for.
+    pub fn room_for_runs(n_keys: usize) -> usize {
+        (MSG_SIZE - HEADER_LEN - Self::FIXED_LEN).saturating_sub(n_keys.saturating_mul(4))
+            / WS_RUN_LEN
+    }
+
+    /// Number of working-set runs.
+    pub fn n_runs(&self) -> usize {
+        self.runs.len() / WS_RUN_LEN
+    }
+
+    /// The `i`th working-set run.
+    pub fn run(&self, i: usize) -> Option<WsRun> {
+        run_at(self.runs, i)
+    }
 
     /// Number of rkeys.
     pub fn n_keys(&self) -> usize {
@@ -282,11 +431,23 @@ impl<'a> OpenRegionReply<'a> {
         rkeys: impl ExactSizeIterator<Item = u32>,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
+        Self::encode_with_runs(seq, facts, rkeys, &[], buf)
+    }
+
+    /// Encodes a successful reply with the rkeys produced by `rkeys` and the working
+    /// set `runs` (at most [`Self::room_for_runs`]).
+    pub fn encode_with_runs(
+        seq: u64,
+        facts: &RegionFacts,
+        rkeys: impl ExactSizeIterator<Item = u32>,
+        runs: &[WsRun],
+        buf: &mut [u8],
+    ) -> Result<usize, WireError> {
         let n = rkeys.len();
-        if n > MAX_REPLY_RKEYS {
+        if n > MAX_REPLY_RKEYS || runs.len() > Self::room_for_runs(n) {
             return Err(WireError::TooLarge);
         }
-        let body = Self::FIXED_LEN + 4 * n;
+        let body = Self::FIXED_LEN + 4 * n + WS_RUN_LEN * runs.len();
         check_room(buf, HEADER_LEN + body)?;
         let mut w = Writer { buf, pos: 0 };
         put_header(&mut w, Kind::OpenRegionReply, seq, 0, body)?;
@@ -296,15 +457,19 @@ impl<'a> OpenRegionReply<'a> {
         w.put(&facts.desc_mac)?;
         w.put(&facts.lead_pages.to_le_bytes())?;
         w.put(&(n as u32).to_le_bytes())?;
+        w.put(&(runs.len() as u32).to_le_bytes())?;
+        w.put(&0u32.to_le_bytes())?;
         for k in rkeys {
             w.put(&k.to_le_bytes())?;
         }
+        put_runs(&mut w, runs)?;
         Ok(w.pos)
     }
 
     /// Decodes the body and checks it is self-consistent: `chunk_bytes` a non-zero
     /// multiple of 4096, `size` non-zero and covered exactly by the keys, at most
-    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages.
+    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages, working-set runs ascending and
+    /// disjoint.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
         let size = c.u64()?;
@@ -314,7 +479,11 @@ impl<'a> OpenRegionReply<'a> {
         desc_mac.copy_from_slice(c.take(16)?);
         let lead_pages = c.u32()?;
         let n = c.u32()? as usize;
+        let n_runs = c.u32()? as usize;
+        let _reserved = c.u32()?;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
+        let runs = c.take(n_runs.checked_mul(WS_RUN_LEN).ok_or(WireError::BadLength)?)?;
+        check_runs(runs)?;
         if c.pos != body.len() || size == 0 || chunk_bytes == 0 || chunk_bytes % 4096 != 0 {
             return Err(WireError::BadLength);
         }
@@ -332,6 +501,7 @@ impl<'a> OpenRegionReply<'a> {
                 lead_pages,
             },
             rkeys,
+            runs,
         })
     }
 }
@@ -374,5 +544,65 @@ impl CloseRegion {
         Ok(CloseRegion {
             region_id: c.u64()?,
         })
+    }
+}
+
+/// Body of [`Kind::WorkingSet`]: the pages an opener's children fetched from snapshot
+/// `region_id`, as ascending disjoint runs; the parent hands them to later openers in
+/// its [`OpenRegionReply`]. Accepted only on a connection that opened the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkingSetReport<'a> {
+    pub region_id: u64,
+    /// Encoded [`WsRun`]s, checked by `decode`.
+    runs: &'a [u8],
+}
+
+impl<'a> WorkingSetReport<'a> {
+    const FIXED_LEN: usize = 16;
+
+    /// Encodes a report of `runs` (at most [`MAX_WS_RUNS`]).
+    pub fn encode(
+        region_id: u64,
+        runs: &[WsRun],
+        seq: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, WireError> {
+        if runs.len() > MAX_WS_RUNS {
+            return Err(WireError::TooLarge);
+        }
+        let body = Self::FIXED_LEN + WS_RUN_LEN * runs.len();
+        check_room(buf, HEADER_LEN + body)?;
+        let mut w = Writer { buf, pos: 0 };
+        put_header(&mut w, Kind::WorkingSet, seq, 0, body)?;
+        w.put(&region_id.to_le_bytes())?;
+        w.put(&(runs.len() as u32).to_le_bytes())?;
+        w.put(&0u32.to_le_bytes())?;
+        put_runs(&mut w, runs)?;
+        Ok(w.pos)
+    }
+
+    /// Decodes the body: exactly as long as its count says, runs ascending and
+    /// disjoint, at most [`MAX_WS_PAGES`] pages.
+    pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        let mut c = Cursor { buf: body, pos: 0 };
+        let region_id = c.u64()?;
+        let n = c.u32()? as usize;
+        let _reserved = c.u32()?;
+        let runs = c.take(n.checked_mul(WS_RUN_LEN).ok_or(WireError::BadLength)?)?;
+        if c.pos != body.len() || n > MAX_WS_RUNS {
+            return Err(WireError::BadLength);
+        }
+        check_runs(runs)?;
+        Ok(WorkingSetReport { region_id, runs })
+    }
+
+    /// Number of runs.
+    pub fn n_runs(&self) -> usize {
+        self.runs.len() / WS_RUN_LEN
+    }
+
+    /// The `i`th run.
+    pub fn run(&self, i: usize) -> Option<WsRun> {
+        run_at(self.runs, i)
     }
 }

@@ -40,7 +40,7 @@ struct mitosis_counters {
 	uint64_t snapshots_live, snapshot_pages, resumes, resumes_failed;
 	uint64_t pages_fetched, pages_zeroed, fetch_failures;
 	uint64_t remote_faults, vmas_local, files_refused, ws_recorded, ws_pages_replayed;
-	uint64_t _reserved[1];
+	uint64_t ws_reports_kept;
 };
 
 /* Same layout as mitosis_abi::ioctl::StatusArgs (440 bytes). */

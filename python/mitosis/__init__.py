@@ -50,6 +50,7 @@ COUNTERS = (
     "snapshots_live", "snapshot_pages", "resumes", "resumes_failed",
     "pages_fetched", "pages_zeroed", "fetch_failures",
     "remote_faults", "vmas_local", "files_refused", "ws_recorded", "ws_pages_replayed",
+    "ws_reports_kept",
 )
 
 
@@ -68,7 +69,7 @@ class _DeviceInfo(ctypes.Structure):
 
 
 class _Counters(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint64) for n in COUNTERS] + [("_reserved", ctypes.c_uint64 * 1)]
+    _fields_ = [(n, ctypes.c_uint64) for n in COUNTERS]
 
 
 class _Status(ctypes.Structure):
@@ -258,7 +259,19 @@ def _refuse_threads(threads):
     return ThreadsAliveError(msg, threads)
 
 
-def fork_prepare(freeze_gc=True):
+def _trim_heap():
+    """Gives the C heap's free pages back to the kernel (glibc's malloc_trim(0), which
+    since glibc 2.8 releases the free pages inside every arena, not only the top)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return  # not glibc: nothing to trim with
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+
+
+def fork_prepare(freeze_gc=True, trim_heap=True):
     """Snapshots this interpreter. Returns the handle (a str: IP:PORT/ID/SECRET/CLOCK)
     in the caller and None in every child resumed from it, like os.fork() returns a pid
     and 0. Raises ThreadsAliveError when other threads are alive (a child would lose
@@ -268,7 +281,11 @@ def fork_prepare(freeze_gc=True):
     to the garbage collector's permanent generation (gc.freeze()), as prefork servers
     do: a child's collections then never walk (and so never fetch) the seed's heap, only
     what the child allocates. The caller's objects go back to the collector afterwards
-    (gc.unfreeze()); children keep them frozen."""
+    (gc.unfreeze()); children keep them frozen.
+
+    With `trim_heap` (the default) the C heap's free pages go back to the kernel
+    (malloc_trim(0)) right before the snapshot: they become holes, so a child that
+    allocates there gets fresh zero pages instead of fetching the seed's garbage."""
     global _child
     threads = _other_threads()
     if threads:
@@ -285,6 +302,8 @@ def fork_prepare(freeze_gc=True):
     if freeze_gc:
         gc.collect()
         gc.freeze()
+    if trim_heap:
+        _trim_heap()
     # The interpreter's own fork protocol (what os.fork() does): before-fork hooks and
     # the import lock here, then in the child the runtime re-initialises its locks and
     # thread state and runs the after-fork hooks (random reseeds, logging resets its

@@ -51,6 +51,24 @@ class Threads(unittest.TestCase):
         self.assertIn("native thread 'x' (tid 7)", str(e))
 
 
+class TrimHeap(unittest.TestCase):
+    @unittest.skipUnless(os.path.exists("/proc/self/statm"), "needs /proc")
+    def test_free_heap_pages_go_back_to_the_kernel(self):
+        def resident_pages():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1])
+        # 40 MB of written blocks in the C heap (each under the mmap threshold), then a
+        # block above them that stays: free() alone cannot shrink the heap's top.
+        blocks = [bytearray(b"x" * 100_000) for _ in range(400)]
+        tail = bytearray(b"y" * 100_000)
+        del blocks
+        before = resident_pages()
+        mitosis._trim_heap()
+        after = resident_pages()
+        self.assertGreater(before - after, 5000, (before, after))
+        self.assertEqual(tail[0], ord("y"))
+
+
 class Errors(unittest.TestCase):
     def test_errno_picks_the_exception_class_and_cause(self):
         cases = [

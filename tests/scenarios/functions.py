@@ -278,6 +278,7 @@ def compare(fn, where, rc, out, err, reference):
 
 
 def children_on_a(handles):
+    kept_before = counters()["ws_reports_kept"]
     for fn, h in handles.items():
         req = json.dumps(REQUESTS[fn]) + "\n"
         rc, out, err, _, cold_ms = run([sys.executable, SERVE, fn, "--cold"], req)
@@ -288,6 +289,14 @@ def children_on_a(handles):
         check(f"fn-child-on-a-{fn}", ok and reference is not None, detail,
               cold_ms=cold_ms, child_ms=first_ms,
               local_pages=counters()["pages_fetched"] - before["pages_fetched"])
+    # Each child's exit reported its working set to this host, the parent, which keeps
+    # it for the snapshot's first child on B (served on the module's workqueue).
+    deadline = time.time() + 5
+    while counters()["ws_reports_kept"] - kept_before < len(handles) and time.time() < deadline:
+        time.sleep(0.1)
+    kept = counters()["ws_reports_kept"] - kept_before
+    check("fn-parent-kept-working-sets", kept == len(handles),
+          f"{kept} working sets kept for {len(handles)} snapshots", kept=kept)
 
 
 def list_shows(handles):
@@ -502,6 +511,9 @@ VARIANTS = {
     "resume": dict(local_files="1", working_set="0"),
     # A later child: the pages earlier children here fetched come in batched READs.
     "resume-ws": dict(local_files="1", working_set="1"),
+    # The first child on a new host: the record the parent keeps (the first one
+    # reported, by a child on A or B) comes in batched READs.
+    "resume-wsp": dict(local_files="1", working_set="2"),
     "run": dict(local_files="1", working_set="1"),
     "eager": dict(local_files="1", working_set="0"),
     # No window: the pages fetched are exactly the pages the child touches.
@@ -536,15 +548,17 @@ def median(xs):
 
 def functions_on_b(handles, bench):
     """Per function: cold starts and children, every response compared with the cold
-    start's. The test runs one cold start, one `mitosis resume` child (the first of its
-    snapshot on B: it records the working set) and one `mitosis run` child (replays
-    it); the benchmark (MBENCH=1) three of each of VARIANTS, after one unmeasured child
+    start's. The test runs one cold start, one `mitosis resume` child without working
+    sets, one with them (the first of its snapshot on B: it replays the record the
+    parent keeps, from A's child, and records its own) and one `mitosis run` child
+    (replays B's record); the benchmark (MBENCH=1) three of each of VARIANTS, after one unmeasured child
     that records the working set the replaying variants use. Every child starts in a
     cold page cache: the previous child's exit evicted the snapshot's pages on this
     host."""
     rounds = 3 if bench else 1
-    variants = (["baseline", "resume", "resume-ws", "run", "eager", "resume-w0", "warm"]
-                if bench else ["resume", "run", "warm"])
+    variants = (["baseline", "resume", "resume-ws", "resume-wsp", "run", "eager", "resume-w0",
+                 "warm"]
+                if bench else ["resume-nows", "resume", "run", "warm"])
     defaults = {name: open(PARAMS + name).read().strip()
                 for name in ("prefetch_pages", "local_files", "working_set", "keep_ms")}
     rows = []
@@ -586,6 +600,8 @@ def functions_on_b(handles, bench):
                     set_params({**defaults, **VARIANTS[how]})
                 elif how == "warm":
                     set_params({**defaults, "keep_ms": TEST_KEEP_MS})
+                elif how == "resume-nows":
+                    set_params({**defaults, "working_set": "0"})
                 else:
                     set_params(defaults)
                 before = counters()
@@ -626,7 +642,8 @@ def functions_on_b(handles, bench):
                       cold_min_ms=min(colds), cold_max_ms=max(colds),
                       **({"launcher_setup_ms": median(setups)} if setups else {}))
         if not bench:
-            first, second = per_variant.get("resume"), per_variant.get("run")
+            none, first, second = (per_variant.get("resume-nows"), per_variant.get("resume"),
+                                   per_variant.get("run"))
             check(f"fn-local-files-{fn}",
                   bool(first and second and first["vmas_local"] > 0 and second["vmas_local"] > 0),
                   "VMAs mapped from B's own files: mitosis resume "
@@ -638,12 +655,13 @@ def functions_on_b(handles, bench):
                   f"with keep_ms={TEST_KEEP_MS}, a child after one that just exited fetched "
                   f"{warm and warm['pages_fetched']} pages (the first child: "
                   f"{first and first['pages_fetched']})")
-            check(f"fn-working-set-{fn}",
-                  bool(first and second and second["ws_pages_replayed"] > 0
-                       and second["remote_faults"] < first["remote_faults"]),
-                  f"first child: {first and first['remote_faults']} remote faults; second: "
-                  f"{second and second['ws_pages_replayed']} pages replayed from the first's "
-                  f"record, {second and second['remote_faults']} remote faults")
+            # The first child on B with working sets replays the record the parent
+            # keeps (reported when A's own child of the snapshot exited); the next one
+            # replays B's own record of that child.
+            check_replay(f"fn-working-set-from-parent-{fn}", none, first,
+                         "first child with them", "the parent's record")
+            check_replay(f"fn-working-set-{fn}", none, second, "the next child",
+                         "this host's record")
     set_params(defaults)
     # Kept pages expire (keep_ms is 0 again): nothing is left to hold the module.
     time.sleep(int(VARIANTS["warm"]["keep_ms"] if bench else TEST_KEEP_MS) / 1000 + 1)
@@ -656,6 +674,17 @@ def functions_on_b(handles, bench):
               f"                {cold / max(child, 1e-3):5.2f}x  {pages:6d} ({pages * 4096 / 2**20:5.1f} MiB)"
               f"  {setup}")
     sys.stdout.flush()
+
+
+def check_replay(name, none, child, who, source):
+    """`child` replayed a working set and so took fewer remote faults than `none`, a
+    child without working sets (counter deltas around each)."""
+    check(name,
+          bool(none and child and child["ws_pages_replayed"] > 0
+               and child["remote_faults"] < none["remote_faults"]),
+          f"without working sets: {none and none['remote_faults']} remote faults; {who}: "
+          f"{child and child['ws_pages_replayed']} pages replayed from {source}, "
+          f"{child and child['remote_faults']} remote faults")
 
 
 def run_timing(err):

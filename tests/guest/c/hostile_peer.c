@@ -39,7 +39,7 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 4
+#define WIRE_VERSION 5
 #define CHALLENGE_MAGIC 0x4D434831u
 #define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
@@ -407,9 +407,9 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 		status = -1003;
 	else
 		status = (int32_t)get32(r + 16);
-	/* size, chunk_bytes, info, desc_mac[16], lead_pages, n_keys, keys */
-	if (status == 0 && len >= HDR_LEN + 52)
-		*rkey = get32(r + HDR_LEN + 48);
+	/* size, chunk_bytes, info, desc_mac[16], lead_pages, n_keys, n_runs, 0, keys */
+	if (status == 0 && len >= HDR_LEN + 60)
+		*rkey = get32(r + HDR_LEN + 56);
 	post_recv(c, slot);
 	return status;
 }
@@ -617,15 +617,17 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				header(out, K_OPEN_REPLY, get64(r + 8), 0, 52);
+				header(out, K_OPEN_REPLY, get64(r + 8), 0, 60);
 				put64(out + HDR_LEN, size);
 				put64(out + HDR_LEN + 8, size);
 				put64(out + HDR_LEN + 16, info);
 				memcpy(out + HDR_LEN + 24, desc_mac, 16);
 				put32(out + HDR_LEN + 40, 0); /* no lead pages announced */
 				put32(out + HDR_LEN + 44, 1);
-				put32(out + HDR_LEN + 48, data->rkey);
-				send_msg(&c, out, HDR_LEN + 52);
+				put32(out + HDR_LEN + 48, 0); /* no working set */
+				put32(out + HDR_LEN + 52, 0);
+				put32(out + HDR_LEN + 56, data->rkey);
+				send_msg(&c, out, HDR_LEN + 60);
 				served++;
 			}
 			post_recv(&c, s);

@@ -323,8 +323,49 @@ fn scenario2(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr, siz
         ),
         Err(e) => r.check("s2-batched-reads-verified", false, e, &[]),
     };
+    batched_reads_per_request(r, m, h.handle, size.min(SWEEP_BYTES));
     let _ = m.remote_close(h.handle);
     let _ = agent.call(&format!("destroy {}", region.id));
+}
+
+/// Bytes each `read_pages_per_wr` value of the sweep reads.
+const SWEEP_BYTES: u64 = 4 << 20;
+const PAGES_PER_WR: &str = "/sys/module/mitosis/parameters/read_pages_per_wr";
+
+/// Batched READs (64 pages per doorbell) with 1, 4 and 16 contiguous pages per READ
+/// request (scattered into as many local pages), every byte verified; the parameter is
+/// restored afterwards.
+fn batched_reads_per_request(r: &mut Report, m: &Mitosis, handle: u64, bytes: u64) {
+    let Ok(saved) = std::fs::read_to_string(PAGES_PER_WR) else {
+        let _ = r.check(
+            "s2-read-pages-per-wr",
+            false,
+            "no read_pages_per_wr parameter",
+            &[],
+        );
+        return;
+    };
+    let pages = bytes / 4096;
+    for per_wr in [1u32, 4, 16] {
+        let name = format!("s2-batched-reads-{per_wr}-per-wr");
+        if let Err(e) = std::fs::write(PAGES_PER_WR, per_wr.to_string()) {
+            let _ = r.check(&name, false, format!("setting the parameter: {e}"), &[]);
+            continue;
+        }
+        match read_verify(m, handle, 0, bytes as usize, MAX_BATCH_PAGES, SEED) {
+            Ok((ns, reads, _)) => r.check(
+                &name,
+                reads == pages,
+                format!("{reads} pages"),
+                &[
+                    ("pages_per_s", reads as f64 / (ns / 1e9)),
+                    ("mib_per_s", bytes as f64 / (ns / 1e9) / (1 << 20) as f64),
+                ],
+            ),
+            Err(e) => r.check(&name, false, e, &[]),
+        };
+    }
+    let _ = std::fs::write(PAGES_PER_WR, saved.trim());
 }
 
 fn scenario3(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
