@@ -10,14 +10,17 @@
  *       refused.
  *   hostile-peer garbage ADDR PORT REGION_ID SECRET_HEX WRONG_TRIES
  *       One connection: malformed and truncated control messages, a reply nobody
- *       asked for, WRONG_TRIES opens with wrong secrets, an unknown id, then a
+ *       asked for, working sets of a region not opened and with overlapping runs,
+ *       WRONG_TRIES opens with wrong secrets, an unknown id, then a
  *       correct open and a READ with its key, a READ with a guessed key, and (on a
  *       new connection) a READ with a key after its open was closed.
- *   hostile-peer serve PORT FILE SECRET_HEX [silent]
+ *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws]
  *       A parent: accepts one connection at a time (with a challenge, as the module
  *       does) and answers every open with FILE as the region (descriptor first, as
  *       the module lays snapshots out, with its MAC under SECRET_HEX), registered
- *       for remote READ. With `silent`, accepts and never answers.
+ *       for remote READ. With `silent`, accepts and never answers. With `lying-ws`,
+ *       every reply carries a working set naming the first 32768 pages of the file
+ *       and pages of VMA windows the snapshot does not have.
  *
  * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
  * observed is what a hardened module must do (refusals, no answers to garbage).
@@ -43,7 +46,7 @@
 #define CHALLENGE_MAGIC 0x4D434831u
 #define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
-enum { K_OPEN = 1, K_OPEN_REPLY = 2, K_CLOSE = 3 };
+enum { K_OPEN = 1, K_OPEN_REPLY = 2, K_CLOSE = 3, K_WORKING_SET = 4 };
 
 #define NRECV 16
 #define PAGE 4096
@@ -486,6 +489,18 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	header(m, K_CLOSE, 7, 0, 8);
 	put64(m + HDR_LEN, 0xffffffffffffull);
 	sent += !send_msg(&c, m, HDR_LEN + 8);		/* close of nothing */
+	header(m, K_WORKING_SET, 7, 0, 16 + 12);
+	put64(m + HDR_LEN, id);
+	put32(m + HDR_LEN + 8, 1);
+	put32(m + HDR_LEN + 12, 0);
+	put64(m + HDR_LEN + 16, 0);
+	put32(m + HDR_LEN + 24, 4);
+	sent += !send_msg(&c, m, HDR_LEN + 28);		/* working set of a region not opened here */
+	header(m, K_WORKING_SET, 7, 0, 16 + 24);
+	put32(m + HDR_LEN + 8, 2);
+	put64(m + HDR_LEN + 28, 2);			/* second run inside the first */
+	put32(m + HDR_LEN + 36, 1);
+	sent += !send_msg(&c, m, HDR_LEN + 40);		/* overlapping runs */
 	/* Every malformed message is dropped unanswered, except the open with a short
 	 * body: its header is well formed, so it gets an EBADMSG reply. */
 	for (int answers = 0, s; (s = recv_msg(&c, &dummy, 500)) >= 0; answers++) {
@@ -525,13 +540,13 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	printf("hostile-peer: RESULT garbage_sent=%d badmsg_replies=%d wrong_secret_eacces=%d/%d "
 	       "unknown_eacces=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
 	       sent, badmsg_replies, eacces, tries, unknown_eacces, read_ok, guessed, stale);
-	return !(ok && sent == 8 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
+	return !(ok && sent == 10 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
 		 guessed && stale);
 }
 
 /* Serves FILE as every region, one connection at a time, until killed. */
 static __attribute__((noreturn)) void mode_serve(int port, const char *path, const char *hex,
-						 int silent)
+						 int silent, int lying_ws)
 {
 	uint8_t secret[16], desc_mac[16], accept_data[ACCEPT_DATA_LEN];
 
@@ -564,7 +579,7 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 	    rdma_bind_addr(listen_id, (struct sockaddr *)&sa) || rdma_listen(listen_id, 8))
 		die("listen");
 	printf("hostile-peer: serving %zu bytes (descriptor %u) on port %d%s\n", size, info, port,
-	       silent ? ", never answering" : "");
+	       silent ? ", never answering" : lying_ws ? ", with a lying working set" : "");
 	fflush(stdout);
 	for (;;) {
 		struct rdma_cm_event *ev;
@@ -617,17 +632,26 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				header(out, K_OPEN_REPLY, get64(r + 8), 0, 60);
+				header(out, K_OPEN_REPLY, get64(r + 8), 0, 60 + (lying_ws ? 24 : 0));
 				put64(out + HDR_LEN, size);
 				put64(out + HDR_LEN + 8, size);
 				put64(out + HDR_LEN + 16, info);
 				memcpy(out + HDR_LEN + 24, desc_mac, 16);
 				put32(out + HDR_LEN + 40, 0); /* no lead pages announced */
 				put32(out + HDR_LEN + 44, 1);
-				put32(out + HDR_LEN + 48, 0); /* no working set */
+				put32(out + HDR_LEN + 48, lying_ws ? 2 : 0); /* working-set runs */
 				put32(out + HDR_LEN + 52, 0);
 				put32(out + HDR_LEN + 56, data->rkey);
-				send_msg(&c, out, HDR_LEN + 60);
+				if (lying_ws) {
+					/* Pages 0-32767 (most are no page of the snapshot:
+					 * windows hold a VMA each), and a run in the window
+					 * of VMA 60000, which it does not have. */
+					put64(out + HDR_LEN + 60, 0);
+					put32(out + HDR_LEN + 68, 32767);
+					put64(out + HDR_LEN + 72, 60000ull << 35);
+					put32(out + HDR_LEN + 80, 1);
+				}
+				send_msg(&c, out, HDR_LEN + 60 + (lying_ws ? 24 : 0));
 				served++;
 			}
 			post_recv(&c, s);
@@ -650,8 +674,9 @@ int main(int argc, char **argv)
 		return mode_garbage(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 0), argv[5],
 				    atoi(argv[6]));
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "serve"))
-		mode_serve(atoi(argv[2]), argv[3], argv[4], argc == 6 && !strcmp(argv[5], "silent"));
+		mode_serve(atoi(argv[2]), argv[3], argv[4], argc == 6 && !strcmp(argv[5], "silent"),
+			   argc == 6 && !strcmp(argv[5], "lying-ws"));
 	fprintf(stderr, "usage: hostile-peer flood ADDR PORT N HOLD_MS | garbage ADDR PORT ID "
-			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent]\n");
+			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent|lying-ws]\n");
 	return 2;
 }

@@ -230,12 +230,13 @@ struct HostileParent(Child);
 const HOSTILE_SECRET: [u8; 16] = [0x11; 16];
 
 impl HostileParent {
-    /// Serves `file` on `port`, its descriptor MAC made with `secret`.
-    fn start(port: u16, file: &str, secret: &[u8; 16], silent: bool) -> Result<Self, String> {
+    /// Serves `file` on `port`, its descriptor MAC made with `secret`; `mode` is
+    /// `hostile-peer serve`'s last argument ("silent", "lying-ws"), if any.
+    fn start(port: u16, file: &str, secret: &[u8; 16], mode: Option<&str>) -> Result<Self, String> {
         let mut cmd = Command::new(HOSTILE_PEER);
         cmd.args(["serve", &port.to_string(), file, &format_secret(secret)]);
-        if silent {
-            cmd.arg("silent");
+        if let Some(mode) = mode {
+            cmd.arg(mode);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -366,7 +367,7 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
     };
     r.check(
         "adv-garbage-messages-dropped",
-        code == 0 && field(&line, "garbage_sent") == Some(8),
+        code == 0 && field(&line, "garbage_sent") == Some(10),
         &line,
         &[],
     );
@@ -569,7 +570,7 @@ fn hostile_parents(
         };
         let outcome = put_together(&parts, &data)
             .and_then(|bytes| std::fs::write(&file, bytes).map_err(|e| e.to_string()))
-            .and_then(|()| HostileParent::start(port, &file, &HOSTILE_SECRET, false))
+            .and_then(|()| HostileParent::start(port, &file, &HOSTILE_SECRET, None))
             .and_then(|_parent| {
                 let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
                 let expect = v.errno.map_or("child".to_string(), |e| e.to_string());
@@ -597,7 +598,7 @@ fn hostile_parents(
                 HOSTILE_PORT + 99,
                 "/tmp/adv-silent.bin",
                 &HOSTILE_SECRET,
-                true,
+                Some("silent"),
             )
         })
         .and_then(|_parent| {
@@ -618,11 +619,34 @@ fn hostile_parents(
     let port = HOSTILE_PORT + 98;
     let no_secret = put_together(&base, &data)
         .and_then(|bytes| std::fs::write("/tmp/adv-nosecret.bin", bytes).map_err(|e| e.to_string()))
-        .and_then(|()| HostileParent::start(port, "/tmp/adv-nosecret.bin", &[0x22; 16], false))
+        .and_then(|()| HostileParent::start(port, "/tmp/adv-nosecret.bin", &[0x22; 16], None))
         .and_then(|_parent| {
             let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
             agent.sh(&format!("mitosis-test resume-expect {h} {}", libc::EBADMSG))
         });
+    // An intact snapshot whose parent hands out a working set naming pages the
+    // snapshot does not have: the child reads only its present pages and runs.
+    let port = HOSTILE_PORT + 97;
+    let lying = put_together(&base, &data)
+        .and_then(|bytes| std::fs::write("/tmp/adv-lying-ws.bin", bytes).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            HostileParent::start(
+                port,
+                "/tmp/adv-lying-ws.bin",
+                &HOSTILE_SECRET,
+                Some("lying-ws"),
+            )
+        })
+        .and_then(|_parent| {
+            let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
+            agent.sh(&format!("mitosis-test resume-expect {h} child"))
+        });
+    r.check(
+        "adv-parent-lying-working-set",
+        matches!(lying, Ok(rc) if rc == RESUMED_AGENT_EXIT),
+        format!("{lying:?}, want exit {RESUMED_AGENT_EXIT}"),
+        &[],
+    );
     r.check(
         "adv-parent-without-secret-refused",
         matches!(no_secret, Ok(0)),
