@@ -422,10 +422,39 @@ fn c_hostile_peer_speaks_this_wire_version() {
     let n = OpenRegionReply::encode(1, &facts, [0xabcd_ef01u32].into_iter(), &mut buf).unwrap();
     let body = n - wire::HEADER_LEN;
     assert_eq!(&buf[n - 4..n], &0xabcd_ef01u32.to_le_bytes());
+    // The lying parent's reply: the same key, then two 12-byte working-set runs.
+    let runs = [
+        WsRun {
+            first: 0,
+            pages: 32767,
+        },
+        WsRun {
+            first: snapshot::window_offset(60000) / snapshot::PAGE,
+            pages: 1,
+        },
+    ];
+    let n2 =
+        OpenRegionReply::encode_with_runs(1, &facts, [0xabcd_ef01u32].into_iter(), &runs, &mut buf)
+            .unwrap();
+    let body2 = n2 - wire::HEADER_LEN;
+    let (_, decoded) = wire::decode(&buf[..n2]).unwrap();
+    assert_eq!(
+        OpenRegionReply::decode(decoded).unwrap().run(1),
+        Some(runs[1])
+    );
+    assert_eq!(runs[1].first, 60000u64 << 35);
     for needle in [
         format!("put32(out + HDR_LEN + {}, data->rkey)", body - 4),
-        format!("send_msg(&c, out, HDR_LEN + {body})"),
+        format!(
+            "size_t body = {body} + (lying_ws ? 2 * {} : 0)",
+            (body2 - body) / 2
+        ),
+        "send_msg(&c, out, HDR_LEN + body)".to_string(),
         format!("get32(r + HDR_LEN + {})", body - 4),
+        format!("put64(out + HDR_LEN + {body}, 0)"),
+        format!("put32(out + HDR_LEN + {}, 32767)", body + 8),
+        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", body + 12),
+        format!("put32(out + HDR_LEN + {}, 1)", body + 20),
     ] {
         assert!(src.contains(&needle), "hostile_peer.c lacks `{needle}`");
     }

@@ -342,15 +342,63 @@ def list_shows(handles):
 # ------------------------------------------------------- CRIU baseline (benchmark)
 
 CRIU_PORT = 7101
+# Page servers of the lazy dumps, one per function.
+CRIU_LAZY_PORT = 7110
+# Lazy dumps still serving their pages (A), stopped when B is done.
+LAZY_DUMPERS = []
+
+
+def tar_of(d):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        t.add(d, arcname="img")
+    return buf.getvalue()
+
+
+def park(fn, d):
+    """A warm instance of `fn` parked in `d` (serve.py --wait), once it is ready."""
+    os.makedirs(f"{d}/img", exist_ok=True)
+    p = subprocess.Popen([sys.executable, SERVE, fn, "--wait", d], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(f"{d}/ready") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return p
+
+
+def lazy_dump(fn, i):
+    """Guest A: `criu dump --lazy-pages` of a parked instance: everything but the
+    memory goes to the images, then CRIU's page server keeps serving the pages to B's
+    lazy-pages daemon (it exits once they are all transferred). Returns (ms until the
+    images were written, their tar) or None."""
+    import select
+    d = f"/tmp/criu-lazy/{fn}"
+    p = park(fn, d)
+    r, w = os.pipe()
+    t0 = time.monotonic()
+    dumper = subprocess.Popen(["criu", "dump", "-t", str(p.pid), "-D", f"{d}/img", "-o", "dump.log",
+                               "--lazy-pages", "--address", "0.0.0.0",
+                               "--port", str(CRIU_LAZY_PORT + i), "--status-fd", str(w)],
+                              pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(w)
+    ready = select.select([r], [], [], 300)[0] and os.read(r, 1)
+    os.close(r)
+    dump_ms = (time.monotonic() - t0) * 1e3
+    LAZY_DUMPERS.append((dumper, p))
+    log = open(f"{d}/img/dump.log").read()[-600:] if os.path.exists(f"{d}/img/dump.log") else ""
+    data = tar_of(f"{d}/img") if ready else b""
+    check(f"criu-lazy-dump-{fn}", bool(ready), f"status fd: {ready!r} {log}", dump_ms=dump_ms,
+          image_mib=len(data) / 2**20)
+    return (dump_ms, data) if ready else None
 
 
 def criu_dumps():
     """Guest A: each function warmed up as a parked instance and dumped with CRIU (the
     state of practice for restoring a warm instance elsewhere). Returns {fn: (dump_ms,
-    tar bytes of the images)}."""
-    import io
-    import tarfile
-
+    tar bytes of the images)}, and {fn-lazy: ...} for the lazy dumps."""
     rc, out, err, _, _ = run(["criu", "check"], timeout=120)
     # The guests have no pseudo-terminals (no devpts): `criu check` says so, and nothing
     # dumped here has a terminal. Any other complaint fails the check.
@@ -358,15 +406,9 @@ def criu_dumps():
                   and "criu/util.c" not in line and "/dev/ptmx" not in line]
     check("criu-check", rc == 0 or not complaints, (out + err)[-600:])
     dumps = {}
-    for fn in FUNCTIONS:
+    for i, fn in enumerate(FUNCTIONS):
         d = f"/tmp/criu/{fn}"
-        os.makedirs(f"{d}/img", exist_ok=True)
-        p = subprocess.Popen([sys.executable, SERVE, fn, "--wait", d], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        deadline = time.monotonic() + 300
-        while not os.path.exists(f"{d}/ready") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        p = park(fn, d)
         rc, out, err, _, dump_ms = run(["criu", "dump", "-t", str(p.pid), "-D", f"{d}/img",
                                         "-o", "dump.log"], timeout=300)
         try:
@@ -374,15 +416,15 @@ def criu_dumps():
         except subprocess.TimeoutExpired:
             p.kill()
         log = open(f"{d}/img/dump.log").read()[-600:] if os.path.exists(f"{d}/img/dump.log") else ""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as t:
-            t.add(f"{d}/img", arcname="img")
-        data = buf.getvalue()
+        data = tar_of(f"{d}/img")
         ok = rc == 0
         check(f"criu-dump-{fn}", ok, f"rc={rc} {err[-300:]} {log}", dump_ms=dump_ms,
               image_mib=len(data) / 2**20)
         if ok:
             dumps[fn] = (dump_ms, data)
+        lazy = lazy_dump(fn, i)
+        if lazy:
+            dumps[fn + "-lazy"] = lazy
     return dumps
 
 
@@ -421,54 +463,106 @@ def serve_criu_images(dumps):
         f.write(data)
         f.flush()
     conn.close()
+    for dumper, parked in LAZY_DUMPERS:
+        try:
+            dumper.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dumper.kill()
+        if parked.poll() is None:
+            parked.kill()
+
+
+def fetch_images(f, name, d):
+    """Guest B: A's images `name` extracted in `d`; returns (A's dump ms, image bytes,
+    copy ms), bytes 0 when A has none."""
+    import io
+    import tarfile
+    os.makedirs(d, exist_ok=True)
+    t0 = time.monotonic()
+    f.write((name + "\n").encode())
+    f.flush()
+    head = json.loads(f.readline())
+    data = f.read(head["bytes"]) if head["bytes"] else b""
+    copy_ms = (time.monotonic() - t0) * 1e3
+    if data:
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            t.extractall(d)
+    return head["dump_ms"], len(data), copy_ms
+
+
+def restore_to_response(fn, d, argv, req):
+    """Guest B: runs a CRIU restore (`argv`) of the instance parked in `d`, writes the
+    request and waits for the response. Returns (rc, response, restore ms, restore to
+    response ms, stderr, the restore log's end)."""
+    t0 = time.monotonic()
+    rc, out, err, _, restore_ms = run(argv, timeout=300)
+    with open(f"{d}/request.json.tmp", "w") as g:
+        g.write(req)
+    os.rename(f"{d}/request.json.tmp", f"{d}/request.json")
+    deadline = time.monotonic() + 120
+    while rc == 0 and not os.path.exists(f"{d}/response.json") and time.monotonic() < deadline:
+        time.sleep(0.002)
+    response_ms = (time.monotonic() - t0) * 1e3
+    resp = None
+    if os.path.exists(f"{d}/response.json"):
+        resp = parse_response(open(f"{d}/response.json").read())
+    log = open(f"{d}/img/restore.log").read()[-600:] if os.path.exists(f"{d}/img/restore.log") else ""
+    return rc, resp, restore_ms, response_ms, err, log
 
 
 def criu_restores():
     """Guest B: per function, fetch A's images (timed as the copy), `criu restore`,
     send the request, time restore to response, compare the response with a cold
-    start's."""
-    import io
-    import tarfile
-
+    start's. Then the same with the lazy dump: `criu lazy-pages` fetching the memory
+    from A's page server while `criu restore --lazy-pages` runs the instance."""
     s = connect_peer(CRIU_PORT, 120)
     f = s.makefile("rwb")
-    for fn in FUNCTIONS:
-        d = f"/tmp/criu/{fn}"
-        os.makedirs(d, exist_ok=True)
-        t0 = time.monotonic()
-        f.write((fn + "\n").encode())
-        f.flush()
-        head = json.loads(f.readline())
-        data = f.read(head["bytes"]) if head["bytes"] else b""
-        copy_ms = (time.monotonic() - t0) * 1e3
-        if not data:
-            check(f"criu-restore-{fn}", False, "no images from A")
-            continue
-        with tarfile.open(fileobj=io.BytesIO(data)) as t:
-            t.extractall(d)
+    for i, fn in enumerate(FUNCTIONS):
         req = json.dumps(REQUESTS[fn]) + "\n"
         rc, out, err, cold_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req)
         reference = parse_response(out)
+        d = f"/tmp/criu/{fn}"
+        dump_ms, size, copy_ms = fetch_images(f, fn, d)
+        if not size:
+            check(f"criu-restore-{fn}", False, "no images from A")
+        else:
+            rc, resp, restore_ms, response_ms, err, log = restore_to_response(
+                fn, d, ["criu", "restore", "-D", f"{d}/img", "-d", "-o", "restore.log"], req)
+            check(f"criu-restore-{fn}", rc == 0 and resp == reference and resp is not None,
+                  f"rc={rc} response={resp} reference={reference} {err[-200:]} {log}",
+                  dump_ms=dump_ms, copy_ms=copy_ms, restore_ms=restore_ms,
+                  restore_to_response_ms=response_ms, total_ms=dump_ms + copy_ms + response_ms,
+                  cold_ms=cold_ms, image_mib=size / 2**20)
+        d = f"/tmp/criu-lazy/{fn}"
+        dump_ms, size, copy_ms = fetch_images(f, fn + "-lazy", d)
+        if not size:
+            check(f"criu-lazy-restore-{fn}", False, "no lazy images from A")
+            continue
         t0 = time.monotonic()
-        rc, out, err, _, restore_ms = run(["criu", "restore", "-D", f"{d}/img", "-d",
-                                           "-o", "restore.log"], timeout=300)
-        with open(f"{d}/request.json.tmp", "w") as g:
-            g.write(req)
-        os.rename(f"{d}/request.json.tmp", f"{d}/request.json")
-        deadline = time.monotonic() + 120
-        while rc == 0 and not os.path.exists(f"{d}/response.json") and time.monotonic() < deadline:
+        daemon = subprocess.Popen(["criu", "lazy-pages", "--page-server", "--address",
+                                   os.environ["MPEER"], "--port", str(CRIU_LAZY_PORT + i),
+                                   "-D", f"{d}/img", "-o", "lazy-pages.log"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The daemon listens for the restore on a socket in the images directory.
+        deadline = time.monotonic() + 30
+        while not os.path.exists(f"{d}/img/lazy-pages.socket") and time.monotonic() < deadline:
             time.sleep(0.002)
-        response_ms = (time.monotonic() - t0) * 1e3
-        resp = None
-        if os.path.exists(f"{d}/response.json"):
-            resp = parse_response(open(f"{d}/response.json").read())
-        log = open(f"{d}/img/restore.log").read()[-600:] if os.path.exists(f"{d}/img/restore.log") else ""
-        total = head["dump_ms"] + copy_ms + response_ms
-        check(f"criu-restore-{fn}", rc == 0 and resp == reference and resp is not None,
-              f"rc={rc} response={resp} reference={reference} {err[-200:]} {log}",
-              dump_ms=head["dump_ms"], copy_ms=copy_ms, restore_ms=restore_ms,
-              restore_to_response_ms=response_ms, total_ms=total, cold_ms=cold_ms,
-              image_mib=len(data) / 2**20)
+        started_ms = (time.monotonic() - t0) * 1e3
+        rc, resp, restore_ms, response_ms, err, log = restore_to_response(
+            fn, d, ["criu", "restore", "-D", f"{d}/img", "--lazy-pages", "-d", "-o",
+                    "restore.log"], req)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        lazy_log = (open(f"{d}/img/lazy-pages.log").read()[-400:]
+                    if os.path.exists(f"{d}/img/lazy-pages.log") else "")
+        response_ms += started_ms
+        check(f"criu-lazy-restore-{fn}", rc == 0 and resp == reference and resp is not None,
+              f"rc={rc} response={resp} reference={reference} {err[-200:]} {log} {lazy_log}",
+              dump_ms=dump_ms, copy_ms=copy_ms, restore_ms=restore_ms,
+              restore_to_response_ms=response_ms, total_ms=dump_ms + copy_ms + response_ms,
+              image_mib=size / 2**20)
     f.write(b"bye\n")
     f.flush()
     s.close()

@@ -632,7 +632,9 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				header(out, K_OPEN_REPLY, get64(r + 8), 0, 60 + (lying_ws ? 24 : 0));
+				size_t body = 60 + (lying_ws ? 2 * 12 : 0);
+
+				header(out, K_OPEN_REPLY, get64(r + 8), 0, body);
 				put64(out + HDR_LEN, size);
 				put64(out + HDR_LEN + 8, size);
 				put64(out + HDR_LEN + 16, info);
@@ -651,7 +653,7 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 					put64(out + HDR_LEN + 72, 60000ull << 35);
 					put32(out + HDR_LEN + 80, 1);
 				}
-				send_msg(&c, out, HDR_LEN + 60 + (lying_ws ? 24 : 0));
+				send_msg(&c, out, HDR_LEN + body);
 				served++;
 			}
 			post_recv(&c, s);
