@@ -119,14 +119,16 @@ impl Stream {
 
 impl Drop for Pager {
     /// The snapshot's last child on this host is gone: what its children fetched is
-    /// the working set the next resume here prefetches, and, if the parent has none
-    /// yet, what it hands to the snapshot's first child on every other host.
+    /// the working set the next resume here prefetches, and, if it is more than the
+    /// record the parent gave us, what the parent hands to the snapshot's first child
+    /// on every other host.
     fn drop(&mut self) {
         if params::working_set() {
             let mut pages = self.trace.lock().take();
             {
                 let link = self.link.lock();
-                if link.remote.ws_runs.is_empty() && !self.dead.load(Ordering::Relaxed) {
+                let given: u64 = link.remote.ws_runs.iter().map(|r| u64::from(r.pages)).sum();
+                if pages.len() as u64 > given && !self.dead.load(Ordering::Relaxed) {
                     report_working_set(&link.remote, &mut pages);
                 }
             }

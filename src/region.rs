@@ -14,6 +14,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
+/// Pages named by `runs` (each at most `u32::MAX`, so no overflow in `u64`).
+fn run_pages(runs: &[WsRun]) -> u64 {
+    runs.iter().map(|r| u64::from(r.pages)).sum()
+}
+
 /// Most regions live on one host at once.
 pub(crate) const MAX_REGIONS: usize = 1024;
 /// Pages all test regions of a host may hold together (1 GiB).
@@ -71,24 +76,29 @@ pub(crate) struct Region {
 }
 
 impl Region {
-    /// Keeps `runs` (validated by the wire decoder) as the snapshot's working set if it
-    /// has none yet: the first report wins, later ones change nothing (a record is a
-    /// hint: failing to keep one is not an error). Returns whether it was kept.
+    /// Keeps `runs` (validated by the wire decoder: at most `wire::MAX_WS_PAGES` pages)
+    /// as the snapshot's working set if it has none yet or the kept one names fewer
+    /// pages: a child that exits at once does not fix a small record for good, and
+    /// records grow as children on other hosts fetch more (a record is a hint: failing
+    /// to keep one is not an error). Returns whether it was kept.
     pub(crate) fn offer_working_set(&self, n: usize, runs: impl Iterator<Item = WsRun>) -> bool {
-        let mut ws = self.working_set.lock();
-        if !ws.is_empty() || self.info == 0 {
+        if self.info == 0 {
             return false;
         }
-        let Ok(mut taken) = KVec::with_capacity(n, GFP_KERNEL) else {
+        let Ok(mut offered) = KVec::with_capacity(n, GFP_KERNEL) else {
             return false;
         };
         for r in runs.take(n) {
             // Within the capacity reserved above: no allocation.
-            if taken.push(r, GFP_KERNEL).is_err() {
+            if offered.push(r, GFP_KERNEL).is_err() {
                 return false;
             }
         }
-        *ws = taken;
+        let mut ws = self.working_set.lock();
+        if run_pages(&offered) <= run_pages(&ws) {
+            return false;
+        }
+        *ws = offered;
         true
     }
 

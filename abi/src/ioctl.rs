@@ -266,8 +266,9 @@ counters! {
     /// pages prefetched from them at later resumes of the same snapshot.
     ws_recorded,
     ws_pages_replayed,
-    /// Working sets this host keeps as a parent: the first one a peer reported for
-    /// each of its snapshots (in the slot that was reserved: the layout is unchanged).
+    /// Working sets this host kept as a parent: the first a peer reported for each of
+    /// its snapshots, then each naming more pages (in the slot that was reserved: the
+    /// layout is unchanged).
     ws_reports_kept,
 }
 
