@@ -477,15 +477,22 @@ impl Pager {
     }
 
     /// Brings the pages at page-cache `indices` into `mapping`'s page cache (those not
-    /// there yet), in batches of one doorbell. Returns the pages read from the parent.
+    /// there yet; an index named twice is read once), in batches of one doorbell.
+    /// Returns the pages read from the parent.
     fn fetch_indices(
         &self,
         mapping: Mapping<'_>,
         indices: impl Iterator<Item = u64>,
     ) -> Result<u64> {
-        let mut batch = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
+        let mut batch: KVec<LockedFolio> = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
         let mut fetched = 0u64;
         for index in indices {
+            // A record may name a page twice (a page reclaimed and fetched again is
+            // recorded again): its folio is then locked in this batch already, and
+            // grabbing it would wait for ourselves forever.
+            if batch.iter().any(|f| f.index() == index) {
+                continue;
+            }
             let f = mapping.grab(index)?;
             if f.is_uptodate() {
                 continue;
