@@ -55,7 +55,6 @@ impl Connection {
         // scattered into that many local pages: fewer requests on the wire.
         let per_wr = crate::params::read_pages_per_wr().min(res.read_sges) as usize;
         let mut wrs: KVec<bindings::ib_rdma_wr> = KVec::with_capacity(n, GFP_KERNEL)?;
-        let mut first_sge = KVec::with_capacity(n, GFP_KERNEL)?;
         let mut i = 0;
         while i < n {
             let (raddr, rkey) = remote[i];
@@ -74,17 +73,15 @@ impl Connection {
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
             wr.remote_addr = raddr;
             wr.rkey = rkey;
+            // `sges` is complete (never reallocated): its entries' addresses hold.
+            wr.wr.sg_list = &mut sges[i];
             wrs.push(wr, GFP_KERNEL)?;
-            first_sge.push(i, GFP_KERNEL)?;
             i += pages;
         }
         let n_wrs = wrs.len();
-        for w in 0..n_wrs {
-            wrs[w].wr.sg_list = &mut sges[first_sge[w]];
-            if w + 1 < n_wrs {
-                let next: *mut bindings::ib_send_wr = &mut wrs[w + 1].wr;
-                wrs[w].wr.next = next;
-            }
+        for w in 1..n_wrs {
+            let next: *mut bindings::ib_send_wr = &mut wrs[w].wr;
+            wrs[w - 1].wr.next = next;
         }
         wrs[n_wrs - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
         self.read_waiter.arm();
