@@ -161,13 +161,16 @@ install: module userspace
 	@echo "installed; load with: modprobe mitosis (options in /etc/modprobe.d/mitosis.conf)"
 
 # DKMS: the sources go to /usr/src/mitosis-VERSION; dkms rebuilds the module for every
-# kernel it installs (dkms.conf).
+# kernel it installs (dkms.conf). KVER: the kernel to build and install for (default
+# the running one).
 DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
+KVER ?= $(shell uname -r)
 dkms-install:
 	rm -rf $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
 	mkdir -p $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
 	git ls-files -z | xargs -0 cp --parents -t $(DESTDIR)/usr/src/mitosis-$(DKMS_VERSION)
-	@if [ -z "$(DESTDIR)" ]; then dkms add mitosis/$(DKMS_VERSION) && dkms build mitosis/$(DKMS_VERSION) && dkms install mitosis/$(DKMS_VERSION); fi
+	@if [ -z "$(DESTDIR)" ]; then dkms add mitosis/$(DKMS_VERSION) && \
+		dkms build mitosis/$(DKMS_VERSION) -k $(KVER) && dkms install mitosis/$(DKMS_VERSION) -k $(KVER); fi
 
 # The install targets into a staging tree, checked file by file, and the staged DKMS
 # tree built by dkms itself in private trees (part of make check).
@@ -177,3 +180,4 @@ test-install: module userspace
 	$(MAKE) -s dkms-install DESTDIR=$(CURDIR)/$(OUT)/install-test
 	scripts/install/check-staged.sh $(OUT)/install-test $(DKMS_VERSION)
 	scripts/install/dkms-build.sh $(OUT)/install-test $(DKMS_VERSION) $(kdir)
+	scripts/install/dkms-install-real.sh $(kdir) $(DKMS_VERSION)

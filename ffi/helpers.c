@@ -117,6 +117,10 @@ bool mitosis_param_lead_pages = true;
 module_param_named(lead_pages, mitosis_param_lead_pages, bool, 0644);
 MODULE_PARM_DESC(lead_pages, "Read the pages a child needs first (its stack, the resume point) with the snapshot descriptor, in one batch (0: only the descriptor; they come by demand fault)");
 
+bool mitosis_param_replay_async;
+module_param_named(replay_async, mitosis_param_replay_async, bool, 0644);
+MODULE_PARM_DESC(replay_async, "Prefetch a working set in the background while the child runs (its faults on pages not there yet read them at once) instead of before the resume returns (default 0: under emulation the transfer costs the child's own CPU, see docs/benchmarks.md)");
+
 /* Pages, folios, files. */
 struct page *mitosis_alloc_zeroed_page(void)
 { return alloc_page(GFP_KERNEL | __GFP_ZERO); }
@@ -222,6 +226,18 @@ struct inode *mitosis_folio_inode(struct folio *folio)
 
 struct address_space *mitosis_folio_mapping(struct folio *folio)
 { return folio->mapping; }
+
+struct folio *mitosis_page_folio(struct page *page)
+{ return page_folio(page); }
+
+bool mitosis_folio_test_checked(struct folio *folio)
+{ return folio_test_checked(folio); }
+
+void mitosis_folio_set_checked(struct folio *folio)
+{ folio_set_checked(folio); }
+
+bool mitosis_fault_locked(vm_fault_t ret)
+{ return ret & VM_FAULT_LOCKED; }
 
 /* A folio for readahead next to a locked one: never waits for another folio's lock. */
 struct folio *mitosis_grab_folio_nowait(struct address_space *mapping, pgoff_t index)
@@ -356,6 +372,9 @@ MODULE_PARM_DESC(keep_ms, "Keep a snapshot's pages on this host for this many ms
 /* Files of the host's own filesystems (src/vfs.rs). */
 void mitosis_get_file(struct file *f)
 { get_file(f); }
+
+long mitosis_file_count(struct file *f)
+{ return file_count(f); }
 
 bool mitosis_file_is_regular(struct file *f)
 { return S_ISREG(file_inode(f)->i_mode); }

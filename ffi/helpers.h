@@ -25,6 +25,7 @@ extern bool mitosis_param_pin_pages;
 extern bool mitosis_param_local_files;
 extern unsigned int mitosis_param_working_set;
 extern bool mitosis_param_lead_pages;
+extern bool mitosis_param_replay_async;
 extern unsigned int mitosis_param_read_pages_per_wr;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,
@@ -64,6 +65,10 @@ struct folio *mitosis_readahead_folio(struct readahead_control *rac);
 struct folio *mitosis_grab_folio(struct address_space *mapping, pgoff_t index);
 struct folio *mitosis_grab_folio_nowait(struct address_space *mapping, pgoff_t index);
 struct address_space *mitosis_folio_mapping(struct folio *folio);
+struct folio *mitosis_page_folio(struct page *page);
+bool mitosis_folio_test_checked(struct folio *folio);
+void mitosis_folio_set_checked(struct folio *folio);
+bool mitosis_fault_locked(vm_fault_t ret);
 void mitosis_i_size_write(struct inode *inode, loff_t size);
 bool mitosis_try_module_get(struct module *mod);
 void mitosis_module_put(struct module *mod);
@@ -133,6 +138,7 @@ bool mitosis_queue_delayed_work(struct delayed_work *dw, unsigned long delay);
 extern unsigned int mitosis_param_keep_ms;
 
 void mitosis_get_file(struct file *f);
+long mitosis_file_count(struct file *f);
 bool mitosis_file_is_regular(struct file *f);
 bool mitosis_file_unlinked(struct file *f);
 loff_t mitosis_file_size(struct file *f);

@@ -15,8 +15,10 @@ VARIANTS = (
     ("cold", "cold start (interpreter, imports, warm-up, request)"),
     ("baseline", "child, resume: every page from the parent (no local files, no working set)"),
     ("resume", "child, resume: first on the host (libraries from local files)"),
-    ("resume-ws", "child, resume: replaying the host's working-set record"),
-    ("resume-wsp", "child, resume: first on a new host, replaying the parent's record"),
+    ("resume-ws", "child, resume: replaying the host's working-set record (in the background)"),
+    ("resume-ws-sync", "child, resume: replaying the host's record before the child runs"),
+    ("resume-wsp", "child, resume: first on a new host, replaying the parent's record (background)"),
+    ("resume-wsp-sync", "child, resume: first on a new host, the parent's record before it runs"),
     ("run", "child, mitosis run (container), replaying the record"),
     ("eager", "child, resume --eager (local files)"),
     ("resume-w0", "child, resume, no prefetch window (local files)"),
@@ -25,7 +27,8 @@ VARIANTS = (
     ("criu-lazy", "CRIU lazy pages: dump without memory + copy + lazy restore to response"),
 )
 COLOURS = {"cold": (90, 90, 90), "baseline": (148, 103, 189), "resume": (31, 119, 180),
-           "resume-ws": (23, 190, 207), "resume-wsp": (0, 128, 128), "run": (44, 160, 44), "eager": (255, 127, 14),
+           "resume-ws": (23, 190, 207), "resume-ws-sync": (120, 210, 220),
+           "resume-wsp": (0, 128, 128), "resume-wsp-sync": (100, 170, 170), "run": (44, 160, 44), "eager": (255, 127, 14),
            "resume-w0": (188, 189, 34), "warm": (140, 86, 75), "criu": (214, 39, 40),
            "criu-lazy": (247, 129, 191)}
 
@@ -54,14 +57,15 @@ def load(path):
 
 def markdown(table):
     lines = ["| function | cold start | child: baseline | child: resume (local files) | "
-             "child: resume + working set | child: new host + parent's working set | "
+             "child: resume + working set (in the background / before the child runs) | "
+             "child: new host + parent's working set (background / before) | "
              "child: run + working set (setup) | child: eager | "
              "child: no window | child: warm host | pages fetched: baseline / local files / "
              "+ working set / touched / warm | remote faults: baseline / local files / + working "
              "set | CRIU: dump + copy + restore to response | CRIU lazy pages | "
-             "cold / best cold-cache child | "
-             "cold / warm child |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cold / best cold-cache child | CRIU / best cold-cache child | "
+             "cold / warm child | CRIU / warm child |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
             c = row.get(how)
@@ -78,23 +82,28 @@ def markdown(table):
         faults = [field(h, "faults") for h in ("baseline", "resume", "resume-ws")]
         # The best a first child on a host reaches (no pages of the snapshot there yet,
         # but its working-set record), and a child on a warm host.
-        children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "resume-wsp", "run", "eager")
+        children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "resume-ws-sync",
+                                                  "resume-wsp", "resume-wsp-sync", "run", "eager")
                     if h in row and row[h]["child_ms"]]
         ratio = row["cold"]["child_ms"] / min(children) if children and "cold" in row else 0
+        criu = row.get("criu", {}).get("child_ms")
+        criu_ratio = criu / min(children) if children and criu else 0
         warm = row.get("warm", {}).get("child_ms")
         warm_ratio = row["cold"]["child_ms"] / warm if warm and "cold" in row else 0
+        criu_warm = criu / warm if warm and criu else 0
         def criu_text(how):
             c = row.get(how, {}).get("criu")
             return (f"{c['total_ms']:.0f} ms ({c['dump_ms']:.0f} + {c['copy_ms']:.0f} + "
                     f"{c['restore_to_response_ms']:.0f}; {c['image_mib']:.1f} MiB)" if c else "-")
         lines.append(f"| {fn} | {ms('cold')} | {ms('baseline')} | {ms('resume')} | "
-                     f"{ms('resume-ws')} | {ms('resume-wsp')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
+                     f"{ms('resume-ws')} / {ms('resume-ws-sync')} | "
+                     f"{ms('resume-wsp')} / {ms('resume-wsp-sync')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
                      f"{ms('warm')} | "
                      + " / ".join(f"{p:.0f}" for p in pages)
                      + f" ({pages[0] * 4096 / 2**20:.1f} / {pages[1] * 4096 / 2**20:.1f} MiB) | "
                      + " / ".join(f"{f:.0f}" for f in faults)
                      + f" | {criu_text('criu')} | {criu_text('criu-lazy')} | {ratio:.2f}x | "
-                     f"{warm_ratio:.2f}x |")
+                     f"{criu_ratio:.2f}x | {warm_ratio:.2f}x | {criu_warm:.2f}x |")
     return "\n".join(lines)
 
 

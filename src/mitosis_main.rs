@@ -58,6 +58,7 @@ mod pager;
 mod params;
 mod region;
 mod remote;
+mod replay;
 mod restore;
 mod snapfs;
 mod state;

@@ -89,7 +89,7 @@ pub(crate) struct Pager {
     /// Open files of this snapshot: one per resumed child on this host (its forks share
     /// it), until the last of them unmaps it.
     files: core::sync::atomic::AtomicU32,
-    /// The pages read from the parent, for the host's working-set record.
+    /// The pages children touched, for the host's working-set record.
     trace: Pin<KBox<Mutex<Trace>>>,
     /// Demand-fault streams, one per VMA (modulo [`STREAMS`]: an interpreter touches
     /// its heap, stack and libraries' data in turn, each with its own locality). See
@@ -258,18 +258,21 @@ impl Pager {
             let (present, _) = rest.split_at_mut(offs.len());
             if !offs.is_empty() {
                 match self.read_into(&offs, present) {
-                    Ok(()) => {
-                        read += offs.len();
-                        if params::working_set() {
-                            self.trace.lock().record(present.iter().map(|f| f.index()));
-                        }
-                    }
+                    Ok(()) => read += offs.len(),
                     Err(e) => result = Err(e),
                 }
             }
             rest = &mut core::mem::take(&mut rest)[n..];
         }
         result.map(|()| read)
+    }
+
+    /// A child on this host touched page-cache page `index` for the first time (its
+    /// first fault on it: `snapfs::snapshot_fault`): it goes into the working set.
+    pub(crate) fn touched(&self, index: u64) {
+        if params::working_set() {
+            self.trace.lock().record(core::iter::once(index));
+        }
     }
 
     /// A page fault's fill (`read_folio`, `readahead`): [`Pager::fill`], counted as a
@@ -285,7 +288,7 @@ impl Pager {
     /// The pages a demand fault at page-cache `index` reads, as `[first, end)` around
     /// it, never outside the page's VMA:
     /// - at the page right after the previous window in the same VMA (a sequential
-    ///   reader: the pages in between were mapped by fault-around without faulting), a
+    ///   reader: the pages in between were in the page cache, so their faults read nothing), a
     ///   window forward from `index` twice the previous one, up to `prefetch_pages` (at
     ///   most one batch);
     /// - within [`LOCAL_SPAN`] pages of the previous fault in the same VMA (a working
@@ -354,10 +357,13 @@ impl Pager {
         self.fault(&mut batch)
     }
 
-    /// Prefetches this host's working-set record of the snapshot, if any, into
-    /// `mapping`'s page cache: called at a resume that made a new pager. Returns the
-    /// pages read. Failures are left to the faults (they fetch what is missing).
-    pub(crate) fn replay_working_set(&self, mapping: Mapping<'_>) -> u64 {
+    /// Prefetches this host's working-set record of the snapshot, if any, else the
+    /// parent's, into `mapping`'s page cache: called at a resume that made a new
+    /// pager, before the child runs or in the background while it runs
+    /// (`replay.rs`). `go_on` is asked between batches; once it says no, the pages
+    /// not read yet go into the record unread. Returns the pages read. Failures are
+    /// left to the faults (they fetch what is missing).
+    pub(crate) fn replay_working_set(&self, mapping: Mapping<'_>, go_on: &dyn Fn() -> bool) -> u64 {
         if !params::working_set() {
             return 0;
         }
@@ -366,19 +372,25 @@ impl Pager {
         } else {
             None
         };
-        let fetched = match local {
-            Some(pages) => self.fetch_indices(mapping, pages.iter().copied()),
-            None => self.replay_parents_record(mapping),
+        let mut between = |read: u64| {
+            count(&COUNTERS.ws_pages_replayed, read);
+            go_on()
+        };
+        match local {
+            Some(pages) => self.fetch_indices(mapping, pages.iter().copied(), &mut between),
+            None => self.replay_parents_record(mapping, &mut between),
         }
-        .unwrap_or(0);
-        count(&COUNTERS.ws_pages_replayed, fetched);
-        fetched
+        .unwrap_or(0)
     }
 
     /// Prefetches the working set the parent handed out with the open (an earlier
     /// child on another host reported it): only pages the descriptor says are
     /// present, so a lying parent can make a child read nothing it could not fault in.
-    fn replay_parents_record(&self, mapping: Mapping<'_>) -> Result<u64> {
+    fn replay_parents_record(
+        &self,
+        mapping: Mapping<'_>,
+        between: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<u64> {
         let desc = self.descriptor()?;
         let mut pages = KVVec::new();
         {
@@ -393,7 +405,7 @@ impl Pager {
                 }
             }
         }
-        self.fetch_indices(mapping, pages.iter().copied())
+        self.fetch_indices(mapping, pages.iter().copied(), between)
     }
 
     /// Puts pages read along with the descriptor into `mapping`'s page cache: page
@@ -473,20 +485,24 @@ impl Pager {
         // bounded), so none is left out here.
         let indices =
             present_pages(&desc, only).filter_map(|(vi, page)| folio_index(vi, page).ok());
-        self.fetch_indices(mapping, indices)
+        self.fetch_indices(mapping, indices, &mut |_| true)
     }
 
     /// Brings the pages at page-cache `indices` into `mapping`'s page cache (those not
     /// there yet; an index named twice is read once), in batches of one doorbell.
-    /// Returns the pages read from the parent.
+    /// `between` gets the pages each batch read and says whether to go on; the pages
+    /// left when it says no are recorded in the working set unread, so that stopping
+    /// a replay early does not shrink the record. Returns the pages read from the
+    /// parent.
     fn fetch_indices(
         &self,
         mapping: Mapping<'_>,
-        indices: impl Iterator<Item = u64>,
+        mut indices: impl Iterator<Item = u64>,
+        between: &mut dyn FnMut(u64) -> bool,
     ) -> Result<u64> {
         let mut batch: KVec<LockedFolio> = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
         let mut fetched = 0u64;
-        for index in indices {
+        while let Some(index) = indices.next() {
             // A record may name a page twice (a page reclaimed and fetched again is
             // recorded again): its folio is then locked in this batch already, and
             // grabbing it would wait for ourselves forever.
@@ -503,11 +519,19 @@ impl Pager {
                 let r = self.fill(&mut batch);
                 // Unlocks and releases the batch's folios.
                 crate::util::clear(&mut batch);
-                fetched += r? as u64;
+                let read = r? as u64;
+                fetched += read;
+                if !between(read) {
+                    if params::working_set() {
+                        self.trace.lock().record(indices);
+                    }
+                    return Ok(fetched);
+                }
             }
         }
-        fetched += self.fill(&mut batch)? as u64;
-        Ok(fetched)
+        let read = self.fill(&mut batch)? as u64;
+        between(read);
+        Ok(fetched + read)
     }
 
     /// Copies VMA `vi`'s snapshot content into the caller's memory at the seed's

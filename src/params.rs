@@ -76,6 +76,12 @@ pub(crate) fn lead_pages() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_lead_pages)) }
 }
 
+/// Whether a resume prefetches its working set in the background while the child runs.
+pub(crate) fn replay_async() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_replay_async)) }
+}
+
 /// Most local pages (scatter entries) one READ request may carry.
 pub(crate) const MAX_READ_PAGES_PER_WR: u32 = 16;
 

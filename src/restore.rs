@@ -40,6 +40,7 @@ use crate::pager::{Pager, PagerKey};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::remote::RemoteRegion;
+use crate::snapfs::Faults;
 use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
 use crate::util::ClearForReuse;
@@ -133,15 +134,26 @@ fn resume_inner(
         }
     };
     let fresh = lead.is_some();
-    let file = fs.open(inode)?;
+    // The first child of a new pager maps every page by a fault of its own (the
+    // working set records exactly what it touches); one joining cached pages, or any
+    // child when nothing is recorded, maps cached pages 16 at a time.
+    let faults = if fresh && params::working_set() {
+        Faults::EveryPage
+    } else {
+        Faults::AroundCached
+    };
+    let file = fs.open(inode, faults)?;
     let pager = file.pager();
     if let Some(lead) = &lead {
         pager.install(file.mapping(), lead.offs.iter().copied(), &lead.bytes);
     }
-    // A new pager on this host: what the snapshot's earlier children here fetched
-    // comes in batched READs now, instead of one demand fault at a time later.
-    let prefetched = if fresh && !eager {
-        pager.replay_working_set(file.mapping())
+    // A new pager on this host: what the snapshot's earlier children fetched comes in
+    // batched READs, instead of one demand fault at a time later: in the background
+    // once the child runs (`replay.rs`), or now.
+    let replay = fresh && !eager && params::working_set();
+    let in_background = replay && params::replay_async();
+    let prefetched = if replay && !in_background {
+        pager.replay_working_set(file.mapping(), &|| true)
     } else {
         0
     };
@@ -182,6 +194,10 @@ fn resume_inner(
             } else {
                 0
             };
+            if in_background && crate::replay::start(host, &file).is_err() {
+                // Short of memory: the faults fetch what the child needs.
+                pr_warn!("resume: no background working-set replay (out of memory)\n");
+            }
             let counts = Counts {
                 eager_pages,
                 prefetched,

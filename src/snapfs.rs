@@ -216,6 +216,121 @@ unsafe extern "C" fn readahead(rac: *mut bindings::readahead_control) {
     }
 }
 
+/// How a child's mappings of a snapshot file fault (chosen per open, see
+/// [`SnapshotFs::open`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Faults {
+    /// The first child of a new pager: no fault-around, so every page it maps comes by
+    /// a fault and the working set records exactly the pages it touched.
+    EveryPage,
+    /// A child joining a pager whose pages are (mostly) cached: fault-around maps up
+    /// to 16 cached pages per fault. Its faults still record first touches, but pages
+    /// fault-around maps are not recorded (earlier children's touches mostly are).
+    AroundCached,
+}
+
+/// `file_operations::mmap` of [`Faults::EveryPage`] files.
+///
+/// # Safety
+///
+/// Called by the VFS for a file made by [`SnapshotFs::open`], with a VMA being set up.
+unsafe extern "C" fn snapshot_file_mmap_every_page(
+    file: *mut bindings::file,
+    vma: *mut bindings::vm_area_struct,
+) -> i32 {
+    // SAFETY: per the contract.
+    unsafe { snapshot_file_mmap(file, vma, Faults::EveryPage) }
+}
+
+/// `file_operations::mmap` of [`Faults::AroundCached`] files.
+///
+/// # Safety
+///
+/// As [`snapshot_file_mmap_every_page`].
+unsafe extern "C" fn snapshot_file_mmap_around_cached(
+    file: *mut bindings::file,
+    vma: *mut bindings::vm_area_struct,
+) -> i32 {
+    // SAFETY: per the contract.
+    unsafe { snapshot_file_mmap(file, vma, Faults::AroundCached) }
+}
+
+/// The page cache's mapping, with the operations of `faults`.
+///
+/// # Safety
+///
+/// As [`snapshot_file_mmap_every_page`].
+unsafe fn snapshot_file_mmap(
+    file: *mut bindings::file,
+    vma: *mut bindings::vm_area_struct,
+    faults: Faults,
+) -> i32 {
+    // SAFETY: per the contract.
+    let r = unsafe { bindings::generic_file_mmap(file, vma) };
+    if r == 0 {
+        // SAFETY: the file holds its inode, whose superblock is ours (its `SnapshotFs`
+        // outlives it); the VMA is ours to set up.
+        unsafe {
+            let fs = fs_of((*(*file).f_inode).i_sb);
+            (*vma).vm_ops = fs.vm_ops[faults as usize].get();
+        }
+    }
+    r
+}
+
+/// `vm_operations_struct::fault`: `filemap_fault`, which fills a missing page through
+/// `read_folio`, then the first touch of each page on this host goes into the
+/// snapshot's working set (`Pager::touched`). The folio's `checked` flag (ours: the
+/// folio belongs to our filesystem) marks it as recorded, under the folio lock the
+/// fault returns with.
+///
+/// # Safety
+///
+/// Called by the MM for a fault in a VMA of one of our snapshot files.
+unsafe extern "C" fn snapshot_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: per the contract.
+    let ret = unsafe { bindings::filemap_fault(vmf) };
+    // SAFETY: `vmf` is the MM's live fault description; with `VM_FAULT_LOCKED`,
+    // `page` is a locked page of the VMA's file, referenced for the fault.
+    unsafe {
+        if bindings::mitosis_fault_locked(ret) && !(*vmf).page.is_null() {
+            let folio = bindings::mitosis_page_folio((*vmf).page);
+            if !bindings::mitosis_folio_test_checked(folio) {
+                bindings::mitosis_folio_set_checked(folio);
+                if let Some(f) = NonNull::new(folio) {
+                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64);
+                }
+            }
+        }
+    }
+    ret
+}
+
+/// Snapshot-file operations whose `mmap` is `mmap`.
+fn file_operations(
+    module: &'static ThisModule,
+    mmap: unsafe extern "C" fn(*mut bindings::file, *mut bindings::vm_area_struct) -> i32,
+) -> Opaque<bindings::file_operations> {
+    let mut v = bindings::file_operations::default();
+    v.owner = module.as_ptr().cast();
+    v.mmap = Some(mmap);
+    v.release = Some(snapshot_file_release);
+    Opaque::new(v)
+}
+
+/// Snapshot-mapping operations, with fault-around if `map_pages` is set.
+fn vm_operations(
+    map_pages: Option<
+        unsafe extern "C" fn(*mut bindings::vm_fault, usize, usize) -> bindings::vm_fault_t,
+    >,
+) -> Opaque<bindings::vm_operations_struct> {
+    let mut v = bindings::vm_operations_struct::default();
+    v.fault = Some(snapshot_fault);
+    v.map_pages = map_pages;
+    v.page_mkwrite = Some(bindings::filemap_page_mkwrite);
+    Opaque::new(v)
+}
+
 /// The pager of a folio's inode.
 ///
 /// # Safety
@@ -391,8 +506,11 @@ unsafe impl Send for Mount {}
 /// owns one pin of `mount`.
 #[pin_data]
 pub(crate) struct SnapshotFs {
+    /// File and mapping operations per [`Faults`] (indexed by it).
     #[pin]
-    fops: Opaque<bindings::file_operations>,
+    fops: [Opaque<bindings::file_operations>; 2],
+    #[pin]
+    vm_ops: [Opaque<bindings::vm_operations_struct>; 2],
     module: &'static ThisModule,
     #[pin]
     cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
@@ -433,14 +551,18 @@ impl SnapshotFs {
         // read the type yet; the owner is this module, live while the type is used.
         unsafe { (*FS_TYPE.0.get()).owner = module.as_ptr().cast() };
         pin_init!(SnapshotFs {
-            fops <- Opaque::ffi_init(move |f: *mut bindings::file_operations| {
-                let mut v = bindings::file_operations::default();
-                v.owner = module.as_ptr().cast();
-                v.mmap = Some(bindings::generic_file_mmap);
-                v.release = Some(snapshot_file_release);
-                // SAFETY: `f` is valid for writing.
-                unsafe { f.write(v) };
-            }),
+            fops: [
+                file_operations(module, snapshot_file_mmap_every_page),
+                file_operations(module, snapshot_file_mmap_around_cached),
+            ],
+            // The page cache's own fault handler, recording first touches; fault-around
+            // (`map_pages`) only for `AroundCached`: without it a page gets into a
+            // child's page table only by a fault, so the working set holds the pages
+            // children touched, not those a window read along.
+            vm_ops: [
+                vm_operations(None),
+                vm_operations(Some(bindings::filemap_map_pages)),
+            ],
             module,
             cache <- new_mutex!(KVec::new()),
             mount <- new_mutex!(Mount {
@@ -672,7 +794,7 @@ impl SnapshotFs {
     /// A read-only file of `inode`, without the kernel's readahead (the pager sizes
     /// each fault's batch itself: [`Pager::demand_fault`]). The file pins the module
     /// until its last `fput`.
-    pub(crate) fn open(&self, inode: SnapshotInode) -> Result<File> {
+    pub(crate) fn open(&self, inode: SnapshotInode, faults: Faults) -> Result<File> {
         // The inode holds a pin, so the mount is set and is the inode's.
         let mnt = self.mount.lock().mnt;
         // SAFETY: `module` is this module, live while we run.
@@ -691,7 +813,7 @@ impl SnapshotFs {
                 mnt,
                 kernel::c_str!("mitosis-snapshot").as_char_ptr(),
                 bindings::O_RDONLY as i32,
-                self.fops.get(),
+                self.fops[faults as usize].get(),
             )
         });
         match file {
@@ -763,7 +885,28 @@ impl File {
         // SAFETY: our files are only made over our inodes (type invariant).
         unsafe { pager_of((*self.file).f_inode) }
     }
+
+    /// Another reference to the same open file (not a new open: the snapshot's count
+    /// of children does not change).
+    pub(crate) fn share(&self) -> File {
+        // SAFETY: we own a reference, so the file is live and may gain one.
+        unsafe { bindings::mitosis_get_file(self.file) };
+        // INVARIANT: the reference just taken is the new value's.
+        File {
+            file: self.file,
+            mapping: self.mapping,
+        }
+    }
+
+    /// Whether this is the file's last reference: no mapping of it is left.
+    pub(crate) fn unmapped(&self) -> bool {
+        // SAFETY: we own a reference, so the file is live.
+        unsafe { bindings::mitosis_file_count(self.file) <= 1 }
+    }
 }
+
+// SAFETY: a file reference may be used and dropped (`fput`) from any task.
+unsafe impl Send for File {}
 
 impl Drop for File {
     fn drop(&mut self) {

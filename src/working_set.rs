@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Working sets: which pages of a snapshot its children on this host fetched.
+//! Working sets: which pages of a snapshot its children on this host touched.
 //!
-//! A snapshot's pager records the page-cache index of every page it reads from the
-//! parent (demand faults with their readahead window, and prefetches), in order. When
-//! the snapshot's last child on this host exits, its inode is evicted and the record
+//! A snapshot's pager records the page-cache index of every page a child on this host
+//! touched, at its first fault on the page (`snapfs::snapshot_fault`; there is no
+//! fault-around, so every page a child maps comes by a fault), in the order of first
+//! touches. Pages a demand fault's window read but nobody touched stay out. When the
+//! snapshot's last child on this host exits, its inode is evicted and the record
 //! moves here; the next resume of the same snapshot on this host takes it and reads
-//! those pages in batched READs before the child runs, instead of one demand fault
-//! after another (REAP's record-and-prefetch). The set only grows: a replaying pager
-//! records the replayed pages too. The pager also reports a record to the parent
-//! (`Pager::drop`), which hands it to the snapshot's first child on other hosts.
+//! those pages in batched READs (before the child runs, or in the background:
+//! `replay.rs`), instead of one demand fault after another (REAP's
+//! record-and-prefetch). A replay stopped early records the pages it did not read,
+//! so an early exit does not shrink the set. The pager also reports a record to the
+//! parent (`Pager::drop`), which hands it to the snapshot's first child on other hosts.
 //!
 //! Bounded: at most [`MAX_WS_PAGES`] pages per record (8 bytes each) and
 //! [`MAX_SETS`] records per host (storing one more drops another). Records are
@@ -29,7 +32,8 @@ pub(crate) const MAX_WS_PAGES: usize = 32768;
 /// Most records kept on a host.
 const MAX_SETS: usize = 32;
 
-/// The pages one pager fetched, in order (page-cache indices of its snapshot file).
+/// The pages children of one pager touched, in order of first touch (page-cache indices
+/// of its snapshot file).
 pub(crate) struct Trace {
     pages: KVVec<u64>,
 }

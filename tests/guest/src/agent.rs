@@ -6,6 +6,7 @@
 //! destroy ID         -> ok | err ERRNO
 //! sh COMMAND...      -> ok EXIT_STATUS
 //! prepare            -> ok HANDLE (a snapshot of the agent; its children exit 42)
+//! cpu                -> ok USER NICE SYSTEM IDLE IOWAIT IRQ SOFTIRQ (ticks, /proc/stat)
 //! quit               -> ok (and the agent exits)
 //! ```
 
@@ -57,6 +58,10 @@ fn handle(line: &str) -> (String, bool) {
         // The same with MIB MiB of patterned memory that the child reads back (exit 43
         // on a difference): a child that keeps faulting for a while.
         ["prepare", mib] => prepare(mib.parse().unwrap_or(0)),
+        ["cpu"] => match crate::report::cpu_ticks() {
+            Some(t) => (format!("ok {}", t.map(|v| v.to_string()).join(" ")), false),
+            None => ("err 5".into(), false),
+        },
         ["quit"] => ("ok".into(), true),
         _ => ("err 22".into(), false),
     }

@@ -41,6 +41,9 @@ const PREFETCH_PARAM: &str = "/sys/module/mitosis/parameters/prefetch_pages";
 const LEAD_PAGES_PARAM: &str = "/sys/module/mitosis/parameters/lead_pages";
 /// Working-set record and replay (writable at run time).
 const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
+/// Background replay (writable at run time): off here, so that the resume time
+/// includes the whole prefetch and the touches after it measure the replayed pages.
+const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
 const PAGE_WORDS: usize = 512;
 
 fn ms(d: Duration) -> f64 {
@@ -673,7 +676,8 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         }
         // A child recording its working set, then one replaying it (resume includes
         // the prefetch; its touches should take no remote fault).
-        let set = std::fs::write(WORKING_SET_PARAM, "1");
+        let set = std::fs::write(REPLAY_ASYNC_PARAM, "0")
+            .and_then(|()| std::fs::write(WORKING_SET_PARAM, "1"));
         let replayed = set.is_ok()
             && launch(&h, false)
                 .map(|c| run_child(c, &format!("bench ws-record-{mib}")).0.success())
@@ -682,6 +686,7 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
                 .map(|c| run_child(c, &format!("bench ws-{mib}")).0.success())
                 .unwrap_or(false);
         let _ = std::fs::write(WORKING_SET_PARAM, "0");
+        let _ = std::fs::write(REPLAY_ASYNC_PARAM, "1");
         r.check(
             &format!("bench-ws-ran-{mib}"),
             replayed,

@@ -136,6 +136,13 @@ impl Agent {
         Ok(RegionId { id, secret })
     }
 
+    /// A's CPU ticks (see [`crate::report::cpu_ticks`]).
+    pub(crate) fn cpu_ticks(&mut self) -> Option<[u64; 7]> {
+        let w = self.call("cpu").ok()?;
+        let v: Vec<u64> = w.iter().filter_map(|s| s.parse().ok()).collect();
+        v.try_into().ok()
+    }
+
     pub(crate) fn sh(&mut self, cmd: &str) -> Result<i32, String> {
         let w = self.call(&format!("sh {cmd}"))?;
         w.first()
@@ -308,9 +315,21 @@ fn scenario2(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr, siz
         ],
     );
 
-    // Batched READs: 64 pages per doorbell.
+    // Batched READs: 64 pages per doorbell. Both guests' CPU shares over the call
+    // show which side limits the rate (B's user time is the verification, after the
+    // READs; A does nothing else).
     let t = Instant::now();
-    match read_verify(m, h.handle, 0, size as usize, MAX_BATCH_PAGES, SEED) {
+    let cpu_before = (agent.cpu_ticks(), crate::report::cpu_ticks());
+    let verified = read_verify(m, h.handle, 0, size as usize, MAX_BATCH_PAGES, SEED);
+    let cpu_after = (agent.cpu_ticks(), crate::report::cpu_ticks());
+    let shares = |b: Option<[u64; 7]>, a: Option<[u64; 7]>| {
+        b.zip(a)
+            .and_then(|(b, a)| crate::report::cpu_shares(b, a))
+            .unwrap_or((-1.0, -1.0))
+    };
+    let (a_kernel, a_user) = shares(cpu_before.0, cpu_after.0);
+    let (b_kernel, b_user) = shares(cpu_before.1, cpu_after.1);
+    match verified {
         Ok((ns, reads, doorbells)) => r.check(
             "s2-batched-reads-verified",
             reads == pages && doorbells == pages.div_ceil(MAX_BATCH_PAGES as u64),
@@ -319,6 +338,9 @@ fn scenario2(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr, siz
                 ("seconds", t.elapsed().as_secs_f64()),
                 ("pages_per_s", reads as f64 / (ns / 1e9)),
                 ("mib_per_s", size as f64 / (ns / 1e9) / (1 << 20) as f64),
+                ("a_cpu_busy_pct", a_kernel + a_user),
+                ("b_cpu_kernel_pct", b_kernel),
+                ("b_cpu_user_pct", b_user),
             ],
         ),
         Err(e) => r.check("s2-batched-reads-verified", false, e, &[]),

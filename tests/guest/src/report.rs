@@ -78,6 +78,38 @@ impl Report {
     }
 }
 
+/// This guest's CPU time so far, from the first line of `/proc/stat`: user, nice,
+/// system, idle, iowait, irq, softirq (clock ticks).
+pub fn cpu_ticks() -> Option<[u64; 7]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut words = stat.lines().next()?.split_whitespace();
+    if words.next()? != "cpu" {
+        return None;
+    }
+    let mut ticks = [0u64; 7];
+    for t in ticks.iter_mut() {
+        *t = words.next()?.parse().ok()?;
+    }
+    Some(ticks)
+}
+
+/// Percentages of the time between two [`cpu_ticks`] samples spent in the kernel
+/// (system, irq, softirq) and in user space, or `None` if no tick passed.
+pub fn cpu_shares(before: [u64; 7], after: [u64; 7]) -> Option<(f64, f64)> {
+    let d: Vec<f64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b) as f64)
+        .collect();
+    let total: f64 = d.iter().sum();
+    (total > 0.0).then(|| {
+        (
+            100.0 * (d[2] + d[5] + d[6]) / total,
+            100.0 * (d[0] + d[1]) / total,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +125,16 @@ mod tests {
         assert!(r.check("a", true, "", &[("x", 1.0)]));
         assert!(!r.check("b", false, "why", &[]));
         assert_eq!((r.passed, r.failed), (1, 1));
+    }
+
+    #[test]
+    fn cpu_shares_split_kernel_and_user() {
+        let before = [100, 0, 50, 800, 0, 0, 10, 0][..7].try_into().unwrap();
+        let after = [130, 10, 90, 820, 0, 5, 15, 0][..7].try_into().unwrap();
+        // 40 user, 50 kernel (40 system + 5 irq + 5 softirq), 20 idle: 110 ticks.
+        let (kernel, user) = super::cpu_shares(before, after).unwrap();
+        assert!((kernel - 100.0 * 50.0 / 110.0).abs() < 1e-9);
+        assert!((user - 100.0 * 40.0 / 110.0).abs() < 1e-9);
+        assert!(super::cpu_shares(after, after).is_none());
     }
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make dkms-install` for real: the sources into /usr/src, then dkms add, build and
+# install with dkms's default trees (/var/lib/dkms, /lib/modules/KVER/updates/dkms,
+# depmod), for the test kernel at KDIR, then dkms remove. Checks that the module
+# landed where modprobe looks, with that kernel's vermagic and in modules.dep, and
+# that removing it takes it away again.
+#   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION
+#
+# The test kernel is no kernel this machine boots, so /lib/modules/KVER is made for it
+# (its `build` link points at KDIR, as a headers package would) and removed again, with
+# everything else this script created, on every exit. It does not run (and says
+# SKIPPED, not passed) as non-root, or when /lib/modules/KVER or /usr/src/mitosis-VER
+# already exists: a real kernel of the same release, or a real install, is never
+# touched.
+set -euo pipefail
+kdir=$(cd "$1" && pwd) ver=$2
+krel=$(cat "$kdir/include/config/kernel.release")
+moddir=/lib/modules/$krel src=/usr/src/mitosis-$ver
+skip() { echo "dkms-install-real: SKIPPED (not run): $*"; exit 0; }
+[ "$(id -u)" -eq 0 ] || skip "needs root"
+command -v dkms >/dev/null || { echo "dkms-install-real: dkms is not installed (make setup installs it)" >&2; exit 1; }
+[ -e "$moddir" ] && skip "$moddir exists on this machine"
+[ -e "$src" ] && skip "$src exists on this machine"
+dkms status -m mitosis -v "$ver" 2>/dev/null | grep -q . && skip "dkms already knows mitosis/$ver"
+
+cleanup() {
+  dkms remove -m mitosis -v "$ver" --all >/dev/null 2>&1 || true
+  rm -rf "$moddir" "$src"
+  rmdir /lib/modules 2>/dev/null || true
+}
+trap cleanup EXIT
+mkdir -p "$moddir"
+ln -s "$kdir" "$moddir/build"
+log=$(mktemp)
+if ! make -s dkms-install KVER="$krel" >"$log" 2>&1; then
+  cat "$log" >&2
+  find /var/lib/dkms/mitosis -name make.log -exec tail -30 {} \; >&2 2>/dev/null || true
+  rm -f "$log"
+  echo "dkms-install-real: make dkms-install failed" >&2
+  exit 1
+fi
+rm -f "$log"
+fail=0
+dkms status -m mitosis -v "$ver" -k "$krel" | grep -q installed \
+  || { echo "dkms-install-real: dkms status does not say installed" >&2; fail=1; }
+ko=$(modinfo -k "$krel" -n mitosis 2>/dev/null || true)
+case "$ko" in "$moddir"/updates/dkms/mitosis.ko*) ;; *) echo "dkms-install-real: modinfo -k $krel finds '$ko', not updates/dkms" >&2; fail=1 ;; esac
+magic=$(modinfo -k "$krel" -F vermagic mitosis 2>/dev/null || true)
+case "$magic" in "$krel "*) ;; *) echo "dkms-install-real: vermagic '$magic', not $krel" >&2; fail=1 ;; esac
+grep -q 'updates/dkms/mitosis.ko' "$moddir/modules.dep" \
+  || { echo "dkms-install-real: depmod did not list the module" >&2; fail=1; }
+dkms remove -m mitosis -v "$ver" --all >/dev/null
+[ -z "$(find "$moddir" -name 'mitosis.ko*')" ] \
+  || { echo "dkms-install-real: dkms remove left the module installed" >&2; fail=1; }
+[ $fail -eq 0 ] && echo "dkms-install-real: dkms installed mitosis $ver into $moddir/updates/dkms ($(basename "$ko"), in modules.dep, vermagic $krel) and removed it"
+exit $fail
