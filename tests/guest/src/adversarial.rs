@@ -228,6 +228,8 @@ struct HostileParent(Child);
 
 /// The secret in the handles of hostile parents (which know it, as a parent does).
 const HOSTILE_SECRET: [u8; 16] = [0x11; 16];
+/// The module's parameters (writable ones are changed at run time).
+const PARAMS: &str = "/sys/module/mitosis/parameters/";
 
 impl HostileParent {
     /// Serves `file` on `port`, its descriptor MAC made with `secret`; `mode` is
@@ -637,14 +639,34 @@ fn hostile_parents(
                 Some("lying-ws"),
             )
         })
-        .and_then(|_parent| {
+        .map(|_parent| {
             let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
-            agent.sh(&format!("mitosis-test resume-expect {h} child"))
+            let first = agent.sh(&format!("mitosis-test resume-expect {h} child"));
+            // The parent's record again (not the host's own, `working_set=2`), read in
+            // the background (`replay_async`): the child exits at once, the replay
+            // stops behind it, and the next resume works.
+            let background = agent
+                .sh(&format!(
+                    "echo 1 > {PARAMS}replay_async && echo 2 > {PARAMS}working_set"
+                ))
+                .and_then(|_| agent.sh(&format!("mitosis-test resume-expect {h} child")));
+            let again = agent.sh(&format!("mitosis-test resume-expect {h} child"));
+            let _ = agent.sh(&format!(
+                "echo 0 > {PARAMS}replay_async; echo 1 > {PARAMS}working_set"
+            ));
+            (first, background, again)
         });
+    let want = |rc: &Result<i32, String>| matches!(rc, Ok(rc) if *rc == RESUMED_AGENT_EXIT);
     r.check(
         "adv-parent-lying-working-set",
-        matches!(lying, Ok(rc) if rc == RESUMED_AGENT_EXIT),
+        matches!(&lying, Ok((first, _, _)) if want(first)),
         format!("{lying:?}, want exit {RESUMED_AGENT_EXIT}"),
+        &[],
+    );
+    r.check(
+        "adv-parent-lying-working-set-background",
+        matches!(&lying, Ok((_, background, again)) if want(background) && want(again)),
+        format!("{lying:?}, want exit {RESUMED_AGENT_EXIT} twice (background replay, then again)"),
         &[],
     );
     r.check(

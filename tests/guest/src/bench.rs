@@ -186,9 +186,26 @@ impl Drop for LinkServer {
 /// B's side: TCP round trip (1 byte each way, `TCP_NODELAY`, 200 times: median and
 /// p99) and bulk rate (64 MiB from A), over the guests' link that the RDMA traffic
 /// uses.
+/// A connection to A's link server, which A starts as a process of its own just
+/// before it accepts the benchmark connection: it may not listen yet (refused).
+fn connect_link(peer: Ipv4Addr) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect((peer, LINK_PORT)) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            r => return r,
+        }
+    }
+}
+
 fn measure_link(r: &mut Report, peer: Ipv4Addr) {
     let rtt = (|| -> std::io::Result<Vec<Duration>> {
-        let s = TcpStream::connect((peer, LINK_PORT))?;
+        let s = connect_link(peer)?;
         s.set_nodelay(true)?;
         let mut rd = s.try_clone()?;
         let mut out = s;
@@ -204,7 +221,7 @@ fn measure_link(r: &mut Report, peer: Ipv4Addr) {
         Ok(times)
     })();
     let bulk = (|| -> std::io::Result<(usize, Duration)> {
-        let mut s = TcpStream::connect((peer, LINK_PORT))?;
+        let mut s = connect_link(peer)?;
         s.write_all(b"bulk 64\n")?;
         let t = Instant::now();
         let mut buf = vec![0u8; 1 << 20];
