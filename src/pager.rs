@@ -59,13 +59,17 @@ pub(crate) struct PagerKey {
 /// The open of a snapshot at its parent.
 struct Link {
     remote: RemoteRegion,
+    /// Whether the open was handed on (`RemoteRegion::into_open`) to be closed later.
+    handed_on: bool,
 }
 
 impl Drop for Link {
     /// Tells the parent this host is done with the snapshot (best effort: its
-    /// registration also ends with the connection).
+    /// registration also ends with the connection), unless the open was handed on.
     fn drop(&mut self) {
-        self.remote.close();
+        if !self.handed_on {
+            self.remote.close();
+        }
     }
 }
 
@@ -123,16 +127,27 @@ impl Drop for Pager {
     /// record the parent gave us, what the parent hands to the snapshot's first child
     /// on every other host.
     fn drop(&mut self) {
+        let dead = self.dead.load(Ordering::Relaxed);
         if params::working_set() {
             let mut pages = self.trace.lock().take();
             {
                 let link = self.link.lock();
                 let given: u64 = link.remote.ws_runs.iter().map(|r| u64::from(r.pages)).sum();
-                if pages.len() as u64 > given && !self.dead.load(Ordering::Relaxed) {
+                if pages.len() as u64 > given && !dead {
                     report_working_set(&link.remote, &mut pages);
                 }
             }
             self.host.working_sets().store(self.key, pages);
+        }
+        // The open stays at the parent a while (`open_linger_ms`): the next child of
+        // the snapshot here reuses the registration the parent made for this host.
+        if params::open_linger_ms() > 0 && !dead {
+            let open = {
+                let mut link = self.link.lock();
+                link.handed_on = true;
+                link.remote.into_open()
+            };
+            self.host.snapshot_fs().linger(self.key, open);
         }
     }
 }
@@ -170,7 +185,13 @@ impl Pager {
             key,
             desc,
             data_offset: desc_pages * PAGE,
-            link: KBox::pin_init(new_mutex!(Link { remote }), GFP_KERNEL)?,
+            link: KBox::pin_init(
+                new_mutex!(Link {
+                    remote,
+                    handed_on: false
+                }),
+                GFP_KERNEL,
+            )?,
             dead: core::sync::atomic::AtomicBool::new(false),
             files: core::sync::atomic::AtomicU32::new(0),
             trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
@@ -193,7 +214,10 @@ impl Pager {
             return Err(EIO);
         }
         // Dropping the old link closes the old open.
-        *link = Link { remote };
+        *link = Link {
+            remote,
+            handed_on: false,
+        };
         pr_info!(
             "snapshot {} from {}: reconnected after a failed READ\n",
             self.key.id,

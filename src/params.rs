@@ -76,6 +76,17 @@ pub(crate) fn lead_pages() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_lead_pages)) }
 }
 
+/// Longest `open_linger_ms`.
+const MAX_LINGER_MS: u32 = 60_000;
+
+/// How long a host keeps its open of a snapshot at the parent after the snapshot's
+/// last child here exited.
+pub(crate) fn open_linger_ms() -> u32 {
+    // SAFETY: as above (a `uint` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_open_linger_ms)) }
+        .min(MAX_LINGER_MS)
+}
+
 /// Whether a resume prefetches its working set in the background while the child runs.
 pub(crate) fn replay_async() -> bool {
     // SAFETY: as above (a `bool` parameter).

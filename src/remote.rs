@@ -197,11 +197,39 @@ impl RemoteRegion {
     /// Tells the peer we are done (best effort: its registration also ends with the
     /// connection).
     pub(crate) fn close(&self) {
-        let req = CloseRegion {
-            region_id: self.region_id,
-        };
-        let _ = self.conn.notify(params::io_timeout_ms(), |seq, buf| {
-            req.encode(seq, buf).map_err(|_| EINVAL)
-        });
+        close_at_parent(&self.conn, self.region_id);
     }
+
+    /// The open itself, without the keys, to be closed later by dropping it: what a
+    /// host keeps at the parent after its last child of a snapshot exited, so that
+    /// the next child's open reuses the registration the parent made for it. The
+    /// caller must not also [`close`](Self::close) this value.
+    pub(crate) fn into_open(&self) -> OpenAtParent {
+        OpenAtParent {
+            conn: self.conn.clone(),
+            region_id: self.region_id,
+        }
+    }
+}
+
+/// One open of a region at its parent, with nothing to read it by: dropping it closes
+/// the open (the parent drops its registration for this host with its last open).
+pub(crate) struct OpenAtParent {
+    conn: Arc<Connection>,
+    region_id: u64,
+}
+
+impl Drop for OpenAtParent {
+    fn drop(&mut self) {
+        close_at_parent(&self.conn, self.region_id);
+    }
+}
+
+/// Tells the parent at the other end of `conn` that one open of `region_id` is over
+/// (best effort: a connection that is gone took its registrations with it).
+fn close_at_parent(conn: &Connection, region_id: u64) {
+    let req = CloseRegion { region_id };
+    let _ = conn.notify(params::io_timeout_ms(), |seq, buf| {
+        req.encode(seq, buf).map_err(|_| EINVAL)
+    });
 }

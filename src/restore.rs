@@ -118,6 +118,10 @@ fn resume_inner(
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
     // even when children on this host still map it.
     let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
+    // An open an earlier child here left at the parent (`open_linger_ms`) made this
+    // one reuse its registration; ours holds it now. Closed when the resume returns
+    // (a one-way message, after the report's count of round trips).
+    let _lingering = fs.take_open(key);
     let (inode, lead) = match fs.lookup(key) {
         Some(inode) => {
             // Children here already share this snapshot's pages: keep theirs.

@@ -17,6 +17,7 @@ use crate::mm::VmaFile;
 use crate::pager::{Pager, PagerKey};
 use crate::rdma::connection::MAX_READ_BATCH;
 use crate::rdma::PAGE_SIZE;
+use crate::remote::OpenAtParent;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -27,8 +28,29 @@ const SNAPSHOT_FS_MAGIC: u64 = 0x4D53_4E46;
 
 /// Most snapshots with live children on this host at once.
 const MAX_CACHED: usize = 1024;
-/// Most snapshots kept without children (`keep_ms`); keeping one more drops another.
+/// Most snapshots kept without children (`keep_ms`, `open_linger_ms`); keeping one
+/// more drops the one expiring first.
 const MAX_KEPT: usize = 16;
+
+/// What a host keeps of a snapshot after its last child here exited.
+enum Kept {
+    /// The inode with its page cache and its pager's open (`keep_ms`): a warm host.
+    Inode(SnapshotInode),
+    /// Only the open at the parent (`open_linger_ms`): the parent keeps its
+    /// registration for this host, so the next child's open costs a round trip, not a
+    /// registration of the whole snapshot; the pages are gone.
+    Open(PagerKey, OpenAtParent),
+}
+
+impl Kept {
+    /// Whether entries of this kind expire at once now (their parameter is 0).
+    fn unwanted(&self) -> bool {
+        match self {
+            Kept::Inode(_) => crate::params::keep_ms() == 0,
+            Kept::Open(..) => crate::params::open_linger_ms() == 0,
+        }
+    }
+}
 
 /// A locked, order-0 page-cache folio of a snapshot file that the pager fills.
 /// Dropping it unlocks it (and drops the reference [`Mapping::grab`] took): a folio
@@ -516,10 +538,12 @@ pub(crate) struct SnapshotFs {
     cache: Mutex<KVec<(PagerKey, *mut bindings::inode)>>,
     #[pin]
     mount: Mutex<Mount>,
-    /// Inodes kept after their last child exited (`keep_ms`), each with the
-    /// `CLOCK_MONOTONIC` ns it expires at: one reference each.
+    /// What is kept after a snapshot's last child exited, each with the
+    /// `CLOCK_MONOTONIC` ns it expires at.
     #[pin]
-    kept: Mutex<KVec<(SnapshotInode, u64)>>,
+    kept: Mutex<KVec<(Kept, u64)>>,
+    /// Set by `stop`: nothing is kept any more.
+    stopped: core::sync::atomic::AtomicBool,
     /// Drops expired `kept` entries (on the system workqueue; cancelled by `stop`).
     #[pin]
     kept_work: Opaque<bindings::delayed_work>,
@@ -570,6 +594,7 @@ impl SnapshotFs {
                 pins: 0,
             }),
             kept <- new_mutex!(KVec::new()),
+            stopped: core::sync::atomic::AtomicBool::new(false),
             kept_work <- Opaque::ffi_init(|w: *mut bindings::delayed_work| {
                 // SAFETY: `w` is valid for writing; the callback matches the work.
                 unsafe { bindings::mitosis_init_delayed_work(w, Some(expire_kept)) }
@@ -586,43 +611,89 @@ impl SnapshotFs {
     unsafe fn keep(&self, inode: *mut bindings::inode) {
         let ms = crate::params::keep_ms();
         let until = now_ns().saturating_add(ms as u64 * 1_000_000);
+        {
+            let mut kept = self.kept.lock();
+            let found = kept
+                .iter_mut()
+                .find(|(k, _)| matches!(k, Kept::Inode(i) if i.0.as_ptr() == inode));
+            if let Some(e) = found {
+                e.1 = until;
+                drop(kept);
+                self.expire_in(ms);
+                return;
+            }
+        }
+        // SAFETY: live (per the contract); the reference is the entry's.
+        unsafe { bindings::ihold(inode) };
+        // SAFETY: `inode` is non-null (live).
+        let held = SnapshotInode(unsafe { NonNull::new_unchecked(inode) });
+        self.add_kept(Kept::Inode(held), ms);
+    }
+
+    /// Keeps `open`, the open at the parent of snapshot `key` whose last child here
+    /// exited, for `open_linger_ms` (see [`Kept::Open`]); closes it now if that is 0
+    /// or the module is stopping.
+    pub(crate) fn linger(&self, key: PagerKey, open: OpenAtParent) {
+        let ms = crate::params::open_linger_ms();
+        if ms > 0 && !self.stopped.load(core::sync::atomic::Ordering::Acquire) {
+            self.add_kept(Kept::Open(key, open), ms);
+        }
+    }
+
+    /// Takes the open of snapshot `key` kept by [`SnapshotFs::linger`], if any (the
+    /// caller drops it once its own open of the snapshot holds the registration).
+    pub(crate) fn take_open(&self, key: PagerKey) -> Option<OpenAtParent> {
+        let mut kept = self.kept.lock();
+        let at = kept
+            .iter()
+            .position(|(k, _)| matches!(k, Kept::Open(k, _) if *k == key))?;
+        match crate::util::swap_remove(&mut kept, at) {
+            Some((Kept::Open(_, open), _)) => Some(open),
+            // Closes nothing else: the position found an open.
+            _ => None,
+        }
+    }
+
+    /// Adds `entry` to what is kept, expiring in `ms`; the entry expiring first goes if
+    /// there are [`MAX_KEPT`] already. Without memory for it, `entry` is dropped now.
+    fn add_kept(&self, entry: Kept, ms: u32) {
+        let until = now_ns().saturating_add(ms as u64 * 1_000_000);
         let mut dropped = None;
         {
             let mut kept = self.kept.lock();
-            if let Some(e) = kept.iter_mut().find(|(i, _)| i.0.as_ptr() == inode) {
-                e.1 = until;
-            } else {
-                if kept.len() >= MAX_KEPT {
-                    // The one expiring first goes (after the lock is dropped).
-                    let first = (0..kept.len()).min_by_key(|&i| kept[i].1).unwrap_or(0);
-                    dropped = crate::util::swap_remove(&mut kept, first);
-                }
-                if kept.reserve(1, GFP_KERNEL).is_err() {
-                    drop(kept);
-                    drop(dropped);
-                    return;
-                }
-                // SAFETY: live (per the contract); the reference is the entry's.
-                unsafe { bindings::ihold(inode) };
-                // SAFETY: `inode` is non-null (live).
-                let held = SnapshotInode(unsafe { NonNull::new_unchecked(inode) });
-                // Within the capacity reserved above: no allocation.
-                let _ = kept.push((held, until), GFP_KERNEL);
+            if kept.len() >= MAX_KEPT {
+                // The one expiring first goes (after the lock is dropped).
+                let first = (0..kept.len()).min_by_key(|&i| kept[i].1).unwrap_or(0);
+                dropped = crate::util::swap_remove(&mut kept, first);
             }
+            if kept.reserve(1, GFP_KERNEL).is_err() {
+                drop(kept);
+                drop(dropped);
+                drop(entry);
+                return;
+            }
+            // Within the capacity reserved above: no allocation.
+            let _ = kept.push((entry, until), GFP_KERNEL);
         }
-        // Evicting a dropped inode closes its remote open: never under the lock.
+        // Evicting a dropped inode, or closing a dropped open, sends a message to the
+        // parent: never under the lock.
         drop(dropped);
+        self.expire_in(ms);
+    }
+
+    /// Queues the expiry work in `ms` (an already queued work keeps its time and
+    /// queues itself again for the next expiry).
+    fn expire_in(&self, ms: u32) {
         let delay = kernel::time::msecs_to_jiffies(ms);
         // SAFETY: the work was initialised in `new` and lives as long as `self`, which
         // `stop` outlives it by cancelling it; an already queued work stays queued.
         unsafe { bindings::mitosis_queue_delayed_work(self.kept_work.get(), delay) };
     }
 
-    /// Drops the kept inodes that expired (all of them once `keep_ms` is 0) and
+    /// Drops the kept entries that expired (all of a kind once its parameter is 0) and
     /// queues itself again for the next expiry.
     fn expire(&self) {
         let now = now_ns();
-        let forever = crate::params::keep_ms() == 0;
         let mut expired = KVec::new();
         let next = {
             let mut kept = self.kept.lock();
@@ -631,7 +702,7 @@ impl SnapshotFs {
             } else {
                 let mut i = 0;
                 while i < kept.len() {
-                    if forever || kept[i].1 <= now {
+                    if kept[i].0.unwanted() || kept[i].1 <= now {
                         if let Some(e) = crate::util::swap_remove(&mut kept, i) {
                             // Within the capacity reserved above: no allocation.
                             let _ = expired.push(e, GFP_KERNEL);
@@ -656,6 +727,9 @@ impl SnapshotFs {
     /// Stops keeping: cancels the expiry work (waiting for a running one) and drops
     /// what is kept. Called when the module's state goes.
     pub(crate) fn stop(&self) {
+        // Inodes evicted below drop their pagers, which would keep their opens.
+        self.stopped
+            .store(true, core::sync::atomic::Ordering::Release);
         // SAFETY: the work was initialised in `new`.
         unsafe { bindings::cancel_delayed_work_sync(self.kept_work.get()) };
         let kept = crate::util::take_all(&mut self.kept.lock());
