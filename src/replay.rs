@@ -4,7 +4,7 @@
 //! while the child already runs.
 //!
 //! A resume that made a new pager has a record of the pages earlier children of the
-//! snapshot fetched (this host's, or the parent's). Read before the resume returns,
+//! snapshot touched (this host's, or the parent's). Read before the resume returns,
 //! the record's transfer and the child's own start-up work add up; read here, on the
 //! module's workqueue, they overlap. The child's fault on a page the replay has not
 //! reached yet reads it at once (behind at most the replay's batch in flight); a page
@@ -45,8 +45,8 @@ impl WorkItem for Replay {
     }
 }
 
-/// Queues the replay of `file`'s working set. Fails (the caller replays in place or
-/// leaves the pages to faults) when short of memory or while the module stops.
+/// Queues the replay of `file`'s working set. Fails when short of memory or while the
+/// module stops (the caller leaves the pages to the child's faults).
 pub(crate) fn start(host: &Host, file: &File) -> Result {
     let queue = host.workqueue().ok_or(ENODEV)?;
     let replay = KBox::pin_init(

@@ -198,9 +198,11 @@ fn resume_inner(
             } else {
                 0
             };
-            if in_background && crate::replay::start(host, &file).is_err() {
-                // Short of memory: the faults fetch what the child needs.
-                pr_warn!("resume: no background working-set replay (out of memory)\n");
+            if in_background {
+                if let Err(e) = crate::replay::start(host, &file) {
+                    // The faults fetch what the child needs.
+                    pr_warn!("resume: no background working-set replay ({:?})\n", e);
+                }
             }
             let counts = Counts {
                 eager_pages,
