@@ -86,8 +86,17 @@ test-host: setup
 	cargo build --workspace
 	cargo test --workspace
 
+# When test-install ran as root, guest A also modprobes the module dkms installed (its
+# /lib/modules tree appended to the image) before the scenario.
+DKMS_MODTREE = $(OUT)/dkms-modules-$(KVARIANT).cpio.gz
 test-guests: image
-	$(vmrun) --scenario foundation --expect tests/scenarios/foundation.expect \
+	@initrd=$(OUT)/initramfs-$(KVARIANT).cpio.gz expect=tests/scenarios/foundation.expect; \
+	if [ -s $(DKMS_MODTREE) ]; then \
+		cat $$initrd $(DKMS_MODTREE) > $(OUT)/initramfs-dkms-$(KVARIANT).cpio.gz; \
+		initrd=$(OUT)/initramfs-dkms-$(KVARIANT).cpio.gz; \
+		expect="$$expect --expect tests/scenarios/dkms-modprobe.expect"; \
+	else echo "dkms-modprobe: SKIPPED (not run): no dkms-installed module tree (make test-install as root)"; fi; \
+	set -x; $(vmrun_with) --initrd $$initrd --scenario foundation --expect $$expect \
 		--out $(OUT)/foundation-$(KVARIANT) --timeout $(TIMEOUT)
 
 test-fork: image
@@ -180,4 +189,4 @@ test-install: module userspace
 	$(MAKE) -s dkms-install DESTDIR=$(CURDIR)/$(OUT)/install-test
 	scripts/install/check-staged.sh $(OUT)/install-test $(DKMS_VERSION)
 	scripts/install/dkms-build.sh $(OUT)/install-test $(DKMS_VERSION) $(kdir)
-	scripts/install/dkms-install-real.sh $(kdir) $(DKMS_VERSION)
+	scripts/install/dkms-install-real.sh $(kdir) $(DKMS_VERSION) $(DKMS_MODTREE)

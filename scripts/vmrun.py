@@ -177,7 +177,8 @@ def main():
     ap.add_argument("--append", action="append", default=[],
                     help="extra kernel command-line parameters (repeatable; KEY=VALUE reaches "
                          "the scenario as an environment variable)")
-    ap.add_argument("--expect", help="file of 'ROLE CHECK' lines that must be reported")
+    ap.add_argument("--expect", action="append", default=[],
+                    help="file of 'ROLE CHECK' lines that must be reported (repeatable)")
     args = ap.parse_args()
     if args.guests < 2:
         ap.error("--guests must be at least 2")
@@ -222,9 +223,9 @@ def main():
             checks.append(r)
             if not r.get("pass"):
                 failures.append(f"guest {g.role} check {r.get('check')} failed: {r.get('detail')}")
-    if args.expect:
-        seen = {(r.get("guest"), r.get("check")) for r in checks}
-        with open(args.expect) as f:
+    seen = {(r.get("guest"), r.get("check")) for r in checks}
+    for expect in args.expect:
+        with open(expect) as f:
             for line in f:
                 line = line.split("#")[0].strip()
                 if not line:

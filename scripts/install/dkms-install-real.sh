@@ -4,7 +4,12 @@
 # depmod), for the test kernel at KDIR, then dkms remove. Checks that the module
 # landed where modprobe looks, with that kernel's vermagic and in modules.dep, and
 # that removing it takes it away again.
-#   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION
+#   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION [MODTREE.cpio.gz]
+#
+# With MODTREE, the installed /lib/modules/KVER (without its `build` link) is also
+# packed as an initramfs fragment, so a guest booting that kernel can `modprobe` the
+# module dkms installed (the foundation scenario's `dkms-modprobe` check). The fragment
+# is removed first and written only when the install passed.
 #
 # The test kernel is no kernel this machine boots, so /lib/modules/KVER is made for it
 # (its `build` link points at KDIR, as a headers package would) and removed again, with
@@ -13,7 +18,8 @@
 # already exists: a real kernel of the same release, or a real install, is never
 # touched.
 set -euo pipefail
-kdir=$(cd "$1" && pwd) ver=$2
+kdir=$(cd "$1" && pwd) ver=$2 modtree=${3:-}
+[ -n "$modtree" ] && rm -f "$modtree"
 krel=$(cat "$kdir/include/config/kernel.release")
 moddir=/lib/modules/$krel src=/usr/src/mitosis-$ver
 skip() { echo "dkms-install-real: SKIPPED (not run): $*"; exit 0; }
@@ -23,7 +29,9 @@ command -v dkms >/dev/null || { echo "dkms-install-real: dkms is not installed (
 [ -e "$src" ] && skip "$src exists on this machine"
 dkms status -m mitosis -v "$ver" 2>/dev/null | grep -q . && skip "dkms already knows mitosis/$ver"
 
+stage=
 cleanup() {
+  [ -n "$stage" ] && rm -rf "$stage"
   dkms remove -m mitosis -v "$ver" --all >/dev/null 2>&1 || true
   rm -rf "$moddir" "$src"
   rmdir /lib/modules 2>/dev/null || true
@@ -49,6 +57,15 @@ magic=$(modinfo -k "$krel" -F vermagic mitosis 2>/dev/null || true)
 case "$magic" in "$krel "*) ;; *) echo "dkms-install-real: vermagic '$magic', not $krel" >&2; fail=1 ;; esac
 grep -q 'updates/dkms/mitosis.ko' "$moddir/modules.dep" \
   || { echo "dkms-install-real: depmod did not list the module" >&2; fail=1; }
+if [ $fail -eq 0 ] && [ -n "$modtree" ]; then
+  stage=$(mktemp -d)
+  mkdir -p "$stage/lib/modules"
+  cp -a "$moddir" "$stage/lib/modules/"
+  rm -f "$stage/lib/modules/$krel/build"
+  (cd "$stage" && find . | cpio -o -H newc --quiet) | gzip -1 > "$modtree.tmp"
+  mv "$modtree.tmp" "$modtree"
+  echo "dkms-install-real: the installed module tree for guests: $modtree"
+fi
 dkms remove -m mitosis -v "$ver" --all >/dev/null
 [ -z "$(find "$moddir" -name 'mitosis.ko*')" ] \
   || { echo "dkms-install-real: dkms remove left the module installed" >&2; fail=1; }
