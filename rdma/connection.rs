@@ -31,6 +31,7 @@ use crate::util::take_all;
 use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use kernel::init::pin_init_array_from_fn;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 use kernel::types::Opaque;
@@ -42,6 +43,12 @@ pub(super) const RECV_DEPTH: usize = 16;
 pub(crate) const SEND_DEPTH: u32 = 256;
 /// Most READs posted with one doorbell.
 pub(crate) const MAX_READ_BATCH: usize = 64;
+/// READ batches one connection has in flight at once, each with its own destination
+/// pages and waiter: the faults of several children (or of one child and a working-set
+/// replay) overlap instead of queueing behind one batch. Every batch's requests fit in
+/// the send queue beside an RPC.
+pub(crate) const READ_SLOTS: usize = 3;
+const _: () = assert!(READ_SLOTS * MAX_READ_BATCH < SEND_DEPTH as usize);
 /// Most REG_MR requests chained in one post (well under [`SEND_DEPTH`]).
 pub(super) const REG_BATCH: usize = 128;
 /// RDMA READs in flight the QP asks for (bounded by the device). rxe allows 128, but a
@@ -124,8 +131,9 @@ pub(super) struct RecvBuf {
 ///
 /// - Always allocated inside an [`Arc`] (so `&self` can be turned back into one).
 /// - `res` is written only while `state == CONNECTING` by the one CM handler that sets the
-///   connection up, and by `teardown` after the QP is drained and `rpc_lock` and `io_lock`
-///   have been taken; readers hold `rpc_lock` or `io_lock` with `state == UP` (or, the
+///   connection up, and by `teardown` after the QP is drained and `rpc_lock` and every
+///   read slot's lock have been taken; readers hold `rpc_lock` or a read slot's lock
+///   with `state == UP` (or, the
 ///   server's request work, `rpc_lock` while not closing), or are completion handlers of
 ///   its CQs (which `teardown` quiesces by draining).
 /// - `id`, once set, is the CM id whose `context` points to this connection; it is
@@ -148,14 +156,10 @@ pub(crate) struct Connection {
     #[pin]
     pub(super) rpc_lock: Mutex<()>,
     #[pin]
-    pub(super) io_lock: Mutex<()>,
-    #[pin]
     pub(super) teardown_lock: Mutex<()>,
     /// Client: the request SEND. Server: the reply SEND and the REG_MRs before it.
     #[pin]
     pub(super) send_waiter: Waiter,
-    #[pin]
-    pub(super) read_waiter: Waiter,
     /// Client: the expected reply's sequence number, and the receive buffer holding it.
     pub(super) reply_seq: AtomicU64,
     pub(super) reply_slot: AtomicI32,
@@ -201,11 +205,39 @@ pub(crate) struct Connection {
     /// connection proves the secret against it. `None` until known.
     #[pin]
     pub(super) challenge: Mutex<Option<[u8; 16]>>,
-    /// Client: the READ destinations, owned by the connection so that a READ the
-    /// device completes late (after a timeout) still lands in live, mapped pages: they
-    /// are freed only by `teardown`, after the QP is drained. Taken under `io_lock`.
+    /// Client: where READ batches run, [`READ_SLOTS`] at a time.
     #[pin]
-    pub(super) read_bufs: Mutex<KVec<DmaPage>>,
+    pub(super) read_slots: [ReadSlot; READ_SLOTS],
+}
+
+/// One READ batch's place on a connection.
+///
+/// # Invariants
+///
+/// The destination pages belong to the connection, not to the caller, so that a READ
+/// the device completes late (after a timeout) still lands in live, mapped pages: they
+/// are freed only by `teardown`, after the QP is drained. A batch holds `bufs`' lock
+/// from before its post until its bytes were consumed; `waiter` completes only for the
+/// requests of that batch.
+#[pin_data]
+pub(super) struct ReadSlot {
+    #[pin]
+    pub(super) bufs: Mutex<KVec<DmaPage>>,
+    #[pin]
+    pub(super) waiter: Waiter,
+    /// Batches holding or waiting for this slot (a hint for picking the least busy
+    /// one; the lock is what excludes).
+    pub(super) users: AtomicU32,
+}
+
+impl ReadSlot {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(ReadSlot {
+            bufs <- new_mutex!(KVec::new()),
+            waiter <- Waiter::new(),
+            users: AtomicU32::new(0),
+        })
+    }
 }
 
 // SAFETY: all mutable state is atomics, locks, or `res` under the rules of the type
@@ -248,10 +280,8 @@ impl Connection {
             res: UnsafeCell::new(None),
             connected <- Waiter::new(),
             rpc_lock <- new_mutex!(()),
-            io_lock <- new_mutex!(()),
             teardown_lock <- new_mutex!(()),
             send_waiter <- Waiter::new(),
-            read_waiter <- Waiter::new(),
             reply_seq: AtomicU64::new(0),
             reply_slot: AtomicI32::new(-1),
             reply_len: AtomicU32::new(0),
@@ -268,7 +298,9 @@ impl Connection {
             created_ms: kernel::time::Ktime::ktime_get().to_ms(),
             authenticated: AtomicBool::new(false),
             challenge <- new_mutex!(None),
-            read_bufs <- new_mutex!(KVec::new()),
+            read_slots <- pin_init_array_from_fn::<_, READ_SLOTS, ReadSlot, core::convert::Infallible>(
+                |_| ReadSlot::new()
+            ),
         }? Error)
     }
 
@@ -318,7 +350,8 @@ impl Connection {
         }
     }
 
-    /// Resources, for a caller holding `rpc_lock` or `io_lock` with the state `UP`, or a
+    /// Resources, for a caller holding `rpc_lock` or a read slot's lock with the state
+    /// `UP`, or a
     /// completion handler of this connection.
     ///
     /// # Safety
@@ -384,7 +417,9 @@ impl Connection {
         }
         // Wait for users of the resources to leave (they see DOWN and stop).
         drop(self.rpc_lock.lock());
-        drop(self.io_lock.lock());
+        for slot in self.read_slots.iter() {
+            drop(slot.bufs.lock());
+        }
         let regs = take_all(&mut self.registrations.lock());
         COUNTERS
             .mrs_live
@@ -393,7 +428,9 @@ impl Connection {
         drop(take_all(&mut self.retired.lock()));
         // Drained: the device writes none of the READ destinations any more. Freed
         // before the resources, while the device they are mapped on is still held.
-        drop(take_all(&mut self.read_bufs.lock()));
+        for slot in self.read_slots.iter() {
+            drop(take_all(&mut slot.bufs.lock()));
+        }
         // SAFETY: drained and users gone: no one reads `res` any more.
         let res = unsafe { (*self.res.get()).take() };
         let had_res = res.is_some();

@@ -8,34 +8,56 @@ use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
 use core::ptr;
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 impl Connection {
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
     /// [`MAX_READ_BATCH`]) with one doorbell (pages contiguous under one key share a
     /// request, up to the `read_pages_per_wr` parameter), waits (bounded) for all of them, then
-    /// hands page `i`'s bytes to `consume(i, bytes)`. The destinations are the
-    /// connection's own DMA pages: after a timeout or error the connection fails and
+    /// hands page `i`'s bytes to `consume(i, bytes)`. Up to [`READ_SLOTS`] batches run at
+    /// once on a connection, each in its own slot. The destinations are the slot's
+    /// pages, owned by the connection: after a timeout or error the connection fails and
     /// they stay allocated until `teardown` has drained the QP, so a late response
-    /// never lands in freed memory. `consume` runs under the connection's I/O lock: it
-    /// must not fault on user memory (copy to kernel memory only).
+    /// never lands in freed memory. `consume` runs under the slot's lock: it must not
+    /// fault on user memory (copy to kernel memory only: such a fault could need a slot
+    /// of this connection).
     pub(crate) fn read_pages(
         &self,
         remote: &[(u64, u32)],
         timeout_ms: u32,
-        mut consume: impl FnMut(usize, &[u8]) -> Result,
+        consume: impl FnMut(usize, &[u8]) -> Result,
     ) -> Result {
         let n = remote.len();
         if n == 0 || n > MAX_READ_BATCH {
             return Err(EINVAL);
         }
-        let _guard = self.io_lock.lock();
+        // The least busy slot (racing callers may pick the same one: its lock orders them).
+        let slot = self
+            .read_slots
+            .iter()
+            .min_by_key(|s| s.users.load(Ordering::Relaxed))
+            .ok_or(EINVAL)?;
+        slot.users.fetch_add(1, Ordering::Relaxed);
+        let r = self.read_in_slot(slot, remote, timeout_ms, consume);
+        slot.users.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    fn read_in_slot(
+        &self,
+        slot: &ReadSlot,
+        remote: &[(u64, u32)],
+        timeout_ms: u32,
+        mut consume: impl FnMut(usize, &[u8]) -> Result,
+    ) -> Result {
+        let n = remote.len();
+        let mut bufs = slot.bufs.lock();
         if !self.is_up() {
             return Err(errno::enotconn());
         }
-        // SAFETY: `io_lock` held and the state is UP.
+        // SAFETY: a read slot's lock held and the state is UP.
         let res = unsafe { self.res()? };
-        let mut bufs = self.read_bufs.lock();
         while bufs.len() < n {
             let page = DmaPage::new(res.dev(), bindings::dma_data_direction_DMA_FROM_DEVICE)?;
             bufs.push(page, GFP_KERNEL)?;
@@ -68,7 +90,7 @@ impl Connection {
             }
             let mut wr = bindings::ib_rdma_wr::default();
             // Every request carries the waiter: an unsignalled one that fails completes.
-            wr.wr.__bindgen_anon_1.wr_cqe = self.read_waiter.cqe();
+            wr.wr.__bindgen_anon_1.wr_cqe = slot.waiter.cqe();
             wr.wr.num_sge = pages as i32;
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
             wr.remote_addr = raddr;
@@ -84,10 +106,10 @@ impl Connection {
             wrs[w - 1].wr.next = next;
         }
         wrs[n_wrs - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
-        self.read_waiter.arm();
+        slot.waiter.arm();
         // SAFETY: the QP is live; the chain is valid until the post returns; the
-        // destination pages belong to the connection and stay mapped until its QP is
-        // drained.
+        // destination pages belong to the connection (the slot) and stay mapped until
+        // its QP is drained.
         let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
         if r != 0 {
             count(&COUNTERS.read_errors, 1);
@@ -96,7 +118,7 @@ impl Connection {
         }
         count(&COUNTERS.read_doorbells, 1);
         count(&COUNTERS.read_wrs_posted, n_wrs as u64);
-        let status = match self.read_waiter.wait(timeout_ms) {
+        let status = match slot.waiter.wait(timeout_ms) {
             Ok(s) => s,
             Err(e) => {
                 count(&COUNTERS.read_timeouts, 1);

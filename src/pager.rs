@@ -58,7 +58,9 @@ pub(crate) struct PagerKey {
 
 /// The open of a snapshot at its parent.
 struct Link {
-    remote: RemoteRegion,
+    /// Shared with the batches reading through it (they hold it without the lock, so
+    /// faults of several children overlap); replaced by a reconnect.
+    remote: Arc<RemoteRegion>,
     /// Whether the open was handed on (`RemoteRegion::into_open`) to be closed later.
     handed_on: bool,
 }
@@ -84,8 +86,8 @@ pub(crate) struct Pager {
     desc: KVVec<u8>,
     /// Region offset of data page 0 (the descriptor fills the pages before it).
     data_offset: u64,
-    /// One batch at a time (faults on one snapshot are serialised here; the
-    /// connection serialises batches anyway).
+    /// The open, taken briefly by each batch (which then reads without it: the
+    /// connection runs several batches at once) and held across a reconnect.
     link: Pin<KBox<Mutex<Link>>>,
     /// Set when a reconnect failed (parent gone, snapshot revoked): later faults fail
     /// at once instead of each waiting for a connect timeout.
@@ -187,7 +189,7 @@ impl Pager {
             data_offset: desc_pages * PAGE,
             link: KBox::pin_init(
                 new_mutex!(Link {
-                    remote,
+                    remote: Arc::new(remote, GFP_KERNEL)?,
                     handed_on: false
                 }),
                 GFP_KERNEL,
@@ -213,9 +215,10 @@ impl Pager {
             remote.close();
             return Err(EIO);
         }
-        // Dropping the old link closes the old open.
+        // Dropping the old link closes the old open (batches still holding it fail on
+        // its connection and read again through this one).
         *link = Link {
-            remote,
+            remote: Arc::new(remote, GFP_KERNEL)?,
             handed_on: false,
         };
         pr_info!(
@@ -224,6 +227,20 @@ impl Pager {
             Ipv4(self.key.addr)
         );
         Ok(())
+    }
+
+    /// The open to read through after a batch on `failed` failed: a new one made now,
+    /// or the one another batch's reconnect already made.
+    fn reopened(&self, failed: &Arc<RemoteRegion>) -> Result<Arc<RemoteRegion>> {
+        let mut link = self.link.lock();
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(crate::errno::enotconn());
+        }
+        if Arc::ptr_eq(&link.remote, failed) {
+            self.reconnect(&mut link)
+                .inspect_err(|_| self.dead.store(true, Ordering::Relaxed))?;
+        }
+        Ok(link.remote.clone())
     }
 
     pub(crate) fn descriptor(&self) -> Result<Descriptor<'_>> {
@@ -456,21 +473,20 @@ impl Pager {
 
     /// One doorbell of READs, page `offs[i]` into `folios[i]`.
     fn read_into(&self, offs: &[u64], folios: &mut [LockedFolio]) -> Result {
-        let mut link = self.link.lock();
         let mut copy = |i: usize, bytes: &[u8]| -> Result {
             folios.get_mut(i).ok_or(EINVAL)?.fill_with(bytes);
             Ok(())
         };
+        let remote = self.link.lock().remote.clone();
         let r = if self.dead.load(Ordering::Relaxed) {
             Err(crate::errno::enotconn())
         } else {
-            match link.remote.read_batch(offs, &mut copy) {
+            match remote.read_batch(offs, &mut copy) {
                 Ok(()) => Ok(()),
                 Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
                 Err(_) => self
-                    .reconnect(&mut link)
-                    .inspect_err(|_| self.dead.store(true, Ordering::Relaxed))
-                    .and_then(|()| link.remote.read_batch(offs, &mut copy)),
+                    .reopened(&remote)
+                    .and_then(|again| again.read_batch(offs, &mut copy)),
             }
         };
         match r {

@@ -265,6 +265,47 @@ fn measure_link(r: &mut Report, peer: Ipv4Addr) {
 
 /// One-page fault latency: reads one word on pages 64 apart (outside each other's
 /// prefetch window), median and p99 over up to 200 faults.
+/// Reads one word per page of slice `i` of `k` equal slices of the heap (contiguous:
+/// children of one snapshot fault on different pages). Whether they are the seed's.
+pub fn slice_child(w: &World, i: usize, k: usize) -> bool {
+    let n = w.heap.len();
+    let k = k.max(1);
+    i < k && touch_pages(&w.heap, n * i / k, n * (i + 1) / k)
+}
+
+/// `k` children of the snapshot at once on this host, each reading its own slice of
+/// the heap: the aggregate rate of pages fetched (resumes included in the wall time).
+fn concurrent_children(r: &mut Report, h: &SnapshotHandle, mib: &str, k: usize) {
+    let before = counters();
+    let t = Instant::now();
+    let kids: Vec<_> = (0..k)
+        .filter_map(|i| launch(h, false).ok().map(|c| (c, format!("slice {i} {k}"))))
+        .collect();
+    let launched = kids.len();
+    let ok = run_children(kids)
+        .iter()
+        .filter(|(st, _)| st.success())
+        .count();
+    let wall = t.elapsed();
+    let after = counters();
+    let fetched = after.pages_fetched.saturating_sub(before.pages_fetched);
+    r.check(
+        &format!("bench-concurrent-{mib}-{k}"),
+        launched == k && ok == k,
+        format!("{k} children of the {mib} MiB seed at once on B, each reading 1/{k} of the heap"),
+        &[
+            ("children", k as f64),
+            ("wall_ms", ms(wall)),
+            ("pages_fetched", fetched as f64),
+            ("pages_per_s", fetched as f64 / wall.as_secs_f64()),
+            (
+                "read_doorbells",
+                after.read_doorbells.saturating_sub(before.read_doorbells) as f64,
+            ),
+        ],
+    );
+}
+
 pub fn latency_child(r: &mut Report, w: &World) {
     let n = w.heap.len();
     let mut lat = Vec::new();
@@ -689,6 +730,13 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
                     format!("{set:?}"),
                     &[],
                 );
+            }
+        }
+        if mib == "64" {
+            // Several children faulting different pages of one snapshot (their batches
+            // share the connection's READ slots) against one child reading it all.
+            for k in [1, 8] {
+                concurrent_children(r, &h, mib, k);
             }
         }
         // A child recording its working set, then one replaying it (resume includes

@@ -54,6 +54,13 @@ pub(super) fn child_main(
             let ok = check_identity(&mut r, w);
             i32::from(!ok)
         }
+        Some("slice") => {
+            // Slice I of K of the heap (the concurrent-children benchmark): exit 0
+            // if every page read back the seed's values.
+            let i: usize = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let k: usize = words.next().and_then(|v| v.parse().ok()).unwrap_or(1);
+            i32::from(!crate::bench::slice_child(w, i, k))
+        }
         Some("latency") => {
             crate::bench::latency_child(&mut r, w);
             0
