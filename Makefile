@@ -118,8 +118,10 @@ check: fmt test-host test-install clippy test-guests test-fork test-functions te
 	$(MAKE) KVARIANT=kasan test-adversarial
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
+# BENCH_SIZES=64 (MiB, comma-separated) measures only those seeds.
 bench: image
-	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000
+	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000 \
+		$(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES))
 
 # Function benchmark (docs/benchmarks.md): 3 cold starts and 3 children per launcher
 # variant and function; the table and docs/functions-bench.png from its results.

@@ -121,6 +121,10 @@ bool mitosis_param_replay_async;
 module_param_named(replay_async, mitosis_param_replay_async, bool, 0644);
 MODULE_PARM_DESC(replay_async, "Prefetch a working set in the background while the child runs (its faults on pages not there yet read them at once) instead of before the resume returns (default 0: under emulation the transfer costs the child's own CPU, see docs/benchmarks.md)");
 
+unsigned int mitosis_param_read_batches = 3;
+module_param_named(read_batches, mitosis_param_read_batches, uint, 0644);
+MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-3): the faults of several children of a snapshot overlap on the link");
+
 unsigned int mitosis_param_open_linger_ms = 5000;
 module_param_named(open_linger_ms, mitosis_param_open_linger_ms, uint, 0644);
 MODULE_PARM_DESC(open_linger_ms, "After a snapshot's last child on this host exits, keep its open at the parent this long (the parent keeps its registration for this host, so the next child's open needs no new one; 0: close at once; at most 60000)");

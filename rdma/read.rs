@@ -33,8 +33,8 @@ impl Connection {
             return Err(EINVAL);
         }
         // The least busy slot (racing callers may pick the same one: its lock orders them).
-        let slot = self
-            .read_slots
+        let slots = crate::params::read_batches(READ_SLOTS);
+        let slot = self.read_slots[..slots]
             .iter()
             .min_by_key(|s| s.users.load(Ordering::Relaxed))
             .ok_or(EINVAL)?;

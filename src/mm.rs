@@ -294,6 +294,12 @@ fn current_mm() -> Result<NonNull<bindings::mm_struct>> {
     NonNull::new(unsafe { bindings::mitosis_current_mm() }).ok_or(EINVAL)
 }
 
+/// An identity of the current task's address space (its `mm_struct`'s address, 0 in
+/// a kernel thread): told apart, never dereferenced.
+pub(crate) fn current_mm_id() -> usize {
+    current_mm().map_or(0, |mm| mm.as_ptr() as usize)
+}
+
 /// Which special mapping a VMA is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Special {

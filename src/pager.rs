@@ -35,7 +35,7 @@ use crate::snapfs::{LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
 use crate::working_set::Trace;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
@@ -97,19 +97,28 @@ pub(crate) struct Pager {
     files: core::sync::atomic::AtomicU32,
     /// The pages children touched, for the host's working-set record.
     trace: Pin<KBox<Mutex<Trace>>>,
-    /// Demand-fault streams, one per VMA (modulo [`STREAMS`]: an interpreter touches
-    /// its heap, stack and libraries' data in turn, each with its own locality). See
-    /// [`Pager::demand_window`]. A heuristic shared by the snapshot's children on this
-    /// host: races only change a window's size.
+    /// Demand-fault streams, one per VMA of each child (hashed into [`STREAMS`]: an
+    /// interpreter touches its heap, stack and libraries' data in turn, each with its
+    /// own locality, and children of one snapshot fault at once on different pages of
+    /// the same VMA). See [`Pager::demand_window`]. A heuristic: races and collisions
+    /// only change a window's size.
     streams: [Stream; STREAMS],
+    /// Counts stream lookups: the streams' `used` stamps.
+    stream_clock: AtomicU64,
 }
 
-/// Streams per pager.
-const STREAMS: usize = 16;
+/// Streams per pager, in sets of [`STREAM_WAYS`].
+const STREAMS: usize = 64;
+const STREAM_WAYS: usize = 4;
+const _: () = assert!(STREAMS % STREAM_WAYS == 0);
 
 /// One demand-fault stream: the page a sequential reader faults on next, how far past
 /// its faulting page the last window read, and the page of the last fault.
 struct Stream {
+    /// Whose stream it is: the child's address space and the VMA, hashed (0: nobody's).
+    owner: AtomicUsize,
+    /// When it was last used ([`Pager::stream_clock`]).
+    used: AtomicU64,
     next: AtomicU64,
     window: AtomicU64,
     last: AtomicU64,
@@ -117,6 +126,8 @@ struct Stream {
 
 impl Stream {
     const NEW: Stream = Stream {
+        owner: AtomicUsize::new(0),
+        used: AtomicU64::new(0),
         next: AtomicU64::new(u64::MAX),
         window: AtomicU64::new(0),
         last: AtomicU64::new(u64::MAX),
@@ -198,6 +209,7 @@ impl Pager {
             files: core::sync::atomic::AtomicU32::new(0),
             trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
             streams: [Stream::NEW; STREAMS],
+            stream_clock: AtomicU64::new(1),
         })
     }
 
@@ -329,7 +341,8 @@ impl Pager {
     /// The pages a demand fault at page-cache `index` reads, as `[first, end)` around
     /// it, never outside the page's VMA:
     /// - at the page right after the previous window in the same VMA (a sequential
-    ///   reader: the pages in between were in the page cache, so their faults read nothing), a
+    ///   reader: the pages in between were in the page cache, so their faults read nothing;
+    ///   "same VMA" means the same VMA of the same child), a
     ///   window forward from `index` twice the previous one, up to `prefetch_pages` (at
     ///   most one batch);
     /// - within [`LOCAL_SPAN`] pages of the previous fault in the same VMA (a working
@@ -339,7 +352,7 @@ impl Pager {
     fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64) {
         let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
         let per_window = VMA_WINDOW / PAGE;
-        let stream = &self.streams[(index / per_window) as usize % STREAMS];
+        let stream = self.stream(index / per_window);
         let last = stream.last.swap(index, Ordering::Relaxed);
         let (first, window) = if stream.next.load(Ordering::Relaxed) == index {
             let w = stream.window.load(Ordering::Relaxed).saturating_mul(2);
@@ -365,6 +378,33 @@ impl Pager {
             .store(end.saturating_sub(index), Ordering::Relaxed);
         stream.next.store(end, Ordering::Relaxed);
         (first, end)
+    }
+
+    /// The stream of VMA `vma` in the faulting child: one of [`STREAM_WAYS`] slots
+    /// chosen by hash, the one it already has or else the least recently used (started
+    /// afresh), so that a few children's streams rarely evict each other.
+    fn stream(&self, vma: u64) -> &Stream {
+        let owner = (crate::mm::current_mm_id() ^ (vma as usize).wrapping_mul(0x9E37_79B9)) | 1;
+        let set = ((owner as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+            % (STREAMS / STREAM_WAYS);
+        let ways = &self.streams[set * STREAM_WAYS..(set + 1) * STREAM_WAYS];
+        let now = self.stream_clock.fetch_add(1, Ordering::Relaxed);
+        let mut victim = &ways[0];
+        for s in ways {
+            if s.owner.load(Ordering::Relaxed) == owner {
+                s.used.store(now, Ordering::Relaxed);
+                return s;
+            }
+            if s.used.load(Ordering::Relaxed) < victim.used.load(Ordering::Relaxed) {
+                victim = s;
+            }
+        }
+        victim.owner.store(owner, Ordering::Relaxed);
+        victim.used.store(now, Ordering::Relaxed);
+        victim.next.store(u64::MAX, Ordering::Relaxed);
+        victim.window.store(0, Ordering::Relaxed);
+        victim.last.store(u64::MAX, Ordering::Relaxed);
+        victim
     }
 
     /// A demand fault on `folio` (`read_folio`): it and the pages of its window

@@ -96,6 +96,13 @@ pub(crate) fn replay_async() -> bool {
 /// Most local pages (scatter entries) one READ request may carry.
 pub(crate) const MAX_READ_PAGES_PER_WR: u32 = 16;
 
+/// READ batches one connection runs at once (1 to `max`, the connection's slots).
+pub(crate) fn read_batches(max: usize) -> usize {
+    // SAFETY: as above.
+    let v = unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_read_batches)) };
+    (v as usize).clamp(1, max)
+}
+
 /// Most contiguous pages one READ request carries (at least 1).
 pub(crate) fn read_pages_per_wr() -> u32 {
     // SAFETY: as above.

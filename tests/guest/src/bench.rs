@@ -44,6 +44,8 @@ const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
 /// Background replay (writable at run time): off here, so that the resume time
 /// includes the whole prefetch and the touches after it measure the replayed pages.
 const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
+/// READ batches a connection runs at once (writable at run time).
+const READ_BATCHES_PARAM: &str = "/sys/module/mitosis/parameters/read_batches";
 const PAGE_WORDS: usize = 512;
 
 fn ms(d: Duration) -> f64 {
@@ -273,9 +275,55 @@ pub fn slice_child(w: &World, i: usize, k: usize) -> bool {
     i < k && touch_pages(&w.heap, n * i / k, n * (i + 1) / k)
 }
 
+/// The link's batched READ rate on this snapshot's own region (the READ ioctl, 64
+/// pages a doorbell, no page cache, no faults): what a child's touch rate compares to.
+fn region_reads(r: &mut Report, h: &SnapshotHandle, mib: &str) {
+    let res = Mitosis::open().and_then(|m| {
+        let region = mitosis::RegionId {
+            id: h.id,
+            secret: h.secret,
+        };
+        let opened = m.remote_open(h.host, h.port, region, None)?;
+        let mut buf = vec![0u8; opened.size as usize];
+        let t = Instant::now();
+        let read = m.remote_read(opened.handle, 0, &mut buf, 64, 0);
+        let wall = t.elapsed();
+        let _ = m.remote_close(opened.handle);
+        read.map(|st| (st, wall))
+    });
+    match res {
+        Ok((st, wall)) => r.check(
+            &format!("bench-region-batched-reads-{mib}"),
+            st.reads > 0,
+            format!("the {mib} MiB snapshot's region read whole, 64 pages a doorbell"),
+            &[
+                ("pages", st.reads as f64),
+                ("wall_ms", ms(wall)),
+                (
+                    "pages_per_s",
+                    st.reads as f64 / (st.elapsed_ns as f64 / 1e9),
+                ),
+            ],
+        ),
+        Err(e) => r.check(
+            &format!("bench-region-batched-reads-{mib}"),
+            false,
+            e.to_string(),
+            &[],
+        ),
+    };
+}
+
 /// `k` children of the snapshot at once on this host, each reading its own slice of
 /// the heap: the aggregate rate of pages fetched (resumes included in the wall time).
-fn concurrent_children(r: &mut Report, h: &SnapshotHandle, mib: &str, k: usize) {
+fn concurrent_children(
+    r: &mut Report,
+    h: &SnapshotHandle,
+    mib: &str,
+    k: usize,
+    batches: usize,
+    set: bool,
+) {
     let before = counters();
     let t = Instant::now();
     let kids: Vec<_> = (0..k)
@@ -290,11 +338,14 @@ fn concurrent_children(r: &mut Report, h: &SnapshotHandle, mib: &str, k: usize) 
     let after = counters();
     let fetched = after.pages_fetched.saturating_sub(before.pages_fetched);
     r.check(
-        &format!("bench-concurrent-{mib}-{k}"),
-        launched == k && ok == k,
-        format!("{k} children of the {mib} MiB seed at once on B, each reading 1/{k} of the heap"),
+        &format!("bench-concurrent-{mib}-{k}-batches-{batches}"),
+        set && launched == k && ok == k,
+        format!(
+            "{k} children of the {mib} MiB seed at once on B, each reading 1/{k} of the heap, {batches} READ batches in flight"
+        ),
         &[
             ("children", k as f64),
+            ("read_batches", batches as f64),
             ("wall_ms", ms(wall)),
             ("pages_fetched", fetched as f64),
             ("pages_per_s", fetched as f64 / wall.as_secs_f64()),
@@ -735,8 +786,12 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         if mib == "64" {
             // Several children faulting different pages of one snapshot (their batches
             // share the connection's READ slots) against one child reading it all.
-            for k in [1, 8] {
-                concurrent_children(r, &h, mib, k);
+            region_reads(r, &h, mib);
+            // READ batches in flight per connection: 3 (the default), and 1 for
+            // comparison (set back to 3 afterwards).
+            for (k, batches) in [(1, 3), (8, 1), (8, 3)] {
+                let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string());
+                concurrent_children(r, &h, mib, k, batches, set.is_ok());
             }
         }
         // A child recording its working set, then one replaying it (resume includes
