@@ -75,7 +75,7 @@ pub(crate) fn resume(
     eager: bool,
 ) -> Result {
     let start = Start {
-        ns: kernel::time::Ktime::ktime_get().to_ns() as u64,
+        ns: now_ns(),
         round_trips: round_trips(),
     };
     let r = resume_inner(host, a, port, timeout_ms, eager, &start);
@@ -90,6 +90,11 @@ pub(crate) fn resume(
 struct Start {
     ns: u64,
     round_trips: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns.
+fn now_ns() -> u64 {
+    kernel::time::Ktime::ktime_get().to_ns() as u64
 }
 
 /// Control RPCs and READ doorbells this host has sent (every resume on the host adds
@@ -115,9 +120,11 @@ fn resume_inner(
     };
     let fs = host.snapshot_fs();
     let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
+    let connected_ns = now_ns();
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
     // even when children on this host still map it.
     let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
+    let opened_ns = now_ns();
     // An open an earlier child here left at the parent (`open_linger_ms`) made this
     // one reuse its registration; ours holds it now. Closed when the resume returns
     // (a one-way message, after the report's count of round trips).
@@ -161,6 +168,7 @@ fn resume_inner(
     } else {
         0
     };
+    let fetched_ns = now_ns();
     let desc = pager.descriptor()?;
     let (st, fpu) = task_state(&desc)?;
     fpu::check(fpu)?;
@@ -208,6 +216,9 @@ fn resume_inner(
                 eager_pages,
                 prefetched,
                 round_trips: round_trips().saturating_sub(start.round_trips),
+                connect_ns: connected_ns.saturating_sub(start.ns),
+                open_ns: opened_ns.saturating_sub(connected_ns),
+                fetch_ns: fetched_ns.saturating_sub(opened_ns),
             };
             report(&st, vdso, vvar, seed_vdso, seed_vvar, start.ns, &counts)
         });
@@ -603,7 +614,17 @@ struct Counts {
     eager_pages: u64,
     prefetched: u64,
     round_trips: u64,
+    connect_ns: u64,
+    open_ns: u64,
+    fetch_ns: u64,
 }
+
+/// The report's fields: `ForkCaptureArgs` from `child_vdso` to its end.
+const REPORT_FIELDS: usize = 13;
+const _: () = assert!(
+    core::mem::offset_of!(ForkCaptureArgs, child_vdso) + 8 * REPORT_FIELDS
+        == core::mem::size_of::<ForkCaptureArgs>()
+);
 
 fn report(
     st: &TaskState,
@@ -614,7 +635,7 @@ fn report(
     start_ns: u64,
     counts: &Counts,
 ) -> Result {
-    let fields = [
+    let fields: [u64; REPORT_FIELDS] = [
         vdso.start,
         vvar.start,
         seed_vdso.start,
@@ -625,12 +646,15 @@ fn report(
         counts.eager_pages,
         counts.prefetched,
         counts.round_trips,
+        counts.connect_ns,
+        counts.open_ns,
+        counts.fetch_ns,
     ];
     let at = st
         .capture_args
         .checked_add(core::mem::offset_of!(ForkCaptureArgs, child_vdso) as u64)
         .ok_or(EFAULT)?;
-    let mut bytes = [0u8; 8 * 10];
+    let mut bytes = [0u8; 8 * REPORT_FIELDS];
     for (chunk, f) in bytes.chunks_exact_mut(8).zip(fields) {
         chunk.copy_from_slice(&f.to_ne_bytes());
     }

@@ -21,7 +21,7 @@
 //! explicit (`_pad*` fields) and must be zero.
 
 /// Version of this ABI. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The ioctl type byte of `/dev/mitosis`.
 pub const IOC_MAGIC: u8 = 0xB7;
@@ -432,6 +432,12 @@ pub struct ForkCaptureArgs {
     /// READ doorbells, counted by the module; a new connection's setup not included).
     pub prefetched_pages: u64,
     pub round_trips: u64,
+    /// Out (child): where the resume's time went before the child's address space was
+    /// rebuilt, in ns: getting the connection (0 when pooled), the open at the parent
+    /// (one RPC), and reading the descriptor, lead pages and working-set record.
+    pub connect_ns: u64,
+    pub open_ns: u64,
+    pub fetch_ns: u64,
 }
 
 /// `MITOSIS_IOC_FORK_CLAIM`: the parent collects what the seed `seed_pid` (its child)
@@ -514,7 +520,7 @@ ioctl_structs! {
     IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;
     IOC_REMOTE_READ / RemoteRead = 5, RemoteReadArgs, 72;
     IOC_REMOTE_CLOSE / RemoteClose = 6, RemoteCloseArgs, 16;
-    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 104;
+    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 128;
     IOC_FORK_RESUME / ForkResume = 8, ForkResumeArgs, 48;
     IOC_FORK_RELEASE / ForkRelease = 9, ForkReleaseArgs, 40;
     IOC_FORK_CLAIM / ForkClaim = 10, ForkClaimArgs, 88;

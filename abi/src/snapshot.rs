@@ -14,7 +14,7 @@
 //! error, never a panic or an out-of-range index.
 
 pub const MAGIC: u32 = 0x4D53_4E50; // "MSNP"
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 40;
 pub const VMA_LEN: usize = 48;
 pub const RUN_LEN: usize = 24;

@@ -122,6 +122,12 @@ pub struct Resumed {
     /// Network round trips of the resume call (control RPCs and READ doorbells, not
     /// counting a new connection's setup).
     pub round_trips: u64,
+    /// Parts of `resume`: getting the connection (zero when pooled), the open at the
+    /// parent (one RPC), and reading the descriptor, lead pages and working-set
+    /// record; the rest rebuilt the address space and task.
+    pub connect: Duration,
+    pub open: Duration,
+    pub fetch: Duration,
 }
 
 /// The two returns of [`Mitosis::fork_prepare`].
@@ -516,6 +522,9 @@ fn child_start(
         eager_pages: a.eager_pages,
         prefetched_pages: a.prefetched_pages,
         round_trips: a.round_trips,
+        connect: Duration::from_nanos(a.connect_ns),
+        open: Duration::from_nanos(a.open_ns),
+        fetch: Duration::from_nanos(a.fetch_ns),
     })
 }
 

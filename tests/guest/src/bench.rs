@@ -136,6 +136,9 @@ pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label:
             ("eager_pages", resumed.eager_pages as f64),
             ("prefetched_pages", resumed.prefetched_pages as f64),
             ("resume_round_trips", resumed.round_trips as f64),
+            ("resume_connect_ms", ms(resumed.connect)),
+            ("resume_open_ms", ms(resumed.open)),
+            ("resume_fetch_ms", ms(resumed.fetch)),
         ],
     );
 }

@@ -31,12 +31,20 @@ pub(super) fn verify_child(
 
 /// The resume itself, and the registers loaded around the seed's capture syscall.
 fn check_resume_and_registers(r: &mut Report, resumed: &mitosis::Resumed) {
+    // Every resume opens the snapshot at its parent (one RPC), and its parts fit in it.
+    let parts = resumed.connect + resumed.open + resumed.fetch;
     r.check(
         "rf-child-resumed",
-        true,
-        "",
+        !resumed.open.is_zero() && parts <= resumed.resume,
+        format!(
+            "connect {:?} + open {:?} + fetch {:?} of {:?}",
+            resumed.connect, resumed.open, resumed.fetch, resumed.resume
+        ),
         &[
             ("resume_ms", resumed.resume.as_secs_f64() * 1e3),
+            ("connect_ms", resumed.connect.as_secs_f64() * 1e3),
+            ("open_ms", resumed.open.as_secs_f64() * 1e3),
+            ("fetch_ms", resumed.fetch.as_secs_f64() * 1e3),
             ("eager_pages", resumed.eager_pages as f64),
             ("prefetched_pages", resumed.prefetched_pages as f64),
             ("round_trips", resumed.round_trips as f64),
