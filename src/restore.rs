@@ -620,7 +620,7 @@ struct Counts {
 }
 
 /// The report's fields: `ForkCaptureArgs` from `child_vdso` to its end.
-const REPORT_FIELDS: usize = 13;
+const REPORT_FIELDS: usize = 14;
 const _: () = assert!(
     core::mem::offset_of!(ForkCaptureArgs, child_vdso) + 8 * REPORT_FIELDS
         == core::mem::size_of::<ForkCaptureArgs>()
@@ -649,6 +649,7 @@ fn report(
         counts.connect_ns,
         counts.open_ns,
         counts.fetch_ns,
+        now_ns().saturating_sub(start_ns),
     ];
     let at = st
         .capture_args

@@ -434,10 +434,13 @@ pub struct ForkCaptureArgs {
     pub round_trips: u64,
     /// Out (child): where the resume's time went before the child's address space was
     /// rebuilt, in ns: getting the connection (0 when pooled), the open at the parent
-    /// (one RPC), and reading the descriptor, lead pages and working-set record.
+    /// (one RPC), and reading the descriptor, lead pages and working-set record; and
+    /// the whole resume call up to this report (the rest of `resume` is the return to
+    /// user space and the library's first steps in the child).
     pub connect_ns: u64,
     pub open_ns: u64,
     pub fetch_ns: u64,
+    pub in_module_ns: u64,
 }
 
 /// `MITOSIS_IOC_FORK_CLAIM`: the parent collects what the seed `seed_pid` (its child)
@@ -520,7 +523,7 @@ ioctl_structs! {
     IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;
     IOC_REMOTE_READ / RemoteRead = 5, RemoteReadArgs, 72;
     IOC_REMOTE_CLOSE / RemoteClose = 6, RemoteCloseArgs, 16;
-    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 128;
+    IOC_FORK_CAPTURE / ForkCapture = 7, ForkCaptureArgs, 136;
     IOC_FORK_RESUME / ForkResume = 8, ForkResumeArgs, 48;
     IOC_FORK_RELEASE / ForkRelease = 9, ForkReleaseArgs, 40;
     IOC_FORK_CLAIM / ForkClaim = 10, ForkClaimArgs, 88;

@@ -27,7 +27,7 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
     assert_eq!(ioctl::IOC_STATUS, 0xc1b8_b701);
-    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc080_b707);
+    assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc088_b707);
     assert_eq!(ioctl::IOC_FORK_CLAIM, 0xc058_b70a);
     assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
     assert_eq!(ioctl::IOC_FORK_RELEASE, 0xc028_b709);
@@ -53,9 +53,9 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(offset_of!(ioctl::RemoteReadArgs, batch_pages), 40);
     // ABI 3: list entries carry the local children and the seed's and parent's pids.
     // ABI 4: counters for local file mappings, remote faults and working sets.
-    // ABI 5: the resume report's connect, open and fetch times.
+    // ABI 5: the resume report's connect, open, fetch and in-module times.
     assert_eq!(ioctl::ABI_VERSION, 5);
-    assert_eq!(size_of::<ioctl::ForkCaptureArgs>(), 128);
+    assert_eq!(size_of::<ioctl::ForkCaptureArgs>(), 136);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, connect_ns), 104);
     assert_eq!(size_of::<ioctl::SnapshotEntry>(), 48);
     assert_eq!(offset_of!(ioctl::SnapshotEntry, children), 36);

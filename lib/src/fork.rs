@@ -128,6 +128,9 @@ pub struct Resumed {
     pub connect: Duration,
     pub open: Duration,
     pub fetch: Duration,
+    /// The resume call in the module, up to its report (the rest of `resume` is the
+    /// return to user space and the library's first steps in the child).
+    pub in_module: Duration,
 }
 
 /// The two returns of [`Mitosis::fork_prepare`].
@@ -525,6 +528,7 @@ fn child_start(
         connect: Duration::from_nanos(a.connect_ns),
         open: Duration::from_nanos(a.open_ns),
         fetch: Duration::from_nanos(a.fetch_ns),
+        in_module: Duration::from_nanos(a.in_module_ns),
     })
 }
 

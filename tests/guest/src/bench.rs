@@ -109,8 +109,19 @@ pub fn demo_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed) {
 }
 
 /// Benchmark child: resume time, time to read 10% and 100% of the heap, pages fetched.
-pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label: &str) {
+pub fn bench_child(
+    r: &mut Report,
+    w: &World,
+    resumed: &mitosis::Resumed,
+    label: &str,
+    faults_before_launch: Option<u64>,
+) {
     let at_start = counters();
+    // Demand faults between the resume's report and here: pages the child's first
+    // steps needed beyond the lead pages (the host runs nothing else meanwhile).
+    let early_faults = faults_before_launch.map_or(f64::NAN, |f| {
+        at_start.remote_faults.saturating_sub(f) as f64
+    });
     let before = at_start.pages_fetched;
     let n = w.heap.len();
     let t = Instant::now();
@@ -139,6 +150,8 @@ pub fn bench_child(r: &mut Report, w: &World, resumed: &mitosis::Resumed, label:
             ("resume_connect_ms", ms(resumed.connect)),
             ("resume_open_ms", ms(resumed.open)),
             ("resume_fetch_ms", ms(resumed.fetch)),
+            ("resume_in_module_ms", ms(resumed.in_module)),
+            ("faults_before_first_use", early_faults),
         ],
     );
 }
@@ -381,6 +394,16 @@ pub fn latency_child(r: &mut Report, w: &World) {
         format!("{} faults", lat.len()),
         &[("median_us", pick(0.5)), ("p99_us", pick(0.99))],
     );
+}
+
+/// Runs one benchmark child labelled `label` (`bench_child`), telling it the host's
+/// remote-fault count before its launch: it reports the faults taken between its
+/// resume and its first measurement.
+fn bench_run(h: &SnapshotHandle, eager: bool, label: &str) -> bool {
+    let faults = counters().remote_faults;
+    launch(h, eager)
+        .map(|c| run_child(c, &format!("bench {label} {faults}")).0.success())
+        .unwrap_or(false)
 }
 
 /// Launches `k` children at once with `task`; returns (all succeeded, wall time).
@@ -726,20 +749,12 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             },
             _ => break,
         };
-        let child = launch(&h, false).map(|c| run_child(c, &format!("bench {mib}")).0.success());
-        r.check(
-            &format!("bench-child-ran-{mib}"),
-            matches!(child, Ok(true)),
-            "",
-            &[],
-        );
+        let child = bench_run(&h, false, mib);
+        r.check(&format!("bench-child-ran-{mib}"), child, "", &[]);
         // The same child without the lead pages: the stack and the resume point come
         // by demand fault (the round trips before the first instruction, compared).
         let set = std::fs::write(LEAD_PAGES_PARAM, "0");
-        let nolead = set.is_ok()
-            && launch(&h, false)
-                .map(|c| run_child(c, &format!("bench nolead-{mib}")).0.success())
-                .unwrap_or(false);
+        let nolead = set.is_ok() && bench_run(&h, false, &format!("nolead-{mib}"));
         let _ = std::fs::write(LEAD_PAGES_PARAM, "1");
         r.check(
             &format!("bench-nolead-ran-{mib}"),
@@ -747,14 +762,8 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             format!("{set:?}"),
             &[],
         );
-        let eager =
-            launch(&h, true).map(|c| run_child(c, &format!("bench eager-{mib}")).0.success());
-        r.check(
-            &format!("bench-eager-ran-{mib}"),
-            matches!(eager, Ok(true)),
-            "",
-            &[],
-        );
+        let eager = bench_run(&h, true, &format!("eager-{mib}"));
+        r.check(&format!("bench-eager-ran-{mib}"), eager, "", &[]);
         let lat = launch(&h, false).map(|c| run_child(c, "latency").0.success());
         r.check(
             &format!("bench-latency-ran-{mib}"),
@@ -768,13 +777,7 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             for window in [1, 16, 64] {
                 let set = std::fs::write(PREFETCH_PARAM, window.to_string());
                 let run = set.is_ok()
-                    && launch(&h, false)
-                        .map(|c| {
-                            run_child(c, &format!("bench 64-window-{window}"))
-                                .0
-                                .success()
-                        })
-                        .unwrap_or(false)
+                    && bench_run(&h, false, &format!("64-window-{window}"))
                     && launch(&h, false)
                         .map(|c| run_child(c, "latency").0.success())
                         .unwrap_or(false);
@@ -802,12 +805,8 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         let set = std::fs::write(REPLAY_ASYNC_PARAM, "0")
             .and_then(|()| std::fs::write(WORKING_SET_PARAM, "1"));
         let replayed = set.is_ok()
-            && launch(&h, false)
-                .map(|c| run_child(c, &format!("bench ws-record-{mib}")).0.success())
-                .unwrap_or(false)
-            && launch(&h, false)
-                .map(|c| run_child(c, &format!("bench ws-{mib}")).0.success())
-                .unwrap_or(false);
+            && bench_run(&h, false, &format!("ws-record-{mib}"))
+            && bench_run(&h, false, &format!("ws-{mib}"));
         let _ = std::fs::write(WORKING_SET_PARAM, "0");
         let _ = std::fs::write(REPLAY_ASYNC_PARAM, "1");
         r.check(

@@ -29,7 +29,9 @@ pub(super) fn child_main(
             0
         }
         Some("bench") => {
-            crate::bench::bench_child(&mut r, w, &resumed, words.next().unwrap_or("?"));
+            let label = words.next().unwrap_or("?");
+            let faults = words.next().and_then(|v| v.parse().ok());
+            crate::bench::bench_child(&mut r, w, &resumed, label, faults);
             0
         }
         Some("launcher-state") => {

@@ -35,16 +35,19 @@ fn check_resume_and_registers(r: &mut Report, resumed: &mitosis::Resumed) {
     let parts = resumed.connect + resumed.open + resumed.fetch;
     r.check(
         "rf-child-resumed",
-        !resumed.open.is_zero() && parts <= resumed.resume,
+        !resumed.open.is_zero()
+            && parts <= resumed.in_module
+            && resumed.in_module <= resumed.resume,
         format!(
-            "connect {:?} + open {:?} + fetch {:?} of {:?}",
-            resumed.connect, resumed.open, resumed.fetch, resumed.resume
+            "connect {:?} + open {:?} + fetch {:?} of {:?} in the module, {:?} in all",
+            resumed.connect, resumed.open, resumed.fetch, resumed.in_module, resumed.resume
         ),
         &[
             ("resume_ms", resumed.resume.as_secs_f64() * 1e3),
             ("connect_ms", resumed.connect.as_secs_f64() * 1e3),
             ("open_ms", resumed.open.as_secs_f64() * 1e3),
             ("fetch_ms", resumed.fetch.as_secs_f64() * 1e3),
+            ("in_module_ms", resumed.in_module.as_secs_f64() * 1e3),
             ("eager_pages", resumed.eager_pages as f64),
             ("prefetched_pages", resumed.prefetched_pages as f64),
             ("round_trips", resumed.round_trips as f64),
