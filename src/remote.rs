@@ -100,8 +100,8 @@ impl RemoteRegion {
 
     /// Reads the pages at region offsets `offs` (at most [`MAX_READ_BATCH`], each
     /// page-aligned and inside the region) with one doorbell; page `i`'s bytes go to
-    /// `consume(i, bytes)` (kernel memory only: it runs under the connection's I/O
-    /// lock).
+    /// `consume(i, bytes)` (kernel memory only: it runs under a READ slot's lock of
+    /// the connection).
     pub(crate) fn read_batch(
         &self,
         offs: &[u64],
@@ -154,7 +154,7 @@ impl RemoteRegion {
             return Err(errno::erange());
         }
         // A bounce buffer in kernel memory: the copy to the caller may fault, which
-        // must not happen under the connection's I/O lock (the fault could need it).
+        // must not happen under a READ slot's lock (the fault could need the slot).
         let mut bounce = KVVec::from_elem(0u8, batch * PAGE_SIZE, GFP_KERNEL)?;
         let mut remote = KVec::with_capacity(batch, GFP_KERNEL)?;
         let mut outcome = ReadOutcome {
