@@ -37,7 +37,7 @@ use crate::util::ClearForReuse;
 use crate::working_set::Trace;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::sync::{new_mutex, Arc, Mutex, UniqueArc};
 
 /// A demand fault this close (in pages) to the previous one is local: see
 /// [`Pager::demand_window`].
@@ -193,6 +193,14 @@ impl Pager {
         desc: KVVec<u8>,
     ) -> Result<Self> {
         let desc_pages = (desc.len() as u64).div_ceil(PAGE);
+        // From here on the open is in a `Link`, whose drop closes it on any failure.
+        let remote: Arc<RemoteRegion> = match UniqueArc::new_uninit(GFP_KERNEL) {
+            Ok(shared) => shared.write(remote).into(),
+            Err(e) => {
+                remote.close();
+                return Err(e.into());
+            }
+        };
         Ok(Pager {
             host,
             key,
@@ -200,7 +208,7 @@ impl Pager {
             data_offset: desc_pages * PAGE,
             link: KBox::pin_init(
                 new_mutex!(Link {
-                    remote: Arc::new(remote, GFP_KERNEL)?,
+                    remote,
                     handed_on: false
                 }),
                 GFP_KERNEL,
@@ -216,6 +224,9 @@ impl Pager {
     /// After a failed READ: a new connection (pooled) and a new open of the same
     /// snapshot, once. A released snapshot or a parent that is gone fails here.
     fn reconnect(&self, link: &mut Link) -> Result {
+        // Allocated first: once the parent opened, nothing may fail before the open
+        // is either kept or closed.
+        let shared = UniqueArc::new_uninit(GFP_KERNEL)?;
         let (conn, _) =
             self.host
                 .connection_to(self.key.addr, self.key.port, params::connect_timeout_ms())?;
@@ -230,7 +241,7 @@ impl Pager {
         // Dropping the old link closes the old open (batches still holding it fail on
         // its connection and read again through this one).
         *link = Link {
-            remote: Arc::new(remote, GFP_KERNEL)?,
+            remote: shared.write(remote).into(),
             handed_on: false,
         };
         pr_info!(
