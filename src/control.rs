@@ -102,7 +102,8 @@ fn take_working_set(host: &Host, conn: &Connection, report: &WorkingSetReport<'_
         return;
     };
     let runs = (0..report.n_runs()).filter_map(|i| report.run(i));
-    if region.offer_working_set(report.n_runs(), runs) {
+    let hot = (0..report.n_hot()).filter_map(|i| report.hot(i));
+    if region.offer_working_set((report.n_runs(), runs), (report.n_hot(), hot)) {
         count(&COUNTERS.ws_reports_kept, 1);
     }
 }
@@ -171,7 +172,7 @@ fn send_keys(
     regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
     // Copied first: the region's lock is not held across the send.
-    let runs = region.working_set(OpenRegionReply::room_for_runs(rkeys.len()))?;
+    let (hot, runs) = region.working_set(rkeys.len())?;
     conn.reply(params::io_timeout_ms(), regs, |buf| {
         let facts = RegionFacts {
             size: region.size,
@@ -180,8 +181,15 @@ fn send_keys(
             desc_mac: region.desc_mac,
             lead_pages: region.lead_pages,
         };
-        OpenRegionReply::encode_with_runs(seq, &facts, rkeys.iter().copied(), &runs, buf)
-            .map_err(|_| EINVAL)
+        OpenRegionReply::encode_with_working_set(
+            seq,
+            &facts,
+            rkeys.iter().copied(),
+            &hot,
+            &runs,
+            buf,
+        )
+        .map_err(|_| EINVAL)
     })?;
     count(&COUNTERS.region_opens, 1);
     Ok(())

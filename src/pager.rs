@@ -24,8 +24,10 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::snapshot::{window_offset, Descriptor, PAGE, RUN_PRESENT, VMA_WINDOW};
-use crate::abi::wire::{runs_from_pages, WsRun, MAX_WS_RUNS};
+use crate::abi::snapshot::{
+    window_offset, Descriptor, MAX_LEAD_PAGES, PAGE, RUN_PRESENT, VMA_WINDOW,
+};
+use crate::abi::wire::{runs_from_pages, HotPage, WsRun, MAX_HOT_PAGES, MAX_WS_RUNS};
 use crate::counters::{count, COUNTERS};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
@@ -143,14 +145,16 @@ impl Drop for Pager {
         let dead = self.dead.load(Ordering::Relaxed);
         if params::working_set() {
             let mut pages = self.trace.lock().take();
+            // Before the report sorts the pages.
+            let hot = self.first_touches(&pages);
             {
                 let link = self.link.lock();
                 let given: u64 = link.remote.ws_runs.iter().map(|r| u64::from(r.pages)).sum();
                 if pages.len() as u64 > given && !dead {
-                    report_working_set(&link.remote, &mut pages);
+                    report_working_set(&link.remote, &mut pages, &hot);
                 }
             }
-            self.host.working_sets().store(self.key, pages);
+            self.host.working_sets().store(self.key, pages, hot);
         }
         // The open stays at the parent a while (`open_linger_ms`): the next child of
         // the snapshot here reuses the registration the parent made for this host.
@@ -502,13 +506,14 @@ impl Pager {
 
     /// Puts pages read along with the descriptor into `mapping`'s page cache: page
     /// `i` of `bytes` at snapshot-file offset `offs[i]` (where not there yet). They
-    /// were read with the descriptor's batch, before this pager existed.
+    /// were read with the descriptor's batch, before this pager existed. Returns the
+    /// pages put there.
     pub(crate) fn install(
         &self,
         mapping: Mapping<'_>,
         offs: impl Iterator<Item = u64>,
         bytes: &[u8],
-    ) {
+    ) -> u64 {
         let mut installed = 0u64;
         for (off, page) in offs.zip(bytes.chunks_exact(PAGE_SIZE)) {
             // A failure leaves the page to its demand fault.
@@ -520,6 +525,7 @@ impl Pager {
             }
         }
         count(&COUNTERS.pages_fetched, installed);
+        installed
     }
 
     /// One doorbell of READs, page `offs[i]` into `folios[i]`.
@@ -650,15 +656,40 @@ impl Pager {
         Ok(())
     }
 
+    /// The first pages of `touched` (in touch order) a child does not get as lead
+    /// pages, with their region pages: what the next resume reads in its descriptor
+    /// batch. Empty when memory is short (a record is a hint).
+    fn first_touches(&self, touched: &[u64]) -> KVec<HotPage> {
+        let mut hot = KVec::new();
+        let (Ok(desc), Ok(mut lead), Ok(mut out)) = (
+            self.descriptor(),
+            KBox::new([0u64; MAX_LEAD_PAGES], GFP_KERNEL),
+            KBox::new([HotPage::default(); MAX_HOT_PAGES], GFP_KERNEL),
+        ) else {
+            return hot;
+        };
+        let n_lead = desc.lead_offsets(&mut lead);
+        let n = desc.first_touches(
+            self.desc.len() as u64,
+            &lead[..n_lead],
+            touched.iter().copied(),
+            &mut out[..],
+        );
+        if hot.extend_from_slice(&out[..n], GFP_KERNEL).is_err() {
+            return KVec::new();
+        }
+        hot
+    }
+
     /// The snapshot this pager serves.
     pub(crate) fn key(&self) -> PagerKey {
         self.key
     }
 }
 
-/// Sends `pages` (sorted here) to the parent as runs; nothing if empty or short of
-/// memory.
-fn report_working_set(remote: &RemoteRegion, pages: &mut [u64]) {
+/// Sends `pages` (sorted here) to the parent as runs, with their first-touch pages
+/// `hot`; nothing if empty or short of memory.
+fn report_working_set(remote: &RemoteRegion, pages: &mut [u64], hot: &[HotPage]) {
     if pages.is_empty() {
         return;
     }
@@ -666,7 +697,7 @@ fn report_working_set(remote: &RemoteRegion, pages: &mut [u64]) {
         return;
     };
     let n = runs_from_pages(pages, &mut runs);
-    remote.report_working_set(&runs[..n]);
+    remote.report_working_set(&runs[..n], hot);
 }
 
 /// Page index in the snapshot file of VMA `vi`'s page `page`.

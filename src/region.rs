@@ -7,7 +7,7 @@
 
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
 use crate::abi::mac::{constant_time_eq, descriptor_mac, open_proof};
-use crate::abi::wire::WsRun;
+use crate::abi::wire::{HotPage, OpenRegionReply, WsRun};
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -70,46 +70,73 @@ pub(crate) struct Region {
     pub(crate) origin: Origin,
     /// Cleared when the region is destroyed: no new registrations.
     live: AtomicBool,
-    /// For snapshots: the working set the first opener reported (`control.rs`),
-    /// handed to later openers with the keys; empty until then.
-    working_set: Pin<KBox<Mutex<KVec<WsRun>>>>,
+    /// For snapshots: the working set an opener reported (`control.rs`), handed to
+    /// later openers with the keys; empty until then.
+    working_set: Pin<KBox<Mutex<ParentRecord>>>,
+}
+
+/// A snapshot's working set as the parent keeps it: its pages as runs, and the first
+/// of them in the order children first touched them.
+#[derive(Default)]
+struct ParentRecord {
+    runs: KVec<WsRun>,
+    hot: KVec<HotPage>,
+}
+
+/// Copies the first `max` entries of `from`.
+fn copy_first<T: Copy>(from: &[T], max: usize) -> Result<KVec<T>> {
+    let n = from.len().min(max);
+    let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+    out.extend_from_slice(&from[..n], GFP_KERNEL)?;
+    Ok(out)
+}
+
+/// Collects at most `n` entries (the count the wire decoder checked) into a new
+/// vector, or `None` when memory is short.
+fn collect_bounded<T>(n: usize, items: impl Iterator<Item = T>) -> Option<KVec<T>> {
+    let mut out = KVec::with_capacity(n, GFP_KERNEL).ok()?;
+    for x in items.take(n) {
+        // Within the capacity reserved above: no allocation.
+        out.push(x, GFP_KERNEL).ok()?;
+    }
+    Some(out)
 }
 
 impl Region {
     /// Keeps `runs` (validated by the wire decoder: at most `wire::MAX_WS_PAGES` pages)
-    /// as the snapshot's working set if it has none yet or the kept one names fewer
-    /// pages: a child that exits at once does not fix a small record for good, and
-    /// records grow as children on other hosts fetch more (a record is a hint: failing
-    /// to keep one is not an error). Returns whether it was kept.
-    pub(crate) fn offer_working_set(&self, n: usize, runs: impl Iterator<Item = WsRun>) -> bool {
+    /// and `hot` (its first-touch pages, at most `wire::MAX_HOT_PAGES`) as the
+    /// snapshot's working set if it has none yet or the kept one names fewer pages: a
+    /// child that exits at once does not fix a small record for good, and records
+    /// grow as children on other hosts fetch more (a record is a hint: failing to
+    /// keep one is not an error). Returns whether it was kept.
+    pub(crate) fn offer_working_set(
+        &self,
+        (n_runs, runs): (usize, impl Iterator<Item = WsRun>),
+        (n_hot, hot): (usize, impl Iterator<Item = HotPage>),
+    ) -> bool {
         if self.info == 0 {
             return false;
         }
-        let Ok(mut offered) = KVec::with_capacity(n, GFP_KERNEL) else {
+        let (Some(runs), Some(hot)) = (collect_bounded(n_runs, runs), collect_bounded(n_hot, hot))
+        else {
             return false;
         };
-        for r in runs.take(n) {
-            // Within the capacity reserved above: no allocation.
-            if offered.push(r, GFP_KERNEL).is_err() {
-                return false;
-            }
-        }
         let mut ws = self.working_set.lock();
-        if run_pages(&offered) <= run_pages(&ws) {
+        if run_pages(&runs) <= run_pages(&ws.runs) {
             return false;
         }
-        *ws = offered;
+        *ws = ParentRecord { runs, hot };
         true
     }
 
-    /// The first `max` runs of the snapshot's working set (copied: the caller sends
-    /// them without holding the lock).
-    pub(crate) fn working_set(&self, max: usize) -> Result<KVec<WsRun>> {
+    /// The snapshot's working set as it fits in an open reply with `n_keys` keys:
+    /// its first-touch pages, then its first runs (copied: the caller sends them
+    /// without holding the lock).
+    pub(crate) fn working_set(&self, n_keys: usize) -> Result<(KVec<HotPage>, KVec<WsRun>)> {
         let ws = self.working_set.lock();
-        let n = ws.len().min(max);
-        let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
-        out.extend_from_slice(&ws[..n], GFP_KERNEL)?;
-        Ok(out)
+        let hot = copy_first(&ws.hot, OpenRegionReply::room_for_hot(n_keys))?;
+        let runs = copy_first(&ws.runs, OpenRegionReply::room_for_runs(n_keys, hot.len()))?;
+        Ok((hot, runs))
     }
 
     /// Compares `secret` in constant time.
@@ -186,7 +213,7 @@ impl Registry {
                 created_ms: kernel::time::Ktime::ktime_get().to_ms(),
                 origin,
                 live: AtomicBool::new(true),
-                working_set: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
+                working_set: KBox::pin_init(new_mutex!(ParentRecord::default()), GFP_KERNEL)?,
             },
             GFP_KERNEL,
         )?;

@@ -6,7 +6,9 @@
 
 use crate::abi::ioctl::read_flags;
 use crate::abi::mac::open_proof;
-use crate::abi::wire::{CloseRegion, Kind, OpenRegion, OpenRegionReply, WorkingSetReport, WsRun};
+use crate::abi::wire::{
+    CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, WorkingSetReport, WsRun,
+};
 use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
@@ -38,6 +40,9 @@ pub(crate) struct RemoteRegion {
     /// (ascending, disjoint, at most `wire::MAX_WS_PAGES` pages; not trusted beyond
     /// that: the pager keeps only pages its descriptor says are present).
     pub(crate) ws_runs: KVec<WsRun>,
+    /// The first pages of that working set in the order children first touched them
+    /// (at most `wire::MAX_HOT_PAGES`; checked by the reader against its descriptor).
+    pub(crate) hot: KVec<HotPage>,
 }
 
 /// What one read did.
@@ -62,7 +67,7 @@ impl RemoteRegion {
         };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let (facts, rkeys, ws_runs) = conn.rpc(
+        let (facts, rkeys, (ws_runs, hot)) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             |reply| {
@@ -81,7 +86,11 @@ impl RemoteRegion {
                 for i in 0..r.n_runs() {
                     runs.push(r.run(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.facts, keys, runs))
+                let mut hot = KVec::with_capacity(r.n_hot(), GFP_KERNEL)?;
+                for i in 0..r.n_hot() {
+                    hot.push(r.hot(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
+                }
+                Ok((r.facts, keys, (runs, hot)))
             },
         )?;
         Ok(RemoteRegion {
@@ -95,6 +104,7 @@ impl RemoteRegion {
             chunk_bytes: facts.chunk_bytes,
             rkeys,
             ws_runs,
+            hot,
         })
     }
 
@@ -187,10 +197,11 @@ impl RemoteRegion {
         Ok(outcome)
     }
 
-    /// Reports the pages this host's children fetched (best effort, no reply).
-    pub(crate) fn report_working_set(&self, runs: &[WsRun]) {
+    /// Reports the pages this host's children touched, and the first of them in
+    /// their order (best effort, no reply).
+    pub(crate) fn report_working_set(&self, runs: &[WsRun], hot: &[HotPage]) {
         let _ = self.conn.notify(params::io_timeout_ms(), |seq, buf| {
-            WorkingSetReport::encode(self.region_id, runs, seq, buf).map_err(|_| EINVAL)
+            WorkingSetReport::encode(self.region_id, runs, hot, seq, buf).map_err(|_| EINVAL)
         });
     }
 

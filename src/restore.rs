@@ -31,6 +31,7 @@ use crate::abi::snapshot::{
     reg, vma_flags, window_offset, DescError, Descriptor, TaskState, MAX_LEAD_PAGES, PAGE,
     TASK_STATE_LEN, X86_64_LIMITS,
 };
+use crate::abi::wire::HotPage;
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
@@ -39,6 +40,7 @@ use crate::mm::{self, MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS
 use crate::pager::{Pager, PagerKey};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
+use crate::rdma::PAGE_SIZE;
 use crate::remote::RemoteRegion;
 use crate::snapfs::Faults;
 use crate::state::Host;
@@ -136,8 +138,10 @@ fn resume_inner(
             (inode, None)
         }
         None => {
+            let local = first_touches_here(host, key);
+            let hot = local.as_deref().unwrap_or(&remote.hot);
             let (desc, lead) =
-                fetch_descriptor(&remote, &a.secret).inspect_err(|_| remote.close())?;
+                fetch_descriptor(&remote, &a.secret, hot).inspect_err(|_| remote.close())?;
             (
                 fs.create(Pager::new(host.clone(), key, remote, desc)?)?,
                 Some(lead),
@@ -155,19 +159,20 @@ fn resume_inner(
     };
     let file = fs.open(inode, faults)?;
     let pager = file.pager();
-    if let Some(lead) = &lead {
+    // The first-touch pages count as prefetched (in the descriptor's batch).
+    let mut prefetched = 0;
+    if let Some((lead, hot)) = &lead {
         pager.install(file.mapping(), lead.offs.iter().copied(), &lead.bytes);
+        prefetched = pager.install(file.mapping(), hot.offs.iter().copied(), &hot.bytes);
     }
     // A new pager on this host: what the snapshot's earlier children fetched comes in
     // batched READs, instead of one demand fault at a time later: in the background
     // once the child runs (`replay.rs`), or now.
     let replay = fresh && !eager && params::working_set();
     let in_background = replay && params::replay_async();
-    let prefetched = if replay && !in_background {
-        pager.replay_working_set(file.mapping(), &|| true)
-    } else {
-        0
-    };
+    if replay && !in_background {
+        prefetched += pager.replay_working_set(file.mapping(), &|| true);
+    }
     let fetched_ns = now_ns();
     let desc = pager.descriptor()?;
     let (st, fpu) = task_state(&desc)?;
@@ -235,17 +240,45 @@ fn resume_inner(
     Ok(())
 }
 
-/// Copies of the pages a child needs first, read with the descriptor: page `i` of
-/// `bytes` is the snapshot-file page at `offs[i]`.
+/// Copies of pages read with the descriptor: page `i` of `bytes` is the
+/// snapshot-file page at `offs[i]`.
 struct Lead {
     offs: KVVec<u64>,
     bytes: KVVec<u8>,
 }
 
+impl Lead {
+    const NONE: Lead = Lead {
+        offs: KVVec::new(),
+        bytes: KVVec::new(),
+    };
+}
+
+/// This host's first-touch pages of the snapshot `key` (from the record its last
+/// children here left), if working sets are on and there is a record; `None` makes
+/// the resume use the parent's, as the replay does.
+fn first_touches_here(host: &Host, key: PagerKey) -> Option<KVec<HotPage>> {
+    if !params::working_set() {
+        return Some(KVec::new());
+    }
+    if !params::working_set_local() {
+        return None;
+    }
+    host.working_sets().hot(key)
+}
+
 /// Reads the snapshot's descriptor (one doorbell per 64 pages: one for any ordinary
-/// process) and validates it completely; the lead pages the parent announced come in
-/// the same batch when they fit in it.
-fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u8>, Lead)> {
+/// process) and validates it completely. The lead pages the parent announced come in
+/// the same batch when they fit in it, and so do as many of `hot` (the pages
+/// earlier children touched first, in order; from this host's record or the
+/// parent's, not trusted) as fit: only pages of the region after the lead pages are
+/// read, and only those the validated descriptor puts at the region page named are
+/// kept. Returns the descriptor, the lead pages and the first-touch pages kept.
+fn fetch_descriptor(
+    remote: &RemoteRegion,
+    secret: &[u8; 16],
+    hot: &[HotPage],
+) -> Result<(KVVec<u8>, (Lead, Lead))> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
         pr_info!("resume: peer's descriptor length {} refused\n", len);
@@ -264,21 +297,31 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u
         }
         _ => 0,
     };
+    let hot = hot_in_batch(remote, desc_pages + lead_pages, hot)?;
     let mut lead = KVVec::with_capacity((lead_pages * PAGE) as usize, GFP_KERNEL)?;
-    let pages = desc_pages + lead_pages;
+    let mut hot_bytes = KVVec::with_capacity(hot.len() * PAGE_SIZE, GFP_KERNEL)?;
+    let before_hot = desc_pages + lead_pages;
+    let pages = before_hot + hot.len() as u64;
     let mut offs = [0u64; MAX_READ_BATCH];
     let mut p = 0u64;
     while p < pages {
         let n = ((pages - p) as usize).min(MAX_READ_BATCH);
         for (i, o) in offs[..n].iter_mut().enumerate() {
-            *o = (p + i as u64) * PAGE;
+            let k = p + i as u64;
+            *o = match k.checked_sub(before_hot) {
+                None => k * PAGE,
+                Some(h) => u64::from(hot.get(h as usize).ok_or(EINVAL)?.region_page) * PAGE,
+            };
         }
         remote.read_batch(&offs[..n], |i, bytes| {
-            if p + (i as u64) < desc_pages {
+            let k = p + i as u64;
+            if k < desc_pages {
                 let want = (len as usize - desc.len()).min(bytes.len());
                 Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
-            } else {
+            } else if k < before_hot {
                 Ok(lead.extend_from_slice(bytes, GFP_KERNEL)?)
+            } else {
+                Ok(hot_bytes.extend_from_slice(bytes, GFP_KERNEL)?)
             }
         })?;
         p += n as u64;
@@ -307,7 +350,69 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u
         }
     };
     let lead = lead_of(&d, lead)?;
-    Ok((desc, lead))
+    let hot = hot_of(&d, len, &hot, &hot_bytes)?;
+    Ok((desc, (lead, hot)))
+}
+
+/// The pages of `hot` the descriptor's batch has room for after its first `taken`
+/// pages: each at most once, only pages of the region past the descriptor and the
+/// lead copies (a hostile list cannot make the batch read outside the region, nor
+/// the descriptor again).
+fn hot_in_batch(remote: &RemoteRegion, taken: u64, hot: &[HotPage]) -> Result<KVec<HotPage>> {
+    let room = (MAX_READ_BATCH as u64).saturating_sub(taken) as usize;
+    let mut out = KVec::with_capacity(room.min(hot.len()), GFP_KERNEL)?;
+    if taken > MAX_READ_BATCH as u64 {
+        return Ok(out);
+    }
+    let first_data = remote
+        .info
+        .div_ceil(PAGE)
+        .saturating_add(remote.lead_pages.into());
+    let end = remote.size / PAGE;
+    for h in hot {
+        if out.len() == room {
+            break;
+        }
+        let page = u64::from(h.region_page);
+        if page < first_data || page >= end || out.iter().any(|o| o.region_page == h.region_page) {
+            continue;
+        }
+        // Within the capacity reserved above: no allocation.
+        out.push(*h, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Keeps the first-touch pages read (`bytes`, one page per entry of `hot`) that the
+/// validated descriptor puts where `hot` says; the others (a lying or outdated
+/// record) are dropped with a log line and come by demand fault if a child needs
+/// them.
+fn hot_of(desc: &Descriptor<'_>, desc_len: u64, hot: &[HotPage], bytes: &[u8]) -> Result<Lead> {
+    let mut kept = Lead::NONE;
+    let mut dropped = 0usize;
+    for (i, h) in hot.iter().enumerate() {
+        let page = i
+            .checked_mul(PAGE_SIZE)
+            .and_then(|at| bytes.get(at..at.checked_add(PAGE_SIZE)?));
+        match page.zip(desc.hot_page_offset(desc_len, *h)) {
+            Some((page, off)) => {
+                kept.offs.push(off, GFP_KERNEL)?;
+                kept.bytes.extend_from_slice(page, GFP_KERNEL)?;
+            }
+            None => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+        if LOG.allow() {
+            pr_info!(
+                "resume: {} of {} first-touch pages do not match the descriptor: dropped\n",
+                dropped,
+                hot.len()
+            );
+        }
+    }
+    Ok(kept)
 }
 
 /// Pairs the lead pages read with the offsets the descriptor lists for them; a count
@@ -316,16 +421,13 @@ fn fetch_descriptor(remote: &RemoteRegion, secret: &[u8; 16]) -> Result<(KVVec<u
 fn lead_of(desc: &Descriptor<'_>, bytes: KVVec<u8>) -> Result<Lead> {
     let mut all = KBox::new([0u64; MAX_LEAD_PAGES], GFP_KERNEL)?;
     let n = desc.lead_offsets(&mut all);
-    let mut offs = KVVec::new();
     if bytes.is_empty() || n as u64 * PAGE != bytes.len() as u64 {
         if !bytes.is_empty() {
             pr_info!("resume: the peer's lead pages do not match its descriptor: ignored\n");
         }
-        return Ok(Lead {
-            offs,
-            bytes: KVVec::new(),
-        });
+        return Ok(Lead::NONE);
     }
+    let mut offs = KVVec::new();
     offs.extend_from_slice(&all[..n], GFP_KERNEL)?;
     Ok(Lead { offs, bytes })
 }

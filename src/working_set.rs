@@ -7,10 +7,11 @@
 //! fault-around, so every page a child maps comes by a fault), in the order of first
 //! touches. Pages a demand fault's window read but nobody touched stay out. When the
 //! snapshot's last child on this host exits, its inode is evicted and the record
-//! moves here; the next resume of the same snapshot on this host takes it and reads
-//! those pages in batched READs (before the child runs, or in the background:
-//! `replay.rs`), instead of one demand fault after another (REAP's
-//! record-and-prefetch). A replay stopped early records the pages it did not read,
+//! moves here; the next resume of the same snapshot on this host reads its first
+//! pages (in touch order, lead pages left out) in the descriptor's own batch, then
+//! takes the record and reads the rest of those pages in batched READs (before the
+//! child runs, or in the background: `replay.rs`), instead of one demand fault after
+//! another (REAP's record-and-prefetch). A replay stopped early records the pages it did not read,
 //! so an early exit does not shrink the set. The pager also reports a record to the
 //! parent (`Pager::drop`), which hands it to the snapshot's first child on other hosts.
 //!
@@ -21,6 +22,7 @@
 
 #![deny(unsafe_code)]
 
+use crate::abi::wire::HotPage;
 use crate::counters::{count, COUNTERS};
 use crate::pager::PagerKey;
 use crate::util::{remove_first, swap_remove};
@@ -60,11 +62,20 @@ impl Trace {
     }
 }
 
+/// One host's record of a snapshot: the pages its children touched, in order, and
+/// the first of them that are not lead pages, with the region page of each, to be
+/// read in the next resume's descriptor batch.
+struct HostRecord {
+    key: PagerKey,
+    pages: KVVec<u64>,
+    hot: KVec<HotPage>,
+}
+
 /// The records of one host.
 #[pin_data]
 pub(crate) struct WorkingSets {
     #[pin]
-    sets: Mutex<KVec<(PagerKey, KVVec<u64>)>>,
+    sets: Mutex<KVec<HostRecord>>,
 }
 
 impl WorkingSets {
@@ -74,23 +85,36 @@ impl WorkingSets {
         })
     }
 
-    /// Keeps `pages` as the record of `key`, replacing an older one.
-    pub(crate) fn store(&self, key: PagerKey, pages: KVVec<u64>) {
+    /// Keeps `pages` and their first-touch pages `hot` as the record of `key`,
+    /// replacing an older one.
+    pub(crate) fn store(&self, key: PagerKey, pages: KVVec<u64>, hot: KVec<HotPage>) {
         if pages.is_empty() {
             return;
         }
         let mut sets = self.sets.lock();
-        remove_first(&mut sets, |(k, _)| *k == key);
+        remove_first(&mut sets, |r| r.key == key);
         if sets.len() >= MAX_SETS {
             drop(swap_remove(&mut sets, 0));
         }
-        if sets.push((key, pages), GFP_KERNEL).is_ok() {
+        if sets
+            .push(HostRecord { key, pages, hot }, GFP_KERNEL)
+            .is_ok()
+        {
             count(&COUNTERS.ws_recorded, 1);
         }
     }
 
-    /// Takes the record of `key`, if any.
+    /// Takes the pages of the record of `key`, if any.
     pub(crate) fn take(&self, key: PagerKey) -> Option<KVVec<u64>> {
-        remove_first(&mut self.sets.lock(), |(k, _)| *k == key).map(|(_, p)| p)
+        remove_first(&mut self.sets.lock(), |r| r.key == key).map(|r| r.pages)
+    }
+
+    /// A copy of the first-touch pages of the record of `key`, if there is one.
+    pub(crate) fn hot(&self, key: PagerKey) -> Option<KVec<HotPage>> {
+        let sets = self.sets.lock();
+        let r = sets.iter().find(|r| r.key == key)?;
+        let mut hot = KVec::with_capacity(r.hot.len(), GFP_KERNEL).ok()?;
+        hot.extend_from_slice(&r.hot, GFP_KERNEL).ok()?;
+        Some(hot)
     }
 }

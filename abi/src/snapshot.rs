@@ -13,6 +13,8 @@
 //! after the header. [`Descriptor::parse`] checks every bound: a corrupt descriptor is an
 //! error, never a panic or an out-of-range index.
 
+use super::wire::HotPage;
+
 pub const MAGIC: u32 = 0x4D53_4E50; // "MSNP"
 pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 40;
@@ -965,6 +967,56 @@ impl Descriptor<'_> {
             out[*n] = off;
             *n += 1;
         }
+    }
+
+    /// The region page (region offset / 4096) holding the snapshot-file page at
+    /// `file_off`, in a snapshot whose descriptor is `desc_len` bytes long (the data
+    /// pages follow the descriptor's pages), or `None` for a page that is not present.
+    pub fn region_page_at(&self, desc_len: u64, file_off: u64) -> Option<u64> {
+        let data = self.data_offset_at(file_off)?;
+        desc_len.div_ceil(PAGE).checked_add(data / PAGE)
+    }
+
+    /// The snapshot-file offset of `hot`'s page if the descriptor puts that page,
+    /// present, exactly at `hot`'s region page; `None` for a hole, a page of no VMA or
+    /// any other region page (what a lying or outdated parent might send).
+    pub fn hot_page_offset(&self, desc_len: u64, hot: HotPage) -> Option<u64> {
+        let file_off = hot.index.checked_mul(PAGE)?;
+        (self.region_page_at(desc_len, file_off)? == u64::from(hot.region_page)).then_some(file_off)
+    }
+
+    /// The first-touch pages of a record: from `touched` (page-cache indices in the
+    /// order children first touched them), the present pages that are not lead pages
+    /// (`lead`: file offsets, from [`Self::lead_offsets`]; a child gets those anyway),
+    /// each once, with their region pages; at most `out.len()` written, their count
+    /// returned. A page whose region page exceeds 32 bits is left out.
+    pub fn first_touches(
+        &self,
+        desc_len: u64,
+        lead: &[u64],
+        touched: impl IntoIterator<Item = u64>,
+        out: &mut [HotPage],
+    ) -> usize {
+        let mut n = 0;
+        for index in touched {
+            if n == out.len() {
+                break;
+            }
+            let Some(file_off) = index.checked_mul(PAGE) else {
+                continue;
+            };
+            if lead.contains(&file_off) || out[..n].iter().any(|h| h.index == index) {
+                continue;
+            }
+            let page = self
+                .region_page_at(desc_len, file_off)
+                .and_then(|p| u32::try_from(p).ok());
+            if let Some(region_page) = page {
+                out[n] = HotPage { index, region_page };
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Bytes of page data the descriptor refers to (`data_pages` pages).

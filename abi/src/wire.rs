@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 5;
+pub const WIRE_VERSION: u16 = 6;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -257,21 +257,63 @@ pub struct WsRun {
     pub pages: u32,
 }
 
+/// One of the first pages children of a snapshot touched, in their order: its
+/// page-cache index (as in [`WsRun`]) and the page of the parent's region holding it
+/// (region offset / 4096), so that a child can read it before it has the descriptor,
+/// in the descriptor's own batch. Not trusted: the child keeps it only if its
+/// validated descriptor puts that index at that page
+/// (`snapshot::Descriptor::hot_page_offset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotPage {
+    pub index: u64,
+    pub region_page: u32,
+}
+
+/// Most first-touch pages a record carries: what fits in one READ batch of 64 beside
+/// a one-page descriptor and a few lead pages.
+pub const MAX_HOT_PAGES: usize = 56;
 /// Most pages a working set names, over all its runs.
 pub const MAX_WS_PAGES: u64 = 32768;
-/// Bytes of one encoded [`WsRun`]: first (u64), pages (u32).
-const WS_RUN_LEN: usize = 12;
-/// Most runs a [`WorkingSetReport`] carries.
-pub const MAX_WS_RUNS: usize = (MSG_SIZE - HEADER_LEN - WorkingSetReport::FIXED_LEN) / WS_RUN_LEN;
+/// Bytes of one encoded [`WsRun`] (first u64, pages u32) or [`HotPage`] (index u64,
+/// region page u32).
+const PAIR_LEN: usize = 12;
+const WS_RUN_LEN: usize = PAIR_LEN;
+const HOT_LEN: usize = PAIR_LEN;
+/// Most runs a [`WorkingSetReport`] carries (beside a full list of hot pages).
+pub const MAX_WS_RUNS: usize =
+    (MSG_SIZE - HEADER_LEN - WorkingSetReport::FIXED_LEN - MAX_HOT_PAGES * HOT_LEN) / WS_RUN_LEN;
 /// Largest gap (in pages) [`runs_from_pages`] reads across to merge two runs.
 const MAX_MERGE_GAP: u64 = 1 << 12;
 
-fn put_runs(w: &mut Writer<'_>, runs: &[WsRun]) -> Result<(), WireError> {
-    for r in runs {
-        w.put(&r.first.to_le_bytes())?;
-        w.put(&r.pages.to_le_bytes())?;
+fn put_pairs(w: &mut Writer<'_>, pairs: impl Iterator<Item = (u64, u32)>) -> Result<(), WireError> {
+    for (a, b) in pairs {
+        w.put(&a.to_le_bytes())?;
+        w.put(&b.to_le_bytes())?;
     }
     Ok(())
+}
+
+fn put_runs(w: &mut Writer<'_>, runs: &[WsRun]) -> Result<(), WireError> {
+    put_pairs(w, runs.iter().map(|r| (r.first, r.pages)))
+}
+
+fn put_hot(w: &mut Writer<'_>, hot: &[HotPage]) -> Result<(), WireError> {
+    put_pairs(w, hot.iter().map(|h| (h.index, h.region_page)))
+}
+
+/// Checks encoded hot pages: whole entries, at most [`MAX_HOT_PAGES`] (their content
+/// is checked by the child against its descriptor).
+fn check_hot(bytes: &[u8]) -> Result<(), WireError> {
+    if !bytes.len().is_multiple_of(HOT_LEN) || bytes.len() / HOT_LEN > MAX_HOT_PAGES {
+        return Err(WireError::BadLength);
+    }
+    Ok(())
+}
+
+/// Hot page `i` of encoded hot pages.
+fn hot_at(bytes: &[u8], i: usize) -> Option<HotPage> {
+    let (index, region_page) = pair_at(bytes, i)?;
+    Some(HotPage { index, region_page })
 }
 
 /// Checks encoded runs: ascending, disjoint, none empty, none past the last page
@@ -297,16 +339,22 @@ fn check_runs(bytes: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Entry `i` of encoded (u64, u32) pairs.
+fn pair_at(bytes: &[u8], i: usize) -> Option<(u64, u32)> {
+    let at = i.checked_mul(PAIR_LEN)?;
+    let s = bytes.get(at..at.checked_add(PAIR_LEN)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&s[..8]);
+    Some((
+        u64::from_le_bytes(a),
+        u32::from_le_bytes([s[8], s[9], s[10], s[11]]),
+    ))
+}
+
 /// Run `i` of encoded runs.
 fn run_at(bytes: &[u8], i: usize) -> Option<WsRun> {
-    let at = i.checked_mul(WS_RUN_LEN)?;
-    let s = bytes.get(at..at.checked_add(WS_RUN_LEN)?)?;
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&s[..8]);
-    Some(WsRun {
-        first: u64::from_le_bytes(first),
-        pages: u32::from_le_bytes([s[8], s[9], s[10], s[11]]),
-    })
+    let (first, pages) = pair_at(bytes, i)?;
+    Some(WsRun { first, pages })
 }
 
 /// Turns page indices (any order, duplicates allowed; sorted in place) into at most
@@ -379,12 +427,15 @@ fn emit(out: &mut [WsRun], n: &mut usize, total: &mut u64, (first, end): (u64, u
 /// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
 /// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
 /// After the keys, the snapshot's working set as an earlier opener reported it
-/// ([`WorkingSetReport`]), as many runs as fit (none for test regions).
+/// ([`WorkingSetReport`]): its first-touch pages, then as many runs as fit (none for
+/// test regions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenRegionReply<'a> {
     pub facts: RegionFacts,
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
+    /// Encoded [`HotPage`]s, checked by `decode`.
+    hot: &'a [u8],
     /// Encoded [`WsRun`]s, checked by `decode`.
     runs: &'a [u8],
 }
@@ -395,10 +446,20 @@ pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIX
 impl<'a> OpenRegionReply<'a> {
     const FIXED_LEN: usize = 56;
 
-    /// Most working-set runs a reply with `n_keys` keys has room for.
-    pub fn room_for_runs(n_keys: usize) -> usize {
+    /// Bytes left after the fixed fields and `n_keys` keys.
+    fn room_after_keys(n_keys: usize) -> usize {
         (MSG_SIZE - HEADER_LEN - Self::FIXED_LEN).saturating_sub(n_keys.saturating_mul(4))
-            / WS_RUN_LEN
+    }
+
+    /// Most hot pages a reply with `n_keys` keys has room for.
+    pub fn room_for_hot(n_keys: usize) -> usize {
+        (Self::room_after_keys(n_keys) / HOT_LEN).min(MAX_HOT_PAGES)
+    }
+
+    /// Most working-set runs a reply with `n_keys` keys and `n_hot` hot pages has room
+    /// for.
+    pub fn room_for_runs(n_keys: usize, n_hot: usize) -> usize {
+        Self::room_after_keys(n_keys).saturating_sub(n_hot.saturating_mul(HOT_LEN)) / WS_RUN_LEN
     }
 
     /// Number of working-set runs.
@@ -409,6 +470,16 @@ impl<'a> OpenRegionReply<'a> {
     /// The `i`th working-set run.
     pub fn run(&self, i: usize) -> Option<WsRun> {
         run_at(self.runs, i)
+    }
+
+    /// Number of first-touch pages.
+    pub fn n_hot(&self) -> usize {
+        self.hot.len() / HOT_LEN
+    }
+
+    /// The `i`th first-touch page.
+    pub fn hot(&self, i: usize) -> Option<HotPage> {
+        hot_at(self.hot, i)
     }
 
     /// Number of rkeys.
@@ -431,23 +502,28 @@ impl<'a> OpenRegionReply<'a> {
         rkeys: impl ExactSizeIterator<Item = u32>,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
-        Self::encode_with_runs(seq, facts, rkeys, &[], buf)
+        Self::encode_with_working_set(seq, facts, rkeys, &[], &[], buf)
     }
 
     /// Encodes a successful reply with the rkeys produced by `rkeys` and the working
-    /// set `runs` (at most [`Self::room_for_runs`]).
-    pub fn encode_with_runs(
+    /// set: `hot` (at most [`Self::room_for_hot`]) and `runs` (at most
+    /// [`Self::room_for_runs`]).
+    pub fn encode_with_working_set(
         seq: u64,
         facts: &RegionFacts,
         rkeys: impl ExactSizeIterator<Item = u32>,
+        hot: &[HotPage],
         runs: &[WsRun],
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
         let n = rkeys.len();
-        if n > MAX_REPLY_RKEYS || runs.len() > Self::room_for_runs(n) {
+        if n > MAX_REPLY_RKEYS
+            || hot.len() > Self::room_for_hot(n)
+            || runs.len() > Self::room_for_runs(n, hot.len())
+        {
             return Err(WireError::TooLarge);
         }
-        let body = Self::FIXED_LEN + 4 * n + WS_RUN_LEN * runs.len();
+        let body = Self::FIXED_LEN + 4 * n + HOT_LEN * hot.len() + WS_RUN_LEN * runs.len();
         check_room(buf, HEADER_LEN + body)?;
         let mut w = Writer { buf, pos: 0 };
         put_header(&mut w, Kind::OpenRegionReply, seq, 0, body)?;
@@ -458,18 +534,19 @@ impl<'a> OpenRegionReply<'a> {
         w.put(&facts.lead_pages.to_le_bytes())?;
         w.put(&(n as u32).to_le_bytes())?;
         w.put(&(runs.len() as u32).to_le_bytes())?;
-        w.put(&0u32.to_le_bytes())?;
+        w.put(&(hot.len() as u32).to_le_bytes())?;
         for k in rkeys {
             w.put(&k.to_le_bytes())?;
         }
+        put_hot(&mut w, hot)?;
         put_runs(&mut w, runs)?;
         Ok(w.pos)
     }
 
     /// Decodes the body and checks it is self-consistent: `chunk_bytes` a non-zero
     /// multiple of 4096, `size` non-zero and covered exactly by the keys, at most
-    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages, working-set runs ascending and
-    /// disjoint.
+    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages, at most [`MAX_HOT_PAGES`] hot
+    /// pages, working-set runs ascending and disjoint.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
         let size = c.u64()?;
@@ -480,9 +557,11 @@ impl<'a> OpenRegionReply<'a> {
         let lead_pages = c.u32()?;
         let n = c.u32()? as usize;
         let n_runs = c.u32()? as usize;
-        let _reserved = c.u32()?;
+        let n_hot = c.u32()? as usize;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
+        let hot = c.take(n_hot.checked_mul(HOT_LEN).ok_or(WireError::BadLength)?)?;
         let runs = c.take(n_runs.checked_mul(WS_RUN_LEN).ok_or(WireError::BadLength)?)?;
+        check_hot(hot)?;
         check_runs(runs)?;
         if c.pos != body.len() || size == 0 || chunk_bytes == 0 || chunk_bytes % 4096 != 0 {
             return Err(WireError::BadLength);
@@ -501,6 +580,7 @@ impl<'a> OpenRegionReply<'a> {
                 lead_pages,
             },
             rkeys,
+            hot,
             runs,
         })
     }
@@ -547,53 +627,68 @@ impl CloseRegion {
     }
 }
 
-/// Body of [`Kind::WorkingSet`]: the pages an opener's children fetched from snapshot
-/// `region_id`, as ascending disjoint runs; the parent hands them to later openers in
-/// its [`OpenRegionReply`]. Accepted only on a connection that opened the region.
+/// Body of [`Kind::WorkingSet`]: the pages an opener's children touched in snapshot
+/// `region_id`, as ascending disjoint runs, then the first of them in the order they
+/// were first touched ([`HotPage`]s); the parent hands them to later openers in its
+/// [`OpenRegionReply`]. Accepted only on a connection that opened the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkingSetReport<'a> {
     pub region_id: u64,
     /// Encoded [`WsRun`]s, checked by `decode`.
     runs: &'a [u8],
+    /// Encoded [`HotPage`]s, checked by `decode`.
+    hot: &'a [u8],
 }
 
 impl<'a> WorkingSetReport<'a> {
     const FIXED_LEN: usize = 16;
 
-    /// Encodes a report of `runs` (at most [`MAX_WS_RUNS`]).
+    /// Encodes a report of `runs` (at most [`MAX_WS_RUNS`]) and `hot` (at most
+    /// [`MAX_HOT_PAGES`]).
     pub fn encode(
         region_id: u64,
         runs: &[WsRun],
+        hot: &[HotPage],
         seq: u64,
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
-        if runs.len() > MAX_WS_RUNS {
+        if runs.len() > MAX_WS_RUNS || hot.len() > MAX_HOT_PAGES {
             return Err(WireError::TooLarge);
         }
-        let body = Self::FIXED_LEN + WS_RUN_LEN * runs.len();
+        let body = Self::FIXED_LEN + WS_RUN_LEN * runs.len() + HOT_LEN * hot.len();
         check_room(buf, HEADER_LEN + body)?;
         let mut w = Writer { buf, pos: 0 };
         put_header(&mut w, Kind::WorkingSet, seq, 0, body)?;
         w.put(&region_id.to_le_bytes())?;
         w.put(&(runs.len() as u32).to_le_bytes())?;
-        w.put(&0u32.to_le_bytes())?;
+        w.put(&(hot.len() as u32).to_le_bytes())?;
         put_runs(&mut w, runs)?;
+        put_hot(&mut w, hot)?;
         Ok(w.pos)
     }
 
-    /// Decodes the body: exactly as long as its count says, runs ascending and
-    /// disjoint, at most [`MAX_WS_PAGES`] pages.
+    /// Decodes the body: exactly as long as its counts say, runs ascending and
+    /// disjoint, at most [`MAX_WS_PAGES`] pages, at most [`MAX_HOT_PAGES`] hot pages.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
         let region_id = c.u64()?;
         let n = c.u32()? as usize;
-        let _reserved = c.u32()?;
-        let runs = c.take(n.checked_mul(WS_RUN_LEN).ok_or(WireError::BadLength)?)?;
-        if c.pos != body.len() || n > MAX_WS_RUNS {
+        let n_hot = c.u32()? as usize;
+        if n > MAX_WS_RUNS || n_hot > MAX_HOT_PAGES {
+            return Err(WireError::BadLength);
+        }
+        let runs = c.take(n * WS_RUN_LEN)?;
+        let hot = c.take(n_hot * HOT_LEN)?;
+        if c.pos != body.len() {
             return Err(WireError::BadLength);
         }
         check_runs(runs)?;
-        Ok(WorkingSetReport { region_id, runs })
+        check_hot(hot)?;
+        Ok(WorkingSetReport {
+            region_id,
+            runs,
+            hot,
+        })
     }
 
     /// Number of runs.
@@ -604,5 +699,15 @@ impl<'a> WorkingSetReport<'a> {
     /// The `i`th run.
     pub fn run(&self, i: usize) -> Option<WsRun> {
         run_at(self.runs, i)
+    }
+
+    /// Number of first-touch pages.
+    pub fn n_hot(&self) -> usize {
+        self.hot.len() / HOT_LEN
+    }
+
+    /// The `i`th first-touch page.
+    pub fn hot(&self, i: usize) -> Option<HotPage> {
+        hot_at(self.hot, i)
     }
 }

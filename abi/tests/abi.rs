@@ -4,8 +4,8 @@
 use mitosis_abi::ioctl::{self, Pod};
 use mitosis_abi::snapshot;
 use mitosis_abi::wire::{
-    self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts, WireError, WorkingSetReport,
-    WsRun,
+    self, CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, RegionFacts, WireError,
+    WorkingSetReport, WsRun,
 };
 use proptest::prelude::*;
 
@@ -246,7 +246,7 @@ fn working_set_runs_from_pages() {
 fn working_set_report_round_trip_and_refusals() {
     let mut buf = [0u8; wire::MSG_SIZE];
     let runs = [run(1, 2), run(10, 5)];
-    let n = WorkingSetReport::encode(42, &runs, 7, &mut buf).unwrap();
+    let n = WorkingSetReport::encode(42, &runs, &[], 7, &mut buf).unwrap();
     let (h, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!((h.kind, h.seq), (Kind::WorkingSet, 7));
     let r = WorkingSetReport::decode(body).unwrap();
@@ -263,7 +263,7 @@ fn working_set_report_round_trip_and_refusals() {
         vec![run(0, wire::MAX_WS_PAGES as u32 + 1)],
         vec![run(u64::MAX, 2)],
     ] {
-        let n = WorkingSetReport::encode(1, &bad, 1, &mut buf).unwrap();
+        let n = WorkingSetReport::encode(1, &bad, &[], 1, &mut buf).unwrap();
         let (_, body) = wire::decode(&buf[..n]).unwrap();
         assert_eq!(
             WorkingSetReport::decode(body),
@@ -272,12 +272,12 @@ fn working_set_report_round_trip_and_refusals() {
         );
     }
     // A count that disagrees with the length, and more runs than a message holds.
-    let n = WorkingSetReport::encode(1, &runs, 1, &mut buf).unwrap();
+    let n = WorkingSetReport::encode(1, &runs, &[], 1, &mut buf).unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert!(WorkingSetReport::decode(&body[..body.len() - 8]).is_err());
     let too_many = vec![run(0, 1); wire::MAX_WS_RUNS + 1];
     assert_eq!(
-        WorkingSetReport::encode(1, &too_many, 1, &mut buf),
+        WorkingSetReport::encode(1, &too_many, &[], 1, &mut buf),
         Err(WireError::TooLarge)
     );
 }
@@ -291,8 +291,15 @@ fn wire_reply_carries_the_working_set_after_the_keys() {
         ..RegionFacts::default()
     };
     let runs = [run(3, 4), run(9, 1)];
-    let n = OpenRegionReply::encode_with_runs(5, &facts, [1u32, 2].into_iter(), &runs, &mut buf)
-        .unwrap();
+    let n = OpenRegionReply::encode_with_working_set(
+        5,
+        &facts,
+        [1u32, 2].into_iter(),
+        &[],
+        &runs,
+        &mut buf,
+    )
+    .unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     let r = OpenRegionReply::decode(body).unwrap();
     assert_eq!(
@@ -300,28 +307,133 @@ fn wire_reply_carries_the_working_set_after_the_keys() {
         (2, Some(2), 2, Some(runs[0]), Some(runs[1]))
     );
     // Room: whatever the keys leave of the message.
-    let room = OpenRegionReply::room_for_runs(2);
+    let room = OpenRegionReply::room_for_runs(2, 0);
     let full = vec![run(0, 1); room];
     let full: Vec<WsRun> = full
         .iter()
         .enumerate()
         .map(|(i, _)| run(i as u64 * 2, 1))
         .collect();
-    assert!(
-        OpenRegionReply::encode_with_runs(5, &facts, [1u32, 2].into_iter(), &full, &mut buf)
-            .is_ok()
-    );
+    assert!(OpenRegionReply::encode_with_working_set(
+        5,
+        &facts,
+        [1u32, 2].into_iter(),
+        &[],
+        &full,
+        &mut buf
+    )
+    .is_ok());
     let over: Vec<WsRun> = (0..=room).map(|i| run(i as u64 * 2, 1)).collect();
     assert_eq!(
-        OpenRegionReply::encode_with_runs(5, &facts, [1u32, 2].into_iter(), &over, &mut buf),
+        OpenRegionReply::encode_with_working_set(
+            5,
+            &facts,
+            [1u32, 2].into_iter(),
+            &[],
+            &over,
+            &mut buf
+        ),
         Err(WireError::TooLarge)
     );
     // Overlapping runs in a reply are refused like in a report.
     let bad = [run(3, 4), run(5, 1)];
-    let n = OpenRegionReply::encode_with_runs(5, &facts, [1u32, 2].into_iter(), &bad, &mut buf)
-        .unwrap();
+    let n = OpenRegionReply::encode_with_working_set(
+        5,
+        &facts,
+        [1u32, 2].into_iter(),
+        &[],
+        &bad,
+        &mut buf,
+    )
+    .unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
+}
+
+fn hot(index: u64, region_page: u32) -> HotPage {
+    HotPage { index, region_page }
+}
+
+#[test]
+fn working_set_report_carries_first_touches_in_order() {
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let runs = [run(1, 2), run(10, 5)];
+    // Touch order, not sorted: the child reads them in the descriptor's batch.
+    let first = [hot(12, 9), hot(1, 3), hot(u64::MAX / 4096, u32::MAX)];
+    let n = WorkingSetReport::encode(42, &runs, &first, 7, &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    let r = WorkingSetReport::decode(body).unwrap();
+    assert_eq!((r.n_runs(), r.n_hot()), (2, 3));
+    assert_eq!(
+        (r.hot(0), r.hot(1), r.hot(2), r.hot(3)),
+        (Some(first[0]), Some(first[1]), Some(first[2]), None)
+    );
+    assert_eq!(r.run(1), Some(runs[1]));
+    // Cut short, or more hot pages than allowed: refused.
+    assert!(WorkingSetReport::decode(&body[..body.len() - 12]).is_err());
+    let mut forged = body.to_vec();
+    forged[12..16].copy_from_slice(&(wire::MAX_HOT_PAGES as u32 + 1).to_le_bytes());
+    assert_eq!(WorkingSetReport::decode(&forged), Err(WireError::BadLength));
+    let too_many = vec![hot(1, 1); wire::MAX_HOT_PAGES + 1];
+    assert_eq!(
+        WorkingSetReport::encode(1, &runs, &too_many, 1, &mut buf),
+        Err(WireError::TooLarge)
+    );
+    // A full report (most runs and most hot pages) fits one message.
+    let runs: Vec<WsRun> = (0..wire::MAX_WS_RUNS)
+        .map(|i| run(i as u64 * 2, 1))
+        .collect();
+    let first = vec![hot(3, 3); wire::MAX_HOT_PAGES];
+    let n = WorkingSetReport::encode(1, &runs, &first, 1, &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    let r = WorkingSetReport::decode(body).unwrap();
+    assert_eq!(
+        (r.n_runs(), r.n_hot()),
+        (wire::MAX_WS_RUNS, wire::MAX_HOT_PAGES)
+    );
+}
+
+#[test]
+fn wire_reply_carries_first_touches_before_the_runs() {
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let facts = RegionFacts {
+        size: 8192,
+        chunk_bytes: 4096,
+        ..RegionFacts::default()
+    };
+    let keys = || [1u32, 2].into_iter();
+    let first = [hot(7, 2), hot(3, 1)];
+    let runs = [run(3, 5)];
+    let n = OpenRegionReply::encode_with_working_set(5, &facts, keys(), &first, &runs, &mut buf)
+        .unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    let r = OpenRegionReply::decode(body).unwrap();
+    assert_eq!(
+        (
+            r.n_keys(),
+            r.rkey(1),
+            r.n_hot(),
+            r.hot(0),
+            r.hot(1),
+            r.hot(2)
+        ),
+        (2, Some(2), 2, Some(first[0]), Some(first[1]), None)
+    );
+    assert_eq!((r.n_runs(), r.run(0)), (1, Some(runs[0])));
+    // Hot pages take room from the runs; at most MAX_HOT_PAGES of them.
+    assert_eq!(OpenRegionReply::room_for_hot(2), wire::MAX_HOT_PAGES);
+    assert_eq!(
+        OpenRegionReply::room_for_runs(2, 10),
+        OpenRegionReply::room_for_runs(2, 0) - 10
+    );
+    let over = vec![hot(1, 1); wire::MAX_HOT_PAGES + 1];
+    assert_eq!(
+        OpenRegionReply::encode_with_working_set(5, &facts, keys(), &over, &[], &mut buf),
+        Err(WireError::TooLarge)
+    );
+    // With the most keys a reply holds, no room for either.
+    assert_eq!(OpenRegionReply::room_for_hot(wire::MAX_REPLY_RKEYS), 0);
+    assert_eq!(OpenRegionReply::room_for_runs(wire::MAX_REPLY_RKEYS, 0), 0);
 }
 
 proptest! {
@@ -338,10 +450,16 @@ proptest! {
                 for i in 0..=r.n_runs() {
                     let _ = r.run(i);
                 }
+                for i in 0..=r.n_hot() {
+                    let _ = r.hot(i);
+                }
             }
             if let Ok(r) = WorkingSetReport::decode(body) {
                 for i in 0..=r.n_runs() {
                     let _ = r.run(i);
+                }
+                for i in 0..=r.n_hot() {
+                    let _ = r.hot(i);
                 }
             }
         }
@@ -425,7 +543,23 @@ fn c_hostile_peer_speaks_this_wire_version() {
     let n = OpenRegionReply::encode(1, &facts, [0xabcd_ef01u32].into_iter(), &mut buf).unwrap();
     let body = n - wire::HEADER_LEN;
     assert_eq!(&buf[n - 4..n], &0xabcd_ef01u32.to_le_bytes());
-    // The lying parent's reply: the same key, then two 12-byte working-set runs.
+    // The lying parent's reply: the same key, then three 12-byte first-touch pages
+    // (the descriptor's page, a page past the region, an index of no VMA at the
+    // first data page) and two 12-byte working-set runs.
+    let first = [
+        HotPage {
+            index: 0,
+            region_page: 0,
+        },
+        HotPage {
+            index: 0,
+            region_page: u32::MAX,
+        },
+        HotPage {
+            index: snapshot::window_offset(60000) / snapshot::PAGE,
+            region_page: 1,
+        },
+    ];
     let runs = [
         WsRun {
             first: 0,
@@ -436,28 +570,42 @@ fn c_hostile_peer_speaks_this_wire_version() {
             pages: 1,
         },
     ];
-    let n2 =
-        OpenRegionReply::encode_with_runs(1, &facts, [0xabcd_ef01u32].into_iter(), &runs, &mut buf)
-            .unwrap();
+    let n2 = OpenRegionReply::encode_with_working_set(
+        1,
+        &facts,
+        [0xabcd_ef01u32].into_iter(),
+        &first,
+        &runs,
+        &mut buf,
+    )
+    .unwrap();
     let body2 = n2 - wire::HEADER_LEN;
     let (_, decoded) = wire::decode(&buf[..n2]).unwrap();
+    let reply = OpenRegionReply::decode(decoded).unwrap();
     assert_eq!(
-        OpenRegionReply::decode(decoded).unwrap().run(1),
-        Some(runs[1])
+        (reply.hot(2), reply.run(1)),
+        (Some(first[2]), Some(runs[1]))
     );
     assert_eq!(runs[1].first, 60000u64 << 35);
+    assert_eq!(body2 - body, 5 * 12);
+    let hot_at = body;
+    let runs_at = body + 3 * 12;
     for needle in [
         format!("put32(out + HDR_LEN + {}, data->rkey)", body - 4),
-        format!(
-            "size_t body = {body} + (lying_ws ? 2 * {} : 0)",
-            (body2 - body) / 2
-        ),
+        format!("size_t body = {body} + (lying_ws ? 3 * 12 + 2 * 12 : 0)"),
         "send_msg(&c, out, HDR_LEN + body)".to_string(),
         format!("get32(r + HDR_LEN + {})", body - 4),
-        format!("put64(out + HDR_LEN + {body}, 0)"),
-        format!("put32(out + HDR_LEN + {}, 32767)", body + 8),
-        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", body + 12),
-        format!("put32(out + HDR_LEN + {}, 1)", body + 20),
+        format!("put32(out + HDR_LEN + {}, lying_ws ? 3 : 0)", body - 8),
+        format!("put64(out + HDR_LEN + {hot_at}, 0)"),
+        format!("put32(out + HDR_LEN + {}, 0)", hot_at + 8),
+        format!("put64(out + HDR_LEN + {}, 0)", hot_at + 12),
+        format!("put32(out + HDR_LEN + {}, 0xffffffffu)", hot_at + 20),
+        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", hot_at + 24),
+        format!("put32(out + HDR_LEN + {}, desc_pages)", hot_at + 32),
+        format!("put64(out + HDR_LEN + {runs_at}, 0)"),
+        format!("put32(out + HDR_LEN + {}, 32767)", runs_at + 8),
+        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", runs_at + 12),
+        format!("put32(out + HDR_LEN + {}, 1)", runs_at + 20),
     ] {
         assert!(src.contains(&needle), "hostile_peer.c lacks `{needle}`");
     }

@@ -418,3 +418,94 @@ fn lead_pages_are_the_stack_then_the_resume_points() {
     let d = Descriptor::parse(&b).unwrap();
     assert_eq!(d.lead_offsets(&mut out), 2);
 }
+
+#[test]
+fn first_touches_skip_lead_holes_and_repeats_and_check_back() {
+    use mitosis_abi::wire::HotPage;
+    // VMA 0: pages 0-1 present at data pages 0-1; VMA 1: page 0 present (data page 2),
+    // pages 1-3 a hole; VMA 2: a stack, pages 2-3 present (data pages 3-4).
+    let mut vmas = vec![
+        vma(0x10000, 0x12000, 0, 1),
+        vma(0x20000, 0x24000, 1, 2),
+        vma(0x7f000, 0x83000, 3, 1),
+    ];
+    vmas[2].flags = vma_flags::GROWSDOWN;
+    let runs = vec![
+        run(0, 2, RUN_PRESENT, 0),
+        run(0, 1, RUN_PRESENT, 2),
+        run(1, 3, RUN_HOLE, 0),
+        run(2, 2, RUN_PRESENT, 3),
+    ];
+    let b = encode_with_state(&vmas, &runs, 5, [0, 0, 0, 0]);
+    let d = Descriptor::parse(&b).unwrap();
+    let desc_len = b.len() as u64;
+    let desc_pages = desc_len.div_ceil(4096);
+    let idx = |vi: usize, page: u64| snapshot::window_offset(vi) / 4096 + page;
+    let mut lead = [0u64; snapshot::MAX_LEAD_PAGES];
+    let n_lead = d.lead_offsets(&mut lead);
+    assert_eq!(n_lead, 2); // the stack's two pages
+                           // Touch order: stack (lead: left out), data page 0, a hole, code page 1, data page
+                           // 0 again, a page of no VMA, code page 0.
+    let touched = [
+        idx(2, 2),
+        idx(1, 0),
+        idx(1, 2),
+        idx(0, 1),
+        idx(1, 0),
+        idx(7, 0),
+        idx(0, 0),
+        u64::MAX,
+    ];
+    let mut out = [HotPage::default(); 8];
+    let n = d.first_touches(desc_len, &lead[..n_lead], touched, &mut out);
+    let page = |data: u64| (desc_pages + data) as u32;
+    assert_eq!(
+        &out[..n],
+        &[
+            HotPage {
+                index: idx(1, 0),
+                region_page: page(2)
+            },
+            HotPage {
+                index: idx(0, 1),
+                region_page: page(1)
+            },
+            HotPage {
+                index: idx(0, 0),
+                region_page: page(0)
+            },
+        ]
+    );
+    // Every page it produced checks back against the descriptor.
+    for h in &out[..n] {
+        assert_eq!(d.hot_page_offset(desc_len, *h), Some(h.index * 4096));
+    }
+    // Bounded by the output.
+    assert_eq!(d.first_touches(desc_len, &[], touched, &mut out[..1]), 1);
+    // A page at another region page, a hole, a page of no VMA, an index whose offset
+    // overflows: all refused.
+    for lie in [
+        HotPage {
+            index: idx(0, 0),
+            region_page: page(1),
+        },
+        HotPage {
+            index: idx(0, 1),
+            region_page: 0,
+        },
+        HotPage {
+            index: idx(1, 2),
+            region_page: page(2),
+        },
+        HotPage {
+            index: idx(7, 0),
+            region_page: page(0),
+        },
+        HotPage {
+            index: u64::MAX,
+            region_page: page(0),
+        },
+    ] {
+        assert_eq!(d.hot_page_offset(desc_len, lie), None, "{lie:?}");
+    }
+}

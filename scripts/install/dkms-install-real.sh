@@ -3,7 +3,8 @@
 # install with dkms's default trees (/var/lib/dkms, /lib/modules/KVER/updates/dkms,
 # depmod), for the test kernel at KDIR, then dkms remove. Checks that the module
 # landed where modprobe looks, with that kernel's vermagic and in modules.dep, and
-# that removing it takes it away again.
+# that removing it takes it away again; in between, that the kernel install hook
+# (/etc/kernel/postinst.d/dkms) rebuilds and installs it once it was taken away.
 #   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION [MODTREE.cpio.gz]
 #
 # With MODTREE, the installed /lib/modules/KVER (without its `build` link) is also
@@ -29,9 +30,10 @@ command -v dkms >/dev/null || { echo "dkms-install-real: dkms is not installed (
 [ -e "$src" ] && skip "$src exists on this machine"
 dkms status -m mitosis -v "$ver" 2>/dev/null | grep -q . && skip "dkms already knows mitosis/$ver"
 
-stage=
+stage= log=
 cleanup() {
   [ -n "$stage" ] && rm -rf "$stage"
+  [ -n "$log" ] && rm -f "$log" "$log.hook"
   dkms remove -m mitosis -v "$ver" --all >/dev/null 2>&1 || true
   rm -rf "$moddir" "$src"
   rmdir /lib/modules 2>/dev/null || true
@@ -43,11 +45,9 @@ log=$(mktemp)
 if ! make -s dkms-install KVER="$krel" >"$log" 2>&1; then
   cat "$log" >&2
   find /var/lib/dkms/mitosis -name make.log -exec tail -30 {} \; >&2 2>/dev/null || true
-  rm -f "$log"
   echo "dkms-install-real: make dkms-install failed" >&2
   exit 1
 fi
-rm -f "$log"
 fail=0
 dkms status -m mitosis -v "$ver" -k "$krel" | grep -q installed \
   || { echo "dkms-install-real: dkms status does not say installed" >&2; fail=1; }
@@ -57,6 +57,30 @@ magic=$(modinfo -k "$krel" -F vermagic mitosis 2>/dev/null || true)
 case "$magic" in "$krel "*) ;; *) echo "dkms-install-real: vermagic '$magic', not $krel" >&2; fail=1 ;; esac
 grep -q 'updates/dkms/mitosis.ko' "$moddir/modules.dep" \
   || { echo "dkms-install-real: depmod did not list the module" >&2; fail=1; }
+# A kernel installed later: its package's postinst runs the kernel hooks, and dkms's
+# (/etc/kernel/postinst.d/dkms KVER) must build and install the module for it with no
+# one asking (AUTOINSTALL). Here the "new" kernel is the same release with the module
+# taken away first: this machine has no second release to install.
+hook=/etc/kernel/postinst.d/dkms
+autoinstalled=
+if [ $fail -eq 0 ]; then
+  if ! dkms uninstall -m mitosis -v "$ver" -k "$krel" >"$log.hook" 2>&1 \
+      || ! dkms unbuild -m mitosis -v "$ver" -k "$krel" >>"$log.hook" 2>&1; then
+    cat "$log.hook" >&2; echo "dkms-install-real: dkms uninstall/unbuild failed" >&2; fail=1
+  elif [ -n "$(find "$moddir" -name 'mitosis.ko*')" ]; then
+    echo "dkms-install-real: dkms uninstall left the module installed" >&2; fail=1
+  elif [ ! -x "$hook" ]; then
+    echo "dkms-install-real: no $hook (the dkms package installs it)" >&2; fail=1
+  elif ! "$hook" "$krel" >"$log.hook" 2>&1; then
+    cat "$log.hook" >&2; echo "dkms-install-real: $hook $krel failed" >&2; fail=1
+  elif ! dkms status -m mitosis -v "$ver" -k "$krel" | grep -q installed \
+      || ! grep -q 'updates/dkms/mitosis.ko' "$moddir/modules.dep"; then
+    cat "$log.hook" >&2
+    echo "dkms-install-real: the kernel hook did not rebuild and install the module" >&2; fail=1
+  else
+    autoinstalled=", rebuilt and installed again by the kernel install hook $hook"
+  fi
+fi
 if [ $fail -eq 0 ] && [ -n "$modtree" ]; then
   stage=$(mktemp -d)
   mkdir -p "$stage/lib/modules"
@@ -69,5 +93,5 @@ fi
 dkms remove -m mitosis -v "$ver" --all >/dev/null
 [ -z "$(find "$moddir" -name 'mitosis.ko*')" ] \
   || { echo "dkms-install-real: dkms remove left the module installed" >&2; fail=1; }
-[ $fail -eq 0 ] && echo "dkms-install-real: dkms installed mitosis $ver into $moddir/updates/dkms ($(basename "$ko"), in modules.dep, vermagic $krel) and removed it"
+[ $fail -eq 0 ] && echo "dkms-install-real: dkms installed mitosis $ver into $moddir/updates/dkms ($(basename "$ko"), in modules.dep, vermagic $krel)$autoinstalled, and removed it"
 exit $fail

@@ -20,7 +20,8 @@
  *       the module lays snapshots out, with its MAC under SECRET_HEX), registered
  *       for remote READ. With `silent`, accepts and never answers. With `lying-ws`,
  *       every reply carries a working set naming the first 32768 pages of the file
- *       and pages of VMA windows the snapshot does not have.
+ *       and pages of VMA windows the snapshot does not have, and first-touch pages
+ *       at the descriptor, past the region and of a VMA the snapshot does not have.
  *
  * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
  * observed is what a hardened module must do (refusals, no answers to garbage).
@@ -42,7 +43,7 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 5
+#define WIRE_VERSION 6
 #define CHALLENGE_MAGIC 0x4D434831u
 #define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
@@ -501,6 +502,10 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	put64(m + HDR_LEN + 28, 2);			/* second run inside the first */
 	put32(m + HDR_LEN + 36, 1);
 	sent += !send_msg(&c, m, HDR_LEN + 40);		/* overlapping runs */
+	header(m, K_WORKING_SET, 7, 0, 16);
+	put32(m + HDR_LEN + 8, 0);
+	put32(m + HDR_LEN + 12, 0xffff);
+	sent += !send_msg(&c, m, HDR_LEN + 16);		/* more first-touch pages than allowed */
 	/* Every malformed message is dropped unanswered, except the open with a short
 	 * body: its header is well formed, so it gets an EBADMSG reply. */
 	for (int answers = 0, s; (s = recv_msg(&c, &dummy, 500)) >= 0; answers++) {
@@ -540,7 +545,7 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	printf("hostile-peer: RESULT garbage_sent=%d badmsg_replies=%d wrong_secret_eacces=%d/%d "
 	       "unknown_eacces=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
 	       sent, badmsg_replies, eacces, tries, unknown_eacces, read_ok, guessed, stale);
-	return !(ok && sent == 10 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
+	return !(ok && sent == 11 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
 		 guessed && stale);
 }
 
@@ -632,7 +637,8 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				size_t body = 60 + (lying_ws ? 2 * 12 : 0);
+				size_t body = 60 + (lying_ws ? 3 * 12 + 2 * 12 : 0);
+				uint32_t desc_pages = (uint32_t)((info + 4095) / 4096);
 
 				header(out, K_OPEN_REPLY, get64(r + 8), 0, body);
 				put64(out + HDR_LEN, size);
@@ -642,16 +648,26 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 				put32(out + HDR_LEN + 40, 0); /* no lead pages announced */
 				put32(out + HDR_LEN + 44, 1);
 				put32(out + HDR_LEN + 48, lying_ws ? 2 : 0); /* working-set runs */
-				put32(out + HDR_LEN + 52, 0);
+				put32(out + HDR_LEN + 52, lying_ws ? 3 : 0); /* first-touch pages */
 				put32(out + HDR_LEN + 56, data->rkey);
 				if (lying_ws) {
+					/* First-touch pages: page 0 at the descriptor's
+					 * page, page 0 past the region, and a page of VMA
+					 * 60000 (which it does not have) at the first data
+					 * page: none may be read into the child. */
+					put64(out + HDR_LEN + 60, 0);
+					put32(out + HDR_LEN + 68, 0);
+					put64(out + HDR_LEN + 72, 0);
+					put32(out + HDR_LEN + 80, 0xffffffffu);
+					put64(out + HDR_LEN + 84, 60000ull << 35);
+					put32(out + HDR_LEN + 92, desc_pages);
 					/* Pages 0-32767 (most are no page of the snapshot:
 					 * windows hold a VMA each), and a run in the window
 					 * of VMA 60000, which it does not have. */
-					put64(out + HDR_LEN + 60, 0);
-					put32(out + HDR_LEN + 68, 32767);
-					put64(out + HDR_LEN + 72, 60000ull << 35);
-					put32(out + HDR_LEN + 80, 1);
+					put64(out + HDR_LEN + 96, 0);
+					put32(out + HDR_LEN + 104, 32767);
+					put64(out + HDR_LEN + 108, 60000ull << 35);
+					put32(out + HDR_LEN + 116, 1);
 				}
 				send_msg(&c, out, HDR_LEN + body);
 				served++;

@@ -627,7 +627,9 @@ fn hostile_parents(
             agent.sh(&format!("mitosis-test resume-expect {h} {}", libc::EBADMSG))
         });
     // An intact snapshot whose parent hands out a working set naming pages the
-    // snapshot does not have: the child reads only its present pages and runs.
+    // snapshot does not have, and first-touch pages at the descriptor, past the
+    // region and where the descriptor puts nothing: the child reads only present
+    // pages of the region's data and keeps only those its descriptor confirms.
     let port = HOSTILE_PORT + 97;
     let lying = put_together(&base, &data)
         .and_then(|bytes| std::fs::write("/tmp/adv-lying-ws.bin", bytes).map_err(|e| e.to_string()))
@@ -642,6 +644,10 @@ fn hostile_parents(
         .map(|_parent| {
             let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
             let first = agent.sh(&format!("mitosis-test resume-expect {h} child"));
+            // Its first-touch pages: the one inside the region was read with the
+            // descriptor and then dropped, as the descriptor does not put it there.
+            let dropped =
+                agent.sh("dmesg | grep -q 'first-touch pages do not match the descriptor'");
             // The parent's record again (not the host's own, `working_set=2`), read in
             // the background (`replay_async`): the child exits at once, the replay
             // stops behind it, and the next resume works.
@@ -654,18 +660,18 @@ fn hostile_parents(
             let _ = agent.sh(&format!(
                 "echo 0 > {PARAMS}replay_async; echo 1 > {PARAMS}working_set"
             ));
-            (first, background, again)
+            (first, dropped, background, again)
         });
     let want = |rc: &Result<i32, String>| matches!(rc, Ok(rc) if *rc == RESUMED_AGENT_EXIT);
     r.check(
         "adv-parent-lying-working-set",
-        matches!(&lying, Ok((first, _, _)) if want(first)),
-        format!("{lying:?}, want exit {RESUMED_AGENT_EXIT}"),
+        matches!(&lying, Ok((first, Ok(0), _, _)) if want(first)),
+        format!("{lying:?}, want exit {RESUMED_AGENT_EXIT} and the first-touch pages dropped"),
         &[],
     );
     r.check(
         "adv-parent-lying-working-set-background",
-        matches!(&lying, Ok((_, background, again)) if want(background) && want(again)),
+        matches!(&lying, Ok((_, _, background, again)) if want(background) && want(again)),
         format!("{lying:?}, want exit {RESUMED_AGENT_EXIT} twice (background replay, then again)"),
         &[],
     );

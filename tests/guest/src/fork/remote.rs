@@ -137,6 +137,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     r.check("rf-forced-child-ready", forced_child.is_some(), "", &[]);
 
     // Concurrent children on B (A runs its own at the same time), one eager.
+    let recorded_before = ws_recorded();
     let t = Instant::now();
     let kids: Vec<_> = (0..n_children)
         .filter_map(|i| {
@@ -172,6 +173,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
             ("wall_ms", t.elapsed().as_secs_f64() * 1e3),
         ],
     );
+    check_first_touches_in_resume_batch(r, &h, recorded_before);
 
     // Two hops: B's child prepares, A resumes a grandchild.
     let hop_ok = match launch(&h, false) {
@@ -299,6 +301,56 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     let healthy = Mitosis::open().and_then(|m| m.status()).is_ok();
     r.check("rf-host-healthy-after-sigbus", healthy, "", &[]);
     ExitCode::SUCCESS
+}
+
+const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
+
+/// This host's count of working-set records stored (a pager's end stores one).
+fn ws_recorded() -> u64 {
+    Mitosis::open()
+        .and_then(|m| m.status())
+        .map_or(0, |s| s.counters.ws_recorded)
+}
+
+/// Metric `key` of check `check` in a child's output lines.
+fn metric(lines: &[String], check: &str, key: &str) -> Option<f64> {
+    let line = lines
+        .iter()
+        .find(|l| l.contains(&format!("\"check\":\"{check}\"")))?;
+    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Once the children before have exited, their pager's end stores this host's record
+/// of what they touched; the next child of the snapshot reads the record's first
+/// pages (in touch order) in its descriptor's batch. With the rest of the record
+/// replayed in the background, the resume report's prefetched pages are exactly
+/// those: none would mean the resume ignored them.
+fn check_first_touches_in_resume_batch(r: &mut Report, h: &SnapshotHandle, recorded_before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ws_recorded() == recorded_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let recorded = ws_recorded() > recorded_before;
+    let set = std::fs::write(REPLAY_ASYNC_PARAM, "1");
+    let child = launch(h, false).map(|c| run_child(c, "verify 300"));
+    let _ = std::fs::write(REPLAY_ASYNC_PARAM, "0");
+    let (ok, prefetched) = match &child {
+        Ok((st, lines)) => (
+            status_ok(st),
+            metric(lines, "rf-child-resumed", "prefetched_pages"),
+        ),
+        Err(_) => (false, None),
+    };
+    r.check(
+        "rf-first-touches-in-resume-batch",
+        recorded && set.is_ok() && ok && prefetched.is_some_and(|p| p > 0.0),
+        format!(
+            "record stored {recorded}, replay_async {set:?}, child verified {ok}, prefetched {prefetched:?}"
+        ),
+        &[("prefetched_pages", prefetched.unwrap_or(f64::NAN))],
+    );
 }
 
 /// The uid (and gid) children run as with `mitosis resume --user`.
