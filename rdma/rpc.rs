@@ -97,13 +97,17 @@ impl Connection {
     }
 
     /// Sends a request built by `encode(seq, buf)` and waits (bounded) for the reply with
-    /// the same sequence number, which `parse` reads in place.
-    pub(crate) fn rpc<T>(
+    /// the same sequence number, which `parse` reads in place. `during` runs once the
+    /// request is sent and before the wait, so that its work (a READ batch: it must
+    /// not need an RPC of this connection) overlaps the round trip; it runs only if
+    /// the send succeeded.
+    pub(crate) fn rpc<T, U>(
         &self,
         timeout_ms: u32,
         encode: impl FnOnce(u64, &mut [u8]) -> Result<usize>,
+        during: impl FnOnce() -> U,
         parse: impl FnOnce(Reply<'_>) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, U)> {
         let _guard = self.rpc_lock.lock();
         if !self.is_up() {
             return Err(errno::enotconn());
@@ -116,6 +120,7 @@ impl Connection {
         self.reply_done.arm();
         // SAFETY: `rpc_lock` serialises request sends.
         unsafe { self.send_and_wait(res, timeout_ms, &mut [], |buf| encode(seq, buf))? };
+        let overlapped = during();
         self.reply_done
             .wait(timeout_ms)
             .inspect_err(|e| self.fail(*e))?;
@@ -132,7 +137,7 @@ impl Connection {
         if Self::post_recv(res, buf).is_err() {
             self.fail(errno::econnreset());
         }
-        parsed
+        Ok((parsed?, overlapped))
     }
 
     /// Sends a message that gets no reply, built by `encode(seq, buf)`.

@@ -59,6 +59,18 @@ impl RemoteRegion {
         region_id: u64,
         secret: [u8; 16],
     ) -> Result<Self> {
+        Self::open_during(conn, handle, region_id, secret, || ()).map(|(r, ())| r)
+    }
+
+    /// [`Self::open`], running `during` (READs through another open of this
+    /// connection's peer, no RPC) while the open's round trip is in flight.
+    pub(crate) fn open_during<U>(
+        conn: Arc<Connection>,
+        handle: u64,
+        region_id: u64,
+        secret: [u8; 16],
+        during: impl FnOnce() -> U,
+    ) -> Result<(Self, U)> {
         // The secret never travels: a proof for this connection's challenge does.
         let challenge = conn.challenge().ok_or_else(errno::eproto)?;
         let req = OpenRegion {
@@ -67,9 +79,10 @@ impl RemoteRegion {
         };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let (facts, rkeys, (ws_runs, hot)) = conn.rpc(
+        let ((facts, rkeys, (ws_runs, hot)), overlapped) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
+            during,
             |reply| {
                 if reply.header.kind != Kind::OpenRegionReply {
                     return Err(errno::ebadmsg());
@@ -93,7 +106,7 @@ impl RemoteRegion {
                 Ok((r.facts, keys, (runs, hot)))
             },
         )?;
-        Ok(RemoteRegion {
+        let region = RemoteRegion {
             handle,
             conn,
             region_id,
@@ -105,7 +118,18 @@ impl RemoteRegion {
             rkeys,
             ws_runs,
             hot,
-        })
+        };
+        Ok((region, overlapped))
+    }
+
+    /// Whether `other` is an open of the same snapshot content as this one: same
+    /// size, descriptor (length and MAC) and lead pages, so that what was read through
+    /// one holds for the other.
+    pub(crate) fn same_snapshot(&self, other: &RemoteRegion) -> bool {
+        self.size == other.size
+            && self.info == other.info
+            && self.desc_mac == other.desc_mac
+            && self.lead_pages == other.lead_pages
     }
 
     /// Reads the pages at region offsets `offs` (at most [`MAX_READ_BATCH`], each
@@ -211,28 +235,36 @@ impl RemoteRegion {
         close_at_parent(&self.conn, self.region_id);
     }
 
-    /// The open itself, without the keys, to be closed later by dropping it: what a
-    /// host keeps at the parent after its last child of a snapshot exited, so that
-    /// the next child's open reuses the registration the parent made for it. The
-    /// caller must not also [`close`](Self::close) this value.
-    pub(crate) fn into_open(&self) -> OpenAtParent {
+    /// The open, to be closed later by dropping the result: what a host keeps at the
+    /// parent after its last child of a snapshot exited, so that the next child's
+    /// open reuses the registration the parent made for it (and can read the
+    /// descriptor through it while that open is in flight). The caller must not also
+    /// [`close`](Self::close) this value.
+    pub(crate) fn into_open(self: &Arc<Self>) -> OpenAtParent {
         OpenAtParent {
-            conn: self.conn.clone(),
-            region_id: self.region_id,
+            region: self.clone(),
         }
     }
 }
 
-/// One open of a region at its parent, with nothing to read it by: dropping it closes
-/// the open (the parent drops its registration for this host with its last open).
+/// One open of a region at its parent, kept after its readers are gone: dropping it
+/// closes the open (the parent drops its registration for this host with its last
+/// open).
 pub(crate) struct OpenAtParent {
-    conn: Arc<Connection>,
-    region_id: u64,
+    region: Arc<RemoteRegion>,
+}
+
+impl OpenAtParent {
+    /// The open, to read through while it lasts (its keys stay valid until the
+    /// parent revokes them).
+    pub(crate) fn region(&self) -> &RemoteRegion {
+        &self.region
+    }
 }
 
 impl Drop for OpenAtParent {
     fn drop(&mut self) {
-        close_at_parent(&self.conn, self.region_id);
+        self.region.close();
     }
 }
 

@@ -123,25 +123,57 @@ fn resume_inner(
     let fs = host.snapshot_fs();
     let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
     let connected_ns = now_ns();
+    // An open an earlier child here left at the parent (`open_linger_ms`): ours reuses
+    // its registration and holds it from then on. Closed when the resume returns (a
+    // one-way message, after the report's count of round trips).
+    let lingering = fs.take_open(key);
+    let existing = fs.lookup(key);
+    let local_hot = match existing {
+        None => first_touches_here(host, key),
+        Some(_) => None,
+    };
     // Every resume asks the parent: a released snapshot or a wrong secret is refused
-    // even when children on this host still map it.
-    let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
+    // even when children on this host still map it. A new pager with a lingering open
+    // reads the descriptor's batch through that open's keys while the request is in
+    // flight (one round trip instead of two), and uses it only if the parent grants
+    // the open, for the same snapshot; otherwise it reads it again afterwards.
+    let (remote, early) = match (&lingering, &existing) {
+        (Some(open), None) => {
+            let old = open.region();
+            let hot = local_hot.as_deref().unwrap_or(&old.hot);
+            let read = || fetch_descriptor(old, &a.secret, hot);
+            match RemoteRegion::open_during(conn.clone(), 0, a.snapshot_id, a.secret, read) {
+                Ok((remote, early)) => {
+                    let early = early.ok().filter(|_| remote.same_snapshot(old));
+                    (remote, early)
+                }
+                // A READ with keys a forced release revoked puts the connection in
+                // error, and the parent's answer may be lost with it: ask again on a
+                // new connection, without reading.
+                Err(_) if !conn.is_up() => {
+                    let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
+                    (RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?, None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => (RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?, None),
+    };
     let opened_ns = now_ns();
-    // An open an earlier child here left at the parent (`open_linger_ms`) made this
-    // one reuse its registration; ours holds it now. Closed when the resume returns
-    // (a one-way message, after the report's count of round trips).
-    let _lingering = fs.take_open(key);
-    let (inode, lead) = match fs.lookup(key) {
+    let (inode, lead) = match existing {
         Some(inode) => {
             // Children here already share this snapshot's pages: keep theirs.
             remote.close();
             (inode, None)
         }
         None => {
-            let local = first_touches_here(host, key);
-            let hot = local.as_deref().unwrap_or(&remote.hot);
-            let (desc, lead) =
-                fetch_descriptor(&remote, &a.secret, hot).inspect_err(|_| remote.close())?;
+            let (desc, lead) = match early {
+                Some(fetched) => fetched,
+                None => {
+                    let hot = local_hot.as_deref().unwrap_or(&remote.hot);
+                    fetch_descriptor(&remote, &a.secret, hot).inspect_err(|_| remote.close())?
+                }
+            };
             (
                 fs.create(Pager::new(host.clone(), key, remote, desc)?)?,
                 Some(lead),

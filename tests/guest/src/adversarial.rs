@@ -369,7 +369,7 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
     };
     r.check(
         "adv-garbage-messages-dropped",
-        code == 0 && field(&line, "garbage_sent") == Some(10),
+        code == 0 && field(&line, "garbage_sent") == Some(11),
         &line,
         &[],
     );

@@ -157,9 +157,18 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
                 );
                 let _ = writeln!(out, "released");
             }
-            ["force-release"] => {
-                let rel = m.fork_release(&forced, true);
-                r.check("rf-force-release", rel.is_ok(), format!("{rel:?}"), &[]);
+            ["force-release", h] => {
+                // The third snapshot (a child waits on B), or the C program's.
+                let rel = h
+                    .parse::<SnapshotHandle>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| m.fork_release(&h, true).map_err(|e| e.to_string()));
+                let name = if *h == forced.to_string() {
+                    "rf-force-release"
+                } else {
+                    "rf-force-release-dyn"
+                };
+                r.check(name, rel.is_ok(), format!("{rel:?}"), &[]);
                 let _ = writeln!(out, "force-released");
             }
             ["bye"] => break,

@@ -31,7 +31,9 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         r.check("rf-handle", false, "no handle from A", &[]);
         return ExitCode::FAILURE;
     };
-    // Children of the dynamically linked C program.
+    // Children of the dynamically linked C program. Its open lingers after the child
+    // (long enough for what follows).
+    let linger = std::fs::write(LINGER_PARAM, "60000");
     let dyn_ok = dyn_h
         .and_then(|d| launch(&d, false).ok())
         .map(|c| run_child(c, &role_of_this_host()).0.success());
@@ -42,6 +44,21 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         &[],
     );
     let m = Mitosis::open().expect("open");
+    // A forced release revokes the lingering open's keys: the next resume, which
+    // would read the descriptor through them while its open is in flight, is refused
+    // like any resume of a released snapshot.
+    if let Some(d) = dyn_h {
+        let _ = writeln!(out, "force-release {d}");
+        let revoked = next() == "force-released";
+        let e = m.fork_resume(&d, ResumeOptions::default());
+        r.check(
+            "rf-lingering-open-revoked-eacces",
+            linger.is_ok() && revoked && e.raw_os_error() == Some(libc::EACCES),
+            format!("open_linger_ms {linger:?}, force-released {revoked}, resume: {e}"),
+            &[],
+        );
+    }
+    let _ = std::fs::write(LINGER_PARAM, "5000");
     // Wrong secret: the launcher stays itself, with a distinct errno.
     let mut wrong = h;
     wrong.secret[0] ^= 1;
@@ -260,7 +277,11 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
     );
 
     // Forced release: the waiting child's next remote fault is a SIGBUS.
-    let _ = writeln!(out, "force-release");
+    let _ = writeln!(
+        out,
+        "force-release {}",
+        forced.map(|f| f.to_string()).unwrap_or_default()
+    );
     let force_ok = next() == "force-released";
     let sig = forced_child.and_then(finish_lazy);
     r.check(
@@ -304,6 +325,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
 }
 
 const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
+const LINGER_PARAM: &str = "/sys/module/mitosis/parameters/open_linger_ms";
 
 /// This host's count of working-set records stored (a pager's end stores one).
 fn ws_recorded() -> u64 {
