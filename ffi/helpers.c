@@ -121,6 +121,10 @@ bool mitosis_param_replay_async;
 module_param_named(replay_async, mitosis_param_replay_async, bool, 0644);
 MODULE_PARM_DESC(replay_async, "Prefetch a working set in the background while the child runs (its faults on pages not there yet read them at once) instead of before the resume returns (default 0: under emulation the transfer costs the child's own CPU, see docs/benchmarks.md)");
 
+unsigned int mitosis_param_first_touch_pages = 16;
+module_param_named(first_touch_pages, mitosis_param_first_touch_pages, uint, 0644);
+MODULE_PARM_DESC(first_touch_pages, "Most pages of a working-set record's first touches a resume reads in its descriptor batch (0-56, room permitting; 0: none; each costs about a quarter of a demand fault in the batch, so the default takes the first 16)");
+
 unsigned int mitosis_param_read_batches = 3;
 module_param_named(read_batches, mitosis_param_read_batches, uint, 0644);
 MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-3): the faults of several children of a snapshot overlap on the link");

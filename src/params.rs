@@ -103,6 +103,13 @@ pub(crate) fn read_batches(max: usize) -> usize {
     (v as usize).clamp(1, max)
 }
 
+/// Most first-touch pages a resume reads in its descriptor batch (at most `max`).
+pub(crate) fn first_touch_pages(max: usize) -> usize {
+    // SAFETY: as above.
+    let v = unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_first_touch_pages)) };
+    (v as usize).min(max)
+}
+
 /// Most contiguous pages one READ request carries (at least 1).
 pub(crate) fn read_pages_per_wr() -> u32 {
     // SAFETY: as above.

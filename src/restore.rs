@@ -31,7 +31,7 @@ use crate::abi::snapshot::{
     reg, vma_flags, window_offset, DescError, Descriptor, TaskState, MAX_LEAD_PAGES, PAGE,
     TASK_STATE_LEN, X86_64_LIMITS,
 };
-use crate::abi::wire::HotPage;
+use crate::abi::wire::{HotPage, MAX_HOT_PAGES};
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
@@ -391,7 +391,8 @@ fn fetch_descriptor(
 /// lead copies (a hostile list cannot make the batch read outside the region, nor
 /// the descriptor again).
 fn hot_in_batch(remote: &RemoteRegion, taken: u64, hot: &[HotPage]) -> Result<KVec<HotPage>> {
-    let room = (MAX_READ_BATCH as u64).saturating_sub(taken) as usize;
+    let room = params::first_touch_pages(MAX_HOT_PAGES)
+        .min((MAX_READ_BATCH as u64).saturating_sub(taken) as usize);
     let mut out = KVec::with_capacity(room.min(hot.len()), GFP_KERNEL)?;
     if taken > MAX_READ_BATCH as u64 {
         return Ok(out);

@@ -41,6 +41,7 @@ const PREFETCH_PARAM: &str = "/sys/module/mitosis/parameters/prefetch_pages";
 const LEAD_PAGES_PARAM: &str = "/sys/module/mitosis/parameters/lead_pages";
 /// Working-set record and replay (writable at run time).
 const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
+const FIRST_TOUCH_PARAM: &str = "/sys/module/mitosis/parameters/first_touch_pages";
 /// Background replay (writable at run time): off here, so that the resume time
 /// includes the whole prefetch and the touches after it measure the replayed pages.
 const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
@@ -802,7 +803,14 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             && bench_run(&h, false, &format!("ws-record-{mib}"))
             && bench_run(&h, false, &format!("ws-{mib}"));
         let set_bg = std::fs::write(REPLAY_ASYNC_PARAM, "1");
-        let background = set_bg.is_ok() && bench_run(&h, false, &format!("ws-bg-{mib}"));
+        let mut background = set_bg.is_ok() && bench_run(&h, false, &format!("ws-bg-{mib}"));
+        // More first-touch pages in the batch (all 56 a record holds, against the
+        // default 16), and none.
+        for n in [56, 0] {
+            background &= std::fs::write(FIRST_TOUCH_PARAM, n.to_string()).is_ok()
+                && bench_run(&h, false, &format!("ws-bg-first-{n}-{mib}"));
+        }
+        let _ = std::fs::write(FIRST_TOUCH_PARAM, "16");
         let _ = std::fs::write(WORKING_SET_PARAM, "0");
         r.check(
             &format!("bench-ws-ran-{mib}"),
