@@ -645,6 +645,55 @@ fn measure_sparse_prepare(r: &mut Report) {
     );
 }
 
+/// Busy ticks (user, nice, system, irq, softirq; USER_HZ) of `/proc/stat`'s first line.
+fn busy_ticks(t: &[u64; 7]) -> u64 {
+    t[0] + t[1] + t[2] + t[5] + t[6]
+}
+
+/// Resumes whose parent CPU time is measured together (A's busy time is counted in
+/// 10 ms ticks).
+const CPU_RESUMES: usize = 32;
+
+/// The parent's CPU time per resume: A's busy time around [`CPU_RESUMES`] children
+/// resumed one after another on B (each exits at once; the snapshot's open lingers
+/// between them, so each open reuses the registration), divided by their number.
+/// A sleeps meanwhile, so its busy time is the opens, the READs its device serves
+/// and the closes.
+fn parent_cpu_per_resume(
+    r: &mut Report,
+    h: &SnapshotHandle,
+    mib: &str,
+    rd: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+) {
+    let mut ask = || -> Option<u64> {
+        writeln!(out, "cpu").ok()?;
+        line(rd).parse().ok()
+    };
+    let before = ask();
+    let t = Instant::now();
+    let ok = (0..CPU_RESUMES).all(|_| {
+        launch(h, false)
+            .map(|c| run_child(c, "exit").0.success())
+            .unwrap_or(false)
+    });
+    let wall = t.elapsed();
+    let after = ask();
+    let busy = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+    r.check(
+        &format!("bench-parent-cpu-{mib}"),
+        ok && busy.is_some(),
+        format!("{CPU_RESUMES} resumes, A busy {busy:?} ticks"),
+        &[
+            (
+                "parent_cpu_ms_per_resume",
+                busy.map_or(f64::NAN, |b| b as f64 * 10.0 / CPU_RESUMES as f64),
+            ),
+            ("resumes_wall_ms", ms(wall)),
+        ],
+    );
+}
+
 /// Time of a local `fork()` of this process (until it returns in the parent).
 fn local_fork() -> Duration {
     let t = Instant::now();
@@ -702,8 +751,12 @@ pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode
             ],
         );
         let _ = writeln!(out, "seed {mib} {}", p.handle);
-        // B measures its child first; then both guests resume at once.
-        let _ = line(&mut rd);
+        // B measures its child first (asking for this host's busy CPU time around
+        // some of its resumes); then both guests resume at once.
+        while line(&mut rd) == "cpu" {
+            let busy = crate::report::cpu_ticks().map_or(0, |t| busy_ticks(&t));
+            let _ = writeln!(out, "{busy}");
+        }
         let (ok, wall) = burst(&p.handle, burst_n, |_| "exit".into());
         r.check(
             &format!("bench-resume-burst-a-{mib}"),
@@ -818,6 +871,7 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             format!("{set:?} {set_bg:?}"),
             &[],
         );
+        parent_cpu_per_resume(r, &h, mib, &mut rd, &mut out);
         let _ = writeln!(out, "go");
         let (ok, wall) = burst(&h, burst_n, |_| "exit".into());
         r.check(
