@@ -235,10 +235,7 @@ impl Pager {
             self.host
                 .connection_to(self.key.addr, self.key.port, params::connect_timeout_ms())?;
         let remote = RemoteRegion::open(conn, 0, self.key.id, self.key.secret)?;
-        if remote.size != link.remote.size
-            || remote.info != link.remote.info
-            || remote.desc_mac != link.remote.desc_mac
-        {
+        if !remote.same_snapshot(&link.remote) {
             remote.close();
             return Err(EIO);
         }
