@@ -657,13 +657,12 @@ impl Pager {
     /// pages, with their region pages: what the next resume reads in its descriptor
     /// batch. Empty when memory is short (a record is a hint).
     fn first_touches(&self, touched: &[u64]) -> KVec<HotPage> {
-        let mut hot = KVec::new();
         let (Ok(desc), Ok(mut lead), Ok(mut out)) = (
             self.descriptor(),
             KBox::new([0u64; MAX_LEAD_PAGES], GFP_KERNEL),
             KBox::new([HotPage::default(); MAX_HOT_PAGES], GFP_KERNEL),
         ) else {
-            return hot;
+            return KVec::new();
         };
         let n_lead = desc.lead_offsets(&mut lead);
         let n = desc.first_touches(
@@ -672,10 +671,7 @@ impl Pager {
             touched.iter().copied(),
             &mut out[..],
         );
-        if hot.extend_from_slice(&out[..n], GFP_KERNEL).is_err() {
-            return KVec::new();
-        }
-        hot
+        crate::util::copy_first(&out[..], n).unwrap_or_default()
     }
 
     /// The snapshot this pager serves.

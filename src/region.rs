@@ -10,6 +10,7 @@ use crate::abi::mac::{constant_time_eq, descriptor_mac, open_proof};
 use crate::abi::wire::{HotPage, OpenRegionReply, WsRun};
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
+use crate::util::copy_first;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -81,14 +82,6 @@ pub(crate) struct Region {
 struct ParentRecord {
     runs: KVec<WsRun>,
     hot: KVec<HotPage>,
-}
-
-/// Copies the first `max` entries of `from`.
-fn copy_first<T: Copy>(from: &[T], max: usize) -> Result<KVec<T>> {
-    let n = from.len().min(max);
-    let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
-    out.extend_from_slice(&from[..n], GFP_KERNEL)?;
-    Ok(out)
 }
 
 /// Collects at most `n` entries (the count the wire decoder checked) into a new

@@ -35,6 +35,14 @@ pub(crate) fn clear<T>(v: &mut KVec<T>) {
     while swap_remove(v, v.len().wrapping_sub(1)).is_some() {}
 }
 
+/// A new vector holding the first `max` entries of `from` (all of them if fewer).
+pub(crate) fn copy_first<T: Copy>(from: &[T], max: usize) -> Result<KVec<T>> {
+    let n = from.len().min(max);
+    let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+    out.extend_from_slice(&from[..n], GFP_KERNEL)?;
+    Ok(out)
+}
+
 /// Takes every element out, leaving `v` empty.
 pub(crate) fn take_all<T>(v: &mut KVec<T>) -> KVec<T> {
     core::mem::replace(v, KVec::new())

@@ -25,7 +25,7 @@
 use crate::abi::wire::HotPage;
 use crate::counters::{count, COUNTERS};
 use crate::pager::PagerKey;
-use crate::util::{remove_first, swap_remove};
+use crate::util::{copy_first, remove_first, swap_remove};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Mutex};
 
@@ -113,8 +113,6 @@ impl WorkingSets {
     pub(crate) fn hot(&self, key: PagerKey) -> Option<KVec<HotPage>> {
         let sets = self.sets.lock();
         let r = sets.iter().find(|r| r.key == key)?;
-        let mut hot = KVec::with_capacity(r.hot.len(), GFP_KERNEL).ok()?;
-        hot.extend_from_slice(&r.hot, GFP_KERNEL).ok()?;
-        Some(hot)
+        copy_first(&r.hot, r.hot.len()).ok()
     }
 }
