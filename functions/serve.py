@@ -12,8 +12,8 @@ starts an instance:
                                      and this process exits; every child resumed from
                                      it reads one request from stdin and answers it
 
-A child's diagnostics (its pid, the seed's and its own CLOCK_MONOTONIC) go to stderr
-as one JSON line, so stdout carries nothing but the response.
+A child's diagnostics (its pid, the seed's and its own CLOCK_MONOTONIC, its resume
+report) go to stderr as one JSON line, so stdout carries nothing but the response.
 """
 
 import argparse
@@ -87,6 +87,7 @@ def main():
         print(json.dumps({"mitosis_child": {
             "function": args.function, "pid": os.getpid(),
             "seed_monotonic": seed_clock, "child_monotonic": child_clock,
+            "resume": mitosis.resume_report(),
         }}), file=sys.stderr, flush=True)
         # A child serves one request and is discarded: it leaves like a forked worker
         # (multiprocessing's children do the same), without the interpreter's

@@ -13,6 +13,7 @@ import sys
 FUNCTIONS = ("dynamic_html", "thumbnailer", "matrix_aes")
 VARIANTS = (
     ("cold", "cold start (interpreter, imports, warm-up, request)"),
+    ("cold-fixed", "cold start at fixed addresses (TCG translations reused)"),
     ("baseline", "child, resume: every page from the parent (no local files, no working set)"),
     ("resume", "child, resume: first on the host (libraries from local files)"),
     ("resume-ws", "child, resume: replaying the host's working-set record (in the background)"),
@@ -26,7 +27,7 @@ VARIANTS = (
     ("criu", "CRIU: dump on A + copy + restore to response on B"),
     ("criu-lazy", "CRIU lazy pages: dump without memory + copy + lazy restore to response"),
 )
-COLOURS = {"cold": (90, 90, 90), "baseline": (148, 103, 189), "resume": (31, 119, 180),
+COLOURS = {"cold": (90, 90, 90), "cold-fixed": (160, 160, 160), "baseline": (148, 103, 189), "resume": (31, 119, 180),
            "resume-ws": (23, 190, 207), "resume-ws-sync": (120, 210, 220),
            "resume-wsp": (0, 128, 128), "resume-wsp-sync": (100, 170, 170), "run": (44, 160, 44), "eager": (255, 127, 14),
            "resume-w0": (188, 189, 34), "warm": (140, 86, 75), "criu": (214, 39, 40),
@@ -56,15 +57,15 @@ def load(path):
 
 
 def markdown(table):
-    lines = ["| function | cold start | child: baseline | child: resume (local files) | "
+    lines = ["| function | cold start (fixed addresses) | child: baseline | child: resume (local files) | "
              "child: resume + working set (in the background / before the child runs) | "
              "child: new host + parent's working set (background / before) | "
              "child: run + working set (setup) | child: eager | "
              "child: no window | child: warm host | pages fetched: baseline / local files / "
              "+ working set / touched / warm | remote faults: baseline / local files / + working "
              "set | CRIU: dump + copy + restore to response | CRIU lazy pages | "
-             "cold / best cold-cache child | CRIU / best cold-cache child | "
-             "cold / warm child | CRIU / warm child |",
+             "cold (fixed) / best cold-cache child | CRIU / best cold-cache child | "
+             "cold (fixed) / warm child | CRIU / warm child |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fn, row in table.items():
         def ms(how):
@@ -85,25 +86,61 @@ def markdown(table):
         children = [row[h]["child_ms"] for h in ("resume", "resume-ws", "resume-ws-sync",
                                                   "resume-wsp", "resume-wsp-sync", "run", "eager")
                     if h in row and row[h]["child_ms"]]
+        fixed = row.get("cold-fixed", {}).get("child_ms")
         ratio = row["cold"]["child_ms"] / min(children) if children and "cold" in row else 0
+        fixed_ratio = fixed / min(children) if children and fixed else 0
         criu = row.get("criu", {}).get("child_ms")
         criu_ratio = criu / min(children) if children and criu else 0
         warm = row.get("warm", {}).get("child_ms")
         warm_ratio = row["cold"]["child_ms"] / warm if warm and "cold" in row else 0
+        fixed_warm = fixed / warm if warm and fixed else 0
         criu_warm = criu / warm if warm and criu else 0
         def criu_text(how):
             c = row.get(how, {}).get("criu")
             return (f"{c['total_ms']:.0f} ms ({c['dump_ms']:.0f} + {c['copy_ms']:.0f} + "
                     f"{c['restore_to_response_ms']:.0f}; {c['image_mib']:.1f} MiB)" if c else "-")
-        lines.append(f"| {fn} | {ms('cold')} | {ms('baseline')} | {ms('resume')} | "
+        lines.append(f"| {fn} | {ms('cold')} ({ms('cold-fixed')}) | {ms('baseline')} | {ms('resume')} | "
                      f"{ms('resume-ws')} / {ms('resume-ws-sync')} | "
                      f"{ms('resume-wsp')} / {ms('resume-wsp-sync')} | {ms('run')}{setup} | {ms('eager')} | {ms('resume-w0')} | "
                      f"{ms('warm')} | "
                      + " / ".join(f"{p:.0f}" for p in pages)
                      + f" ({pages[0] * 4096 / 2**20:.1f} / {pages[1] * 4096 / 2**20:.1f} MiB) | "
                      + " / ".join(f"{f:.0f}" for f in faults)
-                     + f" | {criu_text('criu')} | {criu_text('criu-lazy')} | {ratio:.2f}x | "
-                     f"{criu_ratio:.2f}x | {warm_ratio:.2f}x | {criu_warm:.2f}x |")
+                     + f" | {criu_text('criu')} | {criu_text('criu-lazy')} | {ratio:.2f}x "
+                     f"({fixed_ratio:.2f}x) | {criu_ratio:.2f}x | {warm_ratio:.2f}x "
+                     f"({fixed_warm:.2f}x) | {criu_warm:.2f}x |")
+    return "\n".join(lines)
+
+
+SPLIT = (("launcher_ms", "launcher start to the module"), ("module_ms", "in the module"),
+         ("return_ms", "module to the first instruction"),
+         ("to_python_ms", "first instruction to the handler's first line"),
+         ("serve_ms", "the request"))
+
+
+def split_markdown(path):
+    """Where a `mitosis resume` child's time goes (medians; from each child's resume
+    report and clock, see tests/scenarios/functions.py `child_split`), and what
+    starting a process costs on B (`bench-spawn`)."""
+    with open(path) as f:
+        checks = {c["check"]: c for c in json.load(f).get("checks", [])}
+    lines = ["| function, child | total | " + " | ".join(label for _, label in SPLIT) + " |",
+             "|---" * (len(SPLIT) + 2) + "|"]
+    for fn in FUNCTIONS:
+        for how in ("resume", "resume-ws-sync", "resume-wsp-sync", "warm"):
+            c = checks.get(f"bench-{fn}-{how}")
+            if not c or "module_ms" not in c:
+                continue
+            lines.append(f"| {fn}, {how} | {c['child_ms']:.0f} ms | "
+                         + " | ".join(f"{c[k]:.1f} ms" for k, _ in SPLIT) + " |")
+    spawn = checks.get("bench-spawn")
+    if spawn and spawn.get("pass"):
+        lines.append("")
+        lines.append("Process start to exit on B (median of 5): "
+                     f"/bin/true {spawn['true_ms']:.1f} ms, `mitosis --version` "
+                     f"{spawn['cli_ms']:.1f} ms ({spawn['cli_norandom_ms']:.1f} ms without "
+                     f"address randomisation), `python3 -S -c pass` {spawn['python_ms']:.1f} ms "
+                     f"({spawn['python_norandom_ms']:.1f} ms).")
     return "\n".join(lines)
 
 
@@ -143,6 +180,8 @@ def plot(table, out):
 def main():
     table = load(sys.argv[1])
     print(markdown(table))
+    print()
+    print(split_markdown(sys.argv[1]))
     if len(sys.argv) > 2:
         plot(table, sys.argv[2])
 

@@ -60,22 +60,32 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-class Hub:
-    """The guests' virtual link: a UDP hub on loopback. Guest i sends its Ethernet
-    frames to hub port i; the hub repeats each frame to every other guest.
+class Link:
+    """The guests' virtual link: UDP datagrams on loopback, one Ethernet frame each.
+
+    Two guests (every scenario) send straight to each other's port: guest i's QEMU
+    sends to the other's `localaddr`. A relay process on the path (the Python hub this
+    replaced) added a hop per frame that competes with the two QEMUs for the host's
+    2 cores: about 0.8 ms TCP round trip through it, see docs/benchmarks.md. With more
+    guests a hub thread repeats each frame to every other guest.
 
     QEMU's stream socket netdev (TCP between QEMUs) was measured adding ~40 ms to a
     4 KiB RDMA READ (Nagle against delayed ACKs on the host); datagrams do not batch."""
 
     def __init__(self, n):
-        self.socks = []
         self.guest_ports = [free_udp_port() for _ in range(n)]
+        self.thread = None
+        if n == 2:
+            # Direct: each guest's frames go to the other's port, no relay.
+            self.send_ports = [self.guest_ports[1], self.guest_ports[0]]
+            return
+        self.socks = []
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             self.socks.append(s)
-        self.hub_ports = [s.getsockname()[1] for s in self.socks]
+        self.send_ports = [s.getsockname()[1] for s in self.socks]
         self.frames = 0
         self.stop = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -100,6 +110,8 @@ class Hub:
                             pass  # that guest is not up (yet, or any more)
 
     def close(self):
+        if self.thread is None:
+            return
         self.stop = True
         self.thread.join(timeout=2)
         for s in self.socks:
@@ -107,7 +119,7 @@ class Hub:
 
 
 class Guest:
-    def __init__(self, index, args, hub, out):
+    def __init__(self, index, args, link, out):
         self.role = chr(ord("a") + index)
         self.ip = f"169.254.77.{index + 1}"
         self.peer = "169.254.77.2" if index == 0 else "169.254.77.1"
@@ -118,8 +130,8 @@ class Guest:
         self.ready_s = None
         self.done_rc = None
         self.start = time.monotonic()
-        netdev = (f"socket,id=n0,udp=127.0.0.1:{hub.hub_ports[index]},"
-                  f"localaddr=127.0.0.1:{hub.guest_ports[index]}")
+        netdev = (f"socket,id=n0,udp=127.0.0.1:{link.send_ports[index]},"
+                  f"localaddr=127.0.0.1:{link.guest_ports[index]}")
         append = (
             f"console=ttyS0 panic=-1 loglevel=6 MROLE={self.role} MIP={self.ip} "
             f"MPEER={self.peer} MSCENARIO={args.scenario} {' '.join(args.append)}"
@@ -188,10 +200,10 @@ def main():
 
     started = time.monotonic()
     guests = []
-    hub = Hub(args.guests)
+    link = Link(args.guests)
     try:
         for i in range(args.guests):
-            guests.append(Guest(i, args, hub, args.out))
+            guests.append(Guest(i, args, link, args.out))
         deadline = started + args.timeout
         timed_out = False
         for g in guests:
@@ -203,7 +215,7 @@ def main():
                 break
     finally:
         kill_all()
-        hub.close()
+        link.close()
     for g in guests:
         g.reader.join(timeout=10)
     wall = time.monotonic() - started

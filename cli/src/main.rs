@@ -670,10 +670,38 @@ fn run(command: Cmd) -> Result<(), Fail> {
     }
 }
 
+/// The launcher's hot path: `mitosis resume HANDLE` and nothing else, which a platform
+/// runs once per child. It skips building the whole command line's definition (clap's
+/// parser for every subcommand), the code most of what this binary runs before the
+/// resume: under the test guests' emulation, where a new process pays for every
+/// piece of code it runs, that was most of a 76 ms launch (docs/benchmarks.md,
+/// "Python functions"). Anything else, help and every usage error go to clap, which
+/// parses these arguments the same way (checked by a test).
+fn plain_resume(args: &[std::ffi::OsString]) -> Option<Cmd> {
+    let [_, cmd, handle] = args else {
+        return None;
+    };
+    let handle = handle.to_str()?;
+    // clap reads "-" as a value, anything else starting with '-' as an option.
+    if cmd != "resume" || (handle.starts_with('-') && handle != "-") {
+        return None;
+    }
+    Some(Cmd::Resume {
+        handle: handle.to_string(),
+        eager: false,
+        timeout_ms: None,
+        user: None,
+    })
+}
+
 fn main() -> ExitCode {
     // Usage errors exit 2 with clap's message; `--help` and `--version` exit 0.
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match plain_resume(&args) {
+        Some(cmd) => cmd,
+        None => Cli::parse_from(args).command,
+    };
+    let result = match command {
         Cmd::Run(c) => cmd_run(c),
         other => run(other).map(|()| 0),
     };
@@ -693,6 +721,40 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("mitosis").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn plain_resume_parses_as_clap_does() {
+        let os = |v: &[&str]| -> Vec<std::ffi::OsString> {
+            std::iter::once("mitosis")
+                .chain(v.iter().copied())
+                .map(Into::into)
+                .collect()
+        };
+        let handle = "169.254.77.1:18515/7/acc2261a7d2c0ae222fefcfae99d1650/4281";
+        for args in [
+            vec!["resume", handle],
+            vec!["resume", "@/tmp/h"],
+            vec!["resume", "-"],
+            vec!["resume", "not-a-handle"],
+        ] {
+            let fast = plain_resume(&os(&args)).expect("the hot path takes it");
+            let clap = parse(&args).expect("clap takes it").command;
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{args:?}");
+        }
+        // Everything else is clap's.
+        for args in [
+            vec!["resume"],
+            vec!["resume", "--help"],
+            vec!["resume", "-x"],
+            vec!["resume", "--eager", handle],
+            vec!["resume", handle, "--eager"],
+            vec!["release", handle],
+            vec!["status", "--json"],
+            vec!["--version"],
+        ] {
+            assert!(plain_resume(&os(&args)).is_none(), "{args:?}");
+        }
     }
 
     #[test]

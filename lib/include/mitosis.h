@@ -76,6 +76,25 @@ int mitosis_fork_prepare(const struct mitosis *m, char *handle, uint32_t handle_
 int mitosis_fork_resume(const struct mitosis *m, const char *handle, uint32_t flags);
 int mitosis_fork_release(const struct mitosis *m, const char *handle, uint32_t flags);
 
+/*
+ * In a child (mitosis_fork_prepare returned 0): the report of the resume that made
+ * this process. Times are CLOCK_MONOTONIC nanoseconds (resume_start_ns as the kernel
+ * reads it, without a time namespace's offset). out_size: sizeof(*out); a shorter
+ * struct gets its prefix. -ENOENT in a process that was not resumed.
+ */
+struct mitosis_resumed {
+	uint64_t resume_start_ns;	/* the resume call entering the module */
+	uint64_t resume_ns;		/* from then to the child's first instruction */
+	uint64_t in_module_ns;		/* of which in the module, including: */
+	uint64_t connect_ns;		/*   the connection (0 when pooled) */
+	uint64_t open_ns;		/*   the open RPC at the parent */
+	uint64_t fetch_ns;		/*   the descriptor batch, a working-set record */
+	uint64_t eager_pages;		/* pages read before the child ran: all (eager) */
+	uint64_t prefetched_pages;	/*   or the batch's and the record's */
+	uint64_t round_trips;		/* network round trips of the call */
+};
+int mitosis_resumed(struct mitosis_resumed *out, size_t out_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,10 +2,56 @@
 //!
 //! Every function returns 0 or a negative errno; nothing panics across the boundary.
 
-use crate::{Forked, Mitosis, ResumeOptions, SnapshotHandle};
+use crate::{Forked, Mitosis, ResumeOptions, Resumed, SnapshotHandle};
 use mitosis_abi::ioctl::StatusArgs;
 use std::ffi::{c_char, CStr};
 use std::io;
+use std::sync::Mutex;
+
+/// What a resumed child learns from its resume (`struct mitosis_resumed`): times in
+/// nanoseconds of `CLOCK_MONOTONIC`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeReport {
+    /// When the resume call entered the module (the kernel's clock, without a time
+    /// namespace's offset).
+    pub resume_start_ns: u64,
+    /// From then to the child's first instruction.
+    pub resume_ns: u64,
+    /// Of which in the module: all of it, then getting the connection, the open RPC,
+    /// and reading the descriptor batch and any working-set record.
+    pub in_module_ns: u64,
+    pub connect_ns: u64,
+    pub open_ns: u64,
+    pub fetch_ns: u64,
+    /// Pages read before the child ran: all (eager), or those of the descriptor's
+    /// batch and the working-set record.
+    pub eager_pages: u64,
+    pub prefetched_pages: u64,
+    /// Network round trips of the call (RPCs and READ doorbells).
+    pub round_trips: u64,
+}
+
+impl From<&Resumed> for ResumeReport {
+    fn from(r: &Resumed) -> Self {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        ResumeReport {
+            resume_start_ns: r.resume_start_ns,
+            resume_ns: ns(r.resume),
+            in_module_ns: ns(r.in_module),
+            connect_ns: ns(r.connect),
+            open_ns: ns(r.open),
+            fetch_ns: ns(r.fetch),
+            eager_pages: r.eager_pages,
+            prefetched_pages: r.prefetched_pages,
+            round_trips: r.round_trips,
+        }
+    }
+}
+
+/// The report of the resume that made this process (set in the child, where
+/// `mitosis_fork_prepare` returns 0).
+static RESUMED: Mutex<Option<ResumeReport>> = Mutex::new(None);
 
 fn errno(e: io::Error) -> i32 {
     -e.raw_os_error().unwrap_or(libc::EIO)
@@ -88,14 +134,8 @@ pub unsafe extern "C" fn mitosis_status(
     }
     match m.status() {
         Ok(s) => {
-            let n = out_size.min(core::mem::size_of::<StatusArgs>());
-            // SAFETY: `out` is valid for `out_size` bytes (contract); `s` is a plain
-            // `repr(C)` struct of at least `n` bytes.
-            unsafe {
-                let dst = out.cast::<u8>();
-                core::ptr::copy_nonoverlapping((&s as *const StatusArgs).cast::<u8>(), dst, n);
-                core::ptr::write_bytes(dst.add(n), 0, out_size - n);
-            }
+            // SAFETY: `out` is valid for `out_size` bytes (contract).
+            unsafe { copy_prefix(&s, out, out_size) };
             0
         }
         Err(e) => errno(e),
@@ -156,7 +196,13 @@ pub unsafe extern "C" fn mitosis_fork_prepare(
         return -libc::EINVAL;
     };
     match m.fork_prepare() {
-        Ok(Forked::Child(_)) => 0,
+        Ok(Forked::Child(r)) => {
+            // The seed was single-threaded, so no one holds the lock in the child.
+            if let Ok(mut last) = RESUMED.lock() {
+                *last = Some(ResumeReport::from(&r));
+            }
+            0
+        }
         Ok(Forked::Parent(p)) => {
             let text = p.handle.to_string();
             if text.len() + 1 > handle_len as usize {
@@ -171,6 +217,44 @@ pub unsafe extern "C" fn mitosis_fork_prepare(
             1
         }
         Err(e) => errno(e),
+    }
+}
+
+/// In a resumed child, fills `*out` (`out_size` bytes, normally
+/// `sizeof(struct mitosis_resumed)`) with the report of the resume that made this
+/// process; a shorter struct gets its prefix, a longer one zeros past it. `-ENOENT`
+/// in a process that was not resumed, `-EINVAL` for a null `out` or a size below 8.
+///
+/// # Safety
+///
+/// `out` valid for writing `out_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mitosis_resumed(out: *mut ResumeReport, out_size: usize) -> i32 {
+    if out.is_null() || out_size < core::mem::size_of::<u64>() {
+        return -libc::EINVAL;
+    }
+    let Some(r) = RESUMED.lock().ok().and_then(|last| *last) else {
+        return -libc::ENOENT;
+    };
+    // SAFETY: `out` is valid for `out_size` bytes (contract).
+    unsafe { copy_prefix(&r, out, out_size) };
+    0
+}
+
+/// The size-taking copy-out of the C ABI: the first `out_size` bytes of `src` to
+/// `out`, zeros past the end of `src` when the caller's struct is longer.
+///
+/// # Safety
+///
+/// `out` valid for writing `out_size` bytes; `T` a plain `repr(C)` struct of integers.
+unsafe fn copy_prefix<T: Copy>(src: &T, out: *mut T, out_size: usize) {
+    let n = out_size.min(core::mem::size_of::<T>());
+    // SAFETY: `src` spans `size_of::<T>() >= n` bytes; `out` spans `out_size` bytes
+    // (contract), `n` of them copied and the rest zeroed.
+    unsafe {
+        let dst = out.cast::<u8>();
+        core::ptr::copy_nonoverlapping((src as *const T).cast::<u8>(), dst, n);
+        core::ptr::write_bytes(dst.add(n), 0, out_size - n);
     }
 }
 

@@ -111,6 +111,9 @@ pub struct Prepared {
 /// What a resumed child learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resumed {
+    /// `CLOCK_MONOTONIC` when the resume call entered the module, as the kernel reads
+    /// it (a time namespace's offset, as `mitosis run` gives its child, not applied).
+    pub resume_start_ns: u64,
     /// From the resume call entering the module to the child's first instruction
     /// after the vDSO move (both `CLOCK_MONOTONIC`).
     pub resume: Duration,
@@ -521,6 +524,7 @@ fn child_start(
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved_errno };
     Forked::Child(Resumed {
+        resume_start_ns: a.resume_start_ns,
         resume: Duration::from_nanos(first.saturating_sub(a.resume_start_ns)),
         eager_pages: a.eager_pages,
         prefetched_pages: a.prefetched_pages,

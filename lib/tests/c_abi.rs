@@ -4,6 +4,7 @@
 //! library `libmitosis.so`, and run (the calls that need no module).
 
 use core::mem::{offset_of, size_of};
+use mitosis::capi::ResumeReport;
 use mitosis_abi::ioctl::{
     release_flags, resume_flags, Counters, DeviceInfo, Header, StatusArgs, MAX_DEVICES,
 };
@@ -70,6 +71,26 @@ fn layout_asserts() -> String {
     ] {
         check(format!("offsetof(struct mitosis_status, {field})"), off);
     }
+    check(
+        "sizeof(struct mitosis_resumed)".into(),
+        size_of::<ResumeReport>(),
+    );
+    for (field, off) in [
+        ("resume_start_ns", offset_of!(ResumeReport, resume_start_ns)),
+        ("resume_ns", offset_of!(ResumeReport, resume_ns)),
+        ("in_module_ns", offset_of!(ResumeReport, in_module_ns)),
+        ("connect_ns", offset_of!(ResumeReport, connect_ns)),
+        ("open_ns", offset_of!(ResumeReport, open_ns)),
+        ("fetch_ns", offset_of!(ResumeReport, fetch_ns)),
+        ("eager_pages", offset_of!(ResumeReport, eager_pages)),
+        (
+            "prefetched_pages",
+            offset_of!(ResumeReport, prefetched_pages),
+        ),
+        ("round_trips", offset_of!(ResumeReport, round_trips)),
+    ] {
+        check(format!("offsetof(struct mitosis_resumed, {field})"), off);
+    }
     check("MITOSIS_MAX_DEVICES".into(), MAX_DEVICES);
     check("MITOSIS_RESUME_EAGER".into(), resume_flags::EAGER as usize);
     check(
@@ -94,6 +115,7 @@ int main(void)
 {
 	struct mitosis *m = NULL;
 	struct mitosis_status st;
+	struct mitosis_resumed resumed;
 	char handle[MITOSIS_HANDLE_MAX];
 
 	/* No module on the build host: the device is missing. */
@@ -108,6 +130,13 @@ int main(void)
 	    mitosis_fork_resume(NULL, "169.254.77.1:18515/1/00000000000000000000000000000000",
 				MITOSIS_RESUME_EAGER) != -EINVAL) {
 		printf("NULL handles not refused\n");
+		return 1;
+	}
+	/* This process was not resumed: no report; bad arguments first. */
+	if (mitosis_resumed(NULL, sizeof(resumed)) != -EINVAL ||
+	    mitosis_resumed(&resumed, 4) != -EINVAL ||
+	    mitosis_resumed(&resumed, sizeof(resumed)) != -ENOENT) {
+		printf("mitosis_resumed outside a child not refused\n");
 		return 1;
 	}
 	if (m) {

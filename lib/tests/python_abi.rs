@@ -3,6 +3,7 @@
 //! package's own host tests (python/tests), against the shared library built here.
 
 use core::mem::{offset_of, size_of};
+use mitosis::capi::ResumeReport;
 use mitosis_abi::ioctl::{Counters, DeviceInfo, StatusArgs};
 use std::path::PathBuf;
 use std::process::Command;
@@ -76,6 +77,16 @@ fn ctypes_layout_matches_rust() {
         .map(|i| (8 * i).to_string())
         .collect();
     assert!(text.contains(&format!("\"counter_offsets\": [{}]", offsets.join(", "))));
+    assert_eq!(num("resumed_size"), size_of::<ResumeReport>());
+    // Every field a u64, in this order (the C asserts check the Rust offsets).
+    assert_eq!(size_of::<ResumeReport>(), 8 * 9);
+    assert!(
+        text.contains(
+            "\"resumed_fields\": [\"resume_start_ns\", \"resume_ns\", \"in_module_ns\", \"connect_ns\", \"open_ns\", \"fetch_ns\", \"eager_pages\", \"prefetched_pages\", \"round_trips\"]"
+        ),
+        "resume report fields differ: {text}"
+    );
+    assert_eq!(offset_of!(ResumeReport, round_trips), 8 * 8);
 }
 
 #[test]

@@ -28,6 +28,7 @@ __all__ = [
     "status",
     "version",
     "is_child",
+    "resume_report",
     "close",
     "ThreadsAliveError",
     "COUNTERS",
@@ -82,6 +83,17 @@ class _Status(ctypes.Structure):
         ("devices", _DeviceInfo * _MAX_DEVICES),
         ("counters", _Counters),
     ]
+
+
+#: Fields of struct mitosis_resumed, in ABI order (u64 each).
+RESUME_REPORT_FIELDS = (
+    "resume_start_ns", "resume_ns", "in_module_ns", "connect_ns", "open_ns", "fetch_ns",
+    "eager_pages", "prefetched_pages", "round_trips",
+)
+
+
+class _Resumed(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in RESUME_REPORT_FIELDS]
 
 
 class ThreadsAliveError(OSError):
@@ -165,7 +177,9 @@ _lib.mitosis_status.argtypes = [_handle_p, ctypes.POINTER(_Status), ctypes.c_siz
 _lib.mitosis_fork_prepare.argtypes = [_handle_p, ctypes.c_char_p, ctypes.c_uint32]
 _lib.mitosis_fork_resume.argtypes = [_handle_p, ctypes.c_char_p, ctypes.c_uint32]
 _lib.mitosis_fork_release.argtypes = [_handle_p, ctypes.c_char_p, ctypes.c_uint32]
-for _f in ("open", "version", "status", "fork_prepare", "fork_resume", "fork_release"):
+_lib.mitosis_resumed.argtypes = [ctypes.POINTER(_Resumed), ctypes.c_size_t]
+for _f in ("open", "version", "status", "fork_prepare", "fork_resume", "fork_release",
+           "resumed"):
     getattr(_lib, "mitosis_" + _f).restype = ctypes.c_int
 
 _device = None
@@ -349,6 +363,22 @@ def is_child():
     return _child
 
 
+def resume_report():
+    """In a child: how its resume went, as a dict of RESUME_REPORT_FIELDS (times in
+    nanoseconds of CLOCK_MONOTONIC: resume_start_ns when the resume call entered the
+    module, as the kernel reads it, without a time namespace's offset; resume_ns from
+    then to the child's first instruction, of which in_module_ns in the module, with
+    connect_ns, open_ns and fetch_ns; pages read before the child ran; round trips).
+    None in a process that was not resumed."""
+    r = _Resumed()
+    rc = _lib.mitosis_resumed(ctypes.byref(r), ctypes.sizeof(r))
+    if rc == -_errno.ENOENT:
+        return None
+    if rc < 0:
+        raise _fail("resume_report", rc)
+    return {n: getattr(r, n) for n in RESUME_REPORT_FIELDS}
+
+
 def version():
     """{'abi_version': N} of the loaded module."""
     v = ctypes.c_uint32()
@@ -390,4 +420,6 @@ def _layout():
         "device_size": ctypes.sizeof(_DeviceInfo),
         "counters": list(COUNTERS),
         "counter_offsets": [getattr(_Counters, n).offset for n in COUNTERS],
+        "resumed_size": ctypes.sizeof(_Resumed),
+        "resumed_fields": list(RESUME_REPORT_FIELDS),
     }

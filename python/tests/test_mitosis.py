@@ -91,6 +91,11 @@ class Errors(unittest.TestCase):
             if cause:
                 self.assertIn(cause, str(e))
 
+    def test_no_resume_report_outside_a_child(self):
+        # Needs no module: the report lives in the library, set only in a child.
+        self.assertIsNone(mitosis.resume_report())
+        self.assertFalse(mitosis.is_child())
+
     @unittest.skipIf(os.path.exists("/dev/mitosis"), "the module is loaded on this host")
     def test_module_not_loaded(self):
         with self.assertRaises(FileNotFoundError) as cm:

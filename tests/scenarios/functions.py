@@ -72,13 +72,20 @@ def blocked_tasks():
     return "\n".join(found) or "no task in D state"
 
 
-def run(argv, stdin_text="", timeout=600, env=None):
+def fixed_addresses():
+    """preexec_fn: no address-space randomisation for the new program
+    (personality(ADDR_NO_RANDOMIZE), as `setarch -R` does)."""
+    import ctypes
+    ctypes.CDLL(None).personality(0x0040000)
+
+
+def run(argv, stdin_text="", timeout=600, env=None, preexec=None):
     """Runs argv; returns (rc, stdout, stderr, ms to the first stdout line, total ms)."""
     import threading
 
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec)
     out, err, first = [], [], []
 
     def read_out():
@@ -143,15 +150,19 @@ def package_checks():
     # Return values and the interpreter's after-fork protocol. The program prints
     # "PARENT handle" once; every child prints "CHILD" with what it sees.
     prog = (
-        "import mitosis, os, random, sys, logging\n"
+        "import mitosis, os, random, sys, logging, json, time\n"
         "random.seed(7)\n"
         "data = {i: str(i) * 3 for i in range(50000)}\n"
         "h = mitosis.fork_prepare()\n"
         "if h is None:\n"
+        "    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)\n"
         "    print('CHILD', os.getpid(), mitosis.is_child(), len(data), data[49999],\n"
         "          random.random(), flush=True)\n"
+        "    print('REPORT', json.dumps(mitosis.resume_report()), now, file=sys.stderr,\n"
+        "          flush=True)\n"
         "else:\n"
-        "    print('PARENT', h, type(h).__name__, mitosis.is_child(), flush=True)\n")
+        "    print('PARENT', h, type(h).__name__, mitosis.is_child(),\n"
+        "          mitosis.resume_report() is None, flush=True)\n")
     rc, out, err, _, _ = python(prog)
     words = out.split()
     handle = words[1] if rc == 0 and len(words) >= 4 and words[0] == "PARENT" else None
@@ -172,6 +183,14 @@ def package_checks():
     # (without it both would print the seed's next number).
     check("py-child-after-fork-hooks-ran",
           ok and kids[0][1][5] != kids[1][1][5], [w[5:] for _, w, _ in kids if len(w) > 5])
+    # mitosis.resume_report(): None in the parent; in each child, parts that add up
+    # (connection, open and fetch inside the module's time, that inside the resume's)
+    # and a start before the child's first reading of the same clock.
+    reports = [resume_report_line(err) for _, _, err in kids]
+    check("py-child-resume-report",
+          len(words) >= 5 and words[4] == "True"
+          and all(r is not None and sane_resume_report(*r) for r in reports),
+          f"parent {words[4:5]} children {reports}")
     try:
         mitosis.release(handle)
         check("py-release", True)
@@ -291,6 +310,31 @@ def probe_seed(handles):
     check("probe-seed-in-time-namespace", ok, f"rc={p.returncode} {p.stderr[-400:]}")
     if ok:
         handles["probe"] = open(path).read().strip()
+
+
+def resume_report_line(err):
+    """(report, child's clock in ns) from a child's "REPORT json ns" stderr line."""
+    for line in err.splitlines():
+        if line.startswith("REPORT "):
+            try:
+                report, ns = line[len("REPORT "):].rsplit(" ", 1)
+                return json.loads(report), int(ns)
+            except ValueError:
+                return None
+    return None
+
+
+def sane_resume_report(r, child_ns):
+    return (isinstance(r, dict) and set(r) == set(mitosis_fields())
+            and 0 < r["in_module_ns"] <= r["resume_ns"]
+            and r["connect_ns"] + r["open_ns"] + r["fetch_ns"] <= r["in_module_ns"]
+            and r["open_ns"] > 0 and r["round_trips"] >= 1
+            and 0 < r["resume_start_ns"] < child_ns)
+
+
+def mitosis_fields():
+    import mitosis
+    return mitosis.RESUME_REPORT_FIELDS
 
 
 def compare(fn, where, rc, out, err, reference):
@@ -665,6 +709,33 @@ def median(xs):
     return xs[len(xs) // 2] if xs else 0.0
 
 
+def spawn_costs():
+    """What starting a process costs here before it does anything (part of every
+    child's and every cold start's time): /bin/true, the `mitosis` launcher
+    (`--version`, through clap), the interpreter with nothing imported; and the last
+    two again without address-space randomisation. Under TCG a process pays for
+    translating the code it runs, and QEMU keys translations by virtual address, so
+    code at a new random address is translated again: the difference is that cost,
+    which a real CPU does not have."""
+    costs = {}
+    for name, argv, pre in (
+            ("true", ["/bin/true"], None),
+            ("cli", ["mitosis", "--version"], None),
+            ("python", [sys.executable, "-S", "-c", "pass"], None),
+            ("cli_norandom", ["mitosis", "--version"], fixed_addresses),
+            ("python_norandom", [sys.executable, "-S", "-c", "pass"], fixed_addresses)):
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            rc = subprocess.run(argv, preexec_fn=pre, stdout=subprocess.DEVNULL).returncode
+            times.append((time.monotonic() - t0) * 1e3)
+            if rc != 0:
+                check("bench-spawn", False, f"{argv}: rc={rc}")
+                return
+        costs[f"{name}_ms"] = median(times)
+    check("bench-spawn", True, "5 runs each, median, to exit", **costs)
+
+
 def functions_on_b(handles, bench):
     """Per function: cold starts and children, every response compared with the cold
     start's. The test runs one cold start, one `mitosis resume` child without working
@@ -682,6 +753,8 @@ def functions_on_b(handles, bench):
                 for name in ("prefetch_pages", "local_files", "working_set", "keep_ms",
                              "replay_async")}
     rows = []
+    if bench:
+        spawn_costs()
     for fn in FUNCTIONS:
         if fn not in handles:
             check(f"fn-child-on-b-{fn}", False, "A published no handle")
@@ -700,6 +773,24 @@ def functions_on_b(handles, bench):
                   f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=cold_ms)
         cold = median(colds)
         if bench:
+            # The same cold start with the program at fixed addresses. Under TCG a
+            # process pays for translating the code it runs, again wherever
+            # randomisation put it (QEMU keys translations by virtual address): at
+            # fixed addresses the runs after the first reuse them, closer to a real
+            # CPU, which translates nothing. Children run at the seed's addresses, so
+            # they reuse translations on a host that ran the snapshot before: this is
+            # the cold start to hold them against as well.
+            fixed = []
+            for i in range(rounds):
+                rc, out, err, fixed_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req,
+                                                preexec=fixed_addresses)
+                fixed.append(fixed_ms)
+                check(f"fn-cold-fixed-on-b-{fn}" + (f"-{i + 1}" if i else ""),
+                      rc == 0 and parse_response(out) == reference,
+                      f"rc={rc} {out.strip()[:200]} {err[-300:]}", cold_ms=fixed_ms)
+            check(f"bench-{fn}-cold-fixed", True, f"{rounds} runs", cold_ms=cold,
+                  child_ms=median(fixed), child_min_ms=min(fixed), child_max_ms=max(fixed),
+                  pages=0, faults=0)
             # Records the working set "resume-ws" and "run" replay (not measured).
             params = {**defaults, **VARIANTS["resume-ws"]}
             set_params(params)
@@ -708,7 +799,7 @@ def functions_on_b(handles, bench):
             counters_after_child(before, params)
         per_variant = {}
         for how in variants:
-            times, fetched, setups, faults = [], [], [], []
+            times, fetched, setups, faults, splits = [], [], [], [], []
             if how == "warm":
                 # A child whose pages the host keeps (not measured): each measured
                 # child finds its predecessor's pages in the page cache.
@@ -733,6 +824,7 @@ def functions_on_b(handles, bench):
                 set_params(params)
                 before = counters()
                 t_start = time.time_ns()
+                t_launch = time.monotonic()
                 rc, out, err, child_ms, _ = run(launcher(how, fn, path), req)
                 after = counters_after_child(before, params)
                 delta = {k: after[k] - before[k] for k in
@@ -749,6 +841,12 @@ def functions_on_b(handles, bench):
                                replayed=delta["ws_pages_replayed"],
                                vmas_local=delta["vmas_local"],
                                files_refused=delta["files_refused"])
+                # Without a time namespace the child's clock is B's: where its time
+                # went (the container's child reads a clock with the seed's offset).
+                split = None if timing else child_split(err, t_launch, child_ms)
+                if split:
+                    metrics.update(split)
+                    splits.append(split)
                 if timing:
                     metrics["launcher_setup_ms"] = timing["setup_ms"]
                     metrics["resume_to_response_ms"] = child_ms - (
@@ -767,7 +865,9 @@ def functions_on_b(handles, bench):
                       child_ms=median(times), child_min_ms=min(times), child_max_ms=max(times),
                       pages=median(fetched), faults=median(faults),
                       cold_min_ms=min(colds), cold_max_ms=max(colds),
-                      **({"launcher_setup_ms": median(setups)} if setups else {}))
+                      **({"launcher_setup_ms": median(setups)} if setups else {}),
+                      **({k: median(sp[k] for sp in splits) for k in SPLIT}
+                         if splits else {}))
         if not bench:
             none, first, second = (per_variant.get("resume-nows"), per_variant.get("resume"),
                                    per_variant.get("run"))
@@ -827,6 +927,35 @@ def check_replay(name, none, child, who, source):
           f"without working sets: {none and none['remote_faults']} remote faults; {who}: "
           f"{child and child['ws_pages_replayed']} pages replayed from {source}, "
           f"{child and child['remote_faults']} remote faults")
+
+
+def child_split(err, t_launch, child_ms):
+    """Where a `mitosis resume` child's time went, from serve.py's stderr line (its
+    clock when fork_prepare() returned, its resume report; B's clock, no time
+    namespace): launcher start to the module, in the module, the return to the
+    child's first instruction, the library and interpreter to the handler's first
+    line, and serving the request. None without the line."""
+    for line in err.splitlines():
+        if line.startswith('{"mitosis_child"'):
+            try:
+                c = json.loads(line)["mitosis_child"]
+                r = c["resume"]
+                start_ms = r["resume_start_ns"] / 1e6
+                first_ms = start_ms + r["resume_ns"] / 1e6
+                python_ms = float(c["child_monotonic"]) * 1e3
+                return {
+                    "launcher_ms": start_ms - t_launch * 1e3,
+                    "module_ms": r["in_module_ns"] / 1e6,
+                    "return_ms": (r["resume_ns"] - r["in_module_ns"]) / 1e6,
+                    "to_python_ms": python_ms - first_ms,
+                    "serve_ms": child_ms - (python_ms - t_launch * 1e3),
+                }
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+SPLIT = ("launcher_ms", "module_ms", "return_ms", "to_python_ms", "serve_ms")
 
 
 def run_timing(err):
