@@ -124,15 +124,21 @@ def split_markdown(path):
     starting a process costs on B (`bench-spawn`)."""
     with open(path) as f:
         checks = {c["check"]: c for c in json.load(f).get("checks", [])}
-    lines = ["| function, child | total | " + " | ".join(label for _, label in SPLIT) + " |",
-             "|---" * (len(SPLIT) + 2) + "|"]
+    lines = ["| function, child | total | " + " | ".join(label for _, label in SPLIT)
+             + " | resume call to response | CRIU / that |",
+             "|---" * (len(SPLIT) + 4) + "|"]
     for fn in FUNCTIONS:
+        criu = checks.get(f"criu-restore-{fn}", {})
         for how in ("resume", "resume-ws-sync", "resume-wsp-sync", "warm"):
             c = checks.get(f"bench-{fn}-{how}")
             if not c or "module_ms" not in c:
                 continue
+            call = c["child_ms"] - c["launcher_ms"]
+            vs_criu = (f"{criu['total_ms'] / call:.1f}x"
+                       if criu.get("pass") and "total_ms" in criu and call > 0 else "-")
             lines.append(f"| {fn}, {how} | {c['child_ms']:.0f} ms | "
-                         + " | ".join(f"{c[k]:.1f} ms" for k, _ in SPLIT) + " |")
+                         + " | ".join(f"{c[k]:.1f} ms" for k, _ in SPLIT)
+                         + f" | {call:.0f} ms | {vs_criu} |")
     spawn = checks.get("bench-spawn")
     if spawn and spawn.get("pass"):
         lines.append("")

@@ -526,15 +526,44 @@ fn cmd_read(a: ReadArgs) -> Result<(), Fail> {
 /// The snapshot handle: the argument, or with `-` the first line of stdin, or with
 /// `@PATH` the first line of a file (a handle carries the secret: on a command line it
 /// is visible to every user in `ps` and `/proc/PID/cmdline`).
+/// The first line of stdin, read a byte at a time through a duplicate of descriptor 0
+/// (same file offset): what follows the line stays there for the child, whose stdin
+/// this is. A buffered read would take the child's input with it.
+fn handle_from_stdin() -> Result<String, Fail> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    // Longer than any handle with surrounding blanks: a bound on what a bad input makes
+    // us read.
+    const MAX_LINE: usize = 1024;
+    let fail = |e: std::io::Error| usage(format!("reading the handle from stdin: {e}"));
+    let mut stdin = std::fs::File::from(
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(fail)?,
+    );
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < MAX_LINE => line.push(byte[0]),
+            Ok(_) => {
+                return Err(usage(format!(
+                    "no handle in the first {MAX_LINE} bytes of stdin"
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    String::from_utf8(line).map_err(|_| usage("the handle on stdin is not text"))
+}
+
 fn handle_arg(arg: &str) -> Result<SnapshotHandle, Fail> {
     let text = match arg {
-        "-" => {
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|e| usage(format!("reading the handle from stdin: {e}")))?;
-            line
-        }
+        "-" => handle_from_stdin()?,
         h if h.starts_with('@') => std::fs::read_to_string(&h[1..])
             .map_err(|e| usage(format!("reading the handle from {}: {e}", &h[1..])))?
             .lines()

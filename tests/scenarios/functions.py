@@ -868,6 +868,12 @@ def functions_on_b(handles, bench):
                       **({"launcher_setup_ms": median(setups)} if setups else {}),
                       **({k: median(sp[k] for sp in splits) for k in SPLIT}
                          if splits else {}))
+        if not bench and fn == FUNCTIONS[0]:
+            # The handle on the launcher's stdin, the request right behind it: the
+            # launcher must leave the request for the child.
+            rc, out, err, _, _ = run(["mitosis", "resume", "-"], handles[fn] + "\n" + req)
+            ok, detail = compare(fn, "b", rc, out, err, reference)
+            check("cli-resume-handle-on-stdin", ok and reference is not None, detail)
         if not bench:
             none, first, second = (per_variant.get("resume-nows"), per_variant.get("resume"),
                                    per_variant.get("run"))
