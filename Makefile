@@ -22,9 +22,10 @@ else
 kdir = $$(cat $(OUT)/kdir-$(KVARIANT))
 kernel_dep := kernel
 endif
-# Make flags the kernel was built with (LLVM=1 for the kasan variant): the module
-# must be built the same way.
-kflags = $$(cat $(kdir)/.mitosis-makeflags 2>/dev/null)
+# The module is built with the kernel's compiler: LLVM=1 for a kernel built with clang
+# (the kasan variant here, and distributions' clang-built kernels), read from the
+# kernel's own configuration so that dkms builds for any installed kernel get it too.
+kflags = $$(grep -qsx CONFIG_CC_IS_CLANG=y $(kdir)/include/config/auto.conf && echo LLVM=1)
 # The guest runner with this variant's kernel, image and boot parameters.
 vmrun_with = scripts/vmrun.py --kernel $(kdir)/arch/x86/boot/bzImage \
 	--append "$$(cat $(kdir)/.mitosis-bootparams 2>/dev/null)"
@@ -33,7 +34,7 @@ vmrun = $(vmrun_with) --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz
 # to about 130 MB of initramfs.
 vmrun_py = $(vmrun_with) --initrd $(OUT)/initramfs-python-$(KVARIANT).cpio.gz --mem 1536
 
-.PHONY: bench-functions install dkms-install test-install all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
+.PHONY: bench-functions install dkms-install test-install test-dkms-upgrade all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -116,6 +117,7 @@ test-functions: image-python
 
 check: fmt test-host test-install clippy test-guests test-fork test-functions test-adversarial
 	$(MAKE) KVARIANT=kasan test-adversarial
+	$(MAKE) test-dkms-upgrade
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 # BENCH_SIZES=64 (MiB, comma-separated) measures only those seeds.
@@ -192,3 +194,10 @@ test-install: module userspace
 	scripts/install/check-staged.sh $(OUT)/install-test $(DKMS_VERSION)
 	scripts/install/dkms-build.sh $(OUT)/install-test $(DKMS_VERSION) $(kdir)
 	scripts/install/dkms-install-real.sh $(kdir) $(DKMS_VERSION) $(DKMS_MODTREE)
+
+# A kernel of another release installed after the module: the kasan variant's
+# (6.12.117-kasan, built with clang). Its install hook must build the module for it, with
+# clang, beside the installed one (as root; says SKIPPED otherwise).
+test-dkms-upgrade: kernel
+	$(MAKE) -s KVARIANT=kasan kernel
+	scripts/install/dkms-install-real.sh $(kdir) $(DKMS_VERSION) "" $$(cat $(OUT)/kdir-kasan)

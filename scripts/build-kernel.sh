@@ -65,7 +65,6 @@ done
 jobs=$(( $(nproc) + 1 ))
 # shellcheck disable=SC2086
 make -s $makeflags -j"$jobs" bzImage modules >&2
-echo "$makeflags" > "$kdir/.mitosis-makeflags"
 echo "$bootparams" > "$kdir/.mitosis-bootparams"
 touch "$kdir/.mitosis-built"
 # Older builds of this variant (other keys) are dead weight: drop them.

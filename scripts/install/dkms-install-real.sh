@@ -5,7 +5,12 @@
 # landed where modprobe looks, with that kernel's vermagic and in modules.dep, and
 # that removing it takes it away again; in between, that the kernel install hook
 # (/etc/kernel/postinst.d/dkms) rebuilds and installs it once it was taken away.
-#   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION [MODTREE.cpio.gz]
+#   scripts/install/dkms-install-real.sh KDIR DKMS_VERSION [MODTREE.cpio.gz] [NEW_KDIR]
+#
+# With NEW_KDIR, a kernel of another release (the kasan variant's): after the checks
+# above, it is "installed" (its /lib/modules/REL with a `build` link) and its install
+# hook run, which must build the module for that release with that kernel's compiler
+# (clang there) and install it beside the first release's, which stays.
 #
 # With MODTREE, the installed /lib/modules/KVER (without its `build` link) is also
 # packed as an initramfs fragment, so a guest booting that kernel can `modprobe` the
@@ -19,14 +24,22 @@
 # already exists: a real kernel of the same release, or a real install, is never
 # touched.
 set -euo pipefail
-kdir=$(cd "$1" && pwd) ver=$2 modtree=${3:-}
+kdir=$(cd "$1" && pwd) ver=$2 modtree=${3:-} newkdir=${4:-}
 [ -n "$modtree" ] && rm -f "$modtree"
 krel=$(cat "$kdir/include/config/kernel.release")
 moddir=/lib/modules/$krel src=/usr/src/mitosis-$ver
+newrel= newmoddir=
+if [ -n "$newkdir" ]; then
+  newkdir=$(cd "$newkdir" && pwd)
+  newrel=$(cat "$newkdir/include/config/kernel.release")
+  [ "$newrel" != "$krel" ] || { echo "dkms-install-real: $newkdir is release $krel too: no second release" >&2; exit 1; }
+  newmoddir=/lib/modules/$newrel
+fi
 skip() { echo "dkms-install-real: SKIPPED (not run): $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root"
 command -v dkms >/dev/null || { echo "dkms-install-real: dkms is not installed (make setup installs it)" >&2; exit 1; }
 [ -e "$moddir" ] && skip "$moddir exists on this machine"
+[ -n "$newmoddir" ] && [ -e "$newmoddir" ] && skip "$newmoddir exists on this machine"
 [ -e "$src" ] && skip "$src exists on this machine"
 dkms status -m mitosis -v "$ver" 2>/dev/null | grep -q . && skip "dkms already knows mitosis/$ver"
 
@@ -36,6 +49,7 @@ cleanup() {
   [ -n "$log" ] && rm -f "$log" "$log.hook"
   dkms remove -m mitosis -v "$ver" --all >/dev/null 2>&1 || true
   rm -rf "$moddir" "$src"
+  [ -n "$newmoddir" ] && rm -rf "$newmoddir"
   rmdir /lib/modules 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -81,6 +95,36 @@ if [ $fail -eq 0 ]; then
     autoinstalled=", rebuilt and installed again by the kernel install hook $hook"
   fi
 fi
+# A kernel of another release installed later: its hook builds and installs the module
+# for it; the first release's stays installed.
+upgraded=
+if [ $fail -eq 0 ] && [ -n "$newrel" ]; then
+  mkdir -p "$newmoddir"
+  ln -s "$newkdir" "$newmoddir/build"
+  newko=
+  if ! "$hook" "$newrel" >"$log.hook" 2>&1; then
+    cat "$log.hook" >&2; echo "dkms-install-real: $hook $newrel failed" >&2; fail=1
+  elif ! dkms status -m mitosis -v "$ver" -k "$newrel" | grep -q installed; then
+    cat "$log.hook" >&2
+    find /var/lib/dkms/mitosis -name make.log -exec tail -30 {} \; >&2 2>/dev/null || true
+    echo "dkms-install-real: the kernel hook did not build and install the module for $newrel" >&2; fail=1
+  else
+    newko=$(modinfo -k "$newrel" -n mitosis 2>/dev/null || true)
+    newmagic=$(modinfo -k "$newrel" -F vermagic mitosis 2>/dev/null || true)
+    case "$newko" in "$newmoddir"/updates/dkms/mitosis.ko*) ;; *) echo "dkms-install-real: modinfo -k $newrel finds '$newko'" >&2; fail=1 ;; esac
+    case "$newmagic" in "$newrel "*) ;; *) echo "dkms-install-real: vermagic '$newmagic', not $newrel" >&2; fail=1 ;; esac
+    grep -q 'updates/dkms/mitosis.ko' "$newmoddir/modules.dep" \
+      || { echo "dkms-install-real: depmod did not list the module for $newrel" >&2; fail=1; }
+    dkms status -m mitosis -v "$ver" -k "$krel" | grep -q installed \
+      || { echo "dkms-install-real: the $krel module went away" >&2; fail=1; }
+    # Built with the compiler that kernel was built with (its .comment names it).
+    want=GCC
+    grep -qsx CONFIG_CC_IS_CLANG=y "$newkdir/include/config/auto.conf" && want=clang
+    readelf -p .comment "$newko" 2>/dev/null | grep -q "$want" \
+      || { echo "dkms-install-real: $newko was not built with $want, as $newrel was" >&2; fail=1; }
+    [ $fail -eq 0 ] && upgraded=", then built with $want and installed for a second release, $newrel, by that kernel's install hook (vermagic '$newmagic')"
+  fi
+fi
 if [ $fail -eq 0 ] && [ -n "$modtree" ]; then
   stage=$(mktemp -d)
   mkdir -p "$stage/lib/modules"
@@ -91,7 +135,7 @@ if [ $fail -eq 0 ] && [ -n "$modtree" ]; then
   echo "dkms-install-real: the installed module tree for guests: $modtree"
 fi
 dkms remove -m mitosis -v "$ver" --all >/dev/null
-[ -z "$(find "$moddir" -name 'mitosis.ko*')" ] \
+[ -z "$(find "$moddir" ${newmoddir:+"$newmoddir"} -name 'mitosis.ko*')" ] \
   || { echo "dkms-install-real: dkms remove left the module installed" >&2; fail=1; }
-[ $fail -eq 0 ] && echo "dkms-install-real: dkms installed mitosis $ver into $moddir/updates/dkms ($(basename "$ko"), in modules.dep, vermagic $krel)$autoinstalled, and removed it"
+[ $fail -eq 0 ] && echo "dkms-install-real: dkms installed mitosis $ver into $moddir/updates/dkms ($(basename "$ko"), in modules.dep, vermagic $krel)$autoinstalled$upgraded, and removed it"
 exit $fail
