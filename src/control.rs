@@ -10,7 +10,8 @@
 #![deny(unsafe_code)]
 
 use crate::abi::wire::{
-    self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts, WorkingSetReport,
+    self, CloseRegion, Kind, OpenRegion, OpenRegionReply, RegionFacts, WorkingSetParts,
+    WorkingSetReport,
 };
 use crate::counters::{count, COUNTERS};
 use crate::errno;

@@ -7,7 +7,8 @@
 use crate::abi::ioctl::read_flags;
 use crate::abi::mac::open_proof;
 use crate::abi::wire::{
-    CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, WorkingSetReport, WsRun,
+    CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, WorkingSetParts, WorkingSetReport,
+    WsRun,
 };
 use crate::errno;
 use crate::params;

@@ -357,6 +357,33 @@ fn run_at(bytes: &[u8], i: usize) -> Option<WsRun> {
     Some(WsRun { first, pages })
 }
 
+/// The working set an [`OpenRegionReply`] hands out and a [`WorkingSetReport`] reports:
+/// runs of pages and first-touch pages, as their decoders validated them.
+pub trait WorkingSetParts {
+    /// The bytes of the runs and of the first-touch pages.
+    fn parts(&self) -> (&[u8], &[u8]);
+
+    /// Number of working-set runs.
+    fn n_runs(&self) -> usize {
+        self.parts().0.len() / WS_RUN_LEN
+    }
+
+    /// The `i`th working-set run.
+    fn run(&self, i: usize) -> Option<WsRun> {
+        run_at(self.parts().0, i)
+    }
+
+    /// Number of first-touch pages.
+    fn n_hot(&self) -> usize {
+        self.parts().1.len() / HOT_LEN
+    }
+
+    /// The `i`th first-touch page.
+    fn hot(&self, i: usize) -> Option<HotPage> {
+        hot_at(self.parts().1, i)
+    }
+}
+
 /// Turns page indices (any order, duplicates allowed; sorted in place) into at most
 /// `out.len()` runs written to `out`, returning how many. Nearby runs merge (their
 /// gap, up to 4096 pages, is read too) until the set fits; what still does not fit
@@ -460,26 +487,6 @@ impl<'a> OpenRegionReply<'a> {
     /// for.
     pub fn room_for_runs(n_keys: usize, n_hot: usize) -> usize {
         Self::room_after_keys(n_keys).saturating_sub(n_hot.saturating_mul(HOT_LEN)) / WS_RUN_LEN
-    }
-
-    /// Number of working-set runs.
-    pub fn n_runs(&self) -> usize {
-        self.runs.len() / WS_RUN_LEN
-    }
-
-    /// The `i`th working-set run.
-    pub fn run(&self, i: usize) -> Option<WsRun> {
-        run_at(self.runs, i)
-    }
-
-    /// Number of first-touch pages.
-    pub fn n_hot(&self) -> usize {
-        self.hot.len() / HOT_LEN
-    }
-
-    /// The `i`th first-touch page.
-    pub fn hot(&self, i: usize) -> Option<HotPage> {
-        hot_at(self.hot, i)
     }
 
     /// Number of rkeys.
@@ -690,24 +697,16 @@ impl<'a> WorkingSetReport<'a> {
             hot,
         })
     }
+}
 
-    /// Number of runs.
-    pub fn n_runs(&self) -> usize {
-        self.runs.len() / WS_RUN_LEN
+impl WorkingSetParts for OpenRegionReply<'_> {
+    fn parts(&self) -> (&[u8], &[u8]) {
+        (self.runs, self.hot)
     }
+}
 
-    /// The `i`th run.
-    pub fn run(&self, i: usize) -> Option<WsRun> {
-        run_at(self.runs, i)
-    }
-
-    /// Number of first-touch pages.
-    pub fn n_hot(&self) -> usize {
-        self.hot.len() / HOT_LEN
-    }
-
-    /// The `i`th first-touch page.
-    pub fn hot(&self, i: usize) -> Option<HotPage> {
-        hot_at(self.hot, i)
+impl WorkingSetParts for WorkingSetReport<'_> {
+    fn parts(&self) -> (&[u8], &[u8]) {
+        (self.runs, self.hot)
     }
 }

@@ -5,7 +5,7 @@ use mitosis_abi::ioctl::{self, Pod};
 use mitosis_abi::snapshot;
 use mitosis_abi::wire::{
     self, CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, RegionFacts, WireError,
-    WorkingSetReport, WsRun,
+    WorkingSetParts, WorkingSetReport, WsRun,
 };
 use proptest::prelude::*;
 
