@@ -34,7 +34,7 @@ vmrun = $(vmrun_with) --initrd $(OUT)/initramfs-$(KVARIANT).cpio.gz
 # to about 130 MB of initramfs.
 vmrun_py = $(vmrun_with) --initrd $(OUT)/initramfs-python-$(KVARIANT).cpio.gz --mem 1536
 
-.PHONY: bench-functions install dkms-install test-install test-dkms-upgrade all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
+.PHONY: bench-functions plot-libs install dkms-install test-install test-dkms-upgrade all setup kernel module userspace guest-bins image image-python test-functions demo-memory test-host test-guests test-fork test-adversarial check demo bench fmt clippy clean
 
 all: module userspace
 
@@ -121,17 +121,22 @@ check: fmt test-host test-install clippy test-guests test-fork test-functions te
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
 # BENCH_SIZES=64 (MiB, comma-separated) measures only those seeds.
-bench: image
+# The summary table and docs/bench-resume.png from its results.
+PLOT_LIBS = $(HOME)/.cache/mitosis/plot-pillow-11.0.0
+plot-libs:
+	@[ -d $(PLOT_LIBS) ] || /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check \
+		--only-binary=:all: --target $(PLOT_LIBS) pillow==11.0.0
+
+bench: image plot-libs
 	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000 \
 		$(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES))
+	PYTHONPATH=$(PLOT_LIBS) /usr/bin/python3.11 scripts/bench-report.py \
+		$(OUT)/bench-$(KVARIANT)/results.json docs/bench-resume.png
 
 # Function benchmark (docs/benchmarks.md): 3 cold starts and 3 children per launcher
 # variant and function; the table and docs/functions-bench.png from its results.
-PLOT_LIBS = $(HOME)/.cache/mitosis/plot-pillow-11.0.0
-bench-functions: image-python
+bench-functions: image-python plot-libs
 	$(vmrun_py) --scenario functions --append MBENCH=1 --out $(OUT)/bench-functions-$(KVARIANT) --timeout 3000
-	@[ -d $(PLOT_LIBS) ] || /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check \
-		--only-binary=:all: --target $(PLOT_LIBS) pillow==11.0.0
 	PYTHONPATH=$(PLOT_LIBS) /usr/bin/python3.11 scripts/bench-functions-report.py \
 		$(OUT)/bench-functions-$(KVARIANT)/results.json docs/functions-bench.png
 
