@@ -123,7 +123,7 @@ impl Connection {
         // for a READ's round trip, and it delayed `during`'s READs by as much.
         // SAFETY: `rpc_lock` serialises request sends; the completion is waited for
         // below, before the lock (and so the send buffer) can go to another send.
-        unsafe { self.send_only(res, |buf| encode(seq, buf))? };
+        unsafe { self.send_only(res, &mut [], |buf| encode(seq, buf))? };
         let overlapped = during();
         self.wait_send(timeout_ms)?;
         self.reply_done
@@ -202,16 +202,14 @@ impl Connection {
             self.wait_send(timeout_ms)?;
             regs = tail;
         }
-        self.send_waiter.arm();
-        // SAFETY: exclusive per the caller's guarantee; the previous SEND completed
-        // (every send waits for its completion before returning).
-        let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
-        self.post_send(res, len, regs, self.send_waiter.cqe())?;
+        // SAFETY: exclusive per the caller's guarantee.
+        unsafe { self.send_only(res, regs, encode)? };
         self.wait_send(timeout_ms)
     }
 
-    /// Encodes a message into the send buffer and posts it; the caller waits for its
-    /// completion ([`Connection::wait_send`]) before the send buffer is used again.
+    /// Encodes a message into the send buffer and posts `regs` (at most [`REG_BATCH`])
+    /// then its SEND; the caller waits for the completion ([`Connection::wait_send`])
+    /// before the send buffer is used again.
     ///
     /// # Safety
     ///
@@ -219,12 +217,14 @@ impl Connection {
     unsafe fn send_only(
         &self,
         res: &Resources,
+        regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
         self.send_waiter.arm();
-        // SAFETY: exclusive per the caller's guarantee; the previous SEND completed.
+        // SAFETY: exclusive per the caller's guarantee; the previous SEND completed
+        // (every send's completion is waited for before the next).
         let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
-        self.post_send(res, len, &mut [], self.send_waiter.cqe())
+        self.post_send(res, len, regs, self.send_waiter.cqe())
     }
 
     /// Waits for the signalled request of the last post; a failure fails the connection.

@@ -523,9 +523,6 @@ fn cmd_read(a: ReadArgs) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The snapshot handle: the argument, or with `-` the first line of stdin, or with
-/// `@PATH` the first line of a file (a handle carries the secret: on a command line it
-/// is visible to every user in `ps` and `/proc/PID/cmdline`).
 /// The first line of stdin, read a byte at a time through a duplicate of descriptor 0
 /// (same file offset): what follows the line stays there for the child, whose stdin
 /// this is. A buffered read would take the child's input with it.
@@ -561,6 +558,9 @@ fn handle_from_stdin() -> Result<String, Fail> {
     String::from_utf8(line).map_err(|_| usage("the handle on stdin is not text"))
 }
 
+/// The snapshot handle: the argument, or with `-` the first line of stdin, or with
+/// `@PATH` the first line of a file (a handle carries the secret: on a command line it
+/// is visible to every user in `ps` and `/proc/PID/cmdline`).
 fn handle_arg(arg: &str) -> Result<SnapshotHandle, Fail> {
     let text = match arg {
         "-" => handle_from_stdin()?,
