@@ -715,8 +715,8 @@ def spawn_costs():
     (`--version`, through clap), the interpreter with nothing imported; and the last
     two again without address-space randomisation. Under TCG a process pays for
     translating the code it runs, and QEMU keys translations by virtual address, so
-    code at a new random address is translated again: the difference is that cost,
-    which a real CPU does not have."""
+    code at a new random address is translated again: the difference estimates that
+    cost, which a real CPU does not have (it varied a lot between runs: docs/benchmarks.md)."""
     costs = {}
     for name, argv, pre in (
             ("true", ["/bin/true"], None),
