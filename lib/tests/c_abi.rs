@@ -22,33 +22,22 @@ fn layout_asserts() -> String {
         )
         .unwrap();
     };
-    check("sizeof(struct mitosis_header)".into(), size_of::<Header>());
-    check(
-        "offsetof(struct mitosis_header, abi_version)".into(),
-        offset_of!(Header, abi_version),
-    );
-    check(
-        "offsetof(struct mitosis_header, size)".into(),
-        offset_of!(Header, size),
-    );
-    check(
-        "sizeof(struct mitosis_device_info)".into(),
-        size_of::<DeviceInfo>(),
-    );
-    for (field, off) in [
-        ("name", offset_of!(DeviceInfo, name)),
-        ("port_state", offset_of!(DeviceInfo, port_state)),
-        (
-            "max_fast_reg_page_list_len",
-            offset_of!(DeviceInfo, max_fast_reg_page_list_len),
-        ),
-        ("max_qp_rd_atom", offset_of!(DeviceInfo, max_qp_rd_atom)),
-    ] {
-        check(
-            format!("offsetof(struct mitosis_device_info, {field})"),
-            off,
-        );
+    // C `struct $c`'s size and each listed field's offset (same names in C and Rust).
+    macro_rules! layout {
+        ($c:literal, $ty:ty, [$($field:ident),* $(,)?]) => {
+            check(format!("sizeof(struct {})", $c), size_of::<$ty>());
+            $(check(
+                format!("offsetof(struct {}, {})", $c, stringify!($field)),
+                offset_of!($ty, $field),
+            );)*
+        };
     }
+    layout!("mitosis_header", Header, [abi_version, size]);
+    layout!(
+        "mitosis_device_info",
+        DeviceInfo,
+        [name, port_state, max_fast_reg_page_list_len, max_qp_rd_atom]
+    );
     check(
         "sizeof(struct mitosis_counters)".into(),
         size_of::<Counters>(),
@@ -57,40 +46,33 @@ fn layout_asserts() -> String {
     for (i, name) in Counters::NAMES.iter().enumerate() {
         check(format!("offsetof(struct mitosis_counters, {name})"), 8 * i);
     }
-    check(
-        "sizeof(struct mitosis_status)".into(),
-        size_of::<StatusArgs>(),
+    layout!(
+        "mitosis_status",
+        StatusArgs,
+        [
+            hdr,
+            n_devices,
+            n_connections,
+            listen_port,
+            devices,
+            counters
+        ]
     );
-    for (field, off) in [
-        ("hdr", offset_of!(StatusArgs, hdr)),
-        ("n_devices", offset_of!(StatusArgs, n_devices)),
-        ("n_connections", offset_of!(StatusArgs, n_connections)),
-        ("listen_port", offset_of!(StatusArgs, listen_port)),
-        ("devices", offset_of!(StatusArgs, devices)),
-        ("counters", offset_of!(StatusArgs, counters)),
-    ] {
-        check(format!("offsetof(struct mitosis_status, {field})"), off);
-    }
-    check(
-        "sizeof(struct mitosis_resumed)".into(),
-        size_of::<ResumeReport>(),
+    layout!(
+        "mitosis_resumed",
+        ResumeReport,
+        [
+            resume_start_ns,
+            resume_ns,
+            in_module_ns,
+            connect_ns,
+            open_ns,
+            fetch_ns,
+            eager_pages,
+            prefetched_pages,
+            round_trips,
+        ]
     );
-    for (field, off) in [
-        ("resume_start_ns", offset_of!(ResumeReport, resume_start_ns)),
-        ("resume_ns", offset_of!(ResumeReport, resume_ns)),
-        ("in_module_ns", offset_of!(ResumeReport, in_module_ns)),
-        ("connect_ns", offset_of!(ResumeReport, connect_ns)),
-        ("open_ns", offset_of!(ResumeReport, open_ns)),
-        ("fetch_ns", offset_of!(ResumeReport, fetch_ns)),
-        ("eager_pages", offset_of!(ResumeReport, eager_pages)),
-        (
-            "prefetched_pages",
-            offset_of!(ResumeReport, prefetched_pages),
-        ),
-        ("round_trips", offset_of!(ResumeReport, round_trips)),
-    ] {
-        check(format!("offsetof(struct mitosis_resumed, {field})"), off);
-    }
     check("MITOSIS_MAX_DEVICES".into(), MAX_DEVICES);
     check("MITOSIS_RESUME_EAGER".into(), resume_flags::EAGER as usize);
     check(
