@@ -8,6 +8,7 @@
 #include <linux/fs.h>
 #include <linux/in.h>
 #include <linux/inet.h>
+#include <linux/lzo.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/mman.h>

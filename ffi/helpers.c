@@ -15,6 +15,7 @@
 #include <asm/msr.h>
 #include <asm/segment.h>
 #include <linux/moduleparam.h>
+#include <linux/lzo.h>
 #include "helpers.h"
 
 unsigned short mitosis_param_listen_port = 18515;
@@ -136,6 +137,9 @@ MODULE_PARM_DESC(open_linger_ms, "After a snapshot's last child on this host exi
 /* Pages, folios, files. */
 struct page *mitosis_alloc_zeroed_page(void)
 { return alloc_page(GFP_KERNEL | __GFP_ZERO); }
+
+size_t mitosis_lzo1x_1_mem_compress(void)
+{ return LZO1X_1_MEM_COMPRESS; }
 
 bool mitosis_page_anon(struct page *page)
 { return PageAnon(page); }

@@ -57,6 +57,7 @@ void mitosis_init_completion(struct completion *c);
 void mitosis_reinit_completion(struct completion *c);
 
 struct page *mitosis_alloc_zeroed_page(void);
+size_t mitosis_lzo1x_1_mem_compress(void);
 bool mitosis_page_anon(struct page *page);
 void mitosis_put_page(struct page *page);
 struct page *mitosis_folio_page(struct folio *folio);

@@ -52,7 +52,7 @@ pub(crate) struct Registration {
     chunks: KVec<Chunk>,
     chunk_pages: usize,
     /// Keeps the pages alive while peers may read them.
-    _pages: Arc<PageSet>,
+    pages: Arc<PageSet>,
 }
 
 // SAFETY: MRs and mappings may be released from any thread.
@@ -164,10 +164,15 @@ impl Registration {
             Registration {
                 chunks,
                 chunk_pages,
-                _pages: pages,
+                pages,
             },
             wrs,
         ))
+    }
+
+    /// Pages registered.
+    pub(crate) fn page_count(&self) -> usize {
+        self.pages.len()
     }
 
     /// Bytes covered by each key (the last may cover less).

@@ -82,18 +82,23 @@ impl PageRef {
         unsafe { bindings::mitosis_page_anon(self.as_ptr()) }
     }
 
-    /// A fresh page with this page's contents.
-    pub(crate) fn copy(&self) -> Result<Self> {
-        let copy = Self::alloc_zeroed()?;
-        // SAFETY: the page is live (type invariant) and lowmem on x86-64: its kernel
-        // address is permanent and spans `PAGE_SIZE` bytes.
-        let src = unsafe {
+    /// The page's bytes (stable for the pages sets hold: copies, or anonymous pages
+    /// their seeds only change by copy-on-write).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the page is live while `self` is (type invariant) and lowmem on
+        // x86-64: its kernel address is permanent and spans `PAGE_SIZE` bytes.
+        unsafe {
             core::slice::from_raw_parts(
                 bindings::mitosis_page_address(self.as_ptr()) as *const u8,
                 PAGE_SIZE,
             )
-        };
-        copy.write(0, src)?;
+        }
+    }
+
+    /// A fresh page with this page's contents.
+    pub(crate) fn copy(&self) -> Result<Self> {
+        let copy = Self::alloc_zeroed()?;
+        copy.write(0, self.bytes())?;
         Ok(copy)
     }
 

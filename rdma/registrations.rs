@@ -45,12 +45,19 @@ impl Connection {
         let Some(entry) = regs.iter_mut().find(|r| r.key == key) else {
             return Ok(None);
         };
-        let mut keys = KVec::with_capacity(entry.reg.rkeys().len(), GFP_KERNEL)?;
-        for k in entry.reg.rkeys() {
-            keys.push(k, GFP_KERNEL)?;
-        }
+        let keys = keys_of(&entry.reg)?;
         entry.opens = entry.opens.saturating_add(1);
-        Ok(Some((entry.reg.chunk_bytes(), keys)))
+        Ok(Some(keys))
+    }
+
+    /// The chunk size, rkeys and page count of the registration under `key`, without
+    /// opening it again, if there is one.
+    pub(crate) fn registration_keys(&self, key: u64) -> Result<Option<(u64, KVec<u32>, usize)>> {
+        let regs = self.registrations.lock();
+        regs.iter()
+            .find(|r| r.key == key)
+            .map(|r| keys_of(&r.reg).map(|(c, k)| (c, k, r.reg.page_count())))
+            .transpose()
     }
 
     /// Closes one open of the registration under `key`; the last close drops it.
@@ -101,4 +108,13 @@ impl Connection {
             self.reply_cqe(),
         )
     }
+}
+
+/// The chunk size and rkeys of `reg`.
+fn keys_of(reg: &Registration) -> Result<(u64, KVec<u32>)> {
+    let mut keys = KVec::with_capacity(reg.rkeys().len(), GFP_KERNEL)?;
+    for k in reg.rkeys() {
+        keys.push(k, GFP_KERNEL)?;
+    }
+    Ok((reg.chunk_bytes(), keys))
 }

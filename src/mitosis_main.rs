@@ -10,6 +10,7 @@
 //! - `pager.rs`: the snapshot-file pager, where a child's page faults are served;
 //! - `mm.rs`: mmap-lock guards and VMA views;
 //! - `region.rs`: page sets published for peers (test regions and snapshots);
+//! - `packed.rs`: working sets compressed by a parent, unpacked by a child's host;
 //! - `control.rs`: control messages served to peers (open/close region);
 //! - `remote.rs`: regions of peers opened by this host and read with RDMA READ;
 //! - `../rdma/`: safe Rust over kernel verbs (device discovery, PD/CQ, RC QPs via
@@ -37,6 +38,7 @@ mod layout {
 mod abi {
     pub(crate) mod ioctl;
     pub(crate) mod mac;
+    pub(crate) mod packed;
     pub(crate) mod snapshot;
     pub(crate) mod wire;
     pub(crate) mod xsave;
@@ -51,8 +53,10 @@ mod control;
 mod counters;
 mod errno;
 mod fpu;
+mod lzo;
 mod miscdev;
 mod mm;
+mod packed;
 mod page_table;
 mod pager;
 mod params;

@@ -469,11 +469,72 @@ impl Pager {
             count(&COUNTERS.ws_pages_replayed, read);
             go_on()
         };
-        match local {
+        // The parent's packed copy first: what it holds arrives compressed, and the
+        // record's replay below skips pages already in the page cache.
+        let unpacked = self.unpack_parents_copy(mapping).unwrap_or(0);
+        if unpacked > 0 && !between(unpacked) {
+            return unpacked;
+        }
+        let replayed = match local {
             Some(pages) => self.fetch_indices(mapping, pages.iter().copied(), &mut between),
             None => self.replay_parents_record(mapping, &mut between),
+        };
+        unpacked + replayed.unwrap_or(0)
+    }
+
+    /// Reads the parent's packed copy of the working set (`abi::packed`), if the open
+    /// carried one, and puts its pages into `mapping`'s page cache: only pages the
+    /// descriptor says are present, each decompressed straight into its folio and
+    /// kept only if it comes out as a whole page (the rest are left to the record's
+    /// replay and the faults, with a log line). Returns the pages put there.
+    fn unpack_parents_copy(&self, mapping: Mapping<'_>) -> Result<u64> {
+        let remote = self.link.lock().remote.clone();
+        if remote.packed_pages == 0 {
+            return Ok(0);
         }
-        .unwrap_or(0)
+        // At most `abi::packed::MAX_PACKED_PAGES` (checked by the reply's decoder).
+        let mut bytes =
+            KVVec::from_elem(0u8, remote.packed_pages as usize * PAGE_SIZE, GFP_KERNEL)?;
+        remote.read_packed(&mut bytes)?;
+        let desc = self.descriptor()?;
+        let (mut unpacked, mut refused) = (0u64, 0u64);
+        static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+        let walked = crate::packed::walk(&bytes, |page| {
+            if self
+                .locate(&desc, page.index.saturating_mul(PAGE))
+                .is_none()
+            {
+                refused += 1;
+                return;
+            }
+            let Ok(mut folio) = mapping.grab(page.index) else {
+                return;
+            };
+            if folio.is_uptodate() {
+                return;
+            }
+            match folio.fill_by(|dst| crate::packed::unpack_page(&page, dst)) {
+                Ok(()) => unpacked += 1,
+                Err(_) => refused += 1,
+            }
+        });
+        count(&COUNTERS.pages_fetched, unpacked);
+        if walked.is_err() && LOG.allow() {
+            pr_warn!(
+                "snapshot {} from {}: its packed working set is malformed, not used\n",
+                self.key.id,
+                Ipv4(self.key.addr)
+            );
+        } else if refused > 0 && LOG.allow() {
+            pr_warn!(
+                "snapshot {} from {}: {} pages of its packed working set refused (not in the descriptor, or not decompressing to a whole page), {} unpacked\n",
+                self.key.id,
+                Ipv4(self.key.addr),
+                refused,
+                unpacked
+            );
+        }
+        Ok(unpacked)
     }
 
     /// Prefetches the working set the parent handed out with the open (an earlier

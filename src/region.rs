@@ -82,6 +82,12 @@ pub(crate) struct Region {
 struct ParentRecord {
     runs: KVec<WsRun>,
     hot: KVec<HotPage>,
+    /// Counts the records kept: a packed copy is taken only for the record it was
+    /// made from.
+    generation: u64,
+    /// The record's pages compressed (`packed.rs`), once made; an older record's copy
+    /// until then.
+    packed: Option<Arc<PageSet>>,
 }
 
 /// Collects at most `n` entries (the count the wire decoder checked) into a new
@@ -118,8 +124,40 @@ impl Region {
         if run_pages(&runs) <= run_pages(&ws.runs) {
             return false;
         }
-        *ws = ParentRecord { runs, hot };
+        ws.runs = runs;
+        ws.hot = hot;
+        ws.generation = ws.generation.wrapping_add(1);
         true
+    }
+
+    /// The kept record's runs to pack, with its generation (copied: packing runs
+    /// without the lock).
+    pub(crate) fn record_to_pack(&self) -> Option<(u64, KVec<WsRun>)> {
+        let ws = self.working_set.lock();
+        if ws.runs.is_empty() {
+            return None;
+        }
+        let runs = copy_first(&ws.runs, ws.runs.len()).ok()?;
+        Some((ws.generation, runs))
+    }
+
+    /// Keeps `copy` as the packed record if the record it was made from (generation
+    /// `generation`) is still the one kept. Returns whether it was kept.
+    pub(crate) fn offer_packed(&self, generation: u64, copy: PageSet) -> bool {
+        let Ok(copy) = Arc::new(copy, GFP_KERNEL) else {
+            return false;
+        };
+        let mut ws = self.working_set.lock();
+        if ws.generation != generation {
+            return false;
+        }
+        ws.packed = Some(copy);
+        true
+    }
+
+    /// The packed copy of the working set, if one was made.
+    pub(crate) fn packed(&self) -> Option<Arc<PageSet>> {
+        self.working_set.lock().packed.clone()
     }
 
     /// The snapshot's working set as it fits in an open reply with `n_keys` keys:

@@ -37,6 +37,10 @@ pub(crate) struct RemoteRegion {
     pub(crate) lead_pages: u32,
     chunk_bytes: u64,
     rkeys: KVec<u32>,
+    /// Pages of the parent's packed copy of the working set (`abi::packed`; 0: none),
+    /// read with `packed_rkeys` like the region with `rkeys`.
+    pub(crate) packed_pages: u32,
+    packed_rkeys: KVec<u32>,
     /// A snapshot's working set as an earlier opener reported it to the peer
     /// (ascending, disjoint, at most `wire::MAX_WS_PAGES` pages; not trusted beyond
     /// that: the pager keeps only pages its descriptor says are present).
@@ -80,7 +84,7 @@ impl RemoteRegion {
         };
         // The first open of a region by a host makes the parent register all its pages
         // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
-        let ((facts, rkeys, (ws_runs, hot)), overlapped) = conn.rpc(
+        let ((facts, (rkeys, packed_rkeys), (ws_runs, hot)), overlapped) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
             during,
@@ -96,6 +100,10 @@ impl RemoteRegion {
                 for i in 0..r.n_keys() {
                     keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
+                let mut packed_keys = KVec::with_capacity(r.n_packed_keys(), GFP_KERNEL)?;
+                for i in 0..r.n_packed_keys() {
+                    packed_keys.push(r.packed_rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
+                }
                 let mut runs = KVec::with_capacity(r.n_runs(), GFP_KERNEL)?;
                 for i in 0..r.n_runs() {
                     runs.push(r.run(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
@@ -104,7 +112,7 @@ impl RemoteRegion {
                 for i in 0..r.n_hot() {
                     hot.push(r.hot(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
                 }
-                Ok((r.facts, keys, (runs, hot)))
+                Ok((r.facts, (keys, packed_keys), (runs, hot)))
             },
         )?;
         let region = RemoteRegion {
@@ -117,6 +125,8 @@ impl RemoteRegion {
             lead_pages: facts.lead_pages,
             chunk_bytes: facts.chunk_bytes,
             rkeys,
+            packed_pages: facts.packed_pages,
+            packed_rkeys,
             ws_runs,
             hot,
         };
@@ -157,13 +167,42 @@ impl RemoteRegion {
             .read_pages(&remote, params::io_timeout_ms(), consume)
     }
 
+    /// Reads the parent's packed copy of the working set whole into `out` (exactly
+    /// [`Self::packed_pages`] pages), one batch of READs per doorbell.
+    pub(crate) fn read_packed(&self, out: &mut [u8]) -> Result {
+        let pages = self.packed_pages as usize;
+        if out.len() != pages.checked_mul(PAGE_SIZE).ok_or(EINVAL)? {
+            return Err(EINVAL);
+        }
+        let mut remote = KVec::with_capacity(MAX_READ_BATCH.min(pages), GFP_KERNEL)?;
+        for (first, dst) in (0..pages)
+            .step_by(MAX_READ_BATCH)
+            .zip(out.chunks_mut(MAX_READ_BATCH * PAGE_SIZE))
+        {
+            remote.clear_for_reuse();
+            for p in first..first + dst.len() / PAGE_SIZE {
+                let off = (p * PAGE_SIZE) as u64;
+                remote.push(
+                    locate_in(&self.packed_rkeys, self.chunk_bytes, off).ok_or(EINVAL)?,
+                    GFP_KERNEL,
+                )?;
+            }
+            self.conn
+                .read_pages(&remote, params::io_timeout_ms(), |i, bytes| {
+                    dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
+                        .ok_or(EINVAL)?
+                        .copy_from_slice(bytes);
+                    Ok(())
+                })?;
+        }
+        Ok(())
+    }
+
     /// Remote address and key of the page at `off`: the address is the region offset
     /// itself (each registration's I/O addresses start at its chunk's offset). Past the
     /// end (only with `UNCHECKED`), the last key, with an address outside it.
     fn locate(&self, off: u64) -> Option<(u64, u32)> {
-        let last = self.rkeys.len().checked_sub(1)?;
-        let chunk = (off.checked_div(self.chunk_bytes)? as usize).min(last);
-        Some((off, *self.rkeys.get(chunk)?))
+        locate_in(&self.rkeys, self.chunk_bytes, off)
     }
 
     /// Reads `[offset, offset + length)` into `out`, `batch` pages per doorbell.
@@ -246,6 +285,14 @@ impl RemoteRegion {
             region: self.clone(),
         }
     }
+}
+
+/// Remote address and key of byte `off` of a registration whose keys `rkeys` cover
+/// `chunk_bytes` each (past the end, the last key, with an address outside it).
+fn locate_in(rkeys: &[u32], chunk_bytes: u64, off: u64) -> Option<(u64, u32)> {
+    let last = rkeys.len().checked_sub(1)?;
+    let chunk = (off.checked_div(chunk_bytes)? as usize).min(last);
+    Some((off, *rkeys.get(chunk)?))
 }
 
 /// One open of a region at its parent, kept after its readers are gone: dropping it

@@ -101,6 +101,23 @@ impl LockedFolio {
         self.mark_uptodate();
     }
 
+    /// Fills the page by `fill` (which gets its bytes to write) and marks it up to date
+    /// if `fill` succeeded; a failed fill leaves it not up to date, to be filled again.
+    pub(crate) fn fill_by(&mut self, fill: impl FnOnce(&mut [u8]) -> Result) -> Result {
+        if self.is_uptodate() {
+            return Err(EEXIST);
+        }
+        // SAFETY: as in `bytes`; the folio is not up to date (checked above), so no
+        // mapping reads it while `fill` writes.
+        let dst = unsafe {
+            let page = bindings::mitosis_folio_page(self.folio.as_ptr());
+            core::slice::from_raw_parts_mut(bindings::mitosis_page_address(page).cast(), PAGE_SIZE)
+        };
+        fill(dst)?;
+        self.mark_uptodate();
+        Ok(())
+    }
+
     /// Fills the page with zeros (a hole of the snapshot), marks it up to date.
     pub(crate) fn fill_zero(&mut self) {
         // SAFETY: a locked folio (type invariant): zeroing then marking it up to date

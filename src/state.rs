@@ -192,7 +192,7 @@ impl Host {
             if let Some(old) = crate::util::remove_first(&mut claims, |_| true) {
                 if let Ok(region) = self.regions.lock().remove(old.captured.id) {
                     for c in self.accepted.lock().iter() {
-                        c.remove_registration(region.id);
+                        crate::control::revoke(c, region.id);
                     }
                 }
             }
@@ -231,7 +231,7 @@ impl Host {
         crate::util::remove_first(&mut self.claims.lock(), |c| c.captured.id == id);
         if force {
             for c in self.accepted.lock().iter() {
-                c.remove_registration(region.id);
+                crate::control::revoke(c, region.id);
             }
         }
         Ok(())
@@ -307,7 +307,7 @@ impl Host {
     pub(crate) fn destroy_region(&self, id: u64) -> Result {
         let region = self.regions.lock().remove(id)?;
         for c in self.accepted.lock().iter() {
-            c.remove_registration(region.id);
+            crate::control::revoke(c, region.id);
         }
         Ok(())
     }

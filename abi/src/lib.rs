@@ -17,6 +17,7 @@
 
 pub mod ioctl;
 pub mod mac;
+pub mod packed;
 pub mod snapshot;
 pub mod wire;
 pub mod xsave;

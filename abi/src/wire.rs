@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 6;
+pub const WIRE_VERSION: u16 = 7;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -246,6 +246,10 @@ pub struct RegionFacts {
     /// reads them with the descriptor in one batch. At most
     /// [`super::snapshot::MAX_LEAD_PAGES`]; 0 for test regions.
     pub lead_pages: u32,
+    /// For snapshots: pages of the packed copy of the working set (`super::packed`),
+    /// registered under the reply's packed keys (same `chunk_bytes`); 0 when the parent
+    /// has none. At most [`super::packed::MAX_PACKED_PAGES`].
+    pub packed_pages: u32,
 }
 
 /// Pages `[first, first + pages)` of a snapshot file (page-cache indices on the
@@ -453,14 +457,17 @@ fn emit(out: &mut [WsRun], n: &mut usize, total: &mut u64, (first, end): (u64, u
 /// shorter); byte `off` of the region is at remote address `off` with the key
 /// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
 /// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
-/// After the keys, the snapshot's working set as an earlier opener reported it
-/// ([`WorkingSetReport`]): its first-touch pages, then as many runs as fit (none for
-/// test regions).
+/// Then the keys of the packed copy of the working set (`super::packed`), laid out the
+/// same way over its [`RegionFacts::packed_pages`] pages. After the keys, the
+/// snapshot's working set as an earlier opener reported it ([`WorkingSetReport`]): its
+/// first-touch pages, then as many runs as fit (none for test regions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenRegionReply<'a> {
     pub facts: RegionFacts,
     /// Little-endian `u32` rkeys, 4 bytes each.
     rkeys: &'a [u8],
+    /// The packed copy's rkeys, the same way.
+    packed_rkeys: &'a [u8],
     /// Encoded [`HotPage`]s, checked by `decode`.
     hot: &'a [u8],
     /// Encoded [`WsRun`]s, checked by `decode`.
@@ -471,9 +478,10 @@ pub struct OpenRegionReply<'a> {
 pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIXED_LEN) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 56;
+    const FIXED_LEN: usize = 64;
 
-    /// Bytes left after the fixed fields and `n_keys` keys.
+    /// Bytes left after the fixed fields and `n_keys` keys (the region's and the
+    /// packed copy's together).
     fn room_after_keys(n_keys: usize) -> usize {
         (MSG_SIZE - HEADER_LEN - Self::FIXED_LEN).saturating_sub(n_keys.saturating_mul(4))
     }
@@ -502,6 +510,19 @@ impl<'a> OpenRegionReply<'a> {
         Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
+    /// Number of the packed copy's rkeys.
+    pub fn n_packed_keys(&self) -> usize {
+        self.packed_rkeys.len() / 4
+    }
+
+    /// The packed copy's `i`th rkey.
+    pub fn packed_rkey(&self, i: usize) -> Option<u32> {
+        let s = self
+            .packed_rkeys
+            .get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
     /// Encodes a successful reply with the rkeys produced by `rkeys`.
     pub fn encode(
         seq: u64,
@@ -523,7 +544,22 @@ impl<'a> OpenRegionReply<'a> {
         runs: &[WsRun],
         buf: &mut [u8],
     ) -> Result<usize, WireError> {
-        let n = rkeys.len();
+        Self::encode_with_packed(seq, facts, rkeys, &[], hot, runs, buf)
+    }
+
+    /// [`Self::encode_with_working_set`] with the packed copy's keys `packed_rkeys`
+    /// (`facts.packed_pages` pages; `hot` and `runs` within the room left by both key
+    /// sets).
+    pub fn encode_with_packed(
+        seq: u64,
+        facts: &RegionFacts,
+        rkeys: impl ExactSizeIterator<Item = u32>,
+        packed_rkeys: &[u32],
+        hot: &[HotPage],
+        runs: &[WsRun],
+        buf: &mut [u8],
+    ) -> Result<usize, WireError> {
+        let n = rkeys.len().saturating_add(packed_rkeys.len());
         if n > MAX_REPLY_RKEYS
             || hot.len() > Self::room_for_hot(n)
             || runs.len() > Self::room_for_runs(n, hot.len())
@@ -539,10 +575,12 @@ impl<'a> OpenRegionReply<'a> {
         w.put(&facts.info.to_le_bytes())?;
         w.put(&facts.desc_mac)?;
         w.put(&facts.lead_pages.to_le_bytes())?;
-        w.put(&(n as u32).to_le_bytes())?;
+        w.put(&((n - packed_rkeys.len()) as u32).to_le_bytes())?;
         w.put(&(runs.len() as u32).to_le_bytes())?;
         w.put(&(hot.len() as u32).to_le_bytes())?;
-        for k in rkeys {
+        w.put(&facts.packed_pages.to_le_bytes())?;
+        w.put(&(packed_rkeys.len() as u32).to_le_bytes())?;
+        for k in rkeys.chain(packed_rkeys.iter().copied()) {
             w.put(&k.to_le_bytes())?;
         }
         put_hot(&mut w, hot)?;
@@ -565,7 +603,10 @@ impl<'a> OpenRegionReply<'a> {
         let n = c.u32()? as usize;
         let n_runs = c.u32()? as usize;
         let n_hot = c.u32()? as usize;
+        let packed_pages = c.u32()?;
+        let n_packed = c.u32()? as usize;
         let rkeys = c.take(n.checked_mul(4).ok_or(WireError::BadLength)?)?;
+        let packed_rkeys = c.take(n_packed.checked_mul(4).ok_or(WireError::BadLength)?)?;
         let hot = c.take(n_hot.checked_mul(HOT_LEN).ok_or(WireError::BadLength)?)?;
         let runs = c.take(n_runs.checked_mul(WS_RUN_LEN).ok_or(WireError::BadLength)?)?;
         check_hot(hot)?;
@@ -575,6 +616,8 @@ impl<'a> OpenRegionReply<'a> {
         }
         if size.div_ceil(chunk_bytes) != n as u64
             || lead_pages as usize > super::snapshot::MAX_LEAD_PAGES
+            || packed_pages as usize > super::packed::MAX_PACKED_PAGES
+            || (u64::from(packed_pages) * 4096).div_ceil(chunk_bytes) != n_packed as u64
         {
             return Err(WireError::BadLength);
         }
@@ -585,8 +628,10 @@ impl<'a> OpenRegionReply<'a> {
                 info,
                 desc_mac,
                 lead_pages,
+                packed_pages,
             },
             rkeys,
+            packed_rkeys,
             hot,
             runs,
         })

@@ -2,6 +2,7 @@
 //! wire codec (round trips, and no input can make decoding panic or read out of bounds).
 
 use mitosis_abi::ioctl::{self, Pod};
+use mitosis_abi::packed;
 use mitosis_abi::snapshot;
 use mitosis_abi::wire::{
     self, CloseRegion, HotPage, Kind, OpenRegion, OpenRegionReply, RegionFacts, WireError,
@@ -131,6 +132,7 @@ fn wire_reply_round_trip_and_consistency() {
         info: 777,
         desc_mac: [5; 16],
         lead_pages: 7,
+        packed_pages: 0,
     };
     let n = OpenRegionReply::encode(9, &facts, keys.iter().copied(), &mut buf).unwrap();
     let (h, body) = wire::decode(&buf[..n]).unwrap();
@@ -166,6 +168,172 @@ fn wire_reply_round_trip_and_consistency() {
         OpenRegionReply::encode(1, &page, many.into_iter(), &mut buf),
         Err(WireError::TooLarge)
     );
+}
+
+#[test]
+fn wire_reply_packed_keys() {
+    let mut buf = [0u8; wire::MSG_SIZE];
+    let keys = [1u32, 2];
+    let facts = RegionFacts {
+        size: 4 << 20,
+        chunk_bytes: 2 << 20,
+        info: 4096,
+        packed_pages: 513,
+        ..RegionFacts::default()
+    };
+    let runs = [WsRun { first: 4, pages: 9 }];
+    let n = OpenRegionReply::encode_with_packed(
+        3,
+        &facts,
+        keys.iter().copied(),
+        &[7, 8],
+        &[],
+        &runs,
+        &mut buf,
+    )
+    .unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    let r = OpenRegionReply::decode(body).unwrap();
+    assert_eq!((r.facts, r.n_keys(), r.n_packed_keys()), (facts, 2, 2));
+    assert_eq!(
+        (
+            r.rkey(1),
+            r.packed_rkey(0),
+            r.packed_rkey(1),
+            r.packed_rkey(2)
+        ),
+        (Some(2), Some(7), Some(8), None)
+    );
+    assert_eq!((r.n_runs(), r.run(0)), (1, Some(runs[0])));
+    // Packed keys that do not cover the packed pages exactly: refused.
+    for (pages, keys_given) in [(513u32, &[7u32][..]), (512, &[7, 8][..]), (0, &[7][..])] {
+        let f = RegionFacts {
+            packed_pages: pages,
+            ..facts
+        };
+        let n = OpenRegionReply::encode_with_packed(
+            3,
+            &f,
+            keys.iter().copied(),
+            keys_given,
+            &[],
+            &[],
+            &mut buf,
+        )
+        .unwrap();
+        let (_, body) = wire::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            OpenRegionReply::decode(body),
+            Err(WireError::BadLength),
+            "{pages} {keys_given:?}"
+        );
+    }
+    // A copy larger than any working set: refused.
+    let huge = RegionFacts {
+        packed_pages: packed::MAX_PACKED_PAGES as u32 + 1,
+        chunk_bytes: 1 << 30,
+        ..facts
+    };
+    let n = OpenRegionReply::encode_with_packed(
+        3,
+        &huge,
+        [1u32, 2, 3, 4].into_iter(),
+        &[7],
+        &[],
+        &[],
+        &mut buf,
+    );
+    let (_, body) = wire::decode(&buf[..n.unwrap()]).unwrap();
+    assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
+    // The packed keys count against the room for the working set.
+    // The packed keys count against the room for the working set (fixed part 64 bytes).
+    assert_eq!(
+        OpenRegionReply::room_for_runs(4, 0),
+        (wire::MSG_SIZE - wire::HEADER_LEN - 64 - 4 * 4) / 12
+    );
+}
+
+/// A copy of `pages` (index, encoding) as the parent writes it.
+fn packed_copy(pages: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut w = packed::PackedWriter::new(pages.len()).unwrap();
+    let mut out = vec![0u8; w.header_len()];
+    for (i, (index, enc)) in pages.iter().enumerate() {
+        w.entry(&mut out, i, *index, enc.len()).unwrap();
+    }
+    for (_, enc) in pages {
+        out.extend_from_slice(enc);
+    }
+    w.finish(&mut out).unwrap();
+    // Padded to whole pages, as registered.
+    out.resize(out.len().div_ceil(4096) * 4096, 0xee);
+    out
+}
+
+#[test]
+fn packed_copy_round_trip() {
+    let pages = vec![
+        (7u64, vec![1u8; 4096]),
+        (1 << 40, vec![2u8; 17]),
+        (9, vec![3u8; 1]),
+    ];
+    let bytes = packed_copy(&pages);
+    let idx = packed::PackedIndex::parse(&bytes).unwrap();
+    assert_eq!(idx.len(), 3);
+    let got: Vec<_> = idx
+        .pages()
+        .map(|p| (p.index, p.encoded.to_vec(), p.is_stored()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (7, vec![1u8; 4096], true),
+            (1 << 40, vec![2u8; 17], false),
+            (9, vec![3u8; 1], false)
+        ]
+    );
+    let empty = packed_copy(&[]);
+    assert!(packed::PackedIndex::parse(&empty).unwrap().is_empty());
+    assert!(packed::PackedWriter::new(wire::MAX_WS_PAGES as usize + 1).is_none());
+}
+
+#[test]
+fn packed_copy_refuses_bad_copies() {
+    use packed::{PackedError, PackedIndex};
+    let good = packed_copy(&[(7u64, vec![1u8; 100]), (8, vec![2u8; 50])]);
+    let set_u32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    // (byte offset, u32 written there, what the parse must say)
+    let cases = [
+        (0, 0x1234_5678, PackedError::BadMagic),
+        (4, 9, PackedError::BadVersion),
+        // More pages than a working set holds.
+        (8, wire::MAX_WS_PAGES as u32 + 1, PackedError::BadLength),
+        // A table past the end.
+        (8, 400, PackedError::Truncated),
+        // A payload past the end, or lengths that do not add up to it.
+        (12, u32::MAX, PackedError::Truncated),
+        (12, 151, PackedError::BadLength),
+    ];
+    for (at, value, want) in cases {
+        let mut bad = good.clone();
+        set_u32(&mut bad, at, value);
+        assert_eq!(PackedIndex::parse(&bad).unwrap_err(), want, "{at} {value}");
+    }
+    // An entry of 0 or more than a page.
+    for len in [0u32, 4097, u32::MAX] {
+        let mut bad = good.clone();
+        set_u32(&mut bad, packed::HEADER_LEN + 8, len);
+        assert!(PackedIndex::parse(&bad).is_err(), "{len}");
+    }
+    assert_eq!(
+        PackedIndex::parse(&good[..10]).unwrap_err(),
+        PackedError::Truncated
+    );
+    // Any truncation of the bytes that matter is refused, never a panic.
+    let used = packed::HEADER_LEN + 2 * packed::ENTRY_LEN + 150;
+    for cut in 0..used {
+        assert!(PackedIndex::parse(&good[..cut]).is_err(), "{cut}");
+    }
 }
 
 #[test]
@@ -588,24 +756,59 @@ fn c_hostile_peer_speaks_this_wire_version() {
     );
     assert_eq!(runs[1].first, 60000u64 << 35);
     assert_eq!(body2 - body, 5 * 12);
-    let hot_at = body;
-    let runs_at = body + 3 * 12;
+    // The lying parent's entries follow the keys (`after` in the C source).
+    let at = |off: usize| {
+        if off == 0 {
+            "after".to_string()
+        } else {
+            format!("after + {off}")
+        }
+    };
+    let runs_at = 3 * 12;
+    // With a packed copy's key as well: that key right after the region's.
+    let packed_facts = RegionFacts {
+        packed_pages: 1,
+        ..facts
+    };
+    let n3 = OpenRegionReply::encode_with_packed(
+        1,
+        &packed_facts,
+        [0xabcd_ef01u32].into_iter(),
+        &[0x1234_5678],
+        &[],
+        &[],
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[n3 - 4..n3], &0x1234_5678u32.to_le_bytes());
+    let body3 = n3 - wire::HEADER_LEN;
     for needle in [
         format!("put32(out + HDR_LEN + {}, data->rkey)", body - 4),
-        format!("size_t body = {body} + (lying_ws ? 3 * 12 + 2 * 12 : 0)"),
+        format!("put32(out + HDR_LEN + {}, packed_mr->rkey)", body3 - 4),
+        format!(
+            "size_t body = {} + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0)",
+            body - 4
+        ),
+        "size_t keys = 4 * (1 + !!packed_mr)".to_string(),
         "send_msg(&c, out, HDR_LEN + body)".to_string(),
         format!("get32(r + HDR_LEN + {})", body - 4),
-        format!("put32(out + HDR_LEN + {}, lying_ws ? 3 : 0)", body - 8),
-        format!("put64(out + HDR_LEN + {hot_at}, 0)"),
-        format!("put32(out + HDR_LEN + {}, 0)", hot_at + 8),
-        format!("put64(out + HDR_LEN + {}, 0)", hot_at + 12),
-        format!("put32(out + HDR_LEN + {}, 0xffffffffu)", hot_at + 20),
-        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", hot_at + 24),
-        format!("put32(out + HDR_LEN + {}, desc_pages)", hot_at + 32),
-        format!("put64(out + HDR_LEN + {runs_at}, 0)"),
-        format!("put32(out + HDR_LEN + {}, 32767)", runs_at + 8),
-        format!("put64(out + HDR_LEN + {}, 60000ull << 35)", runs_at + 12),
-        format!("put32(out + HDR_LEN + {}, 1)", runs_at + 20),
+        format!("put32(out + HDR_LEN + {}, lying_ws ? 3 : 0)", body - 16),
+        format!(
+            "put32(out + HDR_LEN + {}, (uint32_t)(packed_size / PAGE))",
+            body - 12
+        ),
+        format!("put32(out + HDR_LEN + {}, !!packed_mr)", body - 8),
+        format!("uint8_t *after = out + HDR_LEN + {} + keys", body - 4),
+        format!("put64({}, 0)", at(0)),
+        format!("put32({}, 0)", at(8)),
+        format!("put64({}, 0)", at(12)),
+        format!("put32({}, 0xffffffffu)", at(20)),
+        format!("put64({}, 60000ull << 35)", at(24)),
+        format!("put32({}, desc_pages)", at(32)),
+        format!("put64({}, 0)", at(runs_at)),
+        format!("put32({}, 32767)", at(runs_at + 8)),
+        format!("put64({}, 60000ull << 35)", at(runs_at + 12)),
+        format!("put32({}, 1)", at(runs_at + 20)),
     ] {
         assert!(src.contains(&needle), "hostile_peer.c lacks `{needle}`");
     }

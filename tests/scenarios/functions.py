@@ -829,7 +829,7 @@ def functions_on_b(handles, bench):
                 after = counters_after_child(before, params)
                 delta = {k: after[k] - before[k] for k in
                          ("pages_fetched", "remote_faults", "ws_pages_replayed", "vmas_local",
-                          "files_refused")}
+                          "files_refused", "bytes_read")}
                 pages = delta["pages_fetched"]
                 ok, detail = compare(fn, "b", rc, out, err, reference)
                 ok = ok and reference is not None
@@ -837,6 +837,7 @@ def functions_on_b(handles, bench):
                 metrics = dict(cold_ms=cold, child_ms=child_ms,
                                speedup=cold / child_ms if child_ms else 0.0,
                                pages=pages, mib=pages * 4096 / 2**20,
+                               wire_mib=delta["bytes_read"] / 2**20,
                                faults=delta["remote_faults"],
                                replayed=delta["ws_pages_replayed"],
                                vmas_local=delta["vmas_local"],
@@ -895,6 +896,13 @@ def functions_on_b(handles, bench):
                          "first child with them", "the parent's record")
             check_replay(f"fn-working-set-{fn}", none, second, "the next child",
                          "this host's record")
+            # That first child read the parent's record as its packed copy (packed.rs):
+            # fewer bytes crossed the link than the pages it got.
+            check(f"fn-packed-working-set-{fn}",
+                  bool(first and first["pages_fetched"] > 0
+                       and first["bytes_read"] < 0.8 * first["pages_fetched"] * 4096),
+                  f"first child with working sets: {first and first['pages_fetched']} pages "
+                  f"fetched in {first and first['bytes_read']} bytes read")
     set_params(defaults)
     # Kept pages expire (keep_ms is 0 again): nothing is left to hold the module.
     time.sleep(int(VARIANTS["warm"]["keep_ms"] if bench else TEST_KEEP_MS) / 1000 + 1)

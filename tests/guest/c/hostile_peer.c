@@ -14,7 +14,7 @@
  *       WRONG_TRIES opens with wrong secrets, an unknown id, then a
  *       correct open and a READ with its key, a READ with a guessed key, and (on a
  *       new connection) a READ with a key after its open was closed.
- *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws]
+ *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY]
  *       A parent: accepts one connection at a time (with a challenge, as the module
  *       does) and answers every open with FILE as the region (descriptor first, as
  *       the module lays snapshots out, with its MAC under SECRET_HEX), registered
@@ -22,6 +22,8 @@
  *       every reply carries a working set naming the first 32768 pages of the file
  *       and pages of VMA windows the snapshot does not have, and first-touch pages
  *       at the descriptor, past the region and of a VMA the snapshot does not have.
+ *       With `packed=COPY`, every reply grants the file COPY as the packed copy of
+ *       the working set (abi/src/packed.rs), whatever it holds.
  *
  * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
  * observed is what a hardened module must do (refusals, no answers to garbage).
@@ -43,7 +45,7 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 6
+#define WIRE_VERSION 7
 #define CHALLENGE_MAGIC 0x4D434831u
 #define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
@@ -411,9 +413,10 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 		status = -1003;
 	else
 		status = (int32_t)get32(r + 16);
-	/* size, chunk_bytes, info, desc_mac[16], lead_pages, n_keys, n_runs, 0, keys */
-	if (status == 0 && len >= HDR_LEN + 60)
-		*rkey = get32(r + HDR_LEN + 56);
+	/* size, chunk_bytes, info, desc_mac[16], lead_pages, n_keys, n_runs, n_hot,
+	 * packed_pages, n_packed_keys, keys */
+	if (status == 0 && len >= HDR_LEN + 68)
+		*rkey = get32(r + HDR_LEN + 64);
 	post_recv(c, slot);
 	return status;
 }
@@ -551,15 +554,15 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 
 /* Serves FILE as every region, one connection at a time, until killed. */
 static __attribute__((noreturn)) void mode_serve(int port, const char *path, const char *hex,
-						 int silent, int lying_ws)
+						 int silent, int lying_ws, const char *packed_path)
 {
 	uint8_t secret[16], desc_mac[16], accept_data[ACCEPT_DATA_LEN];
 
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
 	struct rdma_event_channel *ec = rdma_create_event_channel();
 	struct rdma_cm_id *listen_id;
-	uint8_t *file;
-	size_t len, size;
+	uint8_t *file, *packed = NULL;
+	size_t len, size, packed_size = 0;
 	uint32_t info;
 	struct stat st;
 	int fd = open(path, O_RDONLY);
@@ -574,6 +577,20 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 	memset(file + len, 0, size - len);
 	close(fd);
 	info = get32(file + 8); /* the descriptor's length, from its header */
+	if (packed_path) {
+		fd = open(packed_path, O_RDONLY);
+		if (fd < 0 || fstat(fd, &st))
+			die(packed_path);
+		packed_size = ((size_t)st.st_size + PAGE - 1) / PAGE * PAGE;
+		/* One key covers the copy: chunk_bytes is the region's size. */
+		if (!packed_size || packed_size > size)
+			die("packed copy larger than the region");
+		packed = aligned_alloc(PAGE, packed_size);
+		if (!packed || read(fd, packed, st.st_size) != (ssize_t)st.st_size)
+			die("read packed copy");
+		memset(packed + st.st_size, 0, packed_size - st.st_size);
+		close(fd);
+	}
 	if (info > len)
 		die("descriptor length");
 	/* A parent knows its snapshot's secret: the descriptor's MAC is right (unless
@@ -584,12 +601,13 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 	    rdma_bind_addr(listen_id, (struct sockaddr *)&sa) || rdma_listen(listen_id, 8))
 		die("listen");
 	printf("hostile-peer: serving %zu bytes (descriptor %u) on port %d%s\n", size, info, port,
-	       silent ? ", never answering" : lying_ws ? ", with a lying working set" : "");
+	       silent ? ", never answering" : lying_ws ? ", with a lying working set" :
+	       packed ? ", granting a packed copy" : "");
 	fflush(stdout);
 	for (;;) {
 		struct rdma_cm_event *ev;
 		struct conn c = { 0 };
-		struct ibv_mr *data;
+		struct ibv_mr *data, *packed_mr = NULL;
 		struct rdma_conn_param p = { .retry_count = 7, .rnr_retry_count = 7 };
 		int served = 0;
 
@@ -611,6 +629,12 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 		}
 		/* I/O addresses from 0: the module reads region offsets. */
 		data = ibv_reg_mr_iova(c.pd, file, size, 0, IBV_ACCESS_REMOTE_READ);
+		if (packed) {
+			packed_mr = ibv_reg_mr_iova(c.pd, packed, packed_size, 0,
+						    IBV_ACCESS_REMOTE_READ);
+			if (!packed_mr)
+				die("register packed copy");
+		}
 		/* A challenge the module requires; this parent never checks the proofs. */
 		put32(accept_data, CHALLENGE_MAGIC);
 		for (int i = 0; i < 16; i++)
@@ -637,8 +661,10 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			r = recv_buf(&c, s);
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
-				size_t body = 60 + (lying_ws ? 3 * 12 + 2 * 12 : 0);
+				size_t keys = 4 * (1 + !!packed_mr);
+				size_t body = 64 + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0);
 				uint32_t desc_pages = (uint32_t)((info + 4095) / 4096);
+				uint8_t *after = out + HDR_LEN + 64 + keys;
 
 				header(out, K_OPEN_REPLY, get64(r + 8), 0, body);
 				put64(out + HDR_LEN, size);
@@ -649,25 +675,29 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 				put32(out + HDR_LEN + 44, 1);
 				put32(out + HDR_LEN + 48, lying_ws ? 2 : 0); /* working-set runs */
 				put32(out + HDR_LEN + 52, lying_ws ? 3 : 0); /* first-touch pages */
-				put32(out + HDR_LEN + 56, data->rkey);
+				put32(out + HDR_LEN + 56, (uint32_t)(packed_size / PAGE));
+				put32(out + HDR_LEN + 60, !!packed_mr); /* packed copy's keys */
+				put32(out + HDR_LEN + 64, data->rkey);
+				if (packed_mr)
+					put32(out + HDR_LEN + 68, packed_mr->rkey);
 				if (lying_ws) {
 					/* First-touch pages: page 0 at the descriptor's
 					 * page, page 0 past the region, and a page of VMA
 					 * 60000 (which it does not have) at the first data
 					 * page: none may be read into the child. */
-					put64(out + HDR_LEN + 60, 0);
-					put32(out + HDR_LEN + 68, 0);
-					put64(out + HDR_LEN + 72, 0);
-					put32(out + HDR_LEN + 80, 0xffffffffu);
-					put64(out + HDR_LEN + 84, 60000ull << 35);
-					put32(out + HDR_LEN + 92, desc_pages);
+					put64(after, 0);
+					put32(after + 8, 0);
+					put64(after + 12, 0);
+					put32(after + 20, 0xffffffffu);
+					put64(after + 24, 60000ull << 35);
+					put32(after + 32, desc_pages);
 					/* Pages 0-32767 (most are no page of the snapshot:
 					 * windows hold a VMA each), and a run in the window
 					 * of VMA 60000, which it does not have. */
-					put64(out + HDR_LEN + 96, 0);
-					put32(out + HDR_LEN + 104, 32767);
-					put64(out + HDR_LEN + 108, 60000ull << 35);
-					put32(out + HDR_LEN + 116, 1);
+					put64(after + 36, 0);
+					put32(after + 44, 32767);
+					put64(after + 48, 60000ull << 35);
+					put32(after + 56, 1);
 				}
 				send_msg(&c, out, HDR_LEN + body);
 				served++;
@@ -677,6 +707,8 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 		printf("hostile-peer: connection closed after %d opens\n", served);
 		fflush(stdout);
 		ibv_dereg_mr(data);
+		if (packed_mr)
+			ibv_dereg_mr(packed_mr);
 		c.ec = NULL; /* the listener's */
 		conn_free(&c);
 		fcntl(ec->fd, F_SETFL, 0);
@@ -693,8 +725,9 @@ int main(int argc, char **argv)
 				    atoi(argv[6]));
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "serve"))
 		mode_serve(atoi(argv[2]), argv[3], argv[4], argc == 6 && !strcmp(argv[5], "silent"),
-			   argc == 6 && !strcmp(argv[5], "lying-ws"));
+			   argc == 6 && !strcmp(argv[5], "lying-ws"),
+			   argc == 6 && !strncmp(argv[5], "packed=", 7) ? argv[5] + 7 : NULL);
 	fprintf(stderr, "usage: hostile-peer flood ADDR PORT N HOLD_MS | garbage ADDR PORT ID "
-			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent|lying-ws]\n");
+			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY]\n");
 	return 2;
 }

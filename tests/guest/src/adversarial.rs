@@ -21,8 +21,10 @@ use crate::driver::{run_sh, Agent};
 use crate::report::Report;
 use mitosis::{format_secret, Mitosis, RegionId, ResumeOptions, SnapshotHandle};
 use mitosis_abi::ioctl::Pod;
+use mitosis_abi::packed;
 use mitosis_abi::snapshot::{
-    self, reg, Descriptor, FileRef, PageRun, TaskState, Vma, TASK_STATE_LEN,
+    self, reg, window_offset, Descriptor, FileRef, PageRun, TaskState, Vma, RUN_PRESENT,
+    TASK_STATE_LEN,
 };
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -218,6 +220,61 @@ fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
     desc.resize(n.div_ceil(PAGE) * PAGE, 0);
     desc.extend_from_slice(data);
     Ok(desc)
+}
+
+/// A packed copy of the working set (abi/src/packed.rs) that lies about every page:
+/// for the first 48 present pages of `p`, streams that do not decompress to a page
+/// (alternately bytes of no LZO stream, and a valid stream of one byte), then a page
+/// of a VMA the snapshot does not have, stored whole, and the first page again.
+fn lying_packed_copy(p: &Parts) -> Vec<u8> {
+    let mut present = Vec::new();
+    for (vi, v) in p.vmas.iter().enumerate() {
+        let runs = p
+            .runs
+            .iter()
+            .skip(v.first_run as usize)
+            .take(v.n_runs as usize);
+        for run in runs.filter(|r| r.kind == RUN_PRESENT) {
+            for k in 0..u64::from(run.n_pages) {
+                present.push(window_offset(vi) / PAGE as u64 + run.page + k);
+            }
+        }
+    }
+    present.truncate(48);
+    let garbage: Vec<u8> = (0..100u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let one_byte = vec![0x12, b'A', 0x11, 0, 0];
+    let mut pages: Vec<(u64, Vec<u8>)> = present
+        .iter()
+        .enumerate()
+        .map(|(i, &index)| {
+            (
+                index,
+                if i % 2 == 0 {
+                    garbage.clone()
+                } else {
+                    one_byte.clone()
+                },
+            )
+        })
+        .collect();
+    pages.push((window_offset(60000) / PAGE as u64, vec![0x5a; PAGE]));
+    if let Some(&first) = present.first() {
+        pages.push((first, garbage.clone()));
+    }
+    let Some(mut w) = packed::PackedWriter::new(pages.len()) else {
+        return Vec::new();
+    };
+    let mut out = vec![0u8; w.header_len()];
+    for (i, (index, enc)) in pages.iter().enumerate() {
+        let _ = w.entry(&mut out, i, *index, enc.len());
+    }
+    for (_, enc) in &pages {
+        out.extend_from_slice(enc);
+    }
+    let _ = w.finish(&mut out);
+    out
 }
 
 /// A FIFO on the child's host that a hostile descriptor names as a mapped file.
@@ -662,6 +719,57 @@ fn hostile_parents(
             ));
             (first, dropped, background, again)
         });
+    // Parents granting a packed copy of the working set that lies: every page it
+    // holds for a present page of the snapshot is a stream that does not decompress
+    // to a whole page (garbage, or one byte), plus a page of a VMA the snapshot does
+    // not have and a page named twice; and a copy whose header is not one. The child
+    // refuses each (a log line says so) and faults the pages in from the region.
+    let packed = [
+        (
+            "adv-parent-lying-packed-copy",
+            lying_packed_copy(&base),
+            "pages of its packed working set refused",
+        ),
+        (
+            "adv-parent-malformed-packed-copy",
+            {
+                let mut c = lying_packed_copy(&base);
+                c[0] ^= 0xff;
+                c
+            },
+            "its packed working set is malformed",
+        ),
+    ];
+    for (i, (name, copy, logged)) in packed.iter().enumerate() {
+        let port = HOSTILE_PORT + 95 - i as u16;
+        let region_file = format!("/tmp/{name}.bin");
+        let copy_file = format!("/tmp/{name}.copy");
+        let outcome = put_together(&base, &data)
+            .and_then(|bytes| std::fs::write(&region_file, bytes).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::write(&copy_file, copy).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                HostileParent::start(
+                    port,
+                    &region_file,
+                    &HOSTILE_SECRET,
+                    Some(&format!("packed={copy_file}")),
+                )
+            })
+            .map(|_parent| {
+                let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
+                let child = agent.sh(&format!("mitosis-test resume-expect {h} child"));
+                let log = agent.sh(&format!(
+                    "dmesg | grep 'packed working set' | grep -q '{logged}'"
+                ));
+                (child, log)
+            });
+        r.check(
+            name,
+            matches!(&outcome, Ok((Ok(rc), Ok(0))) if *rc == RESUMED_AGENT_EXIT),
+            format!("{outcome:?}, want exit {RESUMED_AGENT_EXIT} and a log line with `{logged}`"),
+            &[],
+        );
+    }
     let want = |rc: &Result<i32, String>| matches!(rc, Ok(rc) if *rc == RESUMED_AGENT_EXIT);
     r.check(
         "adv-parent-lying-working-set",
