@@ -65,6 +65,16 @@ guest-bins:
 		$(GUEST_BIN)/libmitosis.a -static-libgcc -lpthread -ldl -lm
 	# The adversarial scenario's hostile peer: user-space rdma-core.
 	gcc -O2 -Wall -Werror -o $(GUEST_BIN)/hostile-peer tests/guest/c/hostile_peer.c -lrdmacm -libverbs
+	# `setarch -R` for the benchmark's cold starts at fixed addresses.
+	gcc -O2 -Wall -Werror -static -no-pie -o $(GUEST_BIN)/norandom tests/guest/c/norandom.c
+	# The launcher as the guests run it: static and not position-independent, so it
+	# runs at the same addresses every time and QEMU reuses the code it translated
+	# for the previous launch (a randomised launcher took 30-35 ms to reach the
+	# module, 7-10 ms this way: docs/benchmarks.md). The test programs stay
+	# position-independent; `make install` builds the usual executable.
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --release \
+		--target $(GUEST_TARGET) --target-dir target/guest-launcher -p mitosis-cli --bin mitosis
+	cp target/guest-launcher/$(GUEST_TARGET)/release/mitosis $(GUEST_BIN)/mitosis-fixed
 
 image: module guest-bins userspace | $(OUT)
 	scripts/build-image.sh mitosis.ko $(GUEST_BIN) target/release/libmitosis.so \

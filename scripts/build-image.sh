@@ -39,7 +39,9 @@ done
 mkdir -p "$stage/etc/libibverbs.d"
 cp /etc/libibverbs.d/rxe.driver "$stage/etc/libibverbs.d/"
 cp "$ko" "$stage/mitosis.ko"
-cp "$bindir/mitosis" "$bindir/mitosis-test" "$bindir/fork-dyn" "$bindir/hostile-peer" "$stage/bin/"
+cp "$bindir/mitosis-test" "$bindir/fork-dyn" "$bindir/hostile-peer" "$bindir/norandom" "$stage/bin/"
+# The launcher at fixed addresses (Makefile, guest-bins).
+cp "$bindir/mitosis-fixed" "$stage/bin/mitosis"
 cp "$root/tests/guest/rootfs/init" "$stage/init"
 cp "$root"/tests/scenarios/*.sh "$root"/tests/scenarios/*.py "$stage/scenarios/"
 # The Python package (with the shared library it loads) where Debian's python3.11

@@ -72,20 +72,19 @@ def blocked_tasks():
     return "\n".join(found) or "no task in D state"
 
 
-def fixed_addresses():
-    """preexec_fn: no address-space randomisation for the new program
-    (personality(ADDR_NO_RANDOMIZE), as `setarch -R` does)."""
-    import ctypes
-    ctypes.CDLL(None).personality(0x0040000)
+# Prefix that runs a program without address-space randomisation
+# (tests/guest/c/norandom.c, as `setarch -R`): a wrapper rather than a preexec_fn,
+# which would make subprocess fork the whole interpreter (about 35 ms more here).
+NORANDOM = ["/bin/norandom"]
 
 
-def run(argv, stdin_text="", timeout=600, env=None, preexec=None):
+def run(argv, stdin_text="", timeout=600, env=None):
     """Runs argv; returns (rc, stdout, stderr, ms to the first stdout line, total ms)."""
     import threading
 
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec)
+                         stderr=subprocess.PIPE, text=True, env=env)
     out, err, first = [], [], []
 
     def read_out():
@@ -713,21 +712,23 @@ def spawn_costs():
     """What starting a process costs here before it does anything (part of every
     child's and every cold start's time): /bin/true, the `mitosis` launcher
     (`--version`, through clap), the interpreter with nothing imported; and the last
-    two again without address-space randomisation. Under TCG a process pays for
-    translating the code it runs, and QEMU keys translations by virtual address, so
-    code at a new random address is translated again: the difference estimates that
-    cost, which a real CPU does not have (it varied a lot between runs: docs/benchmarks.md)."""
+    two again without address-space randomisation (through `norandom`, one more exec
+    of a small static program). Under TCG a process pays for translating the code it
+    runs, and QEMU keys translations by virtual address, so code at a new random
+    address is translated again: the difference estimates that cost, which a real CPU
+    does not have. The guests' launcher is built at fixed addresses (Makefile), so its
+    two numbers should agree."""
     costs = {}
-    for name, argv, pre in (
-            ("true", ["/bin/true"], None),
-            ("cli", ["mitosis", "--version"], None),
-            ("python", [sys.executable, "-S", "-c", "pass"], None),
-            ("cli_norandom", ["mitosis", "--version"], fixed_addresses),
-            ("python_norandom", [sys.executable, "-S", "-c", "pass"], fixed_addresses)):
+    for name, argv in (
+            ("true", ["/bin/true"]),
+            ("cli", ["mitosis", "--version"]),
+            ("python", [sys.executable, "-S", "-c", "pass"]),
+            ("cli_norandom", NORANDOM + ["mitosis", "--version"]),
+            ("python_norandom", NORANDOM + [sys.executable, "-S", "-c", "pass"])):
         times = []
         for _ in range(5):
             t0 = time.monotonic()
-            rc = subprocess.run(argv, preexec_fn=pre, stdout=subprocess.DEVNULL).returncode
+            rc = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
             times.append((time.monotonic() - t0) * 1e3)
             if rc != 0:
                 check("bench-spawn", False, f"{argv}: rc={rc}")
@@ -782,8 +783,8 @@ def functions_on_b(handles, bench):
             # the cold start to hold them against as well.
             fixed = []
             for i in range(rounds):
-                rc, out, err, fixed_ms, _ = run([sys.executable, SERVE, fn, "--cold"], req,
-                                                preexec=fixed_addresses)
+                rc, out, err, fixed_ms, _ = run(NORANDOM + [sys.executable, SERVE, fn, "--cold"],
+                                                req)
                 fixed.append(fixed_ms)
                 check(f"fn-cold-fixed-on-b-{fn}" + (f"-{i + 1}" if i else ""),
                       rc == 0 and parse_response(out) == reference,
