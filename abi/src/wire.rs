@@ -389,24 +389,60 @@ pub trait WorkingSetParts {
 }
 
 /// Turns page indices (any order, duplicates allowed; sorted in place) into at most
-/// `out.len()` runs written to `out`, returning how many. Nearby runs merge (their
-/// gap, up to 4096 pages, is read too) until the set fits; what still does not fit
-/// is left out from the highest indices, as are pages past [`MAX_WS_PAGES`].
+/// `out.len()` runs written to `out`, returning how many. When the exact runs do not
+/// fit, the smallest gaps between them are merged over (their pages are read too),
+/// as few as needed: every merge saves one run, so merging the smallest gaps reads
+/// the fewest pages that were not touched. Gaps over 4096 pages are never merged:
+/// what still does not fit is left out from the highest indices, as are pages past
+/// [`MAX_WS_PAGES`].
 pub fn runs_from_pages(pages: &mut [u64], out: &mut [WsRun]) -> usize {
     pages.sort_unstable();
-    let mut gap = 0u64;
-    loop {
-        let last = gap >= MAX_MERGE_GAP;
-        if let Some(n) = build_runs(pages, gap, out, last) {
-            return n;
-        }
-        gap = if gap == 0 { 1 } else { gap * 2 };
+    let cap = out.len();
+    if count_runs(pages, 0) <= cap {
+        return build_runs(pages, (0, 0), out);
     }
+    if count_runs(pages, MAX_MERGE_GAP) > cap {
+        return build_runs(pages, (MAX_MERGE_GAP, 0), out);
+    }
+    // The smallest gap `hi` whose merging makes the runs fit: every gap below it
+    // must go, and of the gaps of exactly `hi` pages only as many as still needed.
+    let (mut lo, mut hi) = (0, MAX_MERGE_GAP);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if count_runs(pages, mid) <= cap {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let extra = count_runs(pages, hi - 1).saturating_sub(cap);
+    build_runs(pages, (hi - 1, extra), out)
 }
 
-/// [`runs_from_pages`] with runs merged across gaps of at most `gap` pages: `None`
-/// when they do not fit in `out`, unless `truncate`.
-fn build_runs(sorted: &[u64], gap: u64, out: &mut [WsRun], truncate: bool) -> Option<usize> {
+/// How many runs `sorted` makes with gaps of at most `gap` pages merged over.
+fn count_runs(sorted: &[u64], gap: u64) -> usize {
+    let mut n = 0usize;
+    let mut end: Option<u64> = None;
+    for &p in sorted {
+        match end {
+            Some(e) if p < e => {}
+            Some(e) if p - e <= gap => end = p.checked_add(1),
+            _ => {
+                n += 1;
+                end = p.checked_add(1);
+            }
+        }
+        if end.is_none() {
+            break;
+        }
+    }
+    n
+}
+
+/// Writes the runs of `sorted` into `out` with gaps of at most `gap` pages merged
+/// over, and the first `extra` gaps of `gap + 1` pages too; stops when `out` is full.
+/// Returns how many runs it wrote.
+fn build_runs(sorted: &[u64], (gap, mut extra): (u64, usize), out: &mut [WsRun]) -> usize {
     let mut n = 0usize;
     let mut total = 0u64;
     let mut cur: Option<(u64, u64)> = None;
@@ -417,22 +453,25 @@ fn build_runs(sorted: &[u64], gap: u64, out: &mut [WsRun], truncate: bool) -> Op
         cur = match cur {
             Some((first, end)) if p < end => Some((first, end)),
             Some((first, end)) if p - end <= gap => Some((first, next)),
+            Some((first, end)) if p - end == gap + 1 && extra > 0 => {
+                extra -= 1;
+                Some((first, next))
+            }
             Some(done) => {
-                if !emit(out, &mut n, &mut total, done) {
-                    return Some(n);
+                if n >= out.len() || !emit(out, &mut n, &mut total, done) {
+                    return n;
                 }
                 Some((p, next))
             }
             None => Some((p, next)),
         };
-        if n >= out.len() {
-            return if truncate { Some(n) } else { None };
-        }
     }
     if let Some(done) = cur {
-        emit(out, &mut n, &mut total, done);
+        if n < out.len() {
+            emit(out, &mut n, &mut total, done);
+        }
     }
-    Some(n)
+    n
 }
 
 /// Appends `[first, end)` (clipped at [`MAX_WS_PAGES`] in all); false once full.

@@ -391,6 +391,14 @@ fn working_set_runs_from_pages() {
     assert_eq!(&out[..n], &[run(0, 7), run(20, 3)]);
     let n = wire::runs_from_pages(&mut pages, &mut out[..1]);
     assert_eq!(&out[..n], &[run(0, 23)]);
+    // Only as many gaps as needed are merged, the smallest first: of four equal gaps
+    // one goes for room for four runs.
+    let mut pages = [16u64, 0, 4, 8, 12];
+    let n = wire::runs_from_pages(&mut pages, &mut out[..4]);
+    assert_eq!(&out[..n], &[run(0, 5), run(8, 1), run(12, 1), run(16, 1)]);
+    let mut pages = [0u64, 10, 12, 30, 33];
+    let n = wire::runs_from_pages(&mut pages, &mut out[..3]);
+    assert_eq!(&out[..n], &[run(0, 1), run(10, 3), run(30, 4)]);
     // Indices in far VMA windows (page-cache indices pass 32 bits) stay; nothing gives
     // nothing.
     let far = snapshot::window_offset(3) / snapshot::PAGE;
@@ -811,5 +819,31 @@ fn c_hostile_peer_speaks_this_wire_version() {
         format!("put32({}, 1)", at(runs_at + 20)),
     ] {
         assert!(src.contains(&needle), "hostile_peer.c lacks `{needle}`");
+    }
+}
+
+proptest! {
+    /// Runs cover every page, fit the room, and read the fewest untouched pages: the
+    /// smallest gaps, as many as the room needs merged (all gaps here are mergeable).
+    #[test]
+    fn runs_from_pages_merges_the_smallest_gaps(
+        set in proptest::collection::btree_set(0u64..3000, 1..200),
+        cap in 1usize..40,
+    ) {
+        let mut pages: Vec<u64> = set.iter().copied().collect();
+        let mut out = vec![WsRun::default(); cap];
+        let n = wire::runs_from_pages(&mut pages, &mut out);
+        let runs = &out[..n];
+        prop_assert!(n <= cap);
+        for p in &set {
+            prop_assert!(runs.iter().any(|r| *p >= r.first && *p < r.first + u64::from(r.pages)));
+        }
+        let sorted: Vec<u64> = set.iter().copied().collect();
+        let mut gaps: Vec<u64> = sorted.windows(2).map(|w| w[1] - w[0] - 1).filter(|&g| g > 0).collect();
+        gaps.sort_unstable();
+        let exact = gaps.len() + 1;
+        let merged: u64 = gaps.iter().take(exact.saturating_sub(cap)).sum();
+        let total: u64 = runs.iter().map(|r| u64::from(r.pages)).sum();
+        prop_assert_eq!(total, set.len() as u64 + merged);
     }
 }
