@@ -78,11 +78,15 @@ fn present_pages(region: &Region, runs: &[WsRun]) -> Result<KVVec<(u64, usize)>>
 }
 
 /// Compresses the pages of `runs` that snapshot `region` holds into a copy
-/// (`abi::packed`), in pages ready to register.
-pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<PageSet> {
+/// (`abi::packed`), in pages ready to register; `None` when the copy would not save
+/// an eighth of the bytes (pages that do not compress, such as the benchmark's
+/// pattern: a copy would cost the parent their memory again and each opener their
+/// registration, for nothing).
+pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<Option<PageSet>> {
     let present = present_pages(region, runs)?;
     let mut writer = PackedWriter::new(present.len()).ok_or(E2BIG)?;
     let head_len = writer.header_len();
+    let budget = present.len().saturating_mul(PAGE_BYTES) / 8 * 7;
     let mut out = KVVec::from_elem(0u8, head_len, GFP_KERNEL)?;
     let mut scratch = KVVec::from_elem(0u8, lzo::worst(PAGE_BYTES), GFP_KERNEL)?;
     let mut wrk = lzo::Workspace::new()?;
@@ -94,6 +98,9 @@ pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<PageSet> {
         writer
             .entry(&mut out[..head_len], i, index, encoded.len())
             .ok_or(EINVAL)?;
+        if out.len() > budget {
+            return Ok(None);
+        }
     }
     writer.finish(&mut out[..head_len]).ok_or(EINVAL)?;
     PageSet::new(out.len().div_ceil(PAGE_SIZE), |i, page| {
@@ -101,6 +108,7 @@ pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<PageSet> {
         let to = (from + PAGE_SIZE).min(out.len());
         page.write(0, out.get(from..to).ok_or(EINVAL)?)
     })
+    .map(Some)
 }
 
 /// Checks a copy read from a parent and walks it: `each` gets every page. Fails when
@@ -137,16 +145,24 @@ impl WorkItem for PackJob {
         };
         let started = kernel::time::Ktime::ktime_get();
         match pack(region, &runs) {
-            Ok(copy) => {
+            Ok(Some(copy)) => {
                 let pages = copy.len();
-                if region.offer_packed(generation, copy) {
+                if region.offer_packed(generation, Some(copy)) {
                     pr_info!(
-                        "snapshot {}: working set packed into {} pages in {} ms\n",
+                        "snapshot {}: working set of {} runs packed into {} pages in {} ms\n",
                         region.id,
+                        runs.len(),
                         pages,
                         (kernel::time::Ktime::ktime_get() - started).to_ms()
                     );
                 }
+            }
+            Ok(None) => {
+                region.offer_packed(generation, None);
+                pr_info!(
+                    "snapshot {}: its working set does not compress, children read it unpacked\n",
+                    region.id
+                );
             }
             Err(e) => pr_warn!(
                 "snapshot {}: packing its working set failed ({:?}); children read it unpacked\n",

@@ -141,17 +141,19 @@ impl Region {
         Some((ws.generation, runs))
     }
 
-    /// Keeps `copy` as the packed record if the record it was made from (generation
-    /// `generation`) is still the one kept. Returns whether it was kept.
-    pub(crate) fn offer_packed(&self, generation: u64, copy: PageSet) -> bool {
-        let Ok(copy) = Arc::new(copy, GFP_KERNEL) else {
-            return false;
+    /// Keeps `copy` as the packed record (`None`: the record is not worth packing, no
+    /// copy) if the record it was made from (generation `generation`) is still the
+    /// one kept. Returns whether it was kept.
+    pub(crate) fn offer_packed(&self, generation: u64, copy: Option<PageSet>) -> bool {
+        let copy = match copy.map(|c| Arc::new(c, GFP_KERNEL)).transpose() {
+            Ok(copy) => copy,
+            Err(_) => return false,
         };
         let mut ws = self.working_set.lock();
         if ws.generation != generation {
             return false;
         }
-        ws.packed = Some(copy);
+        ws.packed = copy;
         true
     }
 
