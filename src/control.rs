@@ -187,6 +187,12 @@ impl PackedGrant {
         wrs.reserve(new_wrs.len(), GFP_KERNEL)?;
         let reg = Arc::new(reg, GFP_KERNEL)?;
         conn.add_registration(key, reg.clone())?;
+        // A forced release that swept this connection before the add: undo (nothing
+        // was posted yet).
+        if !region.is_live() {
+            conn.remove_registration(key);
+            return Err(ENOENT);
+        }
         // Within the capacity reserved above: no allocation.
         wrs.extend_from_slice(&new_wrs, GFP_KERNEL)?;
         Ok(PackedGrant {
