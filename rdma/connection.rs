@@ -478,7 +478,15 @@ impl WorkItem<REQUESTS> for Connection {
 #[pinned_drop]
 impl PinnedDrop for Connection {
     fn drop(self: Pin<&mut Self>) {
-        // Normally already torn down; makes every exit path release the verbs objects.
+        // Normally already torn down, on the workqueue: then nothing is taken, not even
+        // `teardown_lock`. The last reference can go where a page fault holds a pager's
+        // lock (a reconnect dropping a dead pooled connection), and lockdep orders
+        // `teardown_lock` before the CM's handler mutex, which user-space CM users
+        // order after the mmap lock. The state is exact here: no one else holds us.
+        if self.state.load(Ordering::Acquire) == DEAD {
+            return;
+        }
+        // Makes every other exit path release the verbs objects.
         self.teardown();
     }
 }

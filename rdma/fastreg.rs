@@ -185,4 +185,13 @@ impl Registration {
         // SAFETY: each MR is live while `self` is.
         self.chunks.iter().map(|c| unsafe { (*c.mr.as_ptr()).rkey })
     }
+
+    /// The remote keys, copied (to send without holding the registration).
+    pub(crate) fn rkey_vec(&self) -> Result<KVec<u32>> {
+        let mut keys = KVec::with_capacity(self.chunks.len(), GFP_KERNEL)?;
+        for k in self.rkeys() {
+            keys.push(k, GFP_KERNEL)?;
+        }
+        Ok(keys)
+    }
 }

@@ -112,9 +112,5 @@ impl Connection {
 
 /// The chunk size and rkeys of `reg`.
 fn keys_of(reg: &Registration) -> Result<(u64, KVec<u32>)> {
-    let mut keys = KVec::with_capacity(reg.rkeys().len(), GFP_KERNEL)?;
-    for k in reg.rkeys() {
-        keys.push(k, GFP_KERNEL)?;
-    }
-    Ok((reg.chunk_bytes(), keys))
+    Ok((reg.chunk_bytes(), reg.rkey_vec()?))
 }

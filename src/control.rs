@@ -177,10 +177,7 @@ impl PackedGrant {
         let copy = region.packed().ok_or(ENOENT)?;
         let pages = u32::try_from(copy.len()).map_err(|_| E2BIG)?;
         let (reg, new_wrs) = conn.register_for_peer(copy, MAX_CHUNK_PAGES)?;
-        let mut rkeys = KVec::with_capacity(new_wrs.len(), GFP_KERNEL)?;
-        for k in reg.rkeys() {
-            rkeys.push(k, GFP_KERNEL)?;
-        }
+        let rkeys = reg.rkey_vec()?;
         if !fits(reg.chunk_bytes(), rkeys.len()) {
             return Err(E2BIG);
         }
@@ -241,10 +238,7 @@ fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Re
         None => {
             let (reg, wrs) = conn.register_for_peer(region.pages.clone(), MAX_CHUNK_PAGES)?;
             let chunk_bytes = reg.chunk_bytes();
-            let mut rkeys = KVec::with_capacity(wrs.len(), GFP_KERNEL)?;
-            for k in reg.rkeys() {
-                rkeys.push(k, GFP_KERNEL)?;
-            }
+            let rkeys = reg.rkey_vec()?;
             if rkeys.len() > wire::MAX_REPLY_RKEYS {
                 return Err(E2BIG);
             }
