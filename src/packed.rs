@@ -13,7 +13,7 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::packed::{PackedIndex, PackedPage, PackedWriter, PAGE_BYTES};
+use crate::abi::packed::{PackedPage, PackedWriter, PAGE_BYTES};
 use crate::abi::snapshot::{Descriptor, PAGE};
 use crate::abi::wire::{WsRun, MAX_WS_PAGES};
 use crate::lzo;
@@ -109,16 +109,6 @@ pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<Option<PageSet>> {
         page.write(0, out.get(from..to).ok_or(EINVAL)?)
     })
     .map(Some)
-}
-
-/// Checks a copy read from a parent and walks it: `each` gets every page. Fails when
-/// the copy's header or table is malformed (before any page).
-pub(crate) fn walk(bytes: &[u8], mut each: impl FnMut(PackedPage<'_>)) -> Result {
-    let index = PackedIndex::parse(bytes).map_err(|_| crate::errno::ebadmsg())?;
-    for page in index.pages() {
-        each(page);
-    }
-    Ok(())
 }
 
 /// One packing of a snapshot's working set, queued on the module's workqueue: the

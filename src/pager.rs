@@ -24,6 +24,7 @@
 
 #![deny(unsafe_code)]
 
+use crate::abi::packed::PackedIndex;
 use crate::abi::snapshot::{
     window_offset, Descriptor, MAX_LEAD_PAGES, PAGE, RUN_PRESENT, VMA_WINDOW,
 };
@@ -499,27 +500,29 @@ impl Pager {
         let desc = self.descriptor()?;
         let (mut unpacked, mut refused) = (0u64, 0u64);
         static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
-        let walked = crate::packed::walk(&bytes, |page| {
+        // Checks the header and table before any page is used.
+        let index = PackedIndex::parse(&bytes);
+        for page in index.iter().flat_map(|index| index.pages()) {
             if self
                 .locate(&desc, page.index.saturating_mul(PAGE))
                 .is_none()
             {
                 refused += 1;
-                return;
+                continue;
             }
             let Ok(mut folio) = mapping.grab(page.index) else {
-                return;
+                continue;
             };
             if folio.is_uptodate() {
-                return;
+                continue;
             }
             match folio.fill_by(|dst| crate::packed::unpack_page(&page, dst)) {
                 Ok(()) => unpacked += 1,
                 Err(_) => refused += 1,
             }
-        });
+        }
         count(&COUNTERS.pages_fetched, unpacked);
-        if walked.is_err() && LOG.allow() {
+        if index.is_err() && LOG.allow() {
             pr_warn!(
                 "snapshot {} from {}: its packed working set is malformed, not used\n",
                 self.key.id,

@@ -96,22 +96,10 @@ impl RemoteRegion {
                     return Err(Error::from_errno(reply.header.status));
                 }
                 let r = OpenRegionReply::decode(reply.body).map_err(|_| errno::ebadmsg())?;
-                let mut keys = KVec::with_capacity(r.n_keys(), GFP_KERNEL)?;
-                for i in 0..r.n_keys() {
-                    keys.push(r.rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
-                }
-                let mut packed_keys = KVec::with_capacity(r.n_packed_keys(), GFP_KERNEL)?;
-                for i in 0..r.n_packed_keys() {
-                    packed_keys.push(r.packed_rkey(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
-                }
-                let mut runs = KVec::with_capacity(r.n_runs(), GFP_KERNEL)?;
-                for i in 0..r.n_runs() {
-                    runs.push(r.run(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
-                }
-                let mut hot = KVec::with_capacity(r.n_hot(), GFP_KERNEL)?;
-                for i in 0..r.n_hot() {
-                    hot.push(r.hot(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
-                }
+                let keys = collect(r.n_keys(), |i| r.rkey(i))?;
+                let packed_keys = collect(r.n_packed_keys(), |i| r.packed_rkey(i))?;
+                let runs = collect(r.n_runs(), |i| r.run(i))?;
+                let hot = collect(r.n_hot(), |i| r.hot(i))?;
                 Ok((r.facts, (keys, packed_keys), (runs, hot)))
             },
         )?;
@@ -175,27 +163,39 @@ impl RemoteRegion {
             return Err(EINVAL);
         }
         let mut remote = KVec::with_capacity(MAX_READ_BATCH.min(pages), GFP_KERNEL)?;
-        for (first, dst) in (0..pages)
-            .step_by(MAX_READ_BATCH)
-            .zip(out.chunks_mut(MAX_READ_BATCH * PAGE_SIZE))
-        {
-            remote.clear_for_reuse();
-            for p in first..first + dst.len() / PAGE_SIZE {
-                let off = (p * PAGE_SIZE) as u64;
-                remote.push(
-                    locate_in(&self.packed_rkeys, self.chunk_bytes, off).ok_or(EINVAL)?,
-                    GFP_KERNEL,
-                )?;
-            }
-            self.conn
-                .read_pages(&remote, params::io_timeout_ms(), |i, bytes| {
-                    dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
-                        .ok_or(EINVAL)?
-                        .copy_from_slice(bytes);
-                    Ok(())
-                })?;
+        for (i, dst) in out.chunks_mut(MAX_READ_BATCH * PAGE_SIZE).enumerate() {
+            let off = (i * MAX_READ_BATCH * PAGE_SIZE) as u64;
+            self.read_doorbell(&self.packed_rkeys, off, dst, &mut remote)?;
         }
         Ok(())
+    }
+
+    /// One doorbell of READs: the `dst.len() / PAGE_SIZE` pages (at most
+    /// [`MAX_READ_BATCH`]) from byte `off` of the registration whose keys are `keys`,
+    /// into `dst` (kernel memory: the copy runs under a READ slot's lock). `remote`
+    /// is scratch for the request list.
+    fn read_doorbell(
+        &self,
+        keys: &[u32],
+        off: u64,
+        dst: &mut [u8],
+        remote: &mut KVec<(u64, u32)>,
+    ) -> Result {
+        remote.clear_for_reuse();
+        for p in 0..dst.len() / PAGE_SIZE {
+            let at = off.checked_add((p * PAGE_SIZE) as u64).ok_or(EINVAL)?;
+            remote.push(
+                locate_in(keys, self.chunk_bytes, at).ok_or(EINVAL)?,
+                GFP_KERNEL,
+            )?;
+        }
+        self.conn
+            .read_pages(remote, params::io_timeout_ms(), |i, bytes| {
+                dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
+                    .ok_or(EINVAL)?
+                    .copy_from_slice(bytes);
+                Ok(())
+            })
     }
 
     /// Remote address and key of the page at `off`: the address is the region offset
@@ -238,21 +238,7 @@ impl RemoteRegion {
         let mut off = offset;
         while off < end {
             let n = (((end - off) / page) as usize).min(batch);
-            remote.clear_for_reuse();
-            for i in 0..n {
-                remote.push(
-                    self.locate(off + i as u64 * page).ok_or(EINVAL)?,
-                    GFP_KERNEL,
-                )?;
-            }
-            self.conn
-                .read_pages(&remote, params::io_timeout_ms(), |i, bytes| {
-                    let dst = bounce
-                        .get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
-                        .ok_or(EINVAL)?;
-                    dst.copy_from_slice(bytes);
-                    Ok(())
-                })?;
+            self.read_doorbell(&self.rkeys, off, &mut bounce[..n * PAGE_SIZE], &mut remote)?;
             out.write_slice(&bounce[..n * PAGE_SIZE])?;
             outcome.doorbells += 1;
             outcome.reads += n as u64;
@@ -285,6 +271,16 @@ impl RemoteRegion {
             region: self.clone(),
         }
     }
+}
+
+/// Entries `0..n` of a decoded reply (`n` checked by its decoder) as a vector; a
+/// missing one is a malformed reply.
+fn collect<T>(n: usize, get: impl Fn(usize) -> Option<T>) -> Result<KVec<T>> {
+    let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
+    for i in 0..n {
+        out.push(get(i).ok_or(errno::ebadmsg())?, GFP_KERNEL)?;
+    }
+    Ok(out)
 }
 
 /// Remote address and key of byte `off` of a registration whose keys `rkeys` cover
