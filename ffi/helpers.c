@@ -138,6 +138,9 @@ MODULE_PARM_DESC(open_linger_ms, "After a snapshot's last child on this host exi
 struct page *mitosis_alloc_zeroed_page(void)
 { return alloc_page(GFP_KERNEL | __GFP_ZERO); }
 
+struct page *mitosis_alloc_page_copy(struct page *src)
+{ struct page *p = alloc_page(GFP_KERNEL); if (p) copy_highpage(p, src); return p; }
+
 size_t mitosis_lzo1x_1_mem_compress(void)
 { return LZO1X_1_MEM_COMPRESS; }
 
@@ -146,6 +149,12 @@ bool mitosis_page_anon(struct page *page)
 
 void mitosis_put_page(struct page *page)
 { put_page(page); }
+
+void mitosis_put_page_refs(struct page *page, int refs)
+{ folio_put_refs(page_folio(page), refs); }
+
+unsigned long mitosis_folio_pages_from(struct page *page)
+{ return folio_nr_pages(page_folio(page)) - folio_page_idx(page_folio(page), page); }
 
 struct page *mitosis_folio_page(struct folio *folio)
 { return &folio->page; }
@@ -364,6 +373,9 @@ bool mitosis_pmd_none(pmd_t pmd)
 /* A present entry pointing to a PTE table (not a huge page, not a migration entry). */
 bool mitosis_pmd_table(pmd_t pmd)
 { return pmd_present(pmd) && !pmd_leaf(pmd) && !pmd_bad(pmd); }
+
+struct page *mitosis_pmd_huge_page(pmd_t pmd)
+{ return pmd_present(pmd) && pmd_trans_huge(pmd) ? pmd_page(pmd) : NULL; }
 
 unsigned long mitosis_pmd_addr_end(unsigned long addr, unsigned long end)
 { return pmd_addr_end(addr, end); }

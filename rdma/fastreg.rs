@@ -77,15 +77,17 @@ impl Registration {
         let n_chunks = pages.len().div_ceil(chunk_pages);
         let mut chunks = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
         let mut wrs = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
-        for (ci, slice) in pages.pages().chunks(chunk_pages).enumerate() {
-            let n = slice.len();
+        let mut in_order = pages.iter();
+        for ci in 0..n_chunks {
+            let n = (pages.len() - ci * chunk_pages).min(chunk_pages);
             let mut sg = KVVec::with_capacity(n, GFP_KERNEL)?;
             for _ in 0..n {
                 sg.push(bindings::scatterlist::default(), GFP_KERNEL)?;
             }
             // SAFETY: `sg` has `n` entries.
             unsafe { bindings::sg_init_table(sg.as_mut_ptr(), n as u32) };
-            for (i, page) in slice.iter().enumerate() {
+            for i in 0..n {
+                let page = in_order.next().ok_or(EINVAL)?;
                 // SAFETY: `i < n`; `page` is owned by the set, which outlives the mapping.
                 unsafe {
                     bindings::mitosis_sg_set_page(sg.as_mut_ptr().add(i), page.as_ptr().cast())
@@ -160,6 +162,7 @@ impl Registration {
             chunks.push(chunk, GFP_KERNEL)?;
             wrs.push(wr, GFP_KERNEL)?;
         }
+        drop(in_order);
         Ok((
             Registration {
                 chunks,

@@ -24,8 +24,12 @@ use crate::abi::snapshot::{
     FILE_PATH_MAX, MAX_FILES, MAX_LEAD_PAGES, PAGE, RUN_PRESENT, TASK_STATE_LEN,
 };
 use crate::bindings;
-use crate::mm::{page_present, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS};
-use crate::rdma::pages::{PageRef, PageSet};
+use crate::counters::{count, COUNTERS};
+use crate::mm::{
+    page_present, GupBatch, MmapReadGuard, Special, VmaView, GUP_BATCH, MAX_VMAS, PMD_BYTES,
+    PMD_PAGES,
+};
+use crate::rdma::pages::{PageSet, PageSpan};
 use crate::region::Origin;
 use crate::state::Host;
 use crate::task::CurrentTask;
@@ -59,7 +63,8 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     st.fpu_xcomp_bv = u64::from_le_bytes(fpu[520..528].try_into().map_err(|_| EINVAL)?);
     let mut vmas = KVVec::new();
     let mut runs = KVVec::new();
-    let mut data = KVVec::new();
+    let mut data = PageSet::empty();
+    let mut batch = GupBatch::new()?;
     let mut holes = 0u64;
     // Clean private file mappings, as (VMA index, file, file offset): their identity is
     // read once the mmap lock is dropped (it reads the file).
@@ -85,8 +90,8 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
             // `MADV_WIPEONFORK` memory reads as zeros in a forked child: no pages.
             let wiped = v.flags & bindings::VM_WIPEONFORK as u64 != 0;
             if v.special == Special::None && !wiped {
-                let c =
-                    capture_pages(host, &mm, &v, pin, &mut runs, &mut data).inspect_err(|e| {
+                let c = capture_pages(host, &mm, &v, pin, &mut batch, &mut runs, &mut data)
+                    .inspect_err(|e| {
                         pr_warn!(
                             "capture: pages of VMA {:#x}-{:#x} (flags {:#x}): {:?}\n",
                             v.start,
@@ -145,27 +150,25 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     if n_pages > MAX_SNAPSHOT_PAGES {
         return Err(E2BIG);
     }
-    let mut pages = KVVec::with_capacity(n_pages, GFP_KERNEL)?;
+    let mut pages = PageSet::empty();
     for chunk in desc.chunks(PAGE as usize) {
-        let p = PageRef::alloc_zeroed()?;
+        let p = PageSpan::alloc_zeroed()?;
         p.write(0, chunk)?;
-        pages.push(p, GFP_KERNEL)?;
+        pages.push(p)?;
     }
     let lead_pages = lead.len() as u32;
     let present = data.len() as u64;
     for p in lead.into_iter() {
-        pages.push(p, GFP_KERNEL)?;
+        pages.push(p)?;
     }
-    for p in data.into_iter() {
-        pages.push(p, GFP_KERNEL)?;
-    }
+    pages.append(data)?;
     let task = CurrentTask::get();
     let origin = Origin {
         seed_pid: task.tgid().max(0) as u32,
         parent_pid: task.parent_tgid().max(0) as u32,
     };
     let (id, secret) = host
-        .publish_snapshot(PageSet::from_pages(pages), &desc, lead_pages, origin)
+        .publish_snapshot(pages, &desc, lead_pages, origin)
         .inspect_err(|e| pr_warn!("capture: publishing the snapshot: {:?}\n", e))?;
     Ok(Captured {
         id,
@@ -196,7 +199,7 @@ fn encode_descriptor(
 
 /// Copies of the data pages `desc` lists as a child's first needs
 /// ([`Descriptor::lead_offsets`]), in that order.
-fn lead_copies(desc: &[u8], data: &[PageRef]) -> Result<KVVec<PageRef>> {
+fn lead_copies(desc: &[u8], data: &PageSet) -> Result<KVVec<PageSpan>> {
     let desc = Descriptor::parse(desc).map_err(|_| EINVAL)?;
     let mut offs = [0u64; MAX_LEAD_PAGES];
     let n = desc.lead_offsets(&mut offs);
@@ -204,7 +207,7 @@ fn lead_copies(desc: &[u8], data: &[PageRef]) -> Result<KVVec<PageRef>> {
     for &off in &offs[..n] {
         let page = desc
             .data_offset_at(off)
-            .and_then(|d| data.get((d / PAGE) as usize))
+            .and_then(|d| data.get(usize::try_from(d / PAGE).ok()?))
             .ok_or(EINVAL)?;
         // A copy, not a second reference: the copy is as immutable as the snapshot.
         lead.push(page.copy()?, GFP_KERNEL)?;
@@ -290,15 +293,16 @@ struct VmaPages {
     clean: bool,
 }
 
-/// Takes a reference on every present page of `v`, appending runs (present pages
-/// only; pages between runs are holes) and data pages.
+/// Takes a reference on every present folio of `v` (pages of one folio share it),
+/// appending runs (present pages only; pages between runs are holes) and data pages.
 fn capture_pages(
     host: &Host,
     mm: &MmapReadGuard,
     v: &VmaView<'_>,
     pin: bool,
+    batch: &mut GupBatch,
     runs: &mut KVVec<PageRun>,
-    data: &mut KVVec<PageRef>,
+    data: &mut PageSet,
 ) -> Result<VmaPages> {
     let n_pages = (v.end - v.start) / PAGE;
     // Pages of a snapshot file the child never touched are the source snapshot's
@@ -334,68 +338,109 @@ fn capture_pages(
                 continue;
             }
         }
-        let want = ((n_pages - p) as usize).min(GUP_BATCH);
+        // A huge page mapped whole by its PMD: one reference for its 512 pages, as
+        // `fork()` copies one entry for them.
+        let huge_fits = addr % PMD_BYTES == 0 && n_pages - p >= PMD_PAGES as u64;
+        if skip_unpopulated && !pin && huge_fits {
+            if let Some(span) = mm.take_pmd_mapped(addr) {
+                count(&COUNTERS.huge_pages_captured, 1);
+                keep(span, source_desc.is_some(), first_run, &mut p, runs, data)?;
+                continue;
+            }
+        }
+        // Batches end at PMD boundaries, so a huge page met is taken whole above.
+        let to_boundary = ((PMD_BYTES - addr % PMD_BYTES) / PAGE) as usize;
+        let want = ((n_pages - p) as usize).min(GUP_BATCH).min(to_boundary);
         let want = if source_desc.is_some() { 1 } else { want };
-        let mut batch: [Option<PageRef>; GUP_BATCH] = [const { None }; GUP_BATCH];
-        let r = mm
-            .take_pages(addr, &mut batch[..want], pin)
-            .inspect_err(|e| {
-                pr_warn!(
-                    "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {:?}\n",
-                    addr,
-                    v.start,
-                    v.end,
-                    v.flags,
-                    e
-                )
-            })?;
+        let r = mm.take_pages(addr, want, pin, batch).inspect_err(|e| {
+            pr_warn!(
+                "capture: taking pages at {:#x} (VMA {:#x}-{:#x}, flags {:#x}) failed: {:?}\n",
+                addr,
+                v.start,
+                v.end,
+                v.flags,
+                e
+            )
+        })?;
         if r == 0 {
             // Never touched (or the shared zero page): a hole.
             holes += 1;
             p += 1;
             continue;
         }
-        if data.len().saturating_add(r) > MAX_SNAPSHOT_PAGES {
-            pr_info!("capture: more than {} pages: refused\n", MAX_SNAPSHOT_PAGES);
-            return Err(E2BIG);
+        for span in batch.take_spans() {
+            keep(span, source_desc.is_some(), first_run, &mut p, runs, data)?;
         }
-        for (i, page) in batch.into_iter().flatten().enumerate() {
-            // A snapshot is immutable: a page anyone may still write (page cache of a
-            // file, shmem, memfd, shared anonymous memory) is copied now; anonymous
-            // pages are written only through copy-on-write, which our reference forces,
-            // and a snapshot file's pages never change.
-            let page = if page.is_anon() || source_desc.is_some() {
-                page
-            } else {
-                page.copy()?
-            };
-            let vma_page = p + i as u64;
-            let data_page = data.len() as u64;
-            data.push(page, GFP_KERNEL)?;
-            let in_this_vma = runs.len() > first_run;
-            match runs.last_mut() {
-                Some(last)
-                    if in_this_vma
-                        && last.page + last.n_pages as u64 == vma_page
-                        && last.data_page + last.n_pages as u64 == data_page
-                        && last.n_pages < u32::MAX =>
-                {
-                    last.n_pages += 1;
-                }
-                _ => runs.push(
-                    PageRun {
-                        page: vma_page,
-                        n_pages: 1,
-                        kind: RUN_PRESENT,
-                        data_page,
-                    },
-                    GFP_KERNEL,
-                )?,
-            }
-        }
-        p += r as u64;
     }
     Ok(VmaPages { holes, clean })
+}
+
+/// Keeps `span`, the pages at VMA page `*p` on (advanced past them), in `data` and
+/// `runs` (the VMA's runs start at `first_run`). `from_snapshot`: the pages are a
+/// snapshot file's.
+fn keep(
+    span: PageSpan,
+    from_snapshot: bool,
+    first_run: usize,
+    p: &mut u64,
+    runs: &mut KVVec<PageRun>,
+    data: &mut PageSet,
+) -> Result {
+    let n = span.len();
+    if data.len().saturating_add(n) > MAX_SNAPSHOT_PAGES {
+        pr_info!("capture: more than {} pages: refused\n", MAX_SNAPSHOT_PAGES);
+        return Err(E2BIG);
+    }
+    add_run(runs, first_run, *p, data.len() as u64, n as u64)?;
+    // A snapshot is immutable: a page anyone may still write (page cache of a file,
+    // shmem, memfd, shared anonymous memory) is copied now; anonymous pages are
+    // written only through copy-on-write, which our reference forces, and a snapshot
+    // file's pages never change.
+    if span.is_anon() || from_snapshot {
+        data.push(span)?;
+    } else {
+        for k in 0..n {
+            data.push(span.page(k).ok_or(EINVAL)?.copy()?)?;
+        }
+    }
+    *p += n as u64;
+    Ok(())
+}
+
+/// Records `n` present pages at `vma_page` of the VMA whose runs start at
+/// `first_run`, held from data page `data_page` on: the last run grows when they
+/// follow it in both.
+fn add_run(
+    runs: &mut KVVec<PageRun>,
+    first_run: usize,
+    vma_page: u64,
+    data_page: u64,
+    n: u64,
+) -> Result {
+    if runs.len() > first_run {
+        if let Some(last) = runs.last_mut() {
+            let grown = u32::try_from(n)
+                .ok()
+                .and_then(|n| last.n_pages.checked_add(n));
+            let follows = last.page + u64::from(last.n_pages) == vma_page
+                && last.data_page + u64::from(last.n_pages) == data_page;
+            if let (true, Some(grown)) = (follows, grown) {
+                last.n_pages = grown;
+                return Ok(());
+            }
+        }
+    }
+    let n_pages = u32::try_from(n).map_err(|_| E2BIG)?;
+    runs.push(
+        PageRun {
+            page: vma_page,
+            n_pages,
+            kind: RUN_PRESENT,
+            data_page,
+        },
+        GFP_KERNEL,
+    )?;
+    Ok(())
 }
 
 /// A zeroed task state on the heap, built in a frame of its own (2.4 KiB that the

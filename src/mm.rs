@@ -4,14 +4,44 @@
 //! and the special mappings (vDSO, vvar) by name.
 
 use crate::bindings;
-use crate::rdma::pages::PageRef;
+use crate::rdma::pages::PageSpan;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
 /// Most VMAs a snapshot may hold (the kernel's default `vm.max_map_count` is 65530).
 pub(crate) const MAX_VMAS: usize = 65536;
-/// Most pages taken per GUP call.
-pub(crate) const GUP_BATCH: usize = 64;
+/// Most pages taken per GUP call: one PMD's worth, so a huge page comes in one call.
+pub(crate) const GUP_BATCH: usize = 512;
+
+/// Pages a PMD maps (x86-64: 2 MiB).
+pub(crate) const PMD_PAGES: usize = 512;
+/// Bytes a PMD maps.
+pub(crate) const PMD_BYTES: u64 = (PMD_PAGES * crate::rdma::PAGE_SIZE) as u64;
+
+/// Room for one GUP call's pages and the spans made of them, allocated once per
+/// capture (4 KiB of pointers and 8 KiB of spans are too much for a kernel stack).
+pub(crate) struct GupBatch {
+    got: KVVec<*mut bindings::page>,
+    spans: KVVec<Option<PageSpan>>,
+}
+
+impl GupBatch {
+    pub(crate) fn new() -> Result<Self> {
+        let mut spans = KVVec::with_capacity(GUP_BATCH, GFP_KERNEL)?;
+        for _ in 0..GUP_BATCH {
+            spans.push(None, GFP_KERNEL)?;
+        }
+        Ok(GupBatch {
+            got: KVVec::from_elem(ptr::null_mut(), GUP_BATCH, GFP_KERNEL)?,
+            spans,
+        })
+    }
+
+    /// The spans the last [`MmapReadGuard::take_pages`] made, in order, taken out.
+    pub(crate) fn take_spans(&mut self) -> impl Iterator<Item = PageSpan> + '_ {
+        self.spans.iter_mut().map_while(Option::take)
+    }
+}
 
 /// Whether the current task has a page mapped at `addr` (GUP's fast path: never
 /// faults, needs no lock).
@@ -20,9 +50,9 @@ pub(crate) fn page_present(addr: u64) -> bool {
     // SAFETY: `page` has room for one pointer.
     let r = unsafe { bindings::get_user_pages_fast_only(addr as _, 1, 0, &mut page) };
     match NonNull::new(page) {
-        // SAFETY: the reference GUP just took, dropped with the `PageRef`.
+        // SAFETY: the reference GUP just took, dropped with the `PageSpan`.
         Some(p) if r == 1 => {
-            drop(unsafe { PageRef::from_raw(p) });
+            drop(unsafe { PageSpan::from_raw(p) });
             true
         }
         _ => false,
@@ -125,23 +155,27 @@ impl MmapReadGuard {
         }
     }
 
-    /// Takes the pages from `addr` on (`out.len()` at most, at least 1): present pages
-    /// and THP subpages, swapped-out pages read back, PROT_NONE pages through
-    /// `FOLL_FORCE`. With `pin`, as long-term pins (`FOLL_LONGTERM`: pages in movable
-    /// or CMA memory are migrated first; a read-only pin needs the page exclusive, so
-    /// an anonymous page shared with the parent after `fork()` is copied now); without,
-    /// as plain references (nothing copied: the parent's next write to such a page
-    /// copies it, because our reference keeps it from being reused). Returns how many
-    /// were taken; 0 when the first page was never touched (or is the shared zero
-    /// page): a hole.
+    /// Takes the pages from `addr` on (`want` at most, at least 1, at most
+    /// [`GUP_BATCH`]): present pages and THP subpages, swapped-out pages read back,
+    /// PROT_NONE pages through `FOLL_FORCE`. With `pin`, as long-term pins
+    /// (`FOLL_LONGTERM`: pages in movable or CMA memory are migrated first; a read-only
+    /// pin needs the page exclusive, so an anonymous page shared with the parent after
+    /// `fork()` is copied now); without, as plain references (nothing copied: the
+    /// parent's next write to such a page copies it, because our reference keeps it
+    /// from being reused). The pages go to `batch` as spans, one per folio met, in
+    /// order ([`GupBatch::take_spans`]). Returns how many pages were taken; 0 when the first page was never
+    /// touched (or is the shared zero page): a hole.
     pub(crate) fn take_pages(
         &self,
         addr: u64,
-        out: &mut [Option<PageRef>],
+        want: usize,
         pin: bool,
+        batch: &mut GupBatch,
     ) -> Result<usize> {
-        let want = out.len().min(GUP_BATCH);
-        let mut got = [ptr::null_mut::<bindings::page>(); GUP_BATCH];
+        let want = want.clamp(1, GUP_BATCH);
+        // Spans of the previous call not taken are dropped now.
+        batch.take_spans().for_each(drop);
+        let got = &mut batch.got[..];
         let flags = bindings::FOLL_FORCE | bindings::FOLL_DUMP;
         // References first through GUP's lockless walk (the mm is the current task's,
         // type invariant): it visits each table once for the batch instead of walking
@@ -185,22 +219,50 @@ impl MmapReadGuard {
             return Err(Error::from_errno(r as i32));
         }
         let n = (r as usize).min(want);
-        // Own every returned pin before anything can fail, so none leaks.
-        for (slot, &page) in out.iter_mut().zip(&got[..n]) {
-            // SAFETY: GUP returned the page with one pin (or reference, as asked) we
-            // now own.
-            *slot = NonNull::new(page).map(|p| unsafe {
-                if pin {
-                    PageRef::from_pinned(p)
-                } else {
-                    PageRef::from_raw(p)
-                }
-            });
-        }
-        if out[..n].iter().any(|p| p.is_none()) {
+        if got[..n].iter().any(|p| p.is_null()) {
+            // GUP fills every slot it counts: a null one would be a kernel bug. The
+            // other pages' references are still ours to drop.
+            for p in got[..n].iter().filter_map(|&p| NonNull::new(p)) {
+                // SAFETY: a page GUP returned with one pin or reference we own.
+                unsafe { PageSpan::from_gup(&[p], pin, drop) };
+            }
             return Err(EFAULT);
         }
+        // SAFETY: `NonNull<T>` has the layout of `*mut T`, and no pointer is null.
+        let taken: &[NonNull<bindings::page>] =
+            unsafe { core::slice::from_raw_parts(got.as_ptr().cast(), n) };
+        let mut spans = batch.spans.iter_mut();
+        // SAFETY: GUP returned each page with one pin (or reference, as asked) that we
+        // now own; every span has at least one page, so `want` slots hold them all.
+        unsafe {
+            PageSpan::from_gup(taken, pin, |span| {
+                if let Some(slot) = spans.next() {
+                    *slot = Some(span);
+                }
+            })
+        };
         Ok(n)
+    }
+
+    /// Takes the transparent huge page a PMD maps whole at `addr` (PMD-aligned) as one
+    /// span of [`PMD_PAGES`] pages under one reference; `None` when there is none (not
+    /// mapped so, or changed meanwhile: the caller then takes the pages by GUP
+    /// batches).
+    pub(crate) fn take_pmd_mapped(&self, addr: u64) -> Option<PageSpan> {
+        self.pmd_mapped_page(addr)?;
+        let mut page = ptr::null_mut::<bindings::page>();
+        // SAFETY: `page` has room for one pointer.
+        let r = unsafe { bindings::get_user_pages_fast_only(addr as _, 1, 0, &mut page) };
+        let page = NonNull::new(page).filter(|_| r == 1)?;
+        // SAFETY: GUP returned the page with one reference, which we now own.
+        let span = unsafe { PageSpan::from_raw(page) };
+        // Held now, and still the page the PMD maps whole: all of its huge page is
+        // what the seed has at `addr` (the PMD maps a huge page from its head). A
+        // split or a migration in between gives another answer.
+        if self.pmd_mapped_page(addr) != Some(page) {
+            return None;
+        }
+        span.widen(PMD_PAGES)
     }
 
     /// The first VMA ending above `addr`.

@@ -45,12 +45,12 @@ pub(crate) fn unpack_page(page: &PackedPage<'_>, dst: &mut [u8]) -> Result {
 /// The region pages of `runs` (page-cache indices of the snapshot file) the
 /// snapshot holds, as (index, region page), in the order of the runs.
 fn present_pages(region: &Region, runs: &[WsRun]) -> Result<KVVec<(u64, usize)>> {
-    let pages = region.pages.pages();
+    let pages = &region.pages;
     let desc_len = usize::try_from(region.info).map_err(|_| EINVAL)?;
     let desc_pages = desc_len.div_ceil(PAGE_SIZE);
     // The descriptor fills the region's first pages: this host wrote it.
     let mut desc = KVVec::with_capacity(desc_len, GFP_KERNEL)?;
-    for p in pages.get(..desc_pages).ok_or(EINVAL)? {
+    for p in pages.iter().take(desc_pages) {
         let want = (desc_len - desc.len()).min(PAGE_SIZE);
         desc.extend_from_slice(&p.bytes()[..want], GFP_KERNEL)?;
     }
@@ -91,7 +91,7 @@ pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<Option<PageSet>> {
     let mut scratch = KVVec::from_elem(0u8, lzo::worst(PAGE_BYTES), GFP_KERNEL)?;
     let mut wrk = lzo::Workspace::new()?;
     for (i, &(index, page)) in present.iter().enumerate() {
-        let src = region.pages.pages().get(page).ok_or(EINVAL)?.bytes();
+        let src = region.pages.get(page).ok_or(EINVAL)?.bytes();
         let n = lzo::compress(src, &mut scratch, &mut wrk)?;
         let encoded = if n < PAGE_BYTES { &scratch[..n] } else { src };
         out.extend_from_slice(encoded, GFP_KERNEL)?;

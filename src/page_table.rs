@@ -2,10 +2,12 @@
 
 //! Page-table probes of the current address space: where a capture finds which pages of
 //! anonymous memory were ever touched without asking GUP page by page, so a sparse
-//! reservation costs its populated tables, not its size.
+//! reservation costs its populated tables, not its size, and a transparent huge page
+//! is taken whole from its PMD instead of page by page.
 
 use crate::bindings;
 use crate::mm::MmapReadGuard;
+use core::ptr::NonNull;
 
 /// An RCU read-side critical section: PTE tables may be freed after an RCU grace period
 /// (as `__pte_offset_map` assumes), so they are read inside one.
@@ -58,6 +60,38 @@ impl MmapReadGuard {
             a = next;
         }
         end as u64
+    }
+}
+
+impl MmapReadGuard {
+    /// The page a PMD maps whole at `addr` (a transparent huge page mapped by one
+    /// entry, present), read locklessly at the time of the call; `None` for anything
+    /// else (a table of PTEs, nothing, a migration entry, a 1 GiB leaf).
+    ///
+    /// A caller that holds a reference on the page and then finds the same answer
+    /// knows the PMD mapped all of that huge page at `addr` at that moment.
+    pub(crate) fn pmd_mapped_page(&self, addr: u64) -> Option<NonNull<bindings::page>> {
+        let _rcu = RcuReadGuard::new();
+        let a = addr as _;
+        // SAFETY: the mm is read-locked (type invariant): its upper page-table levels
+        // are freed only under the write lock; each entry is tested before the level
+        // below is read, and the PMD entry is read once, into a copy.
+        unsafe {
+            let pgd = bindings::mitosis_pgd_offset(self.mm(), a);
+            if bindings::mitosis_pgd_none(pgd) {
+                return None;
+            }
+            let p4d = bindings::mitosis_p4d_offset(pgd, a);
+            if bindings::mitosis_p4d_none(p4d) {
+                return None;
+            }
+            let pud = bindings::mitosis_pud_offset(p4d, a);
+            if bindings::mitosis_pud_none(pud) || bindings::mitosis_pud_leaf(pud) {
+                return None;
+            }
+            let pmd = bindings::mitosis_pmdp_get_lockless(bindings::mitosis_pmd_offset(pud, a));
+            NonNull::new(bindings::mitosis_pmd_huge_page(pmd))
+        }
     }
 }
 

@@ -40,10 +40,10 @@ struct mitosis_counters {
 	uint64_t snapshots_live, snapshot_pages, resumes, resumes_failed;
 	uint64_t pages_fetched, pages_zeroed, fetch_failures;
 	uint64_t remote_faults, vmas_local, files_refused, ws_recorded, ws_pages_replayed;
-	uint64_t ws_reports_kept;
+	uint64_t ws_reports_kept, huge_pages_captured;
 };
 
-/* Same layout as mitosis_abi::ioctl::StatusArgs (440 bytes). */
+/* Same layout as mitosis_abi::ioctl::StatusArgs (448 bytes). */
 struct mitosis_status {
 	struct mitosis_header hdr;
 	uint32_t n_devices;

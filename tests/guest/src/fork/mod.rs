@@ -136,6 +136,8 @@ pub fn prepare_world_with(
     } else {
         mitosis::fork::ioctl_capture
     };
+    let huge_captured = |m: &Mitosis| m.status().map(|s| s.counters.huge_pages_captured);
+    let huge_before = huge_captured(&m);
     // SAFETY: writing this thread's errno.
     unsafe { *libc::__errno_location() = SEED_ERRNO };
     let res = m.fork_prepare_with(capture);
@@ -146,7 +148,24 @@ pub fn prepare_world_with(
             CHILD_ERRNO.store(errno_after, Ordering::SeqCst);
             child_main(&mut w, &stack, resumed, &m)
         }
-        Ok(Forked::Parent(p)) => Some((m, w, p)),
+        Ok(Forked::Parent(p)) => {
+            if full {
+                // The world's 2 MiB-aligned THP piece is mapped by one PMD in the seed
+                // too: the capture must have taken it whole (one reference).
+                let (before, after) = (huge_before.ok(), huge_captured(&m).ok());
+                let taken = after.zip(before).map(|(a, b)| a.saturating_sub(b));
+                r.check(
+                    "rf-prepare-thp-whole",
+                    w.thp_backed && taken.is_some_and(|n| n >= 1),
+                    format!(
+                        "seed THP-backed: {}, huge pages taken whole: {taken:?}",
+                        w.thp_backed
+                    ),
+                    &[("huge_pages_captured", taken.unwrap_or(0) as f64)],
+                );
+            }
+            Some((m, w, p))
+        }
         Err(e) => {
             r.check("rf-prepare", false, e.to_string(), &[]);
             None
