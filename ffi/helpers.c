@@ -78,8 +78,8 @@ void mitosis_ib_dealloc_pd(struct ib_pd *pd)
 void mitosis_ib_update_fast_reg_key(struct ib_mr *mr)
 { ib_update_fast_reg_key(mr, ib_inc_rkey(mr->rkey)); }
 
-void mitosis_sg_set_page(struct scatterlist *sg, struct page *page)
-{ sg_set_page(sg, page, PAGE_SIZE, 0); }
+void mitosis_sg_set_pages(struct scatterlist *sg, struct page *page, unsigned int n)
+{ sg_set_page(sg, page, n * PAGE_SIZE, 0); }
 
 void *mitosis_page_address(struct page *page)
 { return page_address(page); }

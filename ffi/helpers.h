@@ -51,7 +51,7 @@ void mitosis_ib_dma_unmap_sg(struct ib_device *dev, struct scatterlist *sg,
 int mitosis_ib_dereg_mr(struct ib_mr *mr);
 void mitosis_ib_dealloc_pd(struct ib_pd *pd);
 void mitosis_ib_update_fast_reg_key(struct ib_mr *mr);
-void mitosis_sg_set_page(struct scatterlist *sg, struct page *page);
+void mitosis_sg_set_pages(struct scatterlist *sg, struct page *page, unsigned int n);
 void *mitosis_page_address(struct page *page);
 void mitosis_init_completion(struct completion *c);
 void mitosis_reinit_completion(struct completion *c);

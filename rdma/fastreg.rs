@@ -77,28 +77,41 @@ impl Registration {
         let n_chunks = pages.len().div_ceil(chunk_pages);
         let mut chunks = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
         let mut wrs = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
-        let mut in_order = pages.iter();
         for ci in 0..n_chunks {
-            let n = (pages.len() - ci * chunk_pages).min(chunk_pages);
-            let mut sg = KVVec::with_capacity(n, GFP_KERNEL)?;
-            for _ in 0..n {
+            let first = ci * chunk_pages;
+            let n = (pages.len() - first).min(chunk_pages);
+            // One entry per run of one folio's pages: the MR still maps them page by
+            // page (`ib_map_mr_sg` with 4 KiB pages), but a huge page is one entry to
+            // set and DMA-map instead of 512.
+            let nents = pages.runs(first, n).count();
+            let mut sg = KVVec::with_capacity(nents, GFP_KERNEL)?;
+            for _ in 0..nents {
                 sg.push(bindings::scatterlist::default(), GFP_KERNEL)?;
             }
-            // SAFETY: `sg` has `n` entries.
-            unsafe { bindings::sg_init_table(sg.as_mut_ptr(), n as u32) };
-            for i in 0..n {
-                let page = in_order.next().ok_or(EINVAL)?;
-                // SAFETY: `i < n`; `page` is owned by the set, which outlives the mapping.
+            // SAFETY: `sg` has `nents` entries.
+            unsafe { bindings::sg_init_table(sg.as_mut_ptr(), nents as u32) };
+            let mut covered = 0;
+            for (i, (page, len)) in pages.runs(first, n).enumerate().take(nents) {
+                // SAFETY: `i < nents`; the `len` pages from `page` are consecutive pages
+                // of one folio owned by the set, which outlives the mapping.
                 unsafe {
-                    bindings::mitosis_sg_set_page(sg.as_mut_ptr().add(i), page.as_ptr().cast())
+                    bindings::mitosis_sg_set_pages(
+                        sg.as_mut_ptr().add(i),
+                        page.as_ptr().cast(),
+                        len as u32,
+                    )
                 };
+                covered += len;
+            }
+            if covered != n {
+                return Err(EINVAL);
             }
             // SAFETY: `sg` is an initialised table of `n` entries on `dev`.
             let mapped = unsafe {
                 bindings::mitosis_ib_dma_map_sg(
                     dev,
                     sg.as_mut_ptr(),
-                    n as i32,
+                    nents as i32,
                     bindings::dma_data_direction_DMA_TO_DEVICE,
                 )
             };
@@ -120,7 +133,7 @@ impl Registration {
                         bindings::mitosis_ib_dma_unmap_sg(
                             dev,
                             sg.as_mut_ptr(),
-                            n as i32,
+                            nents as i32,
                             bindings::dma_data_direction_DMA_TO_DEVICE,
                         )
                     };
@@ -135,8 +148,8 @@ impl Registration {
             // SAFETY: `mr` is live and unregistered; a fresh key byte makes stale keys of
             // earlier uses of this MR fail.
             unsafe { bindings::mitosis_ib_update_fast_reg_key(mr) };
-            // SAFETY: the mapped scatterlist has `mapped` entries; page-sized entries fit
-            // the MR (allocated for `n` pages).
+            // SAFETY: the mapped scatterlist has `mapped` entries covering `n` pages,
+            // which fit the MR (allocated for `n` pages).
             let nmapped = unsafe {
                 bindings::ib_map_mr_sg(
                     mr,
@@ -162,7 +175,6 @@ impl Registration {
             chunks.push(chunk, GFP_KERNEL)?;
             wrs.push(wr, GFP_KERNEL)?;
         }
-        drop(in_order);
         Ok((
             Registration {
                 chunks,

@@ -300,16 +300,44 @@ impl PageSet {
         self.len
     }
 
+    /// The index of the span holding page `i`: the last one starting at or before it
+    /// (type invariant: starts ascend).
+    fn span_of(&self, i: usize) -> Option<usize> {
+        match self.spans.binary_search_by(|p| p.start.cmp(&i)) {
+            Ok(k) => Some(k),
+            Err(k) => k.checked_sub(1),
+        }
+    }
+
     /// Page `i`.
     pub(crate) fn get(&self, i: usize) -> Option<PageView<'_>> {
-        // The span holding `i` is the last one starting at or before it (type
-        // invariant: starts ascend).
-        let k = match self.spans.binary_search_by(|p| p.start.cmp(&i)) {
-            Ok(k) => k,
-            Err(k) => k.checked_sub(1)?,
-        };
-        let placed = self.spans.get(k)?;
+        let placed = self.spans.get(self.span_of(i)?)?;
         placed.span.page(i - placed.start)
+    }
+
+    /// Pages `[start, start + n)` (those of them in the set) as runs of consecutive
+    /// pages of one folio, in order: each run's first page and its length. A
+    /// registration maps one scatterlist entry per run (a huge page's 512 pages in
+    /// one).
+    pub(crate) fn runs(
+        &self,
+        start: usize,
+        n: usize,
+    ) -> impl Iterator<Item = (PageView<'_>, usize)> + '_ {
+        let end = start.saturating_add(n).min(self.len);
+        let first = self.span_of(start).unwrap_or(self.spans.len());
+        self.spans
+            .get(first..)
+            .unwrap_or(&[])
+            .iter()
+            .map_while(move |p| {
+                if p.start >= end {
+                    return None;
+                }
+                let from = start.saturating_sub(p.start);
+                let to = (end - p.start).min(p.span.len());
+                Some((p.span.page(from)?, to.checked_sub(from)?))
+            })
     }
 
     /// Every page, in order.
