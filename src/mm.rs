@@ -163,8 +163,8 @@ impl MmapReadGuard {
     /// `fork()` is copied now); without, as plain references (nothing copied: the
     /// parent's next write to such a page copies it, because our reference keeps it
     /// from being reused). The pages go to `batch` as spans, one per folio met, in
-    /// order ([`GupBatch::take_spans`]). Returns how many pages were taken; 0 when the first page was never
-    /// touched (or is the shared zero page): a hole.
+    /// order ([`GupBatch::take_spans`]). Returns how many pages were taken; 0 when
+    /// the first page was never touched (or is the shared zero page): a hole.
     pub(crate) fn take_pages(
         &self,
         addr: u64,
