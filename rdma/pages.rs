@@ -339,11 +339,4 @@ impl PageSet {
                 Some((p.span.page(from)?, to.checked_sub(from)?))
             })
     }
-
-    /// Every page, in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = PageView<'_>> + '_ {
-        self.spans
-            .iter()
-            .flat_map(|p| (0..p.span.len()).filter_map(move |k| p.span.page(k)))
-    }
 }

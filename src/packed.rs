@@ -50,7 +50,8 @@ fn present_pages(region: &Region, runs: &[WsRun]) -> Result<KVVec<(u64, usize)>>
     let desc_pages = desc_len.div_ceil(PAGE_SIZE);
     // The descriptor fills the region's first pages: this host wrote it.
     let mut desc = KVVec::with_capacity(desc_len, GFP_KERNEL)?;
-    for p in pages.iter().take(desc_pages) {
+    for i in 0..desc_pages {
+        let p = pages.get(i).ok_or(EINVAL)?;
         let want = (desc_len - desc.len()).min(PAGE_SIZE);
         desc.extend_from_slice(&p.bytes()[..want], GFP_KERNEL)?;
     }
