@@ -61,24 +61,33 @@ def free_udp_port():
 
 
 class Link:
-    """The guests' virtual link: UDP datagrams on loopback, one Ethernet frame each.
+    """The guests' virtual link, one datagram per Ethernet frame.
 
-    Two guests (every scenario) send straight to each other's port: guest i's QEMU
-    sends to the other's `localaddr`. A relay process on the path (the Python hub this
-    replaced) added a hop per frame that competes with the two QEMUs for the host's
-    2 cores: about 0.8 ms TCP round trip through it, see docs/benchmarks.md. With more
-    guests a hub thread repeats each frame to every other guest.
+    Two guests (every scenario) are linked by Unix datagram sockets, each QEMU sending
+    straight to the other's socket (`-netdev dgram`). A full receive queue makes the
+    sender wait instead of dropping the frame, so the link is lossless, as RoCE expects
+    of its fabric (priority flow control). UDP on loopback, the link until session 15,
+    dropped every frame beyond the host socket's receive buffer: a READ request of 16
+    pages (16 frames of 4 KiB back to back) lost frames and waited for rxe's
+    retransmission timer (150 pages/s against 11,900 on this link, docs/benchmarks.md).
+    A relay process on the path (the Python hub of session 11) added a hop per frame
+    that competed with the two QEMUs for the host's 2 cores: about 0.8 ms TCP round
+    trip through it. With more guests a hub thread repeats each frame (UDP) to every
+    other guest.
 
     QEMU's stream socket netdev (TCP between QEMUs) was measured adding ~40 ms to a
     4 KiB RDMA READ (Nagle against delayed ACKs on the host); datagrams do not batch."""
 
     def __init__(self, n):
-        self.guest_ports = [free_udp_port() for _ in range(n)]
         self.thread = None
+        self.dir = None
         if n == 2:
-            # Direct: each guest's frames go to the other's port, no relay.
-            self.send_ports = [self.guest_ports[1], self.guest_ports[0]]
+            # Short paths (a socket path has at most 107 bytes), removed in close().
+            import tempfile
+            self.dir = tempfile.mkdtemp(prefix="mitosis-link-")
+            self.paths = [os.path.join(self.dir, f"{i}.sock") for i in range(n)]
             return
+        self.guest_ports = [free_udp_port() for _ in range(n)]
         self.socks = []
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -109,7 +118,18 @@ class Link:
                         except OSError:
                             pass  # that guest is not up (yet, or any more)
 
+    def netdev(self, index):
+        """Guest `index`'s `-netdev` argument."""
+        if self.dir is not None:
+            return (f"dgram,id=n0,local.type=unix,local.path={self.paths[index]},"
+                    f"remote.type=unix,remote.path={self.paths[1 - index]}")
+        return (f"socket,id=n0,udp=127.0.0.1:{self.send_ports[index]},"
+                f"localaddr=127.0.0.1:{self.guest_ports[index]}")
+
     def close(self):
+        if self.dir is not None:
+            import shutil
+            shutil.rmtree(self.dir, ignore_errors=True)
         if self.thread is None:
             return
         self.stop = True
@@ -130,8 +150,7 @@ class Guest:
         self.ready_s = None
         self.done_rc = None
         self.start = time.monotonic()
-        netdev = (f"socket,id=n0,udp=127.0.0.1:{link.send_ports[index]},"
-                  f"localaddr=127.0.0.1:{link.guest_ports[index]}")
+        netdev = link.netdev(index)
         append = (
             f"console=ttyS0 panic=-1 loglevel=6 MROLE={self.role} MIP={self.ip} "
             f"MPEER={self.peer} MSCENARIO={args.scenario} {' '.join(args.append)}"
