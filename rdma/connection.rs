@@ -362,6 +362,11 @@ impl Connection {
         unsafe { (*self.res.get()).as_ref() }.ok_or(errno::enotconn())
     }
 
+    /// The module's workqueue (`None` once the module is stopping).
+    pub(crate) fn workqueue(&self) -> Option<&kernel::workqueue::Queue> {
+        self.owner.workqueue()
+    }
+
     /// Queues `work` (a work item of this connection) on the module's workqueue with
     /// one `Arc` reference for its run; a work already queued keeps the one it has.
     pub(super) fn queue_work<const ID: u64>(&self)

@@ -18,6 +18,7 @@ use crate::util::ClearForReuse;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::uaccess::UserSliceWriter;
+use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 
 /// How many `io_timeout_ms` an open may take.
 const OPEN_TIMEOUT_FACTOR: u32 = 10;
@@ -261,6 +262,26 @@ impl RemoteRegion {
         close_at_parent(&self.conn, self.region_id);
     }
 
+    /// [`close`](Self::close), sent from the module's workqueue (at once when it
+    /// cannot be queued): a resume that ends an open does not wait for the SEND's
+    /// completion (about 1 ms under emulation) before its child runs. A later open
+    /// of the same region by this host is counted by the parent before this close
+    /// arrives, or after it: either way the parent's count of opens stays right.
+    pub(crate) fn close_soon(&self) {
+        let job = KBox::pin_init(
+            pin_init!(CloseJob {
+                conn: self.conn.clone(),
+                region_id: self.region_id,
+                work <- new_work!("CloseJob::work"),
+            }),
+            GFP_KERNEL,
+        );
+        match (self.conn.workqueue(), job) {
+            (Some(queue), Ok(job)) => queue.enqueue(job),
+            _ => self.close(),
+        }
+    }
+
     /// The open, to be closed later by dropping the result: what a host keeps at the
     /// parent after its last child of a snapshot exited, so that the next child's
     /// open reuses the registration the parent made for it (and can read the
@@ -308,7 +329,31 @@ impl OpenAtParent {
 
 impl Drop for OpenAtParent {
     fn drop(&mut self) {
-        self.region.close();
+        self.region.close_soon();
+    }
+}
+
+/// One close of a region at its parent, queued on the module's workqueue (see
+/// [`RemoteRegion::close_soon`]). Stopping the module tears the connections down
+/// before it drains the queue: a close left then finds its connection down and sends
+/// nothing (the parent dropped the registrations with the connection).
+#[pin_data]
+struct CloseJob {
+    conn: Arc<Connection>,
+    region_id: u64,
+    #[pin]
+    work: Work<CloseJob>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for CloseJob { self.work }
+}
+
+impl WorkItem for CloseJob {
+    type Pointer = Pin<KBox<CloseJob>>;
+
+    fn run(this: Pin<KBox<CloseJob>>) {
+        close_at_parent(&this.conn, this.region_id);
     }
 }
 

@@ -125,7 +125,8 @@ fn resume_inner(
     let connected_ns = now_ns();
     // An open an earlier child here left at the parent (`open_linger_ms`): ours reuses
     // its registration and holds it from then on. Closed when the resume returns (a
-    // one-way message, after the report's count of round trips).
+    // one-way message sent from the workqueue, after the report's count of round
+    // trips: the child does not wait for it).
     let lingering = fs.take_open(key);
     let existing = fs.lookup(key);
     let local_hot = match existing {
@@ -163,7 +164,7 @@ fn resume_inner(
     let (inode, lead) = match existing {
         Some(inode) => {
             // Children here already share this snapshot's pages: keep theirs.
-            remote.close();
+            remote.close_soon();
             (inode, None)
         }
         None => {

@@ -30,6 +30,9 @@ pub const PAGE: u64 = 4096;
 /// Most pages a snapshot stores after its descriptor for a child to read with it
 /// ([`Descriptor::lead_offsets`]).
 pub const MAX_LEAD_PAGES: usize = 48;
+/// Most VMAs after the instruction's whose pages are lead pages (an ELF object's
+/// read-only data, relocated pointers, `.data` and `.bss`).
+pub const LEAD_DATA_VMAS: usize = 4;
 
 /// Why a descriptor was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -897,9 +900,13 @@ impl Descriptor<'_> {
     /// The snapshot-file offsets (see [`window_offset`]) of the pages a child needs as
     /// soon as it resumes, in this order: every present page of its stacks (a resume
     /// copies them in), then the pages holding the capture report, the thread pointer,
-    /// the rseq area and the instruction, unless their VMA has a file record (then the
-    /// child host's own file likely serves them). Holes and duplicates are left out;
-    /// at most [`MAX_LEAD_PAGES`] are written to `out`, their count returned.
+    /// the rseq area and the instruction, then the present pages of the VMAs that
+    /// follow the instruction's without a gap (at most [`LEAD_DATA_VMAS`]: the object
+    /// whose code resumes keeps its relocated pointers, `.data` and `.bss` there, and
+    /// that code reads them before anything else). Pages of a VMA with a file record
+    /// are left out (the child host's own file likely serves them), and so are holes
+    /// and duplicates; at most [`MAX_LEAD_PAGES`] are written to `out`, their count
+    /// returned.
     ///
     /// The parent stores copies of these pages right after the descriptor and a child
     /// reads them together with it, in one batch. Both compute the list from the
@@ -911,25 +918,7 @@ impl Descriptor<'_> {
             if v.flags & vma_flags::GROWSDOWN == 0 || v.flags & vma_flags::FILE != 0 {
                 continue;
             }
-            let first = (v.first_run as usize).min(self.n_runs);
-            let last = first.saturating_add(v.n_runs as usize).min(self.n_runs);
-            for ri in first..last {
-                let r = self.run_unchecked(ri);
-                if r.kind != RUN_PRESENT {
-                    continue;
-                }
-                for page in r.page..r.page.saturating_add(r.n_pages as u64) {
-                    if n == MAX_LEAD_PAGES {
-                        return n;
-                    }
-                    if let Some(off) = page
-                        .checked_mul(PAGE)
-                        .and_then(|o| o.checked_add(window_offset(vi)))
-                    {
-                        self.push_lead(out, &mut n, off);
-                    }
-                }
-            }
+            self.push_present(vi, out, &mut n);
         }
         // Single fields, not the whole (2.5 KiB) state on the stack.
         let state = self.state();
@@ -958,7 +947,51 @@ impl Descriptor<'_> {
                 self.push_lead(out, &mut n, off);
             }
         }
+        let ip = get_u64(state, core::mem::offset_of!(TaskState, regs) + 8 * reg::IP);
+        let Some(code) = search(0, self.n_vmas, |i| {
+            let v = self.vma_unchecked(i);
+            cmp_range(ip, v.start, v.end)
+        }) else {
+            return n;
+        };
+        let mut end = self.vma_unchecked(code).end;
+        let last = self.n_vmas.min(code.saturating_add(1 + LEAD_DATA_VMAS));
+        for vi in code + 1..last {
+            let v = self.vma_unchecked(vi);
+            if v.start != end {
+                break;
+            }
+            end = v.end;
+            if v.file_id == 0 && v.flags & (vma_flags::VDSO | vma_flags::VVAR) == 0 {
+                self.push_present(vi, out, &mut n);
+            }
+        }
         n
+    }
+
+    /// Appends the present pages of VMA `vi` to `out[..*n]` ([`Self::push_lead`]),
+    /// until `out` is full.
+    fn push_present(&self, vi: usize, out: &mut [u64; MAX_LEAD_PAGES], n: &mut usize) {
+        let v = self.vma_unchecked(vi);
+        let first = (v.first_run as usize).min(self.n_runs);
+        let last = first.saturating_add(v.n_runs as usize).min(self.n_runs);
+        for ri in first..last {
+            let r = self.run_unchecked(ri);
+            if r.kind != RUN_PRESENT {
+                continue;
+            }
+            for page in r.page..r.page.saturating_add(r.n_pages as u64) {
+                if *n == MAX_LEAD_PAGES {
+                    return;
+                }
+                if let Some(off) = page
+                    .checked_mul(PAGE)
+                    .and_then(|o| o.checked_add(window_offset(vi)))
+                {
+                    self.push_lead(out, n, off);
+                }
+            }
+        }
     }
 
     /// Appends `off` to `out[..*n]` if it is a present page not listed yet.

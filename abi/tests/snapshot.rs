@@ -420,6 +420,52 @@ fn lead_pages_are_the_stack_then_the_resume_points() {
 }
 
 #[test]
+fn lead_pages_take_the_data_after_the_resume_points_code() {
+    // VMA 0: code with a file record (the instruction: its page comes from the
+    // child host's file); right after it VMA 1: read-only data, also with a file
+    // record (left out); VMA 2: relocated pointers (a file mapping without a record,
+    // pages 0 and 2 present); VMA 3: .bss (page 1 present); VMAs 4 and 5 follow
+    // without a gap but are past the limit of four; VMA 6 after a gap.
+    let mut vmas = vec![
+        vma(0x10000, 0x12000, 0, 1),
+        vma(0x12000, 0x13000, 1, 1),
+        vma(0x13000, 0x16000, 2, 3),
+        vma(0x16000, 0x18000, 5, 2),
+        vma(0x18000, 0x19000, 7, 1),
+        vma(0x19000, 0x1a000, 8, 1),
+        vma(0x30000, 0x31000, 9, 1),
+    ];
+    vmas[0].flags = vma_flags::FILE;
+    vmas[0].file_id = 1;
+    vmas[1].flags = vma_flags::FILE;
+    vmas[1].file_id = 1;
+    vmas[2].flags = vma_flags::FILE;
+    let runs = vec![
+        run(0, 2, RUN_PRESENT, 0),
+        run(0, 1, RUN_PRESENT, 2),
+        run(0, 1, RUN_PRESENT, 3),
+        run(1, 1, RUN_HOLE, 0),
+        run(2, 1, RUN_PRESENT, 4),
+        run(0, 1, RUN_HOLE, 0),
+        run(1, 1, RUN_PRESENT, 5),
+        run(0, 1, RUN_PRESENT, 6),
+        run(0, 1, RUN_PRESENT, 7),
+        run(0, 1, RUN_PRESENT, 8),
+    ];
+    let w = snapshot::window_offset;
+    let b = encode_with_state(&vmas, &runs, 9, [0, 0, 0, 0x11000]);
+    let d = Descriptor::parse(&b).unwrap();
+    let mut out = [0u64; snapshot::MAX_LEAD_PAGES];
+    let n = d.lead_offsets(&mut out);
+    assert_eq!(&out[..n], &[w(2), w(2) + 2 * 4096, w(3) + 4096, w(4)]);
+    // The instruction in the last VMA before a gap: nothing follows it.
+    let b = encode_with_state(&vmas, &runs, 9, [0, 0, 0, 0x19000]);
+    let d = Descriptor::parse(&b).unwrap();
+    assert_eq!(d.lead_offsets(&mut out), 1);
+    assert_eq!(out[0], w(5));
+}
+
+#[test]
 fn first_touches_skip_lead_holes_and_repeats_and_check_back() {
     use mitosis_abi::wire::HotPage;
     // VMA 0: pages 0-1 present at data pages 0-1; VMA 1: page 0 present (data page 2),
