@@ -141,6 +141,9 @@ struct page *mitosis_alloc_zeroed_page(void)
 struct page *mitosis_alloc_page_copy(struct page *src)
 { struct page *p = alloc_page(GFP_KERNEL); if (p) copy_highpage(p, src); return p; }
 
+void mitosis_copy_page(void *to, const void *from)
+{ copy_page(to, (void *)from); }
+
 size_t mitosis_lzo1x_1_mem_compress(void)
 { return LZO1X_1_MEM_COMPRESS; }
 

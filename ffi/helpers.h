@@ -58,6 +58,7 @@ void mitosis_reinit_completion(struct completion *c);
 
 struct page *mitosis_alloc_zeroed_page(void);
 struct page *mitosis_alloc_page_copy(struct page *src);
+void mitosis_copy_page(void *to, const void *from);
 size_t mitosis_lzo1x_1_mem_compress(void);
 bool mitosis_page_anon(struct page *page);
 void mitosis_put_page(struct page *page);

@@ -177,6 +177,19 @@ impl PageSpan {
     }
 }
 
+/// Copies one whole page, `src` into `dst` (each exactly a page long), eight bytes at a
+/// time (the kernel's `copy_page`). `memcpy` on a CPU with fast short `rep movsb`
+/// (FSRM, as the test guests' `-cpu max` has) copies byte by byte, which an emulated
+/// CPU runs about 8x slower: 6.6 us against 0.8 us a page under TCG.
+pub(crate) fn copy_page_bytes(dst: &mut [u8], src: &[u8]) -> Result {
+    if dst.len() != PAGE_SIZE || src.len() != PAGE_SIZE {
+        return Err(EINVAL);
+    }
+    // SAFETY: both are a page long and do not overlap (`dst` is borrowed mutably).
+    unsafe { bindings::mitosis_copy_page(dst.as_mut_ptr().cast(), src.as_ptr().cast()) };
+    Ok(())
+}
+
 impl Drop for PageSpan {
     fn drop(&mut self) {
         // SAFETY: we own one reference on the folio, or one pin on each page, as

@@ -18,7 +18,7 @@ use crate::abi::snapshot::{Descriptor, PAGE};
 use crate::abi::wire::{WsRun, MAX_WS_PAGES};
 use crate::lzo;
 use crate::rdma::connection::Owner;
-use crate::rdma::pages::PageSet;
+use crate::rdma::pages::{copy_page_bytes, PageSet};
 use crate::rdma::PAGE_SIZE;
 use crate::region::Region;
 use crate::state::Host;
@@ -33,8 +33,7 @@ pub(crate) fn unpack_page(page: &PackedPage<'_>, dst: &mut [u8]) -> Result {
         return Err(EINVAL);
     }
     if page.is_stored() {
-        dst.copy_from_slice(page.encoded);
-        return Ok(());
+        return copy_page_bytes(dst, page.encoded);
     }
     if lzo::decompress(page.encoded, dst)? != PAGE_BYTES {
         return Err(crate::errno::ebadmsg());

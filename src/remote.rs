@@ -13,6 +13,7 @@ use crate::abi::wire::{
 use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
+use crate::rdma::pages::copy_page_bytes;
 use crate::rdma::PAGE_SIZE;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
@@ -192,10 +193,8 @@ impl RemoteRegion {
         }
         self.conn
             .read_pages(remote, params::io_timeout_ms(), |i, bytes| {
-                dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE)
-                    .ok_or(EINVAL)?
-                    .copy_from_slice(bytes);
-                Ok(())
+                let page = dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE);
+                copy_page_bytes(page.ok_or(EINVAL)?, bytes)
             })
     }
 

@@ -16,6 +16,7 @@ use crate::bindings;
 use crate::mm::VmaFile;
 use crate::pager::{Pager, PagerKey};
 use crate::rdma::connection::MAX_READ_BATCH;
+use crate::rdma::pages::copy_page_bytes;
 use crate::rdma::PAGE_SIZE;
 use crate::remote::OpenAtParent;
 use core::ptr::{self, NonNull};
@@ -93,10 +94,13 @@ impl LockedFolio {
     /// Fills the page with `bytes` (at most a page), marks it up to date.
     pub(crate) fn fill_with(&mut self, bytes: &[u8]) {
         // SAFETY: as in `bytes`; the folio is not up to date, so no mapping reads it.
-        unsafe {
+        let dst = unsafe {
             let page = bindings::mitosis_folio_page(self.folio.as_ptr());
-            let dst = bindings::mitosis_page_address(page);
-            ptr::copy_nonoverlapping(bytes.as_ptr(), dst.cast(), PAGE_SIZE.min(bytes.len()));
+            core::slice::from_raw_parts_mut(bindings::mitosis_page_address(page).cast(), PAGE_SIZE)
+        };
+        if copy_page_bytes(dst, bytes).is_err() {
+            let n = PAGE_SIZE.min(bytes.len());
+            dst[..n].copy_from_slice(&bytes[..n]);
         }
         self.mark_uptodate();
     }
