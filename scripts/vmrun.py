@@ -16,10 +16,12 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -83,7 +85,6 @@ class Link:
         self.dir = None
         if n == 2:
             # Short paths (a socket path has at most 107 bytes), removed in close().
-            import tempfile
             self.dir = tempfile.mkdtemp(prefix="mitosis-link-")
             self.paths = [os.path.join(self.dir, f"{i}.sock") for i in range(n)]
             return
@@ -128,7 +129,6 @@ class Link:
 
     def close(self):
         if self.dir is not None:
-            import shutil
             shutil.rmtree(self.dir, ignore_errors=True)
         if self.thread is None:
             return
