@@ -579,8 +579,7 @@ impl Pager {
         for (off, page) in offs.zip(bytes.chunks_exact(PAGE_SIZE)) {
             // A failure leaves the page to its demand fault.
             if let Ok(mut f) = mapping.grab(off / PAGE) {
-                if !f.is_uptodate() {
-                    f.fill_with(page);
+                if !f.is_uptodate() && f.fill_with(page).is_ok() {
                     installed += 1;
                 }
             }
@@ -591,10 +590,7 @@ impl Pager {
 
     /// One doorbell of READs, page `offs[i]` into `folios[i]`.
     fn read_into(&self, offs: &[u64], folios: &mut [LockedFolio]) -> Result {
-        let mut copy = |i: usize, bytes: &[u8]| -> Result {
-            folios.get_mut(i).ok_or(EINVAL)?.fill_with(bytes);
-            Ok(())
-        };
+        let mut copy = |i: usize, bytes: &[u8]| folios.get_mut(i).ok_or(EINVAL)?.fill_with(bytes);
         let remote = self.link.lock().remote.clone();
         let r = if self.dead.load(Ordering::Relaxed) {
             Err(crate::errno::enotconn())

@@ -925,11 +925,13 @@ impl Descriptor<'_> {
         if state.len() < TASK_STATE_LEN {
             return n;
         }
+        let ip_at = core::mem::offset_of!(TaskState, regs) + 8 * reg::IP;
+        let mut code = None;
         for at in [
             core::mem::offset_of!(TaskState, capture_args),
             core::mem::offset_of!(TaskState, fsbase),
             core::mem::offset_of!(TaskState, rseq),
-            core::mem::offset_of!(TaskState, regs) + 8 * reg::IP,
+            ip_at,
         ] {
             let addr = get_u64(state, at);
             let Some(vi) = search(0, self.n_vmas, |i| {
@@ -938,6 +940,9 @@ impl Descriptor<'_> {
             }) else {
                 continue;
             };
+            if at == ip_at {
+                code = Some(vi);
+            }
             let v = self.vma_unchecked(vi);
             if v.file_id != 0 || n == MAX_LEAD_PAGES {
                 continue;
@@ -947,11 +952,7 @@ impl Descriptor<'_> {
                 self.push_lead(out, &mut n, off);
             }
         }
-        let ip = get_u64(state, core::mem::offset_of!(TaskState, regs) + 8 * reg::IP);
-        let Some(code) = search(0, self.n_vmas, |i| {
-            let v = self.vma_unchecked(i);
-            cmp_range(ip, v.start, v.end)
-        }) else {
+        let Some(code) = code else {
             return n;
         };
         let mut end = self.vma_unchecked(code).end;
