@@ -267,17 +267,19 @@ impl RemoteRegion {
     /// of the same region by this host is counted by the parent before this close
     /// arrives, or after it: either way the parent's count of opens stays right.
     pub(crate) fn close_soon(&self) {
-        let job = KBox::pin_init(
+        let Some(queue) = self.conn.workqueue() else {
+            return self.close();
+        };
+        match KBox::pin_init(
             pin_init!(CloseJob {
                 conn: self.conn.clone(),
                 region_id: self.region_id,
                 work <- new_work!("CloseJob::work"),
             }),
             GFP_KERNEL,
-        );
-        match (self.conn.workqueue(), job) {
-            (Some(queue), Ok(job)) => queue.enqueue(job),
-            _ => self.close(),
+        ) {
+            Ok(job) => queue.enqueue(job),
+            Err(_) => self.close(),
         }
     }
 

@@ -91,17 +91,10 @@ impl LockedFolio {
         }
     }
 
-    /// Fills the page with `bytes` (exactly a page; `EINVAL` otherwise, the folio left
-    /// as it was), marks it up to date.
+    /// Fills the page with `bytes` (exactly a page; `EINVAL` otherwise) as
+    /// [`fill_by`](Self::fill_by) does.
     pub(crate) fn fill_with(&mut self, bytes: &[u8]) -> Result {
-        // SAFETY: as in `bytes`; the folio is not up to date, so no mapping reads it.
-        let dst = unsafe {
-            let page = bindings::mitosis_folio_page(self.folio.as_ptr());
-            core::slice::from_raw_parts_mut(bindings::mitosis_page_address(page).cast(), PAGE_SIZE)
-        };
-        copy_page_bytes(dst, bytes)?;
-        self.mark_uptodate();
-        Ok(())
+        self.fill_by(|dst| copy_page_bytes(dst, bytes))
     }
 
     /// Fills the page by `fill` (which gets its bytes to write) and marks it up to date
