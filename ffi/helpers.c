@@ -16,6 +16,7 @@
 #include <asm/segment.h>
 #include <linux/moduleparam.h>
 #include <linux/lzo.h>
+#include <linux/random.h>
 #include "helpers.h"
 
 unsigned short mitosis_param_listen_port = 18515;
@@ -76,7 +77,7 @@ void mitosis_ib_dealloc_pd(struct ib_pd *pd)
 { ib_dealloc_pd(pd); }
 
 void mitosis_ib_update_fast_reg_key(struct ib_mr *mr)
-{ ib_update_fast_reg_key(mr, ib_inc_rkey(mr->rkey)); }
+{ ib_update_fast_reg_key(mr, (u8)(mr->rkey + 1 + get_random_u32_below(255))); }
 
 void mitosis_sg_set_pages(struct scatterlist *sg, struct page *page, unsigned int n)
 { sg_set_page(sg, page, n * PAGE_SIZE, 0); }

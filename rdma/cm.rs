@@ -6,7 +6,7 @@
 
 use super::connection::*;
 use super::device::IbDevice;
-use super::verbs::{Cq, DmaPage, Pd};
+use super::verbs::{Cq, DmaPage};
 use super::CALLER;
 use crate::abi::wire;
 use crate::bindings;
@@ -141,7 +141,8 @@ impl Connection {
         }
     }
 
-    /// Creates PD, CQs, QP and receive buffers on `id`'s device and posts the receives.
+    /// Creates CQs, the QP (in the device's shared PD) and receive buffers on `id`'s device
+    /// and posts the receives.
     ///
     /// # Safety
     ///
@@ -158,7 +159,7 @@ impl Connection {
         if !self.owner.device_allowed(dev.name()) {
             return Err(ENODEV);
         }
-        let pd = Pd::new(dev)?;
+        let domain = self.owner.devices().domain(dev.as_ptr()).ok_or(ENODEV)?;
         let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1)?;
         let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1)?;
         let send_buf = DmaPage::new(dev, bindings::dma_data_direction_DMA_TO_DEVICE)?;
@@ -193,15 +194,17 @@ impl Connection {
         attr.cap.max_recv_sge = 1;
         attr.sq_sig_type = bindings::ib_sig_type_IB_SIGNAL_REQ_WR;
         attr.qp_type = bindings::ib_qp_type_IB_QPT_RC;
-        // SAFETY: `id` is bound to `dev`, `pd` and the CQs belong to `dev`.
-        kernel::error::to_result(unsafe { bindings::rdma_create_qp(id, pd.as_ptr(), &mut attr) })?;
+        // SAFETY: `id` is bound to `dev`; the PD and the CQs belong to `dev`.
+        kernel::error::to_result(unsafe {
+            bindings::rdma_create_qp(id, domain.pd().as_ptr(), &mut attr)
+        })?;
         let res = Resources {
             id,
             recv_bufs,
             send_buf,
             _send_cq: send_cq,
             _recv_cq: recv_cq,
-            pd,
+            domain,
             read_sges: attr.cap.max_send_sge.clamp(1, read_sges),
         };
         for buf in res.recv_bufs.iter() {

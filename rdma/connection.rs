@@ -7,21 +7,22 @@
 //! READs), `registrations.rs` (page sets registered for the peer).
 //!
 //! Life of a [`Connection`]:
-//! - client: [`Connection::connect`] resolves the address and route, creates PD, CQs
-//!   and the QP on the resolved device in the CM handler, connects, and waits (bounded)
-//!   for ESTABLISHED;
+//! - client: [`Connection::connect`] resolves the address and route, creates CQs and
+//!   the QP (in the device's shared PD, `domain.rs`) on the resolved device in the CM
+//!   handler, connects, and waits (bounded) for ESTABLISHED;
 //! - server: the listener's CONNECT_REQUEST calls [`Connection::accept`];
 //! - either side: a CM disconnect, a failed work request or a timeout calls
 //!   [`Connection::fail`], which queues [`Connection::teardown`] on the module's
 //!   workqueue (never inside a CM handler); module unload and device removal call
 //!   `teardown` directly. Teardown drains the QP (every posted request completes, so
 //!   no waiter or buffer is referenced any more), waits for users to leave, then
-//!   destroys the QP, CQs, buffers, registrations, PD and the CM id, in that order.
+//!   destroys the QP, CQs, buffers, registrations and the CM id, in that order.
 
 use super::device::{DeviceKey, IbDevice};
+use super::domain::Domain;
 use super::fastreg::Registration;
 pub(crate) use super::owner::Owner;
-use super::verbs::{Cq, DmaPage, Pd};
+use super::verbs::{Cq, DmaPage};
 use super::waiter::Waiter;
 use crate::abi::wire;
 use crate::bindings;
@@ -84,7 +85,8 @@ pub(super) struct Resources {
     // Held for their `Drop` only (after the QP that uses them is destroyed).
     pub(super) _send_cq: Cq,
     pub(super) _recv_cq: Cq,
-    pub(super) pd: Pd,
+    /// The device's shared PD (and its registrations), held while the QP exists.
+    pub(super) domain: Arc<Domain>,
     /// Scatter entries the QP accepts in one READ request (at least 1).
     pub(super) read_sges: u32,
 }

@@ -7,6 +7,7 @@
 //! `rdma link delete` with the module loaded stays clean.
 
 use super::connection::Owner;
+use super::domain::Domain;
 use crate::abi::ioctl::{DeviceInfo, MAX_DEVICES};
 use crate::bindings;
 use core::ptr;
@@ -26,16 +27,16 @@ impl DeviceKey {
     }
 }
 
-/// The devices the client has seen, for status.
+/// The devices the client has seen, each with its protection domain.
 ///
 /// # Invariants
 ///
-/// Every pointer in `list` is a registered device: it is removed (under the lock) by
-/// the client's `remove`, before the core frees the device.
+/// Every domain in `list` is on a registered device: it is removed (under the lock)
+/// by the client's `remove`, before the core frees the device.
 #[pin_data]
 pub(crate) struct Devices {
     #[pin]
-    list: Mutex<KVec<*mut bindings::ib_device>>,
+    list: Mutex<KVec<Arc<Domain>>>,
 }
 
 // SAFETY: device pointers are only used while the core holds the devices registered.
@@ -54,9 +55,9 @@ impl Devices {
     pub(crate) fn infos(&self, out: &mut [DeviceInfo; MAX_DEVICES]) -> u32 {
         let devs = self.list.lock();
         let mut n = 0;
-        for (&dev, info) in devs.iter().zip(out.iter_mut()) {
-            // SAFETY: `dev` is registered while in the list (type invariant).
-            let dev = unsafe { IbDevice::from_raw(dev) };
+        for (domain, info) in devs.iter().zip(out.iter_mut()) {
+            // SAFETY: the device is registered while in the list (type invariant).
+            let dev = unsafe { IbDevice::from_raw(domain.device_ptr()) };
             let name = dev.name();
             let len = name.len().min(info.name.len() - 1);
             info.name[..len].copy_from_slice(&name[..len]);
@@ -71,6 +72,18 @@ impl Devices {
             n += 1;
         }
         n
+    }
+
+    /// The protection domain of the registered device `dev`, if the client has it.
+    pub(crate) fn domain(&self, dev: *mut bindings::ib_device) -> Option<Arc<Domain>> {
+        self.list.lock().iter().find(|d| d.is_on(dev)).cloned()
+    }
+
+    /// Drops the shared registration under `key` on every device.
+    pub(crate) fn forget(&self, key: u64) {
+        for d in self.list.lock().iter() {
+            d.forget(key);
+        }
     }
 }
 
@@ -181,12 +194,17 @@ impl DeviceClient {
         let Some(this) = Self::get() else {
             return -(bindings::ENODEV as i32);
         };
+        // SAFETY: the core calls `add` with a registered device.
+        let domain = match Domain::new(unsafe { IbDevice::from_raw(dev) }) {
+            Ok(d) => d,
+            Err(e) => return e.to_errno(),
+        };
         if this
             .owner
             .devices()
             .list
             .lock()
-            .push(dev, GFP_KERNEL)
+            .push(domain, GFP_KERNEL)
             .is_err()
         {
             return -(bindings::ENOMEM as i32);
@@ -207,7 +225,11 @@ impl DeviceClient {
             kernel::str::BStr::from_bytes(unsafe { IbDevice::from_raw(dev) }.name())
         );
         this.owner.device_removed(DeviceKey::of(dev));
-        crate::util::remove_first(&mut this.owner.devices().list.lock(), |&d| d == dev);
+        // Every connection on it is down: the domain's registrations and PD go now,
+        // while the device is still registered.
+        let domain =
+            crate::util::remove_first(&mut this.owner.devices().list.lock(), |d| d.is_on(dev));
+        drop(domain);
     }
 }
 

@@ -3,11 +3,13 @@
 //! Fast registration of page lists: the only way a peer can read our memory.
 //!
 //! A [`Registration`] makes a [`PageSet`] readable (and only readable) by RDMA READs
-//! carrying its keys, on one PD (one peer connection). The set is cut into chunks of at
-//! most the device's `max_fast_reg_page_list_len` pages; each chunk is one fast-reg MR
-//! whose I/O virtual address space starts at the chunk's offset in the set, so peers
-//! never learn a kernel address. Dropping the registration deregisters every MR (any
-//! later READ with those keys fails on the wire) and unmaps the pages.
+//! carrying its keys, on one PD (a device's, shared by its connections). The set is cut
+//! into chunks of at most the device's `max_fast_reg_page_list_len` pages; each chunk
+//! is one fast-reg MR. The set's I/O virtual address space starts at a random
+//! page-aligned base drawn for the registration (chunk `i` at `base + i * chunk
+//! bytes`), so peers never learn a kernel address and a READ must name an address only
+//! an open's reply gives out. Dropping the registration deregisters every MR (any later
+//! READ with those keys fails on the wire) and unmaps the pages.
 
 use super::device::IbDevice;
 use super::pages::PageSet;
@@ -18,6 +20,14 @@ use core::ptr::NonNull;
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::sync::Arc;
+
+/// A random page-aligned address below 2^62: about 2^50 choices a peer would have to
+/// guess, each wrong guess costing it its connection.
+fn random_iova_base() -> u64 {
+    let mut b = [0u8; 8];
+    crate::util::random_bytes(&mut b);
+    (u64::from_le_bytes(b) >> 2) & !(PAGE_SIZE as u64 - 1)
+}
 
 /// One fast-reg MR over consecutive pages of the set.
 ///
@@ -51,8 +61,12 @@ impl Drop for Chunk {
 pub(crate) struct Registration {
     chunks: KVec<Chunk>,
     chunk_pages: usize,
+    /// Where the set's I/O address space starts (random, page-aligned, below 2^62).
+    iova_base: u64,
     /// Keeps the pages alive while peers may read them.
     pages: Arc<PageSet>,
+    /// The PD the MRs were allocated on, released after them.
+    _pd: Arc<Pd>,
 }
 
 // SAFETY: MRs and mappings may be released from any thread.
@@ -67,7 +81,7 @@ impl Registration {
     /// `cqe` so a flushed request completes safely.
     pub(crate) fn new(
         pages: Arc<PageSet>,
-        pd: &Pd,
+        pd: &Arc<Pd>,
         dev: &IbDevice,
         max_chunk_pages: usize,
         cqe: *mut bindings::ib_cqe,
@@ -75,6 +89,7 @@ impl Registration {
         let dev = dev.as_ptr();
         let chunk_pages = max_chunk_pages.max(1);
         let n_chunks = pages.len().div_ceil(chunk_pages);
+        let iova_base = random_iova_base();
         let mut chunks = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
         let mut wrs = KVec::with_capacity(n_chunks, GFP_KERNEL)?;
         for ci in 0..n_chunks {
@@ -145,8 +160,9 @@ impl Registration {
                 sg,
                 dev,
             };
-            // SAFETY: `mr` is live and unregistered; a fresh key byte makes stale keys of
-            // earlier uses of this MR fail.
+            // SAFETY: `mr` is live and unregistered; a fresh random key byte (never the
+            // one before) makes stale keys of earlier uses of this MR fail, and a guess
+            // of the key byte right only once in 255.
             unsafe { bindings::mitosis_ib_update_fast_reg_key(mr) };
             // SAFETY: the mapped scatterlist has `mapped` entries covering `n` pages,
             // which fit the MR (allocated for `n` pages).
@@ -162,9 +178,13 @@ impl Registration {
             if nmapped != mapped {
                 return Err(EINVAL);
             }
-            // SAFETY: `mr` is live; its I/O address space is rebased at the chunk's offset
-            // in the set before registration, so peers address the set, not the kernel.
-            unsafe { (*mr).iova = (ci * chunk_pages * PAGE_SIZE) as u64 };
+            // Below 2^62 + 2^52 for any set that fits memory: no overflow.
+            let iova = ((ci * chunk_pages * PAGE_SIZE) as u64)
+                .checked_add(iova_base)
+                .ok_or(EINVAL)?;
+            // SAFETY: `mr` is live; its I/O address space is rebased before registration
+            // (page-aligned, as mapped), so peers address the set, not the kernel.
+            unsafe { (*mr).iova = iova };
             let mut wr = bindings::ib_reg_wr::default();
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_REG_MR;
             wr.wr.__bindgen_anon_1.wr_cqe = cqe;
@@ -179,7 +199,9 @@ impl Registration {
             Registration {
                 chunks,
                 chunk_pages,
+                iova_base,
                 pages,
+                _pd: pd.clone(),
             },
             wrs,
         ))
@@ -188,6 +210,16 @@ impl Registration {
     /// Pages registered.
     pub(crate) fn page_count(&self) -> usize {
         self.pages.len()
+    }
+
+    /// Whether this registers exactly `pages` (the same set, not equal contents).
+    pub(crate) fn covers(&self, pages: &Arc<PageSet>) -> bool {
+        Arc::ptr_eq(&self.pages, pages)
+    }
+
+    /// The I/O address of the set's first byte (byte `off` is at `iova_base + off`).
+    pub(crate) fn iova_base(&self) -> u64 {
+        self.iova_base
     }
 
     /// Bytes covered by each key (the last may cover less).

@@ -3,6 +3,8 @@
 //! Safe Rust over kernel RDMA verbs.
 //!
 //! - `device.rs`: device discovery with an `ib_client` (add/remove);
+//! - `domain.rs`: the protection domain a device's connections share, and the page
+//!   sets registered in it once for every peer;
 //! - `verbs.rs`: protection domains, completion queues, DMA-mapped pages (RAII);
 //! - `waiter.rs`: a completion-queue entry that wakes a sleeper, with a timeout;
 //! - `pages.rs`: sets of pages that can be registered for peers;
@@ -29,6 +31,7 @@ macro_rules! peer_warn {
 mod cm;
 pub(crate) mod connection;
 pub(crate) mod device;
+pub(crate) mod domain;
 pub(crate) mod fastreg;
 pub(crate) mod listener;
 mod owner;

@@ -68,7 +68,7 @@ impl Connection {
                 bindings::ib_sge {
                     addr: buf.dma_addr(),
                     length: super::PAGE_SIZE as u32,
-                    lkey: res.pd.local_dma_lkey(),
+                    lkey: res.domain.pd().local_dma_lkey(),
                 },
                 GFP_KERNEL,
             )?;

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Page sets registered for the peer of a server connection, shared by its opens.
+//! Page sets a server connection's peer holds open (registered once per device in its
+//! domain, `domain.rs`, and shared with every peer), counted by its opens.
 
 use super::connection::*;
 use super::fastreg::Registration;
 use super::pages::PageSet;
-use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::util::remove_first;
 use core::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use kernel::sync::Arc;
 
 impl Connection {
     /// Keeps `reg` for this peer under `key` (server side), opened once. Fails with
-    /// `EEXIST` if there is one already ([`Connection::reopen_registration`]).
+    /// `EEXIST` if it holds one already ([`Connection::reopen_registration`]).
     pub(crate) fn add_registration(&self, key: u64, reg: Arc<Registration>) -> Result {
         let mut regs = self.registrations.lock();
         if regs.iter().any(|r| r.key == key) {
@@ -25,8 +25,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Keeps `reg`, whose REG_MR requests were posted but may not have completed (its
-    /// reply failed), until `teardown` has drained the QP.
+    /// Keeps `reg`, whose REG_MR requests were posted but may not have completed, until
+    /// `teardown` has drained the QP.
     pub(crate) fn retire(&self, reg: Arc<Registration>) {
         // If even this small allocation fails, the connection is failing anyway
         // (the reply failed): dropping now is the only option left.
@@ -38,26 +38,19 @@ impl Connection {
         self.registrations.lock().iter().any(|r| r.key == key)
     }
 
-    /// Opens the registration under `key` once more and returns its chunk size and rkeys,
-    /// if there is one: a peer opening a region twice shares one registration.
-    pub(crate) fn reopen_registration(&self, key: u64) -> Result<Option<(u64, KVec<u32>)>> {
+    /// Opens the registration under `key` once more, if the peer holds one: a peer
+    /// opening a region twice shares one hold.
+    pub(crate) fn reopen_registration(&self, key: u64) -> Option<Arc<Registration>> {
         let mut regs = self.registrations.lock();
-        let Some(entry) = regs.iter_mut().find(|r| r.key == key) else {
-            return Ok(None);
-        };
-        let keys = keys_of(&entry.reg)?;
+        let entry = regs.iter_mut().find(|r| r.key == key)?;
         entry.opens = entry.opens.saturating_add(1);
-        Ok(Some(keys))
+        Some(entry.reg.clone())
     }
 
-    /// The chunk size, rkeys and page count of the registration under `key`, without
-    /// opening it again, if there is one.
-    pub(crate) fn registration_keys(&self, key: u64) -> Result<Option<(u64, KVec<u32>, usize)>> {
+    /// The registration the peer holds under `key`, without opening it again.
+    pub(crate) fn registration(&self, key: u64) -> Option<Arc<Registration>> {
         let regs = self.registrations.lock();
-        regs.iter()
-            .find(|r| r.key == key)
-            .map(|r| keys_of(&r.reg).map(|(c, k)| (c, k, r.reg.page_count())))
-            .transpose()
+        regs.iter().find(|r| r.key == key).map(|r| r.reg.clone())
     }
 
     /// Closes one open of the registration under `key`; the last close drops it.
@@ -86,31 +79,57 @@ impl Connection {
         removed.is_some()
     }
 
-    /// Registers `pages` for this peer only (its connection's PD), in chunks of at most
-    /// `max_chunk_pages` (and the device's fast-registration limit); returns the
-    /// registration and the REG_MR requests to post before the reply that hands out
-    /// its keys (server side, from the request work).
-    pub(crate) fn register_for_peer(
+    /// The registration of `pages` under `key` in this connection's device domain,
+    /// shared with every peer: made now (in chunks of at most `max_chunk_pages`, and the
+    /// device's fast-registration limit) if no peer's open made it before, its REG_MRs
+    /// posted on this connection and waited for (bounded by `timeout_ms`), so that its
+    /// keys work on every connection of the device when this returns. Server side,
+    /// from the request work.
+    pub(crate) fn shared_registration(
         &self,
-        pages: Arc<PageSet>,
+        key: u64,
+        pages: &Arc<PageSet>,
         max_chunk_pages: usize,
-    ) -> Result<(Registration, KVec<bindings::ib_reg_wr>)> {
+        timeout_ms: u32,
+    ) -> Result<Arc<Registration>> {
         // SAFETY: called from this connection's request work, which holds `rpc_lock`
         // (type invariant).
         let res = unsafe { self.res()? };
+        let domain = &res.domain;
+        if let Some(reg) = domain.lookup(key, pages) {
+            return Ok(reg);
+        }
+        let _making = domain.making();
+        // Made by another peer's open while we waited.
+        if let Some(reg) = domain.lookup(key, pages) {
+            return Ok(reg);
+        }
         let dev = res.dev();
         let max = dev.attrs().max_fast_reg_page_list_len as usize;
-        Registration::new(
-            pages,
-            &res.pd,
+        let (reg, mut wrs) = Registration::new(
+            pages.clone(),
+            domain.pd(),
             dev,
             max.min(max_chunk_pages),
-            self.reply_cqe(),
-        )
+            self.send_waiter.cqe(),
+        )?;
+        let reg = Arc::new(reg, GFP_KERNEL)?;
+        // SAFETY: the request work holds `rpc_lock`: the send waiter is ours.
+        if let Err(e) = unsafe { self.post_regs_and_wait(res, &mut wrs, timeout_ms) } {
+            // Some REG_MRs may still be queued: only teardown, after the drain, frees.
+            self.retire(reg);
+            return Err(e);
+        }
+        domain.insert(key, reg.clone())?;
+        Ok(reg)
     }
-}
 
-/// The chunk size and rkeys of `reg`.
-fn keys_of(reg: &Registration) -> Result<(u64, KVec<u32>)> {
-    Ok((reg.chunk_bytes(), reg.rkey_vec()?))
+    /// Drops the shared registration under `key` from this connection's device domain
+    /// (peers holding it keep it until they close).
+    pub(crate) fn forget_shared(&self, key: u64) {
+        // SAFETY: called from this connection's request work, which holds `rpc_lock`.
+        if let Ok(res) = unsafe { self.res() } {
+            res.domain.forget(key);
+        }
+    }
 }

@@ -19,7 +19,7 @@ impl Connection {
         let mut sge = bindings::ib_sge {
             addr: buf.page.dma_addr(),
             length: wire::MSG_SIZE as u32,
-            lkey: res.pd.local_dma_lkey(),
+            lkey: res.domain.pd().local_dma_lkey(),
         };
         let mut wr = bindings::ib_recv_wr::default();
         wr.__bindgen_anon_1.wr_cqe = buf.cqe.get();
@@ -123,7 +123,7 @@ impl Connection {
         // for a READ's round trip, and it delayed `during`'s READs by as much.
         // SAFETY: `rpc_lock` serialises request sends; the completion is waited for
         // below, before the lock (and so the send buffer) can go to another send.
-        unsafe { self.send_only(res, &mut [], |buf| encode(seq, buf))? };
+        unsafe { self.send_only(res, |buf| encode(seq, buf))? };
         let overlapped = during();
         self.wait_send(timeout_ms)?;
         self.reply_done
@@ -159,15 +159,14 @@ impl Connection {
         let res = unsafe { self.res()? };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `rpc_lock` serialises sends.
-        unsafe { self.send_and_wait(res, timeout_ms, &mut [], |buf| encode(seq, buf)) }
+        unsafe { self.send_and_wait(res, timeout_ms, |buf| encode(seq, buf)) }
     }
 
-    /// Server side, from the request handler: posts `regs` (REG_MR requests, in order)
-    /// then a reply built by `encode(buf)`, and waits for the reply to be sent.
+    /// Server side, from the request handler: sends a reply built by `encode(buf)` and
+    /// waits for it to be sent.
     pub(crate) fn reply(
         &self,
         timeout_ms: u32,
-        regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
         // SAFETY: called from this connection's request work, which holds `rpc_lock`
@@ -175,11 +174,11 @@ impl Connection {
         let res = unsafe { self.res()? };
         // SAFETY: the request work is the only sender on a server connection and runs
         // one request at a time.
-        unsafe { self.send_and_wait(res, timeout_ms, regs, encode) }
+        unsafe { self.send_and_wait(res, timeout_ms, encode) }
     }
 
-    /// Encodes a message into the send buffer, posts `regs` then the SEND, and waits
-    /// (bounded) for the SEND to complete. Any failure fails the connection.
+    /// Encodes a message into the send buffer, posts the SEND, and waits (bounded) for
+    /// it to complete. Any failure fails the connection.
     ///
     /// # Safety
     ///
@@ -189,27 +188,15 @@ impl Connection {
         &self,
         res: &Resources,
         timeout_ms: u32,
-        regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
-        // A large registration (a 1 GiB snapshot is ~570 MRs) does not fit the send
-        // queue in one chain: post it in signalled batches first, each waited for.
-        let mut regs = regs;
-        while regs.len() > REG_BATCH {
-            let (head, tail) = regs.split_at_mut(REG_BATCH);
-            self.send_waiter.arm();
-            self.post_regs(res, head)?;
-            self.wait_send(timeout_ms)?;
-            regs = tail;
-        }
         // SAFETY: exclusive per the caller's guarantee.
-        unsafe { self.send_only(res, regs, encode)? };
+        unsafe { self.send_only(res, encode)? };
         self.wait_send(timeout_ms)
     }
 
-    /// Encodes a message into the send buffer and posts `regs` (at most [`REG_BATCH`])
-    /// then its SEND; the caller waits for the completion ([`Connection::wait_send`])
-    /// before the send buffer is used again.
+    /// Encodes a message into the send buffer and posts its SEND; the caller waits for
+    /// the completion ([`Connection::wait_send`]) before the send buffer is used again.
     ///
     /// # Safety
     ///
@@ -217,14 +204,13 @@ impl Connection {
     unsafe fn send_only(
         &self,
         res: &Resources,
-        regs: &mut [bindings::ib_reg_wr],
         encode: impl FnOnce(&mut [u8]) -> Result<usize>,
     ) -> Result {
         self.send_waiter.arm();
         // SAFETY: exclusive per the caller's guarantee; the previous SEND completed
         // (every send's completion is waited for before the next).
         let len = encode(unsafe { res.send_buf.bytes_mut_unchecked() })?;
-        self.post_send(res, len, regs, self.send_waiter.cqe())
+        self.post_send(res, len, self.send_waiter.cqe())
     }
 
     /// Waits for the signalled request of the last post; a failure fails the connection.
@@ -245,9 +231,32 @@ impl Connection {
         Ok(())
     }
 
+    /// Posts the REG_MR requests `regs` in batches of at most [`REG_BATCH`] (one
+    /// doorbell each, the last request signalled) and waits (bounded) for each batch:
+    /// when this returns `Ok`, every MR is valid. A failure fails the connection.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Connection::send_and_wait`] (the send waiter is used).
+    pub(super) unsafe fn post_regs_and_wait(
+        &self,
+        res: &Resources,
+        regs: &mut [bindings::ib_reg_wr],
+        timeout_ms: u32,
+    ) -> Result {
+        for batch in regs.chunks_mut(REG_BATCH) {
+            self.send_waiter.arm();
+            self.post_regs(res, batch)?;
+            // A REG_MR that fails moves the QP to the error state: the signalled last
+            // one then completes flushed, never successfully.
+            self.wait_send(timeout_ms)?;
+        }
+        Ok(())
+    }
+
     /// Posts the REG_MR requests `regs` (at most [`REG_BATCH`]) with one doorbell, the
     /// last one signalled.
-    pub(super) fn post_regs(&self, res: &Resources, regs: &mut [bindings::ib_reg_wr]) -> Result {
+    fn post_regs(&self, res: &Resources, regs: &mut [bindings::ib_reg_wr]) -> Result {
         let n = regs.len();
         if n == 0 || n > REG_BATCH {
             return Err(EINVAL);
@@ -269,19 +278,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Posts `regs` then one signalled SEND of `len` bytes of the send buffer, with one
-    /// doorbell.
+    /// Posts one signalled SEND of `len` bytes of the send buffer.
     pub(super) fn post_send(
         &self,
         res: &Resources,
         len: usize,
-        regs: &mut [bindings::ib_reg_wr],
         cqe: *mut bindings::ib_cqe,
     ) -> Result {
         let mut sge = bindings::ib_sge {
             addr: res.send_buf.dma_addr(),
             length: len as u32,
-            lkey: res.pd.local_dma_lkey(),
+            lkey: res.domain.pd().local_dma_lkey(),
         };
         let mut send = bindings::ib_send_wr::default();
         send.__bindgen_anon_1.wr_cqe = cqe;
@@ -289,33 +296,16 @@ impl Connection {
         send.num_sge = 1;
         send.opcode = bindings::ib_wr_opcode_IB_WR_SEND;
         send.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
-        let n = regs.len();
-        for i in 0..n {
-            let next: *mut bindings::ib_send_wr = match regs.get_mut(i + 1) {
-                Some(r) => &mut r.wr,
-                None => &mut send,
-            };
-            regs[i].wr.next = next;
-        }
-        let first: *const bindings::ib_send_wr = match regs.first() {
-            Some(r) => &r.wr,
-            None => &send,
-        };
         res.send_buf.sync_for_device();
-        // SAFETY: the QP is live; the chain and its SGEs live until the post returns
+        // SAFETY: the QP is live; the request and its SGE live until the post returns
         // (the provider copies them); the send buffer stays mapped until drained.
-        let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), first, ptr::null_mut()) };
+        let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &send, ptr::null_mut()) };
         if r != 0 {
             self.fail(errno::econnreset());
             return Err(Error::from_errno(r));
         }
         count(&COUNTERS.ctrl_msgs_sent, 1);
         Ok(())
-    }
-
-    /// The cqe that REG_MR requests posted with [`Connection::reply`] must carry.
-    pub(crate) fn reply_cqe(&self) -> *mut bindings::ib_cqe {
-        self.send_waiter.cqe()
     }
 
     /// Serves the queued requests in order (server connections). Holds `rpc_lock`,

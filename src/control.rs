@@ -2,9 +2,10 @@
 
 //! Control requests served to peers (server side of a connection, workqueue context).
 //!
-//! `OpenRegion` (id + secret) registers the region's pages for that peer only (fast-reg
-//! MRs on the peer's connection PD) and replies with their keys; `CloseRegion` drops the
-//! registration. A wrong secret or an unknown id gets a distinct errno in the reply and a
+//! `OpenRegion` (id + secret) replies with the keys and the address base of the region's
+//! registration, made once per device by the first open from any peer (fast-reg MRs in
+//! the device's shared PD, `rdma/domain.rs`) and held for each peer that opened it;
+//! `CloseRegion` drops the peer's hold. A wrong secret or an unknown id gets a distinct errno in the reply and a
 //! log line; a malformed message is logged and dropped.
 
 #![deny(unsafe_code)]
@@ -17,6 +18,7 @@ use crate::counters::{count, COUNTERS};
 use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, Ipv4};
+use crate::rdma::fastreg::Registration;
 use crate::region::Region;
 use crate::state::Host;
 use kernel::prelude::*;
@@ -55,7 +57,7 @@ pub(crate) fn handle_request(host: &Host, conn: &Connection, msg: &[u8]) {
                 Err(_) => errno::ebadmsg(),
             };
             count(&COUNTERS.region_opens_refused, 1);
-            let _ = conn.reply(params::io_timeout_ms(), &mut [], |buf| {
+            let _ = conn.reply(params::io_timeout_ms(), |buf| {
                 wire::encode_status(Kind::OpenRegionReply, hdr.seq, status.to_errno(), buf)
                     .map_err(|_| EINVAL)
             });
@@ -120,35 +122,29 @@ pub(crate) fn packed_key(id: u64) -> u64 {
     id | 1 << 63
 }
 
-/// Ends every registration of region `id` on `conn` now, its packed copy's too.
+/// Ends the peer of `conn`'s holds of region `id`'s registrations now, its packed
+/// copy's too (once the domain forgot them as well, their keys stop working).
 pub(crate) fn revoke(conn: &Connection, id: u64) {
     conn.remove_registration(id);
     conn.remove_registration(packed_key(id));
 }
 
-/// The packed working set granted to one open: its pages and keys, and the
-/// registration made for it now (if the peer had none), to undo if the reply fails.
+/// The packed working set granted to one open, if any, and whether the peer's hold
+/// of it was made for this open (to undo if the reply fails).
 #[derive(Default)]
 struct PackedGrant {
-    pages: u32,
-    rkeys: KVec<u32>,
-    made: Option<Arc<crate::rdma::fastreg::Registration>>,
+    reg: Option<Arc<Registration>>,
+    made: bool,
 }
 
 impl PackedGrant {
-    /// The region's packed copy for the peer of `conn`, registered under
-    /// [`packed_key`] unless it is already (a peer keeps the copy it was first given
-    /// while it holds the region open: deregistering under its READs would fail its
-    /// connection), with the REG_MRs to post appended to `wrs`. Nothing when there is
-    /// no copy or it cannot be granted: the copy is a hint.
-    fn for_peer(
-        conn: &Connection,
-        region: &Region,
-        chunk_bytes: u64,
-        n_keys: usize,
-        wrs: &mut KVec<crate::bindings::ib_reg_wr>,
-    ) -> Self {
-        Self::try_for_peer(conn, region, chunk_bytes, n_keys, wrs).unwrap_or_default()
+    /// The region's packed copy for the peer of `conn`: the one it holds under
+    /// [`packed_key`] if any (a peer keeps the copy it was first given while it holds
+    /// the region open: deregistering under its READs would fail its connection), else
+    /// the current copy's shared registration. Nothing when there is no copy or it
+    /// cannot be granted: the copy is a hint.
+    fn for_peer(conn: &Connection, region: &Region, chunk_bytes: u64, n_keys: usize) -> Self {
+        Self::try_for_peer(conn, region, chunk_bytes, n_keys).unwrap_or_default()
     }
 
     fn try_for_peer(
@@ -156,55 +152,46 @@ impl PackedGrant {
         region: &Region,
         chunk_bytes: u64,
         n_keys: usize,
-        wrs: &mut KVec<crate::bindings::ib_reg_wr>,
     ) -> Result<Self> {
         let key = packed_key(region.id);
         // Same layout as the region's keys, and room in the reply.
-        let fits = |c: u64, n: usize| {
-            c == chunk_bytes && n_keys.saturating_add(n) <= wire::MAX_REPLY_RKEYS
+        let fits = |r: &Registration| {
+            r.chunk_bytes() == chunk_bytes
+                && n_keys.saturating_add(r.rkeys().len()) <= wire::MAX_REPLY_RKEYS
+                && u32::try_from(r.page_count()).is_ok()
         };
-        if let Some((c, rkeys, pages)) = conn.registration_keys(key)? {
-            if !fits(c, rkeys.len()) {
-                return Err(E2BIG);
-            }
-            let pages = u32::try_from(pages).map_err(|_| E2BIG)?;
-            return Ok(PackedGrant {
-                pages,
-                rkeys,
-                made: None,
-            });
+        if let Some(reg) = conn.registration(key) {
+            return if fits(&reg) {
+                Ok(PackedGrant {
+                    reg: Some(reg),
+                    made: false,
+                })
+            } else {
+                Err(E2BIG)
+            };
         }
         let copy = region.packed().ok_or(ENOENT)?;
-        let pages = u32::try_from(copy.len()).map_err(|_| E2BIG)?;
-        let (reg, new_wrs) = conn.register_for_peer(copy, MAX_CHUNK_PAGES)?;
-        let rkeys = reg.rkey_vec()?;
-        if !fits(reg.chunk_bytes(), rkeys.len()) {
+        let reg = conn.shared_registration(key, &copy, MAX_CHUNK_PAGES, params::io_timeout_ms())?;
+        if !fits(&reg) {
             return Err(E2BIG);
         }
-        wrs.reserve(new_wrs.len(), GFP_KERNEL)?;
-        let reg = Arc::new(reg, GFP_KERNEL)?;
         conn.add_registration(key, reg.clone())?;
-        // A forced release that swept this connection before the add: undo (nothing
-        // was posted yet).
+        // A release that swept this connection and the domain before the add: undo.
         if !region.is_live() {
             conn.remove_registration(key);
+            conn.forget_shared(key);
             return Err(ENOENT);
         }
-        // Within the capacity reserved above: no allocation.
-        wrs.extend_from_slice(&new_wrs, GFP_KERNEL)?;
         Ok(PackedGrant {
-            pages,
-            rkeys,
-            made: Some(reg),
+            reg: Some(reg),
+            made: true,
         })
     }
 
-    /// The reply that carried the grant failed: a registration made for it goes (its
-    /// REG_MRs may still be queued: only teardown, after the drain, frees it).
+    /// The reply that carried the grant failed: a hold made for it goes.
     fn undo(self, conn: &Connection, region_id: u64) {
-        if let Some(reg) = self.made {
+        if self.made {
             conn.remove_registration(packed_key(region_id));
-            conn.retire(reg);
         }
     }
 }
@@ -232,72 +219,77 @@ fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Re
         return Err(errno::eacces());
     }
     conn.set_authenticated();
-    // Opened before by this peer: share that registration.
-    let (chunk_bytes, rkeys, mut wrs, made) = match conn.reopen_registration(region.id)? {
-        Some((chunk_bytes, rkeys)) => (chunk_bytes, rkeys, KVec::new(), None),
+    // Opened before by this peer: one more open of its hold. Else the region's shared
+    // registration (made now if no peer's open made it yet), held for this peer.
+    let reg = match conn.reopen_registration(region.id) {
+        Some(reg) => reg,
         None => {
-            let (reg, wrs) = conn.register_for_peer(region.pages.clone(), MAX_CHUNK_PAGES)?;
-            let chunk_bytes = reg.chunk_bytes();
-            let rkeys = reg.rkey_vec()?;
-            if rkeys.len() > wire::MAX_REPLY_RKEYS {
+            let reg = conn.shared_registration(
+                region.id,
+                &region.pages,
+                MAX_CHUNK_PAGES,
+                params::io_timeout_ms(),
+            )?;
+            if reg.rkeys().len() > wire::MAX_REPLY_RKEYS {
                 return Err(E2BIG);
             }
-            let reg = Arc::new(reg, GFP_KERNEL)?;
             conn.add_registration(region.id, reg.clone())?;
-            // A destroy that raced with us has already swept this connection: undo.
+            // A destroy that raced with us has already swept this connection and the
+            // domain: undo.
             if !region.is_live() {
                 conn.remove_registration(region.id);
+                conn.forget_shared(region.id);
                 return Err(ENOENT);
             }
-            (chunk_bytes, rkeys, wrs, Some(reg))
+            reg
         }
     };
-    let packed = PackedGrant::for_peer(conn, &region, chunk_bytes, rkeys.len(), &mut wrs);
-    // Our references keep the MRs alive while the REG_MR requests naming them are
-    // posted, whatever a concurrent destroy or forced release does to the list.
-    let sent = send_keys(conn, seq, &region, chunk_bytes, &rkeys, &packed, &mut wrs);
+    let packed = PackedGrant::for_peer(conn, &region, reg.chunk_bytes(), reg.rkeys().len());
+    let sent = send_keys(conn, seq, &region, &reg, &packed);
     if sent.is_err() {
-        match made {
-            Some(reg) => {
-                conn.remove_registration(region.id);
-                // The requests may still be queued: only teardown, after the drain,
-                // frees.
-                conn.retire(reg);
-            }
-            None => conn.release_registration(region.id),
-        }
+        conn.release_registration(region.id);
         packed.undo(conn, region.id);
     }
     sent
 }
 
-/// Replies to an open with the region's keys, after posting `regs` (the REG_MRs making
-/// them valid, if new).
+/// Replies to an open with the keys and addresses of the region's registration `reg`
+/// and of the packed copy's, if granted.
 fn send_keys(
     conn: &Connection,
     seq: u64,
     region: &Region,
-    chunk_bytes: u64,
-    rkeys: &[u32],
+    reg: &Registration,
     packed: &PackedGrant,
-    regs: &mut [crate::bindings::ib_reg_wr],
 ) -> Result {
+    let rkeys = reg.rkey_vec()?;
+    let packed_rkeys = match &packed.reg {
+        Some(p) => p.rkey_vec()?,
+        None => KVec::new(),
+    };
+    // Checked by `try_for_peer`.
+    let packed_pages = packed
+        .reg
+        .as_ref()
+        .map_or(0, |p| u32::try_from(p.page_count()).unwrap_or(0));
     // Copied first: the region's lock is not held across the send.
-    let (hot, runs) = region.working_set(rkeys.len() + packed.rkeys.len())?;
-    conn.reply(params::io_timeout_ms(), regs, |buf| {
+    let (hot, runs) = region.working_set(rkeys.len() + packed_rkeys.len())?;
+    conn.reply(params::io_timeout_ms(), |buf| {
         let facts = RegionFacts {
             size: region.size,
-            chunk_bytes,
+            chunk_bytes: reg.chunk_bytes(),
+            iova_base: reg.iova_base(),
+            packed_iova_base: packed.reg.as_ref().map_or(0, |p| p.iova_base()),
             info: region.info,
             desc_mac: region.desc_mac,
             lead_pages: region.lead_pages,
-            packed_pages: packed.pages,
+            packed_pages,
         };
         OpenRegionReply::encode_with_packed(
             seq,
             &facts,
             rkeys.iter().copied(),
-            &packed.rkeys,
+            &packed_rkeys,
             &hot,
             &runs,
             buf,

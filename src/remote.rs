@@ -38,11 +38,11 @@ pub(crate) struct RemoteRegion {
     /// first, as the peer announced them (checked by the reader).
     pub(crate) lead_pages: u32,
     chunk_bytes: u64,
-    rkeys: KVec<u32>,
+    keys: Grant,
     /// Pages of the parent's packed copy of the working set (`abi::packed`; 0: none),
-    /// read with `packed_rkeys` like the region with `rkeys`.
+    /// read with `packed_keys` like the region with `keys`.
     pub(crate) packed_pages: u32,
-    packed_rkeys: KVec<u32>,
+    packed_keys: Grant,
     /// A snapshot's working set as an earlier opener reported it to the peer
     /// (ascending, disjoint, at most `wire::MAX_WS_PAGES` pages; not trusted beyond
     /// that: the pager keeps only pages its descriptor says are present).
@@ -84,8 +84,8 @@ impl RemoteRegion {
             region_id,
             proof: open_proof(&secret, &challenge, region_id),
         };
-        // The first open of a region by a host makes the parent register all its pages
-        // for that host (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
+        // The first open of a region from any host makes the parent register all its
+        // pages (a 1 GiB snapshot: ~570 MRs): allow it more than one I/O bound.
         let ((facts, (rkeys, packed_rkeys), (ws_runs, hot)), overlapped) = conn.rpc(
             params::io_timeout_ms().saturating_mul(OPEN_TIMEOUT_FACTOR),
             |seq, buf| req.encode(seq, buf).map_err(|_| EINVAL),
@@ -114,9 +114,15 @@ impl RemoteRegion {
             desc_mac: facts.desc_mac,
             lead_pages: facts.lead_pages,
             chunk_bytes: facts.chunk_bytes,
-            rkeys,
+            keys: Grant {
+                base: facts.iova_base,
+                rkeys,
+            },
             packed_pages: facts.packed_pages,
-            packed_rkeys,
+            packed_keys: Grant {
+                base: facts.packed_iova_base,
+                rkeys: packed_rkeys,
+            },
             ws_runs,
             hot,
         };
@@ -167,18 +173,18 @@ impl RemoteRegion {
         let mut remote = KVec::with_capacity(MAX_READ_BATCH.min(pages), GFP_KERNEL)?;
         for (i, dst) in out.chunks_mut(MAX_READ_BATCH * PAGE_SIZE).enumerate() {
             let off = (i * MAX_READ_BATCH * PAGE_SIZE) as u64;
-            self.read_doorbell(&self.packed_rkeys, off, dst, &mut remote)?;
+            self.read_doorbell(&self.packed_keys, off, dst, &mut remote)?;
         }
         Ok(())
     }
 
     /// One doorbell of READs: the `dst.len() / PAGE_SIZE` pages (at most
-    /// [`MAX_READ_BATCH`]) from byte `off` of the registration whose keys are `keys`,
+    /// [`MAX_READ_BATCH`]) from byte `off` of the registration granted as `keys`,
     /// into `dst` (kernel memory: the copy runs under a READ slot's lock). `remote`
     /// is scratch for the request list.
     fn read_doorbell(
         &self,
-        keys: &[u32],
+        keys: &Grant,
         off: u64,
         dst: &mut [u8],
         remote: &mut KVec<(u64, u32)>,
@@ -186,10 +192,7 @@ impl RemoteRegion {
         remote.clear_for_reuse();
         for p in 0..dst.len() / PAGE_SIZE {
             let at = off.checked_add((p * PAGE_SIZE) as u64).ok_or(EINVAL)?;
-            remote.push(
-                locate_in(keys, self.chunk_bytes, at).ok_or(EINVAL)?,
-                GFP_KERNEL,
-            )?;
+            remote.push(keys.locate(self.chunk_bytes, at).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
         self.conn
             .read_pages(remote, params::io_timeout_ms(), |i, bytes| {
@@ -198,11 +201,10 @@ impl RemoteRegion {
             })
     }
 
-    /// Remote address and key of the page at `off`: the address is the region offset
-    /// itself (each registration's I/O addresses start at its chunk's offset). Past the
-    /// end (only with `UNCHECKED`), the last key, with an address outside it.
+    /// Remote address and key of the page at `off`. Past the end (only with
+    /// `UNCHECKED`), the last key, with an address outside it.
     fn locate(&self, off: u64) -> Option<(u64, u32)> {
-        locate_in(&self.rkeys, self.chunk_bytes, off)
+        self.keys.locate(self.chunk_bytes, off)
     }
 
     /// Reads `[offset, offset + length)` into `out`, `batch` pages per doorbell.
@@ -238,7 +240,7 @@ impl RemoteRegion {
         let mut off = offset;
         while off < end {
             let n = (((end - off) / page) as usize).min(batch);
-            self.read_doorbell(&self.rkeys, off, &mut bounce[..n * PAGE_SIZE], &mut remote)?;
+            self.read_doorbell(&self.keys, off, &mut bounce[..n * PAGE_SIZE], &mut remote)?;
             out.write_slice(&bounce[..n * PAGE_SIZE])?;
             outcome.doorbells += 1;
             outcome.reads += n as u64;
@@ -305,12 +307,21 @@ fn collect<T>(n: usize, get: impl Fn(usize) -> Option<T>) -> Result<KVec<T>> {
     Ok(out)
 }
 
-/// Remote address and key of byte `off` of a registration whose keys `rkeys` cover
-/// `chunk_bytes` each (past the end, the last key, with an address outside it).
-fn locate_in(rkeys: &[u32], chunk_bytes: u64, off: u64) -> Option<(u64, u32)> {
-    let last = rkeys.len().checked_sub(1)?;
-    let chunk = (off.checked_div(chunk_bytes)? as usize).min(last);
-    Some((off, *rkeys.get(chunk)?))
+/// A registration as an open's reply grants it: its keys, one per `chunk_bytes`, and
+/// the remote address of its first byte.
+struct Grant {
+    base: u64,
+    rkeys: KVec<u32>,
+}
+
+impl Grant {
+    /// Remote address and key of byte `off` (past the end, the last key, with an
+    /// address outside it; `None` if the address would overflow).
+    fn locate(&self, chunk_bytes: u64, off: u64) -> Option<(u64, u32)> {
+        let last = self.rkeys.len().checked_sub(1)?;
+        let chunk = (off.checked_div(chunk_bytes)? as usize).min(last);
+        Some((self.base.checked_add(off)?, *self.rkeys.get(chunk)?))
+    }
 }
 
 /// One open of a region at its parent, kept after its readers are gone: dropping it

@@ -191,9 +191,7 @@ impl Host {
             // snapshot's id and secret, so the snapshot goes with the claim.
             if let Some(old) = crate::util::remove_first(&mut claims, |_| true) {
                 if let Ok(region) = self.regions.lock().remove(old.captured.id) {
-                    for c in self.accepted.lock().iter() {
-                        crate::control::revoke(c, region.id);
-                    }
+                    self.unpublished(region.id, true);
                 }
             }
         }
@@ -229,12 +227,21 @@ impl Host {
             regions.remove(id)?
         };
         crate::util::remove_first(&mut self.claims.lock(), |c| c.captured.id == id);
-        if force {
+        self.unpublished(region.id, force);
+        Ok(())
+    }
+
+    /// Region `id` left the registry: the devices forget its registrations (no new
+    /// hold), and with `revoke` every peer's hold ends too, so its keys stop working
+    /// now; otherwise with the last peer's close.
+    fn unpublished(&self, id: u64, revoke: bool) {
+        self.devices.forget(id);
+        self.devices.forget(crate::control::packed_key(id));
+        if revoke {
             for c in self.accepted.lock().iter() {
-                crate::control::revoke(c, region.id);
+                crate::control::revoke(c, id);
             }
         }
-        Ok(())
     }
 
     /// A pooled connection to `addr:port`, connecting if there is none. Returns it and
@@ -306,9 +313,7 @@ impl Host {
     /// Unpublishes a region: every peer's registration of it stops working now.
     pub(crate) fn destroy_region(&self, id: u64) -> Result {
         let region = self.regions.lock().remove(id)?;
-        for c in self.accepted.lock().iter() {
-            crate::control::revoke(c, region.id);
-        }
+        self.unpublished(region.id, true);
         Ok(())
     }
 

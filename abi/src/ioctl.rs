@@ -240,7 +240,9 @@ counters! {
     regions_live,
     region_opens,
     region_opens_refused,
-    /// Memory registrations (fast-reg MRs) live for peers.
+    /// Registrations peers hold open (a snapshot's, or its packed copy's, once per
+    /// peer that opened it; the registration itself is made once per device and
+    /// shared, since wire version 8).
     mrs_live,
     /// Snapshots published on this host, and the seed pages they hold.
     snapshots_live,

@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 7;
+pub const WIRE_VERSION: u16 = 8;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -235,6 +235,12 @@ impl OpenRegion {
 pub struct RegionFacts {
     pub size: u64,
     pub chunk_bytes: u64,
+    /// The remote address of the region's first byte (byte `off` is at `iova_base +
+    /// off`): random per registration, so that a READ must name an address only this
+    /// reply gives out. `iova_base + size` does not overflow.
+    pub iova_base: u64,
+    /// The same for the packed copy (0 when there is none).
+    pub packed_iova_base: u64,
     /// For snapshots: the descriptor's length in bytes (it starts at offset 0).
     /// 0 for test regions.
     pub info: u64,
@@ -493,9 +499,10 @@ fn emit(out: &mut [WsRun], n: &mut usize, total: &mut u64, (first, end): (u64, u
 
 /// Body of a successful [`Kind::OpenRegionReply`]: the region is registered for this
 /// connection as `rkeys.len()` memory regions of `chunk_bytes` each (the last may be
-/// shorter); byte `off` of the region is at remote address `off` with the key
-/// `rkeys[off / chunk_bytes]` (registration `i` covers addresses
-/// `[i * chunk_bytes, (i + 1) * chunk_bytes)`, so no kernel address is ever exposed).
+/// shorter); byte `off` of the region is at remote address
+/// [`RegionFacts::iova_base`]` + off` with the key `rkeys[off / chunk_bytes]`
+/// (registration `i` covers `chunk_bytes` from `iova_base + i * chunk_bytes`, so no
+/// kernel address is ever exposed).
 /// Then the keys of the packed copy of the working set (`super::packed`), laid out the
 /// same way over its [`RegionFacts::packed_pages`] pages. After the keys, the
 /// snapshot's working set as an earlier opener reported it ([`WorkingSetReport`]): its
@@ -517,7 +524,7 @@ pub struct OpenRegionReply<'a> {
 pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIXED_LEN) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 64;
+    const FIXED_LEN: usize = 80;
 
     /// Bytes left after the fixed fields and `n_keys` keys (the region's and the
     /// packed copy's together).
@@ -611,6 +618,8 @@ impl<'a> OpenRegionReply<'a> {
         put_header(&mut w, Kind::OpenRegionReply, seq, 0, body)?;
         w.put(&facts.size.to_le_bytes())?;
         w.put(&facts.chunk_bytes.to_le_bytes())?;
+        w.put(&facts.iova_base.to_le_bytes())?;
+        w.put(&facts.packed_iova_base.to_le_bytes())?;
         w.put(&facts.info.to_le_bytes())?;
         w.put(&facts.desc_mac)?;
         w.put(&facts.lead_pages.to_le_bytes())?;
@@ -628,13 +637,16 @@ impl<'a> OpenRegionReply<'a> {
     }
 
     /// Decodes the body and checks it is self-consistent: `chunk_bytes` a non-zero
-    /// multiple of 4096, `size` non-zero and covered exactly by the keys, at most
+    /// multiple of 4096, `size` non-zero and covered exactly by the keys, the region
+    /// and the packed copy within the address space from their bases, at most
     /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages, at most [`MAX_HOT_PAGES`] hot
     /// pages, working-set runs ascending and disjoint.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
         let size = c.u64()?;
         let chunk_bytes = c.u64()?;
+        let iova_base = c.u64()?;
+        let packed_iova_base = c.u64()?;
         let info = c.u64()?;
         let mut desc_mac = [0u8; 16];
         desc_mac.copy_from_slice(c.take(16)?);
@@ -657,6 +669,10 @@ impl<'a> OpenRegionReply<'a> {
             || lead_pages as usize > super::snapshot::MAX_LEAD_PAGES
             || packed_pages as usize > super::packed::MAX_PACKED_PAGES
             || (u64::from(packed_pages) * 4096).div_ceil(chunk_bytes) != n_packed as u64
+            || iova_base.checked_add(size).is_none()
+            || packed_iova_base
+                .checked_add(u64::from(packed_pages) * 4096)
+                .is_none()
         {
             return Err(WireError::BadLength);
         }
@@ -664,6 +680,8 @@ impl<'a> OpenRegionReply<'a> {
             facts: RegionFacts {
                 size,
                 chunk_bytes,
+                iova_base,
+                packed_iova_base,
                 info,
                 desc_mac,
                 lead_pages,

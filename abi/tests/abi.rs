@@ -129,6 +129,8 @@ fn wire_reply_round_trip_and_consistency() {
     let facts = RegionFacts {
         size: 3 * 2 * 1024 * 1024 - 4096,
         chunk_bytes: 2 << 20,
+        iova_base: 0x1234_5678_9000,
+        packed_iova_base: 0,
         info: 777,
         desc_mac: [5; 16],
         lead_pages: 7,
@@ -157,6 +159,14 @@ fn wire_reply_round_trip_and_consistency() {
     let n = OpenRegionReply::encode(9, &too_many_lead, keys.iter().copied(), &mut buf).unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
+    // A region whose addresses would wrap past the end of the address space: refused.
+    let wrapping = RegionFacts {
+        iova_base: u64::MAX - 4095,
+        ..facts
+    };
+    let n = OpenRegionReply::encode(9, &wrapping, keys.iter().copied(), &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
     // Too many keys for one message.
     let many = vec![0u32; wire::MAX_REPLY_RKEYS + 1];
     let page = RegionFacts {
@@ -179,6 +189,8 @@ fn wire_reply_packed_keys() {
         chunk_bytes: 2 << 20,
         info: 4096,
         packed_pages: 513,
+        iova_base: 1 << 40,
+        packed_iova_base: 3 << 50,
         ..RegionFacts::default()
     };
     let runs = [WsRun { first: 4, pages: 9 }];
@@ -245,11 +257,10 @@ fn wire_reply_packed_keys() {
     );
     let (_, body) = wire::decode(&buf[..n.unwrap()]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
-    // The packed keys count against the room for the working set.
-    // The packed keys count against the room for the working set (fixed part 64 bytes).
+    // The packed keys count against the room for the working set (fixed part 80 bytes).
     assert_eq!(
         OpenRegionReply::room_for_runs(4, 0),
-        (wire::MSG_SIZE - wire::HEADER_LEN - 64 - 4 * 4) / 12
+        (wire::MSG_SIZE - wire::HEADER_LEN - 80 - 4 * 4) / 12
     );
 }
 
@@ -714,10 +725,23 @@ fn c_hostile_peer_speaks_this_wire_version() {
     let facts = RegionFacts {
         size: 4096,
         chunk_bytes: 4096,
+        iova_base: 0x1122_3344_5566_7000,
+        packed_iova_base: 0x2233_4455_6677_8000,
         ..RegionFacts::default()
     };
     let n = OpenRegionReply::encode(1, &facts, [0xabcd_ef01u32].into_iter(), &mut buf).unwrap();
     let body = n - wire::HEADER_LEN;
+    // Where the two bases sit in the body.
+    let offset_of = |v: u64| {
+        buf[wire::HEADER_LEN..n]
+            .windows(8)
+            .position(|w| w == v.to_le_bytes())
+            .unwrap()
+    };
+    let (base_at, packed_base_at) = (
+        offset_of(facts.iova_base),
+        offset_of(facts.packed_iova_base),
+    );
     assert_eq!(&buf[n - 4..n], &0xabcd_ef01u32.to_le_bytes());
     // The lying parent's reply: the same key, then three 12-byte first-touch pages
     // (the descriptor's page, a page past the region, an index of no VMA at the
@@ -790,23 +814,22 @@ fn c_hostile_peer_speaks_this_wire_version() {
     .unwrap();
     assert_eq!(&buf[n3 - 4..n3], &0x1234_5678u32.to_le_bytes());
     let body3 = n3 - wire::HEADER_LEN;
+    assert_eq!(body3, body + 4);
     for needle in [
-        format!("put32(out + HDR_LEN + {}, data->rkey)", body - 4),
-        format!("put32(out + HDR_LEN + {}, packed_mr->rkey)", body3 - 4),
-        format!(
-            "size_t body = {} + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0)",
-            body - 4
-        ),
+        format!("#define REPLY_FIXED {}", body - 4),
+        "put32(f + REPLY_FIXED, data->rkey)".to_string(),
+        "put32(f + REPLY_FIXED + 4, packed_mr->rkey)".to_string(),
+        "size_t body = REPLY_FIXED + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0)".to_string(),
         "size_t keys = 4 * (1 + !!packed_mr)".to_string(),
         "send_msg(&c, out, HDR_LEN + body)".to_string(),
-        format!("get32(r + HDR_LEN + {})", body - 4),
-        format!("put32(out + HDR_LEN + {}, lying_ws ? 3 : 0)", body - 16),
-        format!(
-            "put32(out + HDR_LEN + {}, (uint32_t)(packed_size / PAGE))",
-            body - 12
-        ),
-        format!("put32(out + HDR_LEN + {}, !!packed_mr)", body - 8),
-        format!("uint8_t *after = out + HDR_LEN + {} + keys", body - 4),
+        "*rkey = get32(r + HDR_LEN + REPLY_FIXED)".to_string(),
+        format!("*base = get64(r + HDR_LEN + {base_at})"),
+        format!("put64(f + {base_at}, SERVE_BASE)"),
+        format!("put64(f + {packed_base_at}, packed_mr ? SERVE_PACKED_BASE : 0)"),
+        format!("put32(f + {}, lying_ws ? 3 : 0)", body - 16),
+        format!("put32(f + {}, (uint32_t)(packed_size / PAGE))", body - 12),
+        format!("put32(f + {}, !!packed_mr)", body - 8),
+        "uint8_t *f = out + HDR_LEN, *after = f + REPLY_FIXED + keys".to_string(),
         format!("put64({}, 0)", at(0)),
         format!("put32({}, 0)", at(8)),
         format!("put64({}, 0)", at(12)),

@@ -12,8 +12,11 @@
  *       One connection: malformed and truncated control messages, a reply nobody
  *       asked for, working sets of a region not opened and with overlapping runs,
  *       WRONG_TRIES opens with wrong secrets, an unknown id, then a
- *       correct open and a READ with its key, a READ with a guessed key, and (on a
- *       new connection) a READ with a key after its open was closed.
+ *       correct open and a READ with its key and address, a READ with a guessed
+ *       key, and (on a new connection) a second open, which must hand out the same
+ *       key and address (one registration for every peer), and a READ with that
+ *       key at an address outside the region's (the addresses start at a random
+ *       base only the reply gives out).
  *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY]
  *       A parent: accepts one connection at a time (with a challenge, as the module
  *       does) and answers every open with FILE as the region (descriptor first, as
@@ -45,7 +48,12 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 7
+#define WIRE_VERSION 8
+/* Fixed part of an open's reply, before its keys (abi/src/wire.rs). */
+#define REPLY_FIXED 80
+/* Where `serve` registers the region and the packed copy (any base must do). */
+#define SERVE_BASE 0x3a5000000000ull
+#define SERVE_PACKED_BASE 0x1c7000000000ull
 #define CHALLENGE_MAGIC 0x4D434831u
 #define ACCEPT_DATA_LEN 20
 #define HDR_LEN 24
@@ -389,8 +397,10 @@ static void parse_secret(const char *hex, uint8_t secret[16])
 }
 
 /* Sends an open with the proof of `secret` for the connection's challenge; returns the
- * reply's status (0 with *rkey set), or an error < -1000. */
-static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], uint32_t *rkey)
+ * reply's status (0 with *rkey and *base, the remote address of the region's first
+ * byte, set), or an error < -1000. */
+static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], uint32_t *rkey,
+		       uint64_t *base)
 {
 	uint8_t proof[16];
 
@@ -413,10 +423,12 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 		status = -1003;
 	else
 		status = (int32_t)get32(r + 16);
-	/* size, chunk_bytes, info, desc_mac[16], lead_pages, n_keys, n_runs, n_hot,
-	 * packed_pages, n_packed_keys, keys */
-	if (status == 0 && len >= HDR_LEN + 68)
-		*rkey = get32(r + HDR_LEN + 64);
+	/* size, chunk_bytes, iova_base, packed_iova_base, info, desc_mac[16],
+	 * lead_pages, n_keys, n_runs, n_hot, packed_pages, n_packed_keys, keys */
+	if (status == 0 && len >= HDR_LEN + REPLY_FIXED + 4) {
+		*base = get64(r + HDR_LEN + 16);
+		*rkey = get32(r + HDR_LEN + REPLY_FIXED);
+	}
 	post_recv(c, slot);
 	return status;
 }
@@ -466,7 +478,8 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	uint8_t secret[16], wrong[16], m[MSG_SIZE];
 	int eacces = 0, unknown_eacces, sent = 0, dummy, ok = 1, badmsg_replies = 0;
 	uint32_t rkey = 0, rkey2 = 0;
-	int read_ok, guessed, stale;
+	uint64_t base = 0, base2 = 0;
+	int read_ok, guessed, shared, wrong_addr;
 
 	parse_secret(hex, secret);
 	if (connect_full(&c, addr, port)) {
@@ -527,29 +540,30 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 	for (int i = 0; i < tries; i++) {
 		memcpy(wrong, secret, 16);
 		wrong[i % 16] ^= 1 + (i & 0x7f);
-		eacces += open_region(&c, id, wrong, &rkey) == -EACCES;
+		eacces += open_region(&c, id, wrong, &rkey, &base) == -EACCES;
 	}
-	unknown_eacces = open_region(&c, id + 1000000, secret, &rkey) == -EACCES;
-	/* The right secret: the key works; a guessed one is refused by the device. */
-	read_ok = open_region(&c, id, secret, &rkey) == 0 && read_page(&c, 0, rkey) == IBV_WC_SUCCESS;
-	guessed = read_page(&c, 0, rkey ^ 0x5a5a00) != IBV_WC_SUCCESS;
+	unknown_eacces = open_region(&c, id + 1000000, secret, &rkey, &base) == -EACCES;
+	/* The right secret: the key works at the reply's address; a guessed key is refused
+	 * by the device (and the QP goes to the error state: one guess per connection). */
+	read_ok = open_region(&c, id, secret, &rkey, &base) == 0 &&
+		  read_page(&c, base, rkey) == IBV_WC_SUCCESS;
+	guessed = read_page(&c, base, rkey ^ 0x5a5a00) != IBV_WC_SUCCESS;
 	conn_free(&c);
-	/* A key after its open was closed must not work (the QP above is in error now). */
-	stale = 0;
-	if (connect_full(&c, addr, port) == 0 && open_region(&c, id, secret, &rkey2) == 0) {
-		header(m, K_CLOSE, c.seq++, 0, 8);
-		put64(m + HDR_LEN, id);
-		if (!send_msg(&c, m, HDR_LEN + 8)) {
-			usleep(300 * 1000);
-			stale = read_page(&c, 0, rkey2) != IBV_WC_SUCCESS;
-		}
+	/* A second open (another connection) gets the same registration, and the right
+	 * key at an address outside the region's range (region offset 0, as before wire
+	 * version 8) is refused. */
+	shared = wrong_addr = 0;
+	if (connect_full(&c, addr, port) == 0 && open_region(&c, id, secret, &rkey2, &base2) == 0) {
+		shared = rkey2 == rkey && base2 == base && base != 0;
+		wrong_addr = read_page(&c, base ^ (1ull << 40), rkey2) != IBV_WC_SUCCESS;
 	}
 	conn_free(&c);
 	printf("hostile-peer: RESULT garbage_sent=%d badmsg_replies=%d wrong_secret_eacces=%d/%d "
-	       "unknown_eacces=%d read_ok=%d guessed_key_refused=%d stale_key_refused=%d\n",
-	       sent, badmsg_replies, eacces, tries, unknown_eacces, read_ok, guessed, stale);
+	       "unknown_eacces=%d read_ok=%d guessed_key_refused=%d shared_keys=%d "
+	       "wrong_address_refused=%d\n",
+	       sent, badmsg_replies, eacces, tries, unknown_eacces, read_ok, guessed, shared, wrong_addr);
 	return !(ok && sent == 11 && badmsg_replies == 1 && eacces == tries && unknown_eacces && read_ok &&
-		 guessed && stale);
+		 guessed && shared && wrong_addr);
 }
 
 /* Serves FILE as every region, one connection at a time, until killed. */
@@ -627,10 +641,10 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			rdma_reject(c.id, NULL, 0);
 			continue;
 		}
-		/* I/O addresses from 0: the module reads region offsets. */
-		data = ibv_reg_mr_iova(c.pd, file, size, 0, IBV_ACCESS_REMOTE_READ);
+		/* I/O addresses from the bases the reply gives (as the module's). */
+		data = ibv_reg_mr_iova(c.pd, file, size, SERVE_BASE, IBV_ACCESS_REMOTE_READ);
 		if (packed) {
-			packed_mr = ibv_reg_mr_iova(c.pd, packed, packed_size, 0,
+			packed_mr = ibv_reg_mr_iova(c.pd, packed, packed_size, SERVE_PACKED_BASE,
 						    IBV_ACCESS_REMOTE_READ);
 			if (!packed_mr)
 				die("register packed copy");
@@ -662,24 +676,26 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 			if (!silent && l >= HDR_LEN && get32(r) == WIRE_MAGIC && (get32(r + 4) >> 16) == K_OPEN) {
 				out = send_buf(&c);
 				size_t keys = 4 * (1 + !!packed_mr);
-				size_t body = 64 + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0);
+				size_t body = REPLY_FIXED + keys + (lying_ws ? 3 * 12 + 2 * 12 : 0);
 				uint32_t desc_pages = (uint32_t)((info + 4095) / 4096);
-				uint8_t *after = out + HDR_LEN + 64 + keys;
+				uint8_t *f = out + HDR_LEN, *after = f + REPLY_FIXED + keys;
 
 				header(out, K_OPEN_REPLY, get64(r + 8), 0, body);
-				put64(out + HDR_LEN, size);
-				put64(out + HDR_LEN + 8, size);
-				put64(out + HDR_LEN + 16, info);
-				memcpy(out + HDR_LEN + 24, desc_mac, 16);
-				put32(out + HDR_LEN + 40, 0); /* no lead pages announced */
-				put32(out + HDR_LEN + 44, 1);
-				put32(out + HDR_LEN + 48, lying_ws ? 2 : 0); /* working-set runs */
-				put32(out + HDR_LEN + 52, lying_ws ? 3 : 0); /* first-touch pages */
-				put32(out + HDR_LEN + 56, (uint32_t)(packed_size / PAGE));
-				put32(out + HDR_LEN + 60, !!packed_mr); /* packed copy's keys */
-				put32(out + HDR_LEN + 64, data->rkey);
+				put64(f, size);
+				put64(f + 8, size);
+				put64(f + 16, SERVE_BASE);
+				put64(f + 24, packed_mr ? SERVE_PACKED_BASE : 0);
+				put64(f + 32, info);
+				memcpy(f + 40, desc_mac, 16);
+				put32(f + 56, 0); /* no lead pages announced */
+				put32(f + 60, 1);
+				put32(f + 64, lying_ws ? 2 : 0); /* working-set runs */
+				put32(f + 68, lying_ws ? 3 : 0); /* first-touch pages */
+				put32(f + 72, (uint32_t)(packed_size / PAGE));
+				put32(f + 76, !!packed_mr); /* packed copy's keys */
+				put32(f + REPLY_FIXED, data->rkey);
 				if (packed_mr)
-					put32(out + HDR_LEN + 68, packed_mr->rkey);
+					put32(f + REPLY_FIXED + 4, packed_mr->rkey);
 				if (lying_ws) {
 					/* First-touch pages: page 0 at the descriptor's
 					 * page, page 0 past the region, and a page of VMA

@@ -4,7 +4,7 @@
 //!
 //! - network: half-open connection floods (bounded per peer, reaped after the
 //!   handshake timeout), malformed and truncated control messages, opens with wrong
-//!   secrets in a loop (log lines rate-limited), guessed and stale keys; a connect to a
+//!   secrets in a loop (log lines rate-limited), a guessed key and address; a connect to a
 //!   silent address does not hold up other users;
 //! - parent: `hostile-peer serve` (user-space rdma-core on B) plays a parent serving a
 //!   copy of a real snapshot of A's agent, first unchanged (A's resume must produce a
@@ -410,7 +410,7 @@ pub fn drive(r: &mut Report, peer: Ipv4Addr, me: Ipv4Addr) -> ExitCode {
 fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
     let a = peer.to_string();
     let port = MODULE_PORT.to_string();
-    // Malformed messages, wrong secrets, guessed and stale keys on one connection.
+    // Malformed messages, wrong secrets, a guessed key, a guessed address.
     let region = agent.create(1 << 20, 5);
     let started = std::time::Instant::now();
     let (code, line) = match &region {
@@ -443,8 +443,14 @@ fn network(r: &mut Report, m: &Mitosis, agent: &mut Agent, peer: Ipv4Addr) {
         &[],
     );
     r.check(
-        "adv-stale-key-refused",
-        field(&line, "stale_key_refused") == Some(1),
+        "adv-second-open-shares-keys",
+        field(&line, "shared_keys") == Some(1),
+        &line,
+        &[],
+    );
+    r.check(
+        "adv-wrong-address-refused",
+        field(&line, "wrong_address_refused") == Some(1),
         &line,
         &[],
     );
