@@ -83,8 +83,9 @@ impl Connection {
     /// shared with every peer: made now (in chunks of at most `max_chunk_pages`, and the
     /// device's fast-registration limit) if no peer's open made it before, its REG_MRs
     /// posted on this connection and waited for (bounded by `timeout_ms`), so that its
-    /// keys work on every connection of the device when this returns. Server side,
-    /// from the request work.
+    /// keys work on every connection of the device when this returns. The caller holds
+    /// `rpc_lock` (the request work of a server connection, or
+    /// [`Self::register_ahead`]).
     pub(crate) fn shared_registration(
         &self,
         key: u64,
@@ -92,8 +93,7 @@ impl Connection {
         max_chunk_pages: usize,
         timeout_ms: u32,
     ) -> Result<Arc<Registration>> {
-        // SAFETY: called from this connection's request work, which holds `rpc_lock`
-        // (type invariant).
+        // SAFETY: the caller holds `rpc_lock` (see above).
         let res = unsafe { self.res()? };
         let domain = &res.domain;
         if let Some(reg) = domain.lookup(key, pages) {
@@ -114,7 +114,7 @@ impl Connection {
             self.send_waiter.cqe(),
         )?;
         let reg = Arc::new(reg, GFP_KERNEL)?;
-        // SAFETY: the request work holds `rpc_lock`: the send waiter is ours.
+        // SAFETY: the caller holds `rpc_lock`: the send waiter is ours.
         if let Err(e) = unsafe { self.post_regs_and_wait(res, &mut wrs, timeout_ms) } {
             // Some REG_MRs may still be queued: only teardown, after the drain, frees.
             self.retire(reg);
@@ -124,10 +124,34 @@ impl Connection {
         Ok(reg)
     }
 
+    /// [`Self::shared_registration`] from outside the request work (a snapshot
+    /// registered ahead of its first open): waits for `rpc_lock` (a request or RPC in
+    /// progress on this connection), and does nothing unless the connection is up.
+    /// Forgets what it made if `still_wanted` says no once it is shared (a release
+    /// that ran meanwhile forgot before it was there).
+    pub(crate) fn register_ahead(
+        &self,
+        key: u64,
+        pages: &Arc<PageSet>,
+        max_chunk_pages: usize,
+        timeout_ms: u32,
+        still_wanted: impl Fn() -> bool,
+    ) -> Result {
+        let _rpc = self.rpc_lock.lock();
+        if !self.is_up() {
+            return Err(crate::errno::enotconn());
+        }
+        self.shared_registration(key, pages, max_chunk_pages, timeout_ms)?;
+        if !still_wanted() {
+            self.forget_shared(key);
+        }
+        Ok(())
+    }
+
     /// Drops the shared registration under `key` from this connection's device domain
     /// (peers holding it keep it until they close).
     pub(crate) fn forget_shared(&self, key: u64) {
-        // SAFETY: called from this connection's request work, which holds `rpc_lock`.
+        // SAFETY: called with `rpc_lock` held (the request work, `register_ahead`).
         if let Ok(res) = unsafe { self.res() } {
             res.domain.forget(key);
         }

@@ -56,6 +56,14 @@ def markdown(checks, sizes):
     later = [checks.get(f"bench-child-ws-record-{s}", {}).get("resume_ms") for s in sizes]
     lines.append("| later cold child / local fork | " + " | ".join(
         f"{b / a:.1f}x" if a and b else "-" for a, b in zip(fork, later)) + " |")
+    opens = [checks.get(f"bench-child-{s}", {}).get("resume_open_ms") for s in sizes]
+    lines.append("| first child's open RPC (a new host's first open) | " + " | ".join(
+        f"{v:.1f} ms" if v is not None else "-" for v in opens) + " |")
+    fault = checks.get("bench-fault-latency", {}).get("median_us")
+    reads = [checks.get(f"bench-read-latency-{s}", {}).get("median_us") for s in sizes]
+    lines.append("| one-page demand fault / one-page READ (medians) | " + " | ".join(
+        f"{fault:.0f} / {r:.0f} us, {fault / r:.2f}x" if fault and r else "-"
+        for r in reads) + " |")
     for i, label in enumerate(("sequential touch, one child", "batched READ (eager)",
                                "TCP bulk, same link")):
         lines.append(f"| {label} | " + " | ".join(

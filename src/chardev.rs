@@ -181,6 +181,9 @@ fn fork_claim(c: &Call<'_>) -> Result {
             "output fields not zero",
         )?;
         let (ns, cap) = c.st.host.claim(a.seed_pid as i32, a.claim_token)?;
+        // Now that the seed is gone and the parent has its handle, so that on a host
+        // with one CPU the registration does not run inside the prepare.
+        crate::register_ahead::start(&c.st.host, cap.id);
         a.listen_port = default_port() as u32;
         a.snapshot_id = cap.id;
         a.secret = cap.secret;

@@ -61,6 +61,7 @@ mod page_table;
 mod pager;
 mod params;
 mod region;
+mod register_ahead;
 mod remote;
 mod replay;
 mod restore;

@@ -301,6 +301,16 @@ impl Host {
         Ok(None)
     }
 
+    /// A connection of this host that is up (accepted first, then pooled), if any.
+    pub(crate) fn any_live_connection(&self) -> Option<Arc<Connection>> {
+        for list in [&self.accepted, &self.pool] {
+            if let Some(c) = list.lock().iter().find(|c| c.is_up()) {
+                return Some(c.clone());
+            }
+        }
+        None
+    }
+
     pub(crate) fn find_region(&self, id: u64) -> Option<Arc<Region>> {
         self.regions.lock().find(id)
     }

@@ -81,6 +81,14 @@ pub(crate) fn random_bytes(out: &mut [u8]) {
     unsafe { crate::bindings::get_random_bytes(out.as_mut_ptr().cast(), out.len()) };
 }
 
+/// Sleeps one scheduler tick without counting as load (process context only): a work
+/// item that does this first lets the task that queued it go on before the work takes
+/// the CPU, on a host with one.
+pub(crate) fn sleep_one_tick() {
+    // SAFETY: called from process context (work items), where sleeping is allowed.
+    unsafe { kernel::bindings::schedule_timeout_idle(1) };
+}
+
 /// Emptying a `KVec` while keeping its allocation.
 pub(crate) trait ClearForReuse {
     fn clear_for_reuse(&mut self);
