@@ -151,6 +151,9 @@ size_t mitosis_lzo1x_1_mem_compress(void)
 bool mitosis_page_anon(struct page *page)
 { return PageAnon(page); }
 
+void mitosis_get_page(struct page *page)
+{ get_page(page); }
+
 void mitosis_put_page(struct page *page)
 { put_page(page); }
 

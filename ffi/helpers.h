@@ -61,6 +61,7 @@ struct page *mitosis_alloc_page_copy(struct page *src);
 void mitosis_copy_page(void *to, const void *from);
 size_t mitosis_lzo1x_1_mem_compress(void);
 bool mitosis_page_anon(struct page *page);
+void mitosis_get_page(struct page *page);
 void mitosis_put_page(struct page *page);
 void mitosis_put_page_refs(struct page *page, int refs);
 unsigned long mitosis_folio_pages_from(struct page *page);

@@ -22,7 +22,7 @@ use super::device::{DeviceKey, IbDevice};
 use super::domain::Domain;
 use super::fastreg::Registration;
 pub(crate) use super::owner::Owner;
-use super::verbs::{Cq, DmaPage};
+use super::verbs::{Cq, DmaPage, MappedPage};
 use super::waiter::Waiter;
 use crate::abi::wire;
 use crate::bindings;
@@ -218,13 +218,20 @@ pub(crate) struct Connection {
 ///
 /// The destination pages belong to the connection, not to the caller, so that a READ
 /// the device completes late (after a timeout) still lands in live, mapped pages: they
-/// are freed only by `teardown`, after the QP is drained. A batch holds `bufs`' lock
+/// are freed only by `teardown`, after the QP is drained. A batch into pages the caller
+/// lends ([`Connection::read_into`]) holds its own reference and mapping of each, and
+/// leaves them in `lent` if it fails, for `teardown` likewise. A batch holds `bufs`' lock
 /// from before its post until its bytes were consumed; `waiter` completes only for the
 /// requests of that batch.
 #[pin_data]
 pub(super) struct ReadSlot {
     #[pin]
     pub(super) bufs: Mutex<KVec<DmaPage>>,
+    /// Pages lent to a batch that failed (see [`Connection::read_into`]): the device
+    /// may still write them, so they stay referenced and mapped until `teardown` has
+    /// drained the QP. Taken only under `bufs`' lock, or by `teardown` after the drain.
+    #[pin]
+    pub(super) lent: Mutex<KVec<MappedPage>>,
     #[pin]
     pub(super) waiter: Waiter,
     /// Batches holding or waiting for this slot (a hint for picking the least busy
@@ -236,6 +243,7 @@ impl ReadSlot {
     fn new() -> impl PinInit<Self> {
         pin_init!(ReadSlot {
             bufs <- new_mutex!(KVec::new()),
+            lent <- new_mutex!(KVec::new()),
             waiter <- Waiter::new(),
             users: AtomicU32::new(0),
         })
@@ -437,6 +445,7 @@ impl Connection {
         // before the resources, while the device they are mapped on is still held.
         for slot in self.read_slots.iter() {
             drop(take_all(&mut slot.bufs.lock()));
+            drop(take_all(&mut slot.lent.lock()));
         }
         // SAFETY: drained and users gone: no one reads `res` any more.
         let res = unsafe { (*self.res.get()).take() };

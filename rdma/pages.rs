@@ -15,6 +15,34 @@ use kernel::prelude::*;
 
 use super::PAGE_SIZE;
 
+/// A page the holder of `'a` keeps alive and lets the caller write (a locked page-cache
+/// folio's page that is not up to date), lent to the device for one READ batch.
+///
+/// # Invariants
+///
+/// `page` is a live `struct page` for `'a`, and nothing reads its bytes as data while
+/// it is lent (it is not up to date, and locked).
+pub(crate) struct PageRef<'a> {
+    page: NonNull<bindings::page>,
+    _borrow: PhantomData<&'a mut ()>,
+}
+
+impl PageRef<'_> {
+    /// # Safety
+    ///
+    /// `page` is live for the returned lifetime, and only the borrower writes it then.
+    pub(crate) unsafe fn new(page: NonNull<bindings::page>) -> Self {
+        PageRef {
+            page,
+            _borrow: PhantomData,
+        }
+    }
+
+    pub(crate) fn as_ptr(&self) -> NonNull<bindings::page> {
+        self.page
+    }
+}
+
 /// How a [`PageSpan`] holds its pages.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Hold {

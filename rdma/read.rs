@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The READ path: batches of one-sided RDMA READs into the connection's own pages.
+//! The READ path: batches of one-sided RDMA READs into the connection's own pages, or
+//! straight into pages the caller lends.
 
 use super::connection::*;
-use super::verbs::DmaPage;
+use super::pages::PageRef;
+use super::verbs::{DmaPage, MappedPage};
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
+use crate::util::take_all;
 use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -32,14 +35,19 @@ impl Connection {
         if n == 0 || n > MAX_READ_BATCH {
             return Err(EINVAL);
         }
-        // The least busy slot (racing callers may pick the same one: its lock orders them).
+        self.in_some_slot(|slot| self.read_in_slot(slot, remote, timeout_ms, consume))
+    }
+
+    /// The least busy of the connection's READ slots (racing callers may pick the same
+    /// one: its lock orders them), with its user count raised for `run`.
+    fn in_some_slot<T>(&self, run: impl FnOnce(&ReadSlot) -> Result<T>) -> Result<T> {
         let slots = crate::params::read_batches(READ_SLOTS);
         let slot = self.read_slots[..slots]
             .iter()
             .min_by_key(|s| s.users.load(Ordering::Relaxed))
             .ok_or(EINVAL)?;
         slot.users.fetch_add(1, Ordering::Relaxed);
-        let r = self.read_in_slot(slot, remote, timeout_ms, consume);
+        let r = run(slot);
         slot.users.fetch_sub(1, Ordering::Relaxed);
         r
     }
@@ -64,14 +72,88 @@ impl Connection {
         }
         let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
         for buf in bufs[..n].iter() {
-            sges.push(
-                bindings::ib_sge {
-                    addr: buf.dma_addr(),
-                    length: super::PAGE_SIZE as u32,
-                    lkey: res.domain.pd().local_dma_lkey(),
-                },
-                GFP_KERNEL,
-            )?;
+            sges.push(sge(res, buf.dma_addr()), GFP_KERNEL)?;
+        }
+        // The destination pages belong to the slot and stay mapped until the QP is
+        // drained, whatever happens to this batch.
+        self.post_and_wait(slot, res, remote, &mut sges, timeout_ms)?;
+        for (i, b) in bufs[..n].iter().enumerate() {
+            b.sync_for_cpu();
+            consume(i, b.bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Reads one page from each `(remote address, rkey)` of `remote` (at most
+    /// [`MAX_READ_BATCH`]) straight into page `i` of `dst` with one doorbell, and waits
+    /// (bounded) for all of them: no copy. Each page is mapped for the device with a
+    /// reference of the batch's own; if the batch fails (the connection then fails too),
+    /// the references and mappings stay with the slot until `teardown` has drained the
+    /// QP, so a response arriving late writes a live page, which its owner may have
+    /// filled again meanwhile (with the same bytes, for a READ of the same remote page:
+    /// callers lend pages only for immutable remote data, never for memory they read
+    /// as anything else while it is lent).
+    pub(crate) fn read_into(
+        &self,
+        remote: &[(u64, u32)],
+        dst: &[PageRef<'_>],
+        timeout_ms: u32,
+    ) -> Result {
+        let n = remote.len();
+        if n == 0 || n > MAX_READ_BATCH || dst.len() != n {
+            return Err(EINVAL);
+        }
+        self.in_some_slot(|slot| {
+            let _slot = slot.bufs.lock();
+            if !self.is_up() {
+                return Err(errno::enotconn());
+            }
+            // SAFETY: a read slot's lock held and the state is UP.
+            let res = unsafe { self.res()? };
+            // Room to keep the pages after a failure, reserved before anything is
+            // posted: keeping them then allocates nothing and so cannot fail.
+            let mut lent = slot.lent.lock();
+            lent.reserve(n, GFP_KERNEL)?;
+            let mut mapped = KVec::with_capacity(n, GFP_KERNEL)?;
+            let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
+            for p in dst {
+                let m = MappedPage::new(res.dev(), p)?;
+                sges.push(sge(res, m.dma_addr()), GFP_KERNEL)?;
+                mapped.push(m, GFP_KERNEL)?;
+            }
+            match self.post_and_wait(slot, res, remote, &mut sges, timeout_ms) {
+                Ok(()) => {
+                    for m in mapped.iter() {
+                        m.sync_for_cpu();
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    for m in take_all(&mut mapped) {
+                        // Within the capacity reserved above.
+                        lent.push(m, GFP_KERNEL)?;
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Posts one doorbell of READs, page `i` of `remote` into `sges[i]` (pages
+    /// contiguous under one key share a request, up to `read_pages_per_wr`), and waits
+    /// (bounded) for them. Any failure fails the connection. The caller holds `slot`'s
+    /// lock and keeps the destinations mapped until the QP is drained if this fails.
+    fn post_and_wait(
+        &self,
+        slot: &ReadSlot,
+        res: &Resources,
+        remote: &[(u64, u32)],
+        sges: &mut [bindings::ib_sge],
+        timeout_ms: u32,
+    ) -> Result {
+        let n = remote.len();
+        if n == 0 || sges.len() != n {
+            return Err(EINVAL);
         }
         // One request per run of pages contiguous under one key (at most `per_wr`),
         // scattered into that many local pages: fewer requests on the wire.
@@ -95,7 +177,7 @@ impl Connection {
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
             wr.remote_addr = raddr;
             wr.rkey = rkey;
-            // `sges` is complete (never reallocated): its entries' addresses hold.
+            // `sges` is not moved while the requests are built and posted.
             wr.wr.sg_list = &mut sges[i];
             wrs.push(wr, GFP_KERNEL)?;
             i += pages;
@@ -108,8 +190,7 @@ impl Connection {
         wrs[n_wrs - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
         slot.waiter.arm();
         // SAFETY: the QP is live; the chain is valid until the post returns; the
-        // destination pages belong to the connection (the slot) and stay mapped until
-        // its QP is drained.
+        // destination pages stay mapped until the QP is drained (the caller's promise).
         let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
         if r != 0 {
             count(&COUNTERS.read_errors, 1);
@@ -147,10 +228,16 @@ impl Connection {
             });
         }
         count(&COUNTERS.bytes_read, (n * super::PAGE_SIZE) as u64);
-        for (i, b) in bufs[..n].iter().enumerate() {
-            b.sync_for_cpu();
-            consume(i, b.bytes())?;
-        }
         Ok(())
+    }
+}
+
+/// A scatter entry for one local page at `addr` (a DMA address on the connection's
+/// device).
+fn sge(res: &Resources, addr: u64) -> bindings::ib_sge {
+    bindings::ib_sge {
+        addr,
+        length: super::PAGE_SIZE as u32,
+        lkey: res.domain.pd().local_dma_lkey(),
     }
 }

@@ -167,6 +167,79 @@ impl DmaPage {
     }
 }
 
+/// A page that someone else filled and holds (a locked page-cache folio's), mapped for
+/// one device to write (one READ batch into it), with a page reference of its own.
+///
+/// # Invariants
+///
+/// The value owns one reference on `page` (taken in `new`, put in `Drop`) and `addr` is
+/// its mapping on `dev` for `DMA_FROM_DEVICE`, unmapped in `Drop` before the reference
+/// goes. So a device write that arrives late (after its batch failed or timed out)
+/// lands in a live, mapped page as long as the value lives: owners keep it until the
+/// QP is drained.
+pub(crate) struct MappedPage {
+    page: NonNull<bindings::page>,
+    dev: *mut bindings::ib_device,
+    addr: u64,
+}
+
+impl MappedPage {
+    /// Maps `page` for `dev` to write, taking a reference of its own.
+    pub(crate) fn new(dev: &IbDevice, page: &super::pages::PageRef<'_>) -> Result<Self> {
+        let page = page.as_ptr();
+        let dev = dev.as_ptr();
+        // SAFETY: `page` is live for the borrow (`PageRef`'s invariant): one more
+        // reference keeps it so beyond.
+        unsafe { bindings::mitosis_get_page(page.as_ptr()) };
+        let dir = bindings::dma_data_direction_DMA_FROM_DEVICE;
+        // SAFETY: `dev` is registered and `page` a valid page we hold.
+        let addr = unsafe { bindings::mitosis_ib_dma_map_page(dev, page.as_ptr(), dir) };
+        // SAFETY: `addr` came from mapping on `dev`.
+        if unsafe { bindings::mitosis_ib_dma_mapping_error(dev, addr) } != 0 {
+            // SAFETY: the reference taken above.
+            unsafe { bindings::mitosis_put_page(page.as_ptr()) };
+            return Err(ENOMEM);
+        }
+        Ok(MappedPage { page, dev, addr })
+    }
+
+    pub(crate) fn dma_addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Makes what the device wrote visible to the CPU.
+    pub(crate) fn sync_for_cpu(&self) {
+        // SAFETY: the mapping is live (type invariant).
+        unsafe {
+            bindings::mitosis_ib_dma_sync_for_cpu(
+                self.dev,
+                self.addr,
+                bindings::dma_data_direction_DMA_FROM_DEVICE,
+            )
+        };
+    }
+}
+
+impl Drop for MappedPage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping and the reference are ours (type invariant); owners drop
+        // the value only once the device no longer writes the page.
+        unsafe {
+            bindings::mitosis_ib_dma_unmap_page(
+                self.dev,
+                self.addr,
+                bindings::dma_data_direction_DMA_FROM_DEVICE,
+            );
+            bindings::mitosis_put_page(self.page.as_ptr());
+        }
+    }
+}
+
+// SAFETY: the mapping and the reference may be released from any thread.
+unsafe impl Send for MappedPage {}
+// SAFETY: shared access only reads the address.
+unsafe impl Sync for MappedPage {}
+
 impl Drop for DmaPage {
     fn drop(&mut self) {
         // SAFETY: the mapping is live; owners drop DMA pages only after the device is

@@ -588,19 +588,21 @@ impl Pager {
         installed
     }
 
-    /// One doorbell of READs, page `offs[i]` into `folios[i]`.
+    /// One doorbell of READs, page `offs[i]` straight into `folios[i]` (the snapshot
+    /// is immutable: if a READ fails and a late response lands after a retry filled
+    /// the folio, it writes the same bytes).
     fn read_into(&self, offs: &[u64], folios: &mut [LockedFolio]) -> Result {
-        let mut copy = |i: usize, bytes: &[u8]| folios.get_mut(i).ok_or(EINVAL)?.fill_with(bytes);
         let remote = self.link.lock().remote.clone();
         let r = if self.dead.load(Ordering::Relaxed) {
             Err(crate::errno::enotconn())
         } else {
-            match remote.read_batch(offs, &mut copy) {
+            let mut read = |from: &RemoteRegion| {
+                LockedFolio::fill_all_by_device(folios, |pages| from.read_batch_into(offs, pages))
+            };
+            match read(&remote) {
                 Ok(()) => Ok(()),
                 Err(e) if e == EINVAL || e == crate::errno::erange() => Err(e),
-                Err(_) => self
-                    .reopened(&remote)
-                    .and_then(|again| again.read_batch(offs, &mut copy)),
+                Err(_) => self.reopened(&remote).and_then(|again| read(&again)),
             }
         };
         match r {

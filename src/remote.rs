@@ -13,7 +13,7 @@ use crate::abi::wire::{
 use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
-use crate::rdma::pages::copy_page_bytes;
+use crate::rdma::pages::{copy_page_bytes, PageRef};
 use crate::rdma::PAGE_SIZE;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
@@ -151,6 +151,14 @@ impl RemoteRegion {
         if offs.len() > MAX_READ_BATCH {
             return Err(EINVAL);
         }
+        let remote = self.locate_pages(offs)?;
+        self.conn
+            .read_pages(&remote, params::io_timeout_ms(), consume)
+    }
+
+    /// Remote address and key of each page at `offs` (page-aligned, inside the
+    /// region: `ERANGE` otherwise).
+    fn locate_pages(&self, offs: &[u64]) -> Result<KVec<(u64, u32)>> {
         // On the heap: this runs in page faults, which may come from deep stacks.
         let mut remote = KVec::with_capacity(offs.len(), GFP_KERNEL)?;
         for &off in offs {
@@ -159,8 +167,17 @@ impl RemoteRegion {
             }
             remote.push(self.locate(off).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
-        self.conn
-            .read_pages(&remote, params::io_timeout_ms(), consume)
+        Ok(remote)
+    }
+
+    /// [`Self::read_batch`] straight into pages the caller lends (`dst[i]` gets the
+    /// page at `offs[i]`): no copy (see [`Connection::read_into`]).
+    pub(crate) fn read_batch_into(&self, offs: &[u64], dst: &[PageRef<'_>]) -> Result {
+        if offs.len() > MAX_READ_BATCH || dst.len() != offs.len() {
+            return Err(EINVAL);
+        }
+        let remote = self.locate_pages(offs)?;
+        self.conn.read_into(&remote, dst, params::io_timeout_ms())
     }
 
     /// Reads the parent's packed copy of the working set whole into `out` (exactly

@@ -16,7 +16,7 @@ use crate::bindings;
 use crate::mm::VmaFile;
 use crate::pager::{Pager, PagerKey};
 use crate::rdma::connection::MAX_READ_BATCH;
-use crate::rdma::pages::copy_page_bytes;
+use crate::rdma::pages::{copy_page_bytes, PageRef};
 use crate::rdma::PAGE_SIZE;
 use crate::remote::OpenAtParent;
 use core::ptr::{self, NonNull};
@@ -111,6 +111,33 @@ impl LockedFolio {
         };
         fill(dst)?;
         self.mark_uptodate();
+        Ok(())
+    }
+
+    /// Fills every folio of `folios` by a device write into its page: `read` gets the
+    /// pages, lent for the call (each folio is locked and not up to date, so nothing
+    /// reads them as data meanwhile); if it succeeds every folio is marked up to date,
+    /// else none is (`EEXIST` if one is up to date already).
+    pub(crate) fn fill_all_by_device(
+        folios: &mut [LockedFolio],
+        read: impl FnOnce(&[PageRef<'_>]) -> Result,
+    ) -> Result {
+        if folios.iter().any(|f| f.is_uptodate()) {
+            return Err(EEXIST);
+        }
+        let mut pages = KVec::with_capacity(folios.len(), GFP_KERNEL)?;
+        for f in folios.iter() {
+            // SAFETY: an order-0 folio we hold locked and referenced (type invariant)
+            // for the whole call, not up to date (checked above).
+            let page = unsafe { bindings::mitosis_folio_page(f.folio.as_ptr()) };
+            let page = NonNull::new(page).ok_or(EINVAL)?;
+            // SAFETY: live for this call (above); only the device writes it meanwhile.
+            pages.push(unsafe { PageRef::new(page) }, GFP_KERNEL)?;
+        }
+        read(&pages)?;
+        for f in folios.iter_mut() {
+            f.mark_uptodate();
+        }
         Ok(())
     }
 
