@@ -3,8 +3,9 @@
 //! One protection domain per device, shared by every connection on it, and the page
 //! sets registered in it once for every peer.
 //!
-//! A snapshot is registered once (by the first open from any host), not once per
-//! host: the next host's open only hands out the keys, whatever the snapshot's size.
+//! A snapshot is registered once (right after its prepare, or by the first open from
+//! any host), not once per host: a host's open only hands out the keys, whatever the
+//! snapshot's size.
 //! What keeps a peer to the snapshots it holds the secret of is not its own PD any
 //! more but what a READ must name: an rkey with a fresh key byte and an address inside
 //! a registration's I/O address range, which starts at a random page-aligned base

@@ -9,7 +9,7 @@ use super::verbs::{DmaPage, MappedPage};
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
-use crate::util::take_all;
+use crate::util::{push_within_capacity, take_all};
 use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -130,8 +130,11 @@ impl Connection {
                 }
                 Err(e) => {
                     for m in take_all(&mut mapped) {
-                        // Within the capacity reserved above.
-                        lent.push(m, GFP_KERNEL)?;
+                        // Within the capacity reserved above, so it fits; were it not
+                        // to, leaking the page beats unmapping it under the device.
+                        if let Err(m) = push_within_capacity(&mut lent, m) {
+                            core::mem::forget(m);
+                        }
                     }
                     Err(e)
                 }

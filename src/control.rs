@@ -3,10 +3,11 @@
 //! Control requests served to peers (server side of a connection, workqueue context).
 //!
 //! `OpenRegion` (id + secret) replies with the keys and the address base of the region's
-//! registration, made once per device by the first open from any peer (fast-reg MRs in
-//! the device's shared PD, `rdma/domain.rs`) and held for each peer that opened it;
-//! `CloseRegion` drops the peer's hold. A wrong secret or an unknown id gets a distinct errno in the reply and a
-//! log line; a malformed message is logged and dropped.
+//! registration, made once per device (right after a snapshot's prepare,
+//! `register_ahead.rs`, or by the first open from any peer: fast-reg MRs in the
+//! device's shared PD, `rdma/domain.rs`) and held for each peer that opened it;
+//! `CloseRegion` drops the peer's hold. A wrong secret or an unknown id gets a distinct
+//! errno in the reply and a log line; a malformed message is logged and dropped.
 
 #![deny(unsafe_code)]
 

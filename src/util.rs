@@ -21,6 +21,23 @@ pub(crate) fn swap_remove<T, A: Allocator>(v: &mut Vec<T, A>, i: usize) -> Optio
     }
 }
 
+/// Appends `x` if `v` has room for it without allocating; gives it back otherwise.
+pub(crate) fn push_within_capacity<T, A: Allocator>(
+    v: &mut Vec<T, A>,
+    x: T,
+) -> core::result::Result<(), T> {
+    let len = v.len();
+    match v.spare_capacity_mut().first_mut() {
+        Some(slot) => {
+            slot.write(x);
+            // SAFETY: the element at `len` was just initialised, within the capacity.
+            unsafe { v.set_len(len + 1) };
+            Ok(())
+        }
+        None => Err(x),
+    }
+}
+
 /// Removes the first element matching `pred`.
 pub(crate) fn remove_first<T, A: Allocator>(
     v: &mut Vec<T, A>,
