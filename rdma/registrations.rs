@@ -29,7 +29,7 @@ impl Connection {
     /// `teardown` has drained the QP.
     pub(crate) fn retire(&self, reg: Arc<Registration>) {
         // If even this small allocation fails, the connection is failing anyway
-        // (the reply failed): dropping now is the only option left.
+        // (its REG_MRs failed): dropping now is the only option left.
         let _ = self.retired.lock().push(reg, GFP_KERNEL);
     }
 

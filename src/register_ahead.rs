@@ -61,7 +61,7 @@ impl WorkItem for RegisterJob {
             Err(e) => {
                 if LOG.allow() {
                     pr_info!(
-                        "snapshot {}: not registered ahead ({:?}): its first open will\n",
+                        "snapshot {}: not registered ahead ({:?}): its first open registers it\n",
                         region.id,
                         e
                     );
