@@ -59,11 +59,10 @@ def markdown(checks, sizes):
     opens = [checks.get(f"bench-child-{s}", {}).get("resume_open_ms") for s in sizes]
     lines.append("| first child's open RPC (a new host's first open) | " + " | ".join(
         f"{v:.1f} ms" if v is not None else "-" for v in opens) + " |")
-    fault = checks.get("bench-fault-latency", {}).get("median_us")
-    reads = [checks.get(f"bench-read-latency-{s}", {}).get("median_us") for s in sizes]
-    lines.append("| one-page demand fault / one-page READ (medians) | " + " | ".join(
-        f"{fault:.0f} / {r:.0f} us, {fault / r:.2f}x" if fault and r else "-"
-        for r in reads) + " |")
+    lat = [checks.get(f"bench-fault-latency-{s}", {}) for s in sizes]
+    lines.append("| one-page demand fault / one-page READ, same child (medians) | " + " | ".join(
+        f"{c['median_us']:.0f} / {c['read_median_us']:.0f} us, {c['fault_over_read']:.2f}x"
+        if c.get("read_median_us") else "-" for c in lat) + " |")
     for i, label in enumerate(("sequential touch, one child", "batched READ (eager)",
                                "TCP bulk, same link")):
         lines.append(f"| {label} | " + " | ".join(

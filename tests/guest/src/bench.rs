@@ -388,23 +388,66 @@ fn concurrent_children(
     );
 }
 
-pub fn latency_child(r: &mut Report, w: &World) {
+/// One-page demand fault against one-page READ ioctl, interleaved in this child so
+/// that both see the same host and link: the child faults on heap pages 64 apart
+/// (outside each other's prefetch window) and, before each fault, reads one page of
+/// the snapshot's region (also 64 pages apart) with one READ ioctl of its own open;
+/// up to 200 of each, each timed. `task` is `LABEL HANDLE`.
+pub fn latency_child(r: &mut Report, w: &World, m: &Mitosis, task: &str) {
+    let mut words = task.split_whitespace();
+    let label = words.next().unwrap_or("?");
+    let opened = words
+        .next()
+        .and_then(|h| h.parse::<SnapshotHandle>().ok())
+        .ok_or_else(|| "no snapshot handle in the task".to_string())
+        .and_then(|h| {
+            let region = mitosis::RegionId {
+                id: h.id,
+                secret: h.secret,
+            };
+            m.remote_open(h.host, h.port, region, None)
+                .map_err(|e| e.to_string())
+        });
     let n = w.heap.len();
-    let mut lat = Vec::new();
+    let mut faults = Vec::new();
+    let mut reads = Vec::new();
     let mut ok = true;
-    for i in (0..n).step_by(64 * PAGE_WORDS).take(200) {
+    let mut one = vec![0u8; PAGE];
+    for (k, i) in (0..n).step_by(64 * PAGE_WORDS).take(200).enumerate() {
+        if let Ok(o) = &opened {
+            let pages = (o.size / PAGE as u64).max(1);
+            let off = (k as u64 * 64 % pages) * PAGE as u64;
+            let t = Instant::now();
+            if m.remote_read(o.handle, off, &mut one, 1, 0).is_ok() {
+                reads.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
         let t = Instant::now();
         ok &= std::hint::black_box(w.heap[i]) == pattern_word(SEED_HEAP, 8 * i as u64);
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        faults.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let opened_ok = match &opened {
+        Ok(o) => m.remote_close(o.handle).is_ok(),
+        Err(_) => false,
+    };
+    faults.sort_by(|a, b| a.total_cmp(b));
+    reads.sort_by(|a, b| a.total_cmp(b));
+    let (fault, read) = (quantile(&faults, 0.5), quantile(&reads, 0.5));
     r.check(
-        "bench-fault-latency",
-        ok && !lat.is_empty(),
-        format!("{} faults", lat.len()),
+        &format!("bench-fault-latency-{label}"),
+        ok && opened_ok && !faults.is_empty() && reads.len() == faults.len(),
+        format!(
+            "{} faults, {} one-page READ ioctls between them ({})",
+            faults.len(),
+            reads.len(),
+            opened.as_ref().map_or_else(|e| e.as_str(), |_| "own open")
+        ),
         &[
-            ("median_us", quantile(&lat, 0.5)),
-            ("p99_us", quantile(&lat, 0.99)),
+            ("median_us", fault),
+            ("p99_us", quantile(&faults, 0.99)),
+            ("read_median_us", read),
+            ("read_p99_us", quantile(&reads, 0.99)),
+            ("fault_over_read", fault / read),
         ],
     );
 }
@@ -848,7 +891,8 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         );
         let eager = bench_run(&h, true, &format!("eager-{mib}"));
         r.check(&format!("bench-eager-ran-{mib}"), eager, "", &[]);
-        let lat = launch(&h, false).map(|c| run_child(c, "latency").0.success());
+        let lat =
+            launch(&h, false).map(|c| run_child(c, &format!("latency {mib} {h}")).0.success());
         r.check(
             &format!("bench-latency-ran-{mib}"),
             matches!(lat, Ok(true)),
@@ -863,7 +907,11 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
                 let run = set.is_ok()
                     && bench_run(&h, false, &format!("64-window-{window}"))
                     && launch(&h, false)
-                        .map(|c| run_child(c, "latency").0.success())
+                        .map(|c| {
+                            run_child(c, &format!("latency 64-window-{window} {h}"))
+                                .0
+                                .success()
+                        })
                         .unwrap_or(false);
                 r.check(
                     &format!("bench-window-{window}-ran"),

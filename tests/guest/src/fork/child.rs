@@ -64,7 +64,8 @@ pub(super) fn child_main(
             i32::from(!crate::bench::slice_child(w, i, k))
         }
         Some("latency") => {
-            crate::bench::latency_child(&mut r, w);
+            let rest: Vec<&str> = words.collect();
+            crate::bench::latency_child(&mut r, w, m, &rest.join(" "));
             0
         }
         Some("verify") => {
