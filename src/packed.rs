@@ -84,14 +84,29 @@ fn present_pages(region: &Region, runs: &[WsRun]) -> Result<KVVec<(u64, usize)>>
 /// registration, for nothing).
 pub(crate) fn pack(region: &Region, runs: &[WsRun]) -> Result<Option<PageSet>> {
     let present = present_pages(region, runs)?;
-    let mut writer = PackedWriter::new(present.len()).ok_or(E2BIG)?;
-    let head_len = writer.header_len();
     let budget = present.len().saturating_mul(PAGE_BYTES) / 8 * 7;
+    let pages = present.iter().map(|&(index, page)| {
+        let bytes = region.pages.get(page).ok_or(EINVAL)?.bytes();
+        Ok((index, bytes))
+    });
+    pack_pages(present.len(), pages, budget)
+}
+
+/// Compresses `n` pages, each (page-cache index, its bytes), into a copy
+/// (`abi::packed`) in pages ready to register; `None` once the copy grows past
+/// `budget` bytes.
+pub(crate) fn pack_pages<'a>(
+    n: usize,
+    pages: impl Iterator<Item = Result<(u64, &'a [u8])>>,
+    budget: usize,
+) -> Result<Option<PageSet>> {
+    let mut writer = PackedWriter::new(n).ok_or(E2BIG)?;
+    let head_len = writer.header_len();
     let mut out = KVVec::from_elem(0u8, head_len, GFP_KERNEL)?;
     let mut scratch = KVVec::from_elem(0u8, lzo::worst(PAGE_BYTES), GFP_KERNEL)?;
     let mut wrk = lzo::Workspace::new()?;
-    for (i, &(index, page)) in present.iter().enumerate() {
-        let src = region.pages.get(page).ok_or(EINVAL)?.bytes();
+    for (i, page) in pages.enumerate() {
+        let (index, src) = page?;
         let n = lzo::compress(src, &mut scratch, &mut wrk)?;
         let encoded = if n < PAGE_BYTES { &scratch[..n] } else { src };
         out.extend_from_slice(encoded, GFP_KERNEL)?;

@@ -27,6 +27,7 @@
 
 use crate::abi::ioctl::{ForkCaptureArgs, ForkResumeArgs, Pod};
 use crate::abi::mac::{constant_time_eq, descriptor_mac};
+use crate::abi::packed::PackedIndex;
 use crate::abi::snapshot::{
     reg, vma_flags, window_offset, DescError, Descriptor, TaskState, MAX_LEAD_PAGES, PAGE,
     TASK_STATE_LEN, X86_64_LIMITS,
@@ -449,21 +450,47 @@ fn hot_of(desc: &Descriptor<'_>, desc_len: u64, hot: &[HotPage], bytes: &[u8]) -
     Ok(kept)
 }
 
-/// Pairs the lead pages read with the offsets the descriptor lists for them; a count
-/// that differs from the list (a peer of another version, or lying) drops them: the
-/// pages come by demand fault instead.
+/// Unpacks the lead pages read (`bytes`: the parent's packed copy, `abi::packed`):
+/// a page is kept only if the descriptor lists its index among its lead offsets (once)
+/// and it decompresses to a whole page. A copy that does not parse is dropped whole,
+/// a page that does not fit alone, with a log line: those pages come by demand fault.
 fn lead_of(desc: &Descriptor<'_>, bytes: KVVec<u8>) -> Result<Lead> {
+    let mut kept = Lead::NONE;
+    if bytes.is_empty() {
+        return Ok(kept);
+    }
     let mut all = KBox::new([0u64; MAX_LEAD_PAGES], GFP_KERNEL)?;
     let n = desc.lead_offsets(&mut all);
-    if bytes.is_empty() || n as u64 * PAGE != bytes.len() as u64 {
-        if !bytes.is_empty() {
-            pr_info!("resume: the peer's lead pages do not match its descriptor: ignored\n");
+    static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+    let Ok(index) = PackedIndex::parse(&bytes) else {
+        if LOG.allow() {
+            pr_info!("resume: the peer's lead pages are malformed: ignored\n");
         }
-        return Ok(Lead::NONE);
+        return Ok(kept);
+    };
+    let mut dropped = 0usize;
+    kept.offs.reserve(index.len().min(n), GFP_KERNEL)?;
+    kept.bytes
+        .reserve(index.len().min(n) * PAGE_SIZE, GFP_KERNEL)?;
+    let mut page = KVVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+    for p in index.pages() {
+        let off = p.index.checked_mul(PAGE);
+        let listed = off.is_some_and(|o| all[..n].contains(&o) && !kept.offs.contains(&o));
+        match off.filter(|_| listed) {
+            Some(off) if crate::packed::unpack_page(&p, &mut page).is_ok() => {
+                kept.offs.push(off, GFP_KERNEL)?;
+                kept.bytes.extend_from_slice(&page, GFP_KERNEL)?;
+            }
+            _ => dropped += 1,
+        }
     }
-    let mut offs = KVVec::new();
-    offs.extend_from_slice(&all[..n], GFP_KERNEL)?;
-    Ok(Lead { offs, bytes })
+    if dropped > 0 && LOG.allow() {
+        pr_info!(
+            "resume: {} of the peer's lead pages do not match its descriptor: dropped\n",
+            dropped
+        );
+    }
+    Ok(kept)
 }
 
 /// The task state and FPU image of a validated descriptor.

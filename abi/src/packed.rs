@@ -38,7 +38,13 @@ pub const PAGE_BYTES: usize = 4096;
 pub const MAX_PACKED_BYTES: usize =
     HEADER_LEN + ENTRY_LEN * MAX_WS_PAGES as usize + PAGE_BYTES * MAX_WS_PAGES as usize;
 /// Most pages of registered memory a copy takes.
-pub const MAX_PACKED_PAGES: usize = MAX_PACKED_BYTES.div_ceil(PAGE_BYTES);
+pub const MAX_PACKED_PAGES: usize = max_packed_pages(MAX_WS_PAGES as usize);
+
+/// Most pages of registered memory a copy of `n` pages takes (every page stored as it
+/// is).
+pub const fn max_packed_pages(n: usize) -> usize {
+    (HEADER_LEN + ENTRY_LEN * n + PAGE_BYTES * n).div_ceil(PAGE_BYTES)
+}
 
 /// Why a copy was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

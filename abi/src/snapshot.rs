@@ -30,6 +30,9 @@ pub const PAGE: u64 = 4096;
 /// Most pages a snapshot stores after its descriptor for a child to read with it
 /// ([`Descriptor::lead_offsets`]).
 pub const MAX_LEAD_PAGES: usize = 48;
+/// Most region pages the lead pages take: packed (`super::packed`), with every page
+/// stored as it is at worst.
+pub const MAX_LEAD_REGION_PAGES: usize = super::packed::max_packed_pages(MAX_LEAD_PAGES);
 /// Most VMAs after the instruction's whose pages are lead pages (an ELF object's
 /// read-only data, relocated pointers, `.data` and `.bss`).
 pub const LEAD_DATA_VMAS: usize = 4;

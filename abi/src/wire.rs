@@ -11,7 +11,7 @@
 pub const MSG_SIZE: usize = 4096;
 /// "MITO".
 pub const MAGIC: u32 = 0x4D49_544F;
-pub const WIRE_VERSION: u16 = 8;
+pub const WIRE_VERSION: u16 = 9;
 /// Bytes of the encoded [`MsgHeader`].
 pub const HEADER_LEN: usize = 24;
 
@@ -639,7 +639,7 @@ impl<'a> OpenRegionReply<'a> {
     /// Decodes the body and checks it is self-consistent: `chunk_bytes` a non-zero
     /// multiple of 4096, `size` non-zero and covered exactly by the keys, the region
     /// and the packed copy within the address space from their bases, at most
-    /// [`super::snapshot::MAX_LEAD_PAGES`] lead pages, at most [`MAX_HOT_PAGES`] hot
+    /// [`super::snapshot::MAX_LEAD_REGION_PAGES`] pages of packed lead pages, at most [`MAX_HOT_PAGES`] hot
     /// pages, working-set runs ascending and disjoint.
     pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
         let mut c = Cursor { buf: body, pos: 0 };
@@ -666,7 +666,7 @@ impl<'a> OpenRegionReply<'a> {
             return Err(WireError::BadLength);
         }
         if size.div_ceil(chunk_bytes) != n as u64
-            || lead_pages as usize > super::snapshot::MAX_LEAD_PAGES
+            || lead_pages as usize > super::snapshot::MAX_LEAD_REGION_PAGES
             || packed_pages as usize > super::packed::MAX_PACKED_PAGES
             || (u64::from(packed_pages) * 4096).div_ceil(chunk_bytes) != n_packed as u64
             || iova_base.checked_add(size).is_none()

@@ -151,9 +151,18 @@ fn wire_reply_round_trip_and_consistency() {
     let n = OpenRegionReply::encode(9, &uncovered, keys.iter().copied(), &mut buf).unwrap();
     let (_, body) = wire::decode(&buf[..n]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
-    // More lead pages than a child reads with the descriptor: refused.
+    // 48 lead pages stored as they are, packed: 49 region pages, accepted.
+    assert_eq!(snapshot::MAX_LEAD_REGION_PAGES, 49);
+    let most_lead = RegionFacts {
+        lead_pages: snapshot::MAX_LEAD_REGION_PAGES as u32,
+        ..facts
+    };
+    let n = OpenRegionReply::encode(9, &most_lead, keys.iter().copied(), &mut buf).unwrap();
+    let (_, body) = wire::decode(&buf[..n]).unwrap();
+    assert!(OpenRegionReply::decode(body).is_ok());
+    // More lead pages than a packed copy of 48 pages takes: refused.
     let too_many_lead = RegionFacts {
-        lead_pages: snapshot::MAX_LEAD_PAGES as u32 + 1,
+        lead_pages: snapshot::MAX_LEAD_REGION_PAGES as u32 + 1,
         ..facts
     };
     let n = OpenRegionReply::encode(9, &too_many_lead, keys.iter().copied(), &mut buf).unwrap();
@@ -375,7 +384,7 @@ fn wire_rejects_bad_headers() {
     bad[0] ^= 1;
     assert_eq!(wire::decode(&bad[..n]), Err(WireError::BadMagic));
     let mut bad = buf;
-    bad[4] = 9;
+    bad[4] = (wire::WIRE_VERSION + 1) as u8;
     assert_eq!(wire::decode(&bad[..n]), Err(WireError::BadVersion));
     let mut bad = buf;
     bad[6] = 77;

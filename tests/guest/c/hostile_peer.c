@@ -48,7 +48,7 @@
 /* The wire format of abi/src/wire.rs. */
 #define MSG_SIZE 4096
 #define WIRE_MAGIC 0x4D49544Fu
-#define WIRE_VERSION 8
+#define WIRE_VERSION 9
 /* Fixed part of an open's reply, before its keys (abi/src/wire.rs). */
 #define REPLY_FIXED 80
 /* Where `serve` registers the region and the packed copy (any base must do). */
