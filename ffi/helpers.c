@@ -119,6 +119,10 @@ bool mitosis_param_lead_pages = true;
 module_param_named(lead_pages, mitosis_param_lead_pages, bool, 0644);
 MODULE_PARM_DESC(lead_pages, "Read the pages a child needs first (its stack, the resume point) with the snapshot descriptor, in one batch (0: only the descriptor; they come by demand fault)");
 
+bool mitosis_param_reuse_open = true;
+module_param_named(reuse_open, mitosis_param_reuse_open, bool, 0644);
+MODULE_PARM_DESC(reuse_open, "Resume a later child of a snapshot through the open an earlier child here left at the parent (open_linger_ms) without asking the parent again, when the snapshot's status page, read in the descriptor's batch, says it is live and unchanged (0: every resume asks the parent)");
+
 bool mitosis_param_replay_async;
 module_param_named(replay_async, mitosis_param_replay_async, bool, 0644);
 MODULE_PARM_DESC(replay_async, "Prefetch a working set in the background while the child runs (its faults on pages not there yet read them at once) instead of before the resume returns (default 0: under emulation the transfer costs the child's own CPU, see docs/benchmarks.md)");

@@ -25,6 +25,7 @@ extern bool mitosis_param_pin_pages;
 extern bool mitosis_param_local_files;
 extern unsigned int mitosis_param_working_set;
 extern bool mitosis_param_lead_pages;
+extern bool mitosis_param_reuse_open;
 extern bool mitosis_param_replay_async;
 extern unsigned int mitosis_param_open_linger_ms;
 extern unsigned int mitosis_param_read_pages_per_wr;

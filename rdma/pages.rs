@@ -356,6 +356,23 @@ impl PageSet {
         placed.span.page(i - placed.start)
     }
 
+    /// Stores `value` (little-endian) in the first 8 bytes of page `i` with one aligned
+    /// 8-byte store, so that a reader (a remote READ) sees each byte old or new.
+    /// Only for the one page of a set its owner updates after publishing it (a
+    /// snapshot's status page), never a page read as stable data.
+    pub(crate) fn store_word(&self, i: usize, value: u64) -> Result {
+        let page = self.get(i).ok_or(EINVAL)?;
+        // SAFETY: the page is live while `self` is borrowed (type invariant of
+        // `PageView`); x86-64 has no highmem, so its kernel address is permanent and
+        // page-aligned.
+        let word = unsafe { bindings::mitosis_page_address(page.page) } as *mut u64;
+        // SAFETY: `word` is aligned and valid for 8 bytes; every access to it from
+        // this host goes through atomics (this store), the device reads it by DMA.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(word) }
+            .store(value.to_le(), core::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// Pages `[start, start + n)` (those of them in the set) as runs of consecutive
     /// pages of one folio, in order: each run's first page and its length. A
     /// registration maps one scatterlist entry per run (a huge page's 512 pages in

@@ -146,7 +146,8 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     let desc = encode_descriptor(&vmas, &runs, &files, lead.len() + data.len(), &state_bytes)?;
     let desc_len = desc.len();
     let desc_pages = desc_len.div_ceil(PAGE as usize);
-    let n_pages = desc_pages + lead.len() + data.len();
+    // The status page comes last (`abi::snapshot::status_word`).
+    let n_pages = desc_pages + lead.len() + data.len() + 1;
     if n_pages > MAX_SNAPSHOT_PAGES {
         return Err(E2BIG);
     }
@@ -160,6 +161,7 @@ pub(crate) fn capture(host: &Host, args_addr: u64) -> Result<Captured> {
     let present = data.len() as u64;
     pages.append(lead)?;
     pages.append(data)?;
+    pages.push(PageSpan::alloc_zeroed()?)?;
     let task = CurrentTask::get();
     let origin = Origin {
         seed_pid: task.tgid().max(0) as u32,

@@ -220,6 +220,8 @@ fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Re
         return Err(errno::eacces());
     }
     conn.set_authenticated();
+    // Before anything the reply hands out is read (see `Region::status`).
+    let status = region.status();
     // Opened before by this peer: one more open of its hold. Else the region's shared
     // registration (made now if no peer's open made it yet), held for this peer.
     let reg = match conn.reopen_registration(region.id) {
@@ -246,7 +248,7 @@ fn open_region(host: &Host, conn: &Connection, seq: u64, req: &OpenRegion) -> Re
         }
     };
     let packed = PackedGrant::for_peer(conn, &region, reg.chunk_bytes(), reg.rkeys().len());
-    let sent = send_keys(conn, seq, &region, &reg, &packed);
+    let sent = send_keys(conn, seq, &region, status, &reg, &packed);
     if sent.is_err() {
         conn.release_registration(region.id);
         packed.undo(conn, region.id);
@@ -260,6 +262,7 @@ fn send_keys(
     conn: &Connection,
     seq: u64,
     region: &Region,
+    status: u64,
     reg: &Registration,
     packed: &PackedGrant,
 ) -> Result {
@@ -282,6 +285,7 @@ fn send_keys(
             iova_base: reg.iova_base(),
             packed_iova_base: packed.reg.as_ref().map_or(0, |p| p.iova_base()),
             info: region.info,
+            status,
             desc_mac: region.desc_mac,
             lead_pages: region.lead_pages,
             packed_pages,

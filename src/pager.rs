@@ -194,30 +194,21 @@ impl Pager {
     pub(crate) fn new(
         host: Arc<Host>,
         key: PagerKey,
-        remote: RemoteRegion,
+        remote: Arc<RemoteRegion>,
         desc: KVVec<u8>,
     ) -> Result<Self> {
         let desc_pages = (desc.len() as u64).div_ceil(PAGE);
         // From here on the open is in a `Link`, whose drop closes it on any failure.
-        let remote: Arc<RemoteRegion> = match UniqueArc::new_uninit(GFP_KERNEL) {
-            Ok(shared) => shared.write(remote).into(),
-            Err(e) => {
-                remote.close();
-                return Err(e.into());
-            }
+        let link = Link {
+            remote,
+            handed_on: false,
         };
         Ok(Pager {
             host,
             key,
             desc,
             data_offset: desc_pages * PAGE,
-            link: KBox::pin_init(
-                new_mutex!(Link {
-                    remote,
-                    handed_on: false
-                }),
-                GFP_KERNEL,
-            )?,
+            link: KBox::pin_init(new_mutex!(link), GFP_KERNEL)?,
             dead: core::sync::atomic::AtomicBool::new(false),
             files: core::sync::atomic::AtomicU32::new(0),
             trace: KBox::pin_init(new_mutex!(Trace::new()), GFP_KERNEL)?,
@@ -275,6 +266,23 @@ impl Pager {
     /// Whether new resumes may share this pager: not once a reconnect failed (it
     /// serves its current children's faults no more; a new resume gets a fresh inode
     /// and open).
+    /// Whether the snapshot's status page, read through this pager's open, says that
+    /// the snapshot is live and that an open would hand out what this one got (see
+    /// `restore::through_lingering`): one READ of one page, no RPC. False on any
+    /// failure (the caller then asks the parent).
+    pub(crate) fn still_current(&self) -> bool {
+        let remote = self.link.lock().remote.clone();
+        let Some(off) = remote.status_offset() else {
+            return false;
+        };
+        let mut word = None;
+        let read = remote.read_batch(&[off], |_, bytes| {
+            word = bytes.first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
+            Ok(())
+        });
+        read.is_ok() && word.is_some_and(|w| remote.still_current(w))
+    }
+
     pub(crate) fn shareable(&self) -> bool {
         !self.dead.load(Ordering::Relaxed)
     }

@@ -76,6 +76,13 @@ pub(crate) fn lead_pages() -> bool {
     unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_lead_pages)) }
 }
 
+/// Whether a resume may go through a lingering open without an RPC while the
+/// snapshot's status page says it is live and unchanged.
+pub(crate) fn reuse_open() -> bool {
+    // SAFETY: as above (a `bool` parameter).
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_reuse_open)) }
+}
+
 /// Longest `open_linger_ms`.
 const MAX_LINGER_MS: u32 = 60_000;
 

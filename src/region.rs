@@ -7,6 +7,7 @@
 
 use crate::abi::ioctl::{fill_pattern, MAX_REGION_BYTES};
 use crate::abi::mac::{constant_time_eq, descriptor_mac, open_proof};
+use crate::abi::snapshot::status_word;
 use crate::abi::wire::{HotPage, OpenRegionReply, WsRun};
 use crate::rdma::pages::PageSet;
 use crate::rdma::PAGE_SIZE;
@@ -62,8 +63,9 @@ pub(crate) struct Region {
     pub(crate) info: u64,
     /// For snapshots: the descriptor's MAC under the secret (sent with the keys).
     pub(crate) desc_mac: [u8; 16],
-    /// For snapshots: pages after the descriptor holding copies of what a child needs
-    /// first (sent with the keys); 0 for test regions.
+    /// For snapshots: pages after the descriptor holding the packed lead pages, what a
+    /// child needs first (sent with the keys); 0 for test regions. A snapshot's last
+    /// page is its status page (`abi::snapshot::status_word`).
     pub(crate) lead_pages: u32,
     /// When it was published (monotonic ms).
     pub(crate) created_ms: i64,
@@ -88,6 +90,9 @@ struct ParentRecord {
     /// The record's pages compressed (`packed.rs`), once made; an older record's copy
     /// until then.
     packed: Option<Arc<PageSet>>,
+    /// Counts the changes of what an open reply hands out (a record kept, a packed
+    /// copy made): the version in the snapshot's status word.
+    version: u64,
 }
 
 /// Collects at most `n` entries (the count the wire decoder checked) into a new
@@ -127,6 +132,7 @@ impl Region {
         ws.runs = runs;
         ws.hot = hot;
         ws.generation = ws.generation.wrapping_add(1);
+        self.changed(&mut ws);
         true
     }
 
@@ -154,7 +160,44 @@ impl Region {
             return false;
         }
         ws.packed = copy;
+        self.changed(&mut ws);
         true
+    }
+
+    /// What an open hands out changed: a new version in the status word.
+    fn changed(&self, ws: &mut ParentRecord) {
+        ws.version = ws.version.wrapping_add(1);
+        self.write_status(ws);
+    }
+
+    /// Writes the status word (`abi::snapshot::status_word`) into the snapshot's
+    /// status page, its last (snapshots only). Under the record's lock: writers
+    /// never interleave.
+    fn write_status(&self, ws: &ParentRecord) {
+        if self.info != 0 {
+            let word = status_word(self.is_live(), ws.version);
+            // The page is there: a snapshot is published with it.
+            let _ = self
+                .pages
+                .store_word(self.pages.len().saturating_sub(1), word);
+        }
+    }
+
+    /// The status word as an open reply carries it, read before anything else the
+    /// reply hands out: if that changes meanwhile, the reply's word is already out
+    /// of date and the host asks again. 0 for test regions.
+    pub(crate) fn status(&self) -> u64 {
+        if self.info == 0 {
+            return 0;
+        }
+        status_word(self.is_live(), self.working_set.lock().version)
+    }
+
+    /// Marks the region released: no new registrations, and, before any key is
+    /// revoked, a status word that sends every host back to the parent.
+    fn retire(&self) {
+        self.live.store(false, Ordering::Release);
+        self.write_status(&self.working_set.lock());
     }
 
     /// The packed copy of the working set, if one was made.
@@ -219,7 +262,8 @@ impl Registry {
 
     /// Publishes `pages` under a fresh id and random secret; `desc` is the snapshot
     /// descriptor the pages start with (empty for test regions), whose MAC peers get,
-    /// followed by `lead_pages` copies of the pages a child needs first.
+    /// followed by `lead_pages` pages of packed lead pages; a snapshot's last page is its
+    /// status page, written here.
     pub(crate) fn publish(
         &mut self,
         pages: PageSet,
@@ -250,6 +294,8 @@ impl Registry {
             },
             GFP_KERNEL,
         )?;
+        // The status page: live, version 0.
+        region.write_status(&region.working_set.lock());
         self.regions.reserve(1, GFP_KERNEL)?;
         self.regions.push(region, GFP_KERNEL)?;
         self.next_id += 1;
@@ -283,7 +329,7 @@ impl Registry {
     /// connection (pages are freed with the last registration).
     pub(crate) fn remove(&mut self, id: u64) -> Result<Arc<Region>> {
         let region = crate::util::remove_first(&mut self.regions, |r| r.id == id).ok_or(ENOENT)?;
-        region.live.store(false, Ordering::Release);
+        region.retire();
         Ok(region)
     }
 
@@ -294,7 +340,7 @@ impl Registry {
     /// Removes every region (module unload).
     pub(crate) fn clear(&mut self) {
         for r in self.regions.iter() {
-            r.live.store(false, Ordering::Release);
+            r.retire();
         }
         drop(crate::util::take_all(&mut self.regions));
     }

@@ -17,7 +17,7 @@ use crate::rdma::pages::{copy_page_bytes, PageRef};
 use crate::rdma::PAGE_SIZE;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{Arc, UniqueArc};
 use kernel::uaccess::UserSliceWriter;
 use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 
@@ -34,6 +34,10 @@ pub(crate) struct RemoteRegion {
     pub(crate) info: u64,
     /// A snapshot's descriptor MAC, as the peer sent it (checked by the reader).
     pub(crate) desc_mac: [u8; 16],
+    /// A snapshot's status word when the peer granted this open
+    /// (`abi::snapshot::status_word`; 0 for test regions and peers that never let
+    /// an open be reused).
+    pub(crate) status: u64,
     /// Pages after a snapshot's descriptor holding copies of what a child needs
     /// first, as the peer announced them (checked by the reader).
     pub(crate) lead_pages: u32,
@@ -111,6 +115,7 @@ impl RemoteRegion {
             region_id,
             size: facts.size,
             info: facts.info,
+            status: facts.status,
             desc_mac: facts.desc_mac,
             lead_pages: facts.lead_pages,
             chunk_bytes: facts.chunk_bytes,
@@ -127,6 +132,33 @@ impl RemoteRegion {
             hot,
         };
         Ok((region, overlapped))
+    }
+
+    /// This open, shared (by a pager and the work it queues); closed if that fails.
+    pub(crate) fn into_shared(self) -> Result<Arc<Self>> {
+        match UniqueArc::new_uninit(GFP_KERNEL) {
+            Ok(shared) => Ok(shared.write(self).into()),
+            Err(e) => {
+                self.close();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Region offset of a snapshot's status page (its last page); `None` for test
+    /// regions.
+    pub(crate) fn status_offset(&self) -> Option<u64> {
+        if self.info == 0 {
+            return None;
+        }
+        self.size.checked_sub(PAGE_SIZE as u64)
+    }
+
+    /// Whether the status word `word`, read from the status page, says that the
+    /// snapshot is live and an open would hand out what this one got: then this open
+    /// may serve another child without asking the parent.
+    pub(crate) fn still_current(&self, word: u64) -> bool {
+        self.status & 1 == 1 && word == self.status
     }
 
     /// Whether `other` is an open of the same snapshot content as this one: same
@@ -310,6 +342,7 @@ impl RemoteRegion {
     pub(crate) fn into_open(self: &Arc<Self>) -> OpenAtParent {
         OpenAtParent {
             region: self.clone(),
+            close_on_drop: true,
         }
     }
 }
@@ -343,9 +376,11 @@ impl Grant {
 
 /// One open of a region at its parent, kept after its readers are gone: dropping it
 /// closes the open (the parent drops its registration for this host with its last
-/// open).
+/// open), unless a new reader took it over ([`OpenAtParent::take_over`]).
 pub(crate) struct OpenAtParent {
     region: Arc<RemoteRegion>,
+    /// Cleared when a reader takes the open over: then it stays open.
+    close_on_drop: bool,
 }
 
 impl OpenAtParent {
@@ -354,11 +389,20 @@ impl OpenAtParent {
     pub(crate) fn region(&self) -> &RemoteRegion {
         &self.region
     }
+
+    /// The open itself, for a new reader that holds it from now on (and closes it
+    /// in its turn).
+    pub(crate) fn take_over(mut self) -> Arc<RemoteRegion> {
+        self.close_on_drop = false;
+        self.region.clone()
+    }
 }
 
 impl Drop for OpenAtParent {
     fn drop(&mut self) {
-        self.region.close_soon();
+        if self.close_on_drop {
+            self.region.close_soon();
+        }
     }
 }
 

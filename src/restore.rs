@@ -40,9 +40,9 @@ use crate::fpu;
 use crate::mm::{self, MmLayout, MmapReadGuard, MmapWriteGuard, Special, MAX_VMAS};
 use crate::pager::{Pager, PagerKey};
 use crate::params;
-use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
+use crate::rdma::connection::{Connection, Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
-use crate::remote::RemoteRegion;
+use crate::remote::{OpenAtParent, RemoteRegion};
 use crate::snapfs::Faults;
 use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
@@ -127,58 +127,56 @@ fn resume_inner(
     // An open an earlier child here left at the parent (`open_linger_ms`): ours reuses
     // its registration and holds it from then on. Closed when the resume returns (a
     // one-way message sent from the workqueue, after the report's count of round
-    // trips: the child does not wait for it).
+    // trips: the child does not wait for it), unless this resume takes it over.
     let lingering = fs.take_open(key);
     let existing = fs.lookup(key);
     let local_hot = match existing {
         None => first_touches_here(host, key),
         Some(_) => None,
     };
-    // Every resume asks the parent: a released snapshot or a wrong secret is refused
-    // even when children on this host still map it. A new pager with a lingering open
-    // reads the descriptor's batch through that open's keys while the request is in
-    // flight (one round trip instead of two), and uses it only if the parent grants
-    // the open, for the same snapshot; otherwise it reads it again afterwards.
-    let (remote, early) = match (&lingering, &existing) {
+    // Every resume makes sure that the snapshot is live and the secret right, even
+    // when children on this host still map it: by asking the parent, or, for a new
+    // pager with a lingering open, by the snapshot's status page
+    // (`through_lingering`).
+    let (remote, early, _lingering) = match (lingering, &existing) {
         (Some(open), None) => {
-            let old = open.region();
-            let hot = local_hot.as_deref().unwrap_or(&old.hot);
-            let read = || fetch_descriptor(old, &a.secret, hot);
-            match RemoteRegion::open_during(conn.clone(), 0, a.snapshot_id, a.secret, read) {
-                Ok((remote, early)) => {
-                    let early = early.ok().filter(|_| remote.same_snapshot(old));
-                    (remote, early)
-                }
-                // A READ with keys a forced release revoked puts the connection in
-                // error, and the parent's answer may be lost with it: ask again on a
-                // new connection, without reading.
-                Err(_) if !conn.is_up() => {
-                    let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
-                    (RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?, None)
-                }
-                Err(e) => return Err(e),
-            }
+            let hot = local_hot.as_deref();
+            let (remote, early, open) =
+                through_lingering(host, &conn, open, a, port, timeout_ms, hot)?;
+            (Some(remote), early, open)
         }
-        _ => (RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?, None),
+        // Children here already share this snapshot's pages and their open: with
+        // `reuse_open`, its status page may vouch for the snapshot (one READ, no RPC).
+        (lingering, Some(inode)) if params::reuse_open() && inode.pager().still_current() => {
+            (None, None, lingering)
+        }
+        (lingering, _) => {
+            let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
+            (Some(remote.into_shared()?), None, lingering)
+        }
     };
     let opened_ns = now_ns();
-    let (inode, lead) = match existing {
-        Some(inode) => {
+    let (inode, lead) = match (existing, remote) {
+        (Some(inode), remote) => {
             // Children here already share this snapshot's pages: keep theirs.
-            remote.close_soon();
+            if let Some(remote) = remote {
+                remote.close_soon();
+            }
             (inode, None)
         }
-        None => {
-            let (desc, lead) = match early {
+        (None, None) => return Err(EINVAL),
+        (None, Some(remote)) => {
+            let fetched = match early {
                 Some(fetched) => fetched,
                 None => {
                     let hot = local_hot.as_deref().unwrap_or(&remote.hot);
-                    fetch_descriptor(&remote, &a.secret, hot).inspect_err(|_| remote.close())?
+                    fetch_descriptor(&remote, &a.secret, hot, false)
+                        .inspect_err(|_| remote.close())?
                 }
             };
             (
-                fs.create(Pager::new(host.clone(), key, remote, desc)?)?,
-                Some(lead),
+                fs.create(Pager::new(host.clone(), key, remote, fetched.desc)?)?,
+                Some((fetched.lead, fetched.hot)),
             )
         }
     };
@@ -301,18 +299,79 @@ fn first_touches_here(host: &Host, key: PagerKey) -> Option<KVec<HotPage>> {
     host.working_sets().hot(key)
 }
 
+/// Opens snapshot `a` for a new pager on this host, which keeps `open`, an open an
+/// earlier child here left at the parent. With `reuse_open`, one batch of READs
+/// through `open` brings the snapshot's status page with the descriptor, lead and
+/// first-touch pages: if the status word is the one `open` was granted with (the
+/// snapshot is live and an open would hand out nothing new), `open` serves the pager
+/// as it is: one round trip, no RPC. A lingering open was granted for this very
+/// secret (`PagerKey`), and a release writes the status page before it revokes any
+/// key. Otherwise the parent is asked (overlapped with that batch without
+/// `reuse_open`), and the batch is used only if the parent grants the same snapshot.
+/// Returns the pager's open, the batch if usable, and the lingering open when the
+/// pager does not take it over (closed when dropped).
+fn through_lingering(
+    host: &Arc<Host>,
+    conn: &Arc<Connection>,
+    open: OpenAtParent,
+    a: &ForkResumeArgs,
+    port: u16,
+    timeout_ms: u32,
+    hot: Option<&[HotPage]>,
+) -> Result<(Arc<RemoteRegion>, Option<Fetched>, Option<OpenAtParent>)> {
+    let old = open.region();
+    let hot = hot.unwrap_or(&old.hot);
+    let read = |with_status| fetch_descriptor(old, &a.secret, hot, with_status);
+    let asked = if params::reuse_open() {
+        match read(true) {
+            Ok(f) if f.status.is_some_and(|w| old.still_current(w)) => {
+                return Ok((open.take_over(), Some(f), None));
+            }
+            fetched => RemoteRegion::open(conn.clone(), 0, a.snapshot_id, a.secret)
+                .map(|remote| (remote, fetched)),
+        }
+    } else {
+        RemoteRegion::open_during(conn.clone(), 0, a.snapshot_id, a.secret, || read(false))
+    };
+    let (remote, early) = match asked {
+        Ok((remote, fetched)) => {
+            let early = fetched.ok().filter(|_| remote.same_snapshot(old));
+            (remote, early)
+        }
+        // A READ with keys a forced release revoked puts the connection in error, and
+        // the parent's answer may be lost with it: ask again on a new connection,
+        // without reading.
+        Err(_) if !conn.is_up() => {
+            let (conn, _) = host.connection_to(a.peer_addr, port, timeout_ms)?;
+            (RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?, None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((remote.into_shared()?, early, Some(open)))
+}
+
+/// What the descriptor's batch brought: the validated descriptor, the lead pages,
+/// the first-touch pages kept, and the status word when it was asked for.
+struct Fetched {
+    desc: KVVec<u8>,
+    lead: Lead,
+    hot: Lead,
+    status: Option<u64>,
+}
+
 /// Reads the snapshot's descriptor (one doorbell per 64 pages: one for any ordinary
 /// process) and validates it completely. The lead pages the parent announced come in
 /// the same batch when they fit in it, and so do as many of `hot` (the pages
 /// earlier children touched first, in order; from this host's record or the
 /// parent's, not trusted) as fit: only pages of the region after the lead pages are
 /// read, and only those the validated descriptor puts at the region page named are
-/// kept. Returns the descriptor, the lead pages and the first-touch pages kept.
+/// kept. With `with_status`, a snapshot's status page comes last in the batch.
 fn fetch_descriptor(
     remote: &RemoteRegion,
     secret: &[u8; 16],
     hot: &[HotPage],
-) -> Result<(KVVec<u8>, (Lead, Lead))> {
+    with_status: bool,
+) -> Result<Fetched> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
         pr_info!("resume: peer's descriptor length {} refused\n", len);
@@ -331,20 +390,28 @@ fn fetch_descriptor(
         }
         _ => 0,
     };
-    let hot = hot_in_batch(remote, desc_pages + lead_pages, hot)?;
+    let status_off = remote.status_offset().filter(|_| with_status);
+    let taken = desc_pages + lead_pages + u64::from(status_off.is_some());
+    let hot = hot_in_batch(remote, taken, hot)?;
     let mut lead = KVVec::with_capacity((lead_pages * PAGE) as usize, GFP_KERNEL)?;
     let mut hot_bytes = KVVec::with_capacity(hot.len() * PAGE_SIZE, GFP_KERNEL)?;
+    let mut status = None;
     let before_hot = desc_pages + lead_pages;
-    let pages = before_hot + hot.len() as u64;
+    let after_hot = before_hot + hot.len() as u64;
+    let pages = after_hot + u64::from(status_off.is_some());
     let mut offs = [0u64; MAX_READ_BATCH];
     let mut p = 0u64;
     while p < pages {
         let n = ((pages - p) as usize).min(MAX_READ_BATCH);
         for (i, o) in offs[..n].iter_mut().enumerate() {
             let k = p + i as u64;
-            *o = match k.checked_sub(before_hot) {
-                None => k * PAGE,
-                Some(h) => u64::from(hot.get(h as usize).ok_or(EINVAL)?.region_page) * PAGE,
+            *o = match (k.checked_sub(before_hot), status_off) {
+                (None, _) => k * PAGE,
+                (Some(h), _) if k < after_hot => {
+                    u64::from(hot.get(h as usize).ok_or(EINVAL)?.region_page) * PAGE
+                }
+                (Some(_), Some(off)) => off,
+                (Some(_), None) => return Err(EINVAL),
             };
         }
         remote.read_batch(&offs[..n], |i, bytes| {
@@ -354,8 +421,12 @@ fn fetch_descriptor(
                 Ok(desc.extend_from_slice(&bytes[..want], GFP_KERNEL)?)
             } else if k < before_hot {
                 Ok(lead.extend_from_slice(bytes, GFP_KERNEL)?)
-            } else {
+            } else if k < after_hot {
                 Ok(hot_bytes.extend_from_slice(bytes, GFP_KERNEL)?)
+            } else {
+                let word = bytes.first_chunk::<8>().ok_or(EINVAL)?;
+                status = Some(u64::from_le_bytes(*word));
+                Ok(())
             }
         })?;
         p += n as u64;
@@ -385,7 +456,12 @@ fn fetch_descriptor(
     };
     let lead = lead_of(&d, lead)?;
     let hot = hot_of(&d, len, &hot, &hot_bytes)?;
-    Ok((desc, (lead, hot)))
+    Ok(Fetched {
+        desc,
+        lead,
+        hot,
+        status,
+    })
 }
 
 /// The pages of `hot` the descriptor's batch has room for after its first `taken`

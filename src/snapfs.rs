@@ -602,6 +602,15 @@ unsafe impl Sync for SnapshotFs {}
 /// We own one reference on `0`, a live inode of ours.
 pub(crate) struct SnapshotInode(NonNull<bindings::inode>);
 
+impl SnapshotInode {
+    /// The inode's pager.
+    pub(crate) fn pager(&self) -> &Pager {
+        // SAFETY: we hold a reference on the live inode (type invariant), and its pager
+        // lives until the inode is evicted.
+        unsafe { pager_of(self.0.as_ptr()) }
+    }
+}
+
 impl Drop for SnapshotInode {
     fn drop(&mut self) {
         // SAFETY: we own one reference (type invariant).

@@ -33,6 +33,15 @@ pub const MAX_LEAD_PAGES: usize = 48;
 /// Most region pages the lead pages take: packed (`super::packed`), with every page
 /// stored as it is at worst.
 pub const MAX_LEAD_REGION_PAGES: usize = super::packed::max_packed_pages(MAX_LEAD_PAGES);
+/// A snapshot's status word: the first 8 bytes (little-endian) of its status page,
+/// the last page of its region and the only one its parent writes after the publish.
+/// Bit 0 is set while the snapshot is live (cleared at its release, before any key
+/// is revoked); the bits above count the changes of what an open reply hands out
+/// (a working-set record kept, a packed copy made), from 0 at the publish.
+pub const fn status_word(live: bool, version: u64) -> u64 {
+    (version << 1) | live as u64
+}
+
 /// Most VMAs after the instruction's whose pages are lead pages (an ELF object's
 /// read-only data, relocated pointers, `.data` and `.bss`).
 pub const LEAD_DATA_VMAS: usize = 4;

@@ -244,6 +244,12 @@ pub struct RegionFacts {
     /// For snapshots: the descriptor's length in bytes (it starts at offset 0).
     /// 0 for test regions.
     pub info: u64,
+    /// For snapshots: the status word (`super::snapshot::status_word`) as it was
+    /// before the reply was built. The same word in the region's status page (its
+    /// last) later means the snapshot is live and an open would hand out what this
+    /// one did, so a host that keeps this open may resume another child through it
+    /// without asking again. 0 for test regions.
+    pub status: u64,
     /// For snapshots: `mac::descriptor_mac(secret, descriptor)`, which a child checks
     /// before it uses the descriptor.
     pub desc_mac: [u8; 16],
@@ -524,7 +530,7 @@ pub struct OpenRegionReply<'a> {
 pub const MAX_REPLY_RKEYS: usize = (MSG_SIZE - HEADER_LEN - OpenRegionReply::FIXED_LEN) / 4;
 
 impl<'a> OpenRegionReply<'a> {
-    const FIXED_LEN: usize = 80;
+    const FIXED_LEN: usize = 88;
 
     /// Bytes left after the fixed fields and `n_keys` keys (the region's and the
     /// packed copy's together).
@@ -621,6 +627,7 @@ impl<'a> OpenRegionReply<'a> {
         w.put(&facts.iova_base.to_le_bytes())?;
         w.put(&facts.packed_iova_base.to_le_bytes())?;
         w.put(&facts.info.to_le_bytes())?;
+        w.put(&facts.status.to_le_bytes())?;
         w.put(&facts.desc_mac)?;
         w.put(&facts.lead_pages.to_le_bytes())?;
         w.put(&((n - packed_rkeys.len()) as u32).to_le_bytes())?;
@@ -648,6 +655,7 @@ impl<'a> OpenRegionReply<'a> {
         let iova_base = c.u64()?;
         let packed_iova_base = c.u64()?;
         let info = c.u64()?;
+        let status = c.u64()?;
         let mut desc_mac = [0u8; 16];
         desc_mac.copy_from_slice(c.take(16)?);
         let lead_pages = c.u32()?;
@@ -683,6 +691,7 @@ impl<'a> OpenRegionReply<'a> {
                 iova_base,
                 packed_iova_base,
                 info,
+                status,
                 desc_mac,
                 lead_pages,
                 packed_pages,

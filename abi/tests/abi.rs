@@ -132,6 +132,7 @@ fn wire_reply_round_trip_and_consistency() {
         iova_base: 0x1234_5678_9000,
         packed_iova_base: 0,
         info: 777,
+        status: snapshot::status_word(true, 3),
         desc_mac: [5; 16],
         lead_pages: 7,
         packed_pages: 0,
@@ -141,6 +142,12 @@ fn wire_reply_round_trip_and_consistency() {
     assert_eq!((h.kind, h.seq), (Kind::OpenRegionReply, 9));
     let r = OpenRegionReply::decode(body).unwrap();
     assert_eq!((r.n_keys(), r.facts), (3, facts));
+    // The status word: bit 0 live, the version above it; a release changes only bit 0.
+    assert_eq!(r.facts.status, 7);
+    assert_eq!(
+        snapshot::status_word(false, 3) ^ snapshot::status_word(true, 3),
+        1
+    );
     assert_eq!((r.rkey(0), r.rkey(2), r.rkey(3)), (Some(1), Some(3), None));
     // Size not covered exactly by the keys: refused.
     let uncovered = RegionFacts {
@@ -266,10 +273,10 @@ fn wire_reply_packed_keys() {
     );
     let (_, body) = wire::decode(&buf[..n.unwrap()]).unwrap();
     assert_eq!(OpenRegionReply::decode(body), Err(WireError::BadLength));
-    // The packed keys count against the room for the working set (fixed part 80 bytes).
+    // The packed keys count against the room for the working set (fixed part 88 bytes).
     assert_eq!(
         OpenRegionReply::room_for_runs(4, 0),
-        (wire::MSG_SIZE - wire::HEADER_LEN - 80 - 4 * 4) / 12
+        (wire::MSG_SIZE - wire::HEADER_LEN - 88 - 4 * 4) / 12
     );
 }
 

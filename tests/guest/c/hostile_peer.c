@@ -50,7 +50,7 @@
 #define WIRE_MAGIC 0x4D49544Fu
 #define WIRE_VERSION 9
 /* Fixed part of an open's reply, before its keys (abi/src/wire.rs). */
-#define REPLY_FIXED 80
+#define REPLY_FIXED 88
 /* Where `serve` registers the region and the packed copy (any base must do). */
 #define SERVE_BASE 0x3a5000000000ull
 #define SERVE_PACKED_BASE 0x1c7000000000ull
@@ -423,7 +423,7 @@ static int open_region(struct conn *c, uint64_t id, const uint8_t secret[16], ui
 		status = -1003;
 	else
 		status = (int32_t)get32(r + 16);
-	/* size, chunk_bytes, iova_base, packed_iova_base, info, desc_mac[16],
+	/* size, chunk_bytes, iova_base, packed_iova_base, info, status, desc_mac[16],
 	 * lead_pages, n_keys, n_runs, n_hot, packed_pages, n_packed_keys, keys */
 	if (status == 0 && len >= HDR_LEN + REPLY_FIXED + 4) {
 		*base = get64(r + HDR_LEN + 16);
@@ -686,13 +686,14 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 				put64(f + 16, SERVE_BASE);
 				put64(f + 24, packed_mr ? SERVE_PACKED_BASE : 0);
 				put64(f + 32, info);
-				memcpy(f + 40, desc_mac, 16);
-				put32(f + 56, 0); /* no lead pages announced */
-				put32(f + 60, 1);
-				put32(f + 64, lying_ws ? 2 : 0); /* working-set runs */
-				put32(f + 68, lying_ws ? 3 : 0); /* first-touch pages */
-				put32(f + 72, (uint32_t)(packed_size / PAGE));
-				put32(f + 76, !!packed_mr); /* packed copy's keys */
+				put64(f + 40, 0); /* status word: never skip the open */
+				memcpy(f + 48, desc_mac, 16);
+				put32(f + 64, 0); /* no lead pages announced */
+				put32(f + 68, 1);
+				put32(f + 72, lying_ws ? 2 : 0); /* working-set runs */
+				put32(f + 76, lying_ws ? 3 : 0); /* first-touch pages */
+				put32(f + 80, (uint32_t)(packed_size / PAGE));
+				put32(f + 84, !!packed_mr); /* packed copy's keys */
 				put32(f + REPLY_FIXED, data->rkey);
 				if (packed_mr)
 					put32(f + REPLY_FIXED + 4, packed_mr->rkey);

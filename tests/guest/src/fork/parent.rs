@@ -44,25 +44,22 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
         ],
     );
     w.scribble();
-    // A second snapshot, never released: B's lazy child uses it when A is gone.
-    let lazy = match m.fork_prepare() {
-        Ok(Forked::Parent(p2)) => p2.handle,
-        // Children of this snapshot only run the "lazy" task (no stack check).
-        Ok(Forked::Child(res)) => child_main(&mut w, &[0; STACK_WORDS], res, &m),
-        Err(e) => {
-            r.check("rf-prepare-second", false, e.to_string(), &[]);
-            return ExitCode::FAILURE;
+    // More snapshots of the same world, whose children run the task B gives them (no
+    // stack check): a second, never released (B's lazy child uses it when A is gone);
+    // a third, released with FORCE while a child waits; a fourth, released without
+    // FORCE while B keeps an open of it lingering.
+    let mut more = Vec::new();
+    for name in ["rf-prepare-second", "rf-prepare-third", "rf-prepare-fourth"] {
+        match m.fork_prepare() {
+            Ok(Forked::Parent(p)) => more.push(p.handle),
+            Ok(Forked::Child(res)) => child_main(&mut w, &[0; STACK_WORDS], res, &m),
+            Err(e) => {
+                r.check(name, false, e.to_string(), &[]);
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    // A third one, released with FORCE while a child waits.
-    let forced = match m.fork_prepare() {
-        Ok(Forked::Parent(p3)) => p3.handle,
-        Ok(Forked::Child(res)) => child_main(&mut w, &[0; STACK_WORDS], res, &m),
-        Err(e) => {
-            r.check("rf-prepare-third", false, e.to_string(), &[]);
-            return ExitCode::FAILURE;
-        }
-    };
+    }
+    let [lazy, forced, plain] = [more[0], more[1], more[2]];
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(e) => {
@@ -97,6 +94,7 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
         &[],
     );
     let _ = writeln!(out, "dyn {}", dyn_handle.unwrap_or_default());
+    let _ = writeln!(out, "plain {plain}");
     // Local children, concurrently with B's.
     let t = Instant::now();
     let kids: Vec<_> = (0..n_local)
@@ -155,6 +153,11 @@ pub fn parent(r: &mut Report, port: u16, n_local: usize, heap_mib: usize) -> Exi
                     format!("{again:?}"),
                     &[],
                 );
+                let _ = writeln!(out, "released");
+            }
+            ["release-plain"] => {
+                let rel = m.fork_release(&plain, false);
+                r.check("rf-release-plain", rel.is_ok(), format!("{rel:?}"), &[]);
                 let _ = writeln!(out, "released");
             }
             ["force-release", h] => {

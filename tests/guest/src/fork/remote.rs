@@ -58,6 +58,10 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
             &[],
         );
     }
+    let plain: Option<SnapshotHandle> = next().strip_prefix("plain ").and_then(|s| s.parse().ok());
+    if let Some(p) = plain {
+        lingering_open(r, &m, &p, &mut out, &mut next);
+    }
     let _ = std::fs::write(LINGER_PARAM, "5000");
     // Wrong secret: the launcher stays itself, with a distinct errno.
     let mut wrong = h;
@@ -326,6 +330,49 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
 
 const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
 const LINGER_PARAM: &str = "/sys/module/mitosis/parameters/open_linger_ms";
+const WORKING_SET_PARAM: &str = "/sys/module/mitosis/parameters/working_set";
+
+/// A later child through a lingering open (`open_linger_ms` is long here): with
+/// working sets off, so that no report changes what the parent hands out, the
+/// second child's resume sends no control message at all (the snapshot's status page,
+/// read in its descriptor batch, vouches for the open); after a release without
+/// FORCE, whose keys stay valid for this host's open, a resume reads the status page,
+/// asks the parent, and is refused.
+fn lingering_open(
+    r: &mut Report,
+    m: &Mitosis,
+    p: &SnapshotHandle,
+    out: &mut TcpStream,
+    next: &mut impl FnMut() -> String,
+) {
+    let ws = std::fs::write(WORKING_SET_PARAM, "0");
+    let sent = || {
+        m.status()
+            .map(|s| s.counters.ctrl_msgs_sent)
+            .unwrap_or(u64::MAX)
+    };
+    let child = || launch(p, false).map(|c| run_child(c, "exit").0.success());
+    let first = child();
+    let before = sent();
+    let second = child();
+    let msgs = sent().saturating_sub(before);
+    r.check(
+        "rf-lingering-open-reused",
+        ws.is_ok() && matches!((&first, &second), (Ok(true), Ok(true))) && msgs == 0,
+        format!("children {first:?} {second:?}, control messages sent for the second: {msgs}"),
+        &[("ctrl_msgs", msgs as f64)],
+    );
+    let _ = std::fs::write(WORKING_SET_PARAM, "1");
+    let _ = writeln!(out, "release-plain");
+    let released = next() == "released";
+    let e = m.fork_resume(p, ResumeOptions::default());
+    r.check(
+        "rf-lingering-open-released-eacces",
+        released && e.raw_os_error() == Some(libc::EACCES),
+        format!("released {released}, resume: {e}"),
+        &[],
+    );
+}
 
 /// This host's count of working-set records stored (a pager's end stores one).
 fn ws_recorded() -> u64 {
