@@ -27,6 +27,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         next().strip_prefix("forced ").and_then(|s| s.parse().ok());
     let sparse: Option<u64> = next().strip_prefix("sparse ").and_then(|s| s.parse().ok());
     let dyn_h: Option<SnapshotHandle> = next().strip_prefix("dyn ").and_then(|s| s.parse().ok());
+    let plain: Option<SnapshotHandle> = next().strip_prefix("plain ").and_then(|s| s.parse().ok());
     let (Some(h), Some(lazy)) = (h, lazy) else {
         r.check("rf-handle", false, "no handle from A", &[]);
         return ExitCode::FAILURE;
@@ -58,7 +59,6 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
             &[],
         );
     }
-    let plain: Option<SnapshotHandle> = next().strip_prefix("plain ").and_then(|s| s.parse().ok());
     if let Some(p) = plain {
         lingering_open(r, &m, &p, &mut out, &mut next);
     }
