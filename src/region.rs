@@ -159,8 +159,13 @@ impl Region {
         if ws.generation != generation {
             return false;
         }
+        // No copy where there was none hands out nothing new: the status word stays
+        // (hosts keep reusing their opens).
+        let changed = copy.is_some() || ws.packed.is_some();
         ws.packed = copy;
-        self.changed(&mut ws);
+        if changed {
+            self.changed(&mut ws);
+        }
         true
     }
 
