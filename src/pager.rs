@@ -33,7 +33,7 @@ use crate::counters::{count, COUNTERS};
 use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
-use crate::remote::RemoteRegion;
+use crate::remote::{Checked, Lead, RemoteRegion};
 use crate::snapfs::{LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
@@ -87,6 +87,9 @@ pub(crate) struct Pager {
     key: PagerKey,
     /// The descriptor, validated once by [`Descriptor::parse`] and never changed.
     desc: KVVec<u8>,
+    /// The lead pages read and unpacked with it (installed by the first resume, kept
+    /// to hand on with the open: [`Checked`]).
+    lead: Lead,
     /// Region offset of data page 0 (the descriptor fills the pages before it).
     data_offset: u64,
     /// The open, taken briefly by each batch (which then reads without it: the
@@ -160,10 +163,16 @@ impl Drop for Pager {
         // The open stays at the parent a while (`open_linger_ms`): the next child of
         // the snapshot here reuses the registration the parent made for this host.
         if params::open_linger_ms() > 0 && !dead {
+            // The descriptor and the lead pages go with it: the next resume through it
+            // reads neither again.
+            let checked = Checked {
+                desc: core::mem::replace(&mut self.desc, KVVec::new()),
+                lead: core::mem::replace(&mut self.lead, Lead::NONE),
+            };
             let open = {
                 let mut link = self.link.lock();
                 link.handed_on = true;
-                link.remote.into_open()
+                link.remote.into_open(Some(checked))
             };
             self.host.snapshot_fs().linger(self.key, open);
         }
@@ -190,12 +199,14 @@ impl Pager {
         self.files.load(core::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A pager over an opened snapshot whose descriptor `desc` passed validation.
+    /// A pager over an opened snapshot whose descriptor `desc` passed validation, with
+    /// the lead pages read with it.
     pub(crate) fn new(
         host: Arc<Host>,
         key: PagerKey,
         remote: Arc<RemoteRegion>,
         desc: KVVec<u8>,
+        lead: Lead,
     ) -> Result<Self> {
         let desc_pages = (desc.len() as u64).div_ceil(PAGE);
         // From here on the open is in a `Link`, whose drop closes it on any failure.
@@ -207,6 +218,7 @@ impl Pager {
             host,
             key,
             desc,
+            lead,
             data_offset: desc_pages * PAGE,
             link: KBox::pin_init(new_mutex!(link), GFP_KERNEL)?,
             dead: core::sync::atomic::AtomicBool::new(false),
@@ -571,6 +583,11 @@ impl Pager {
             }
         }
         self.fetch_indices(mapping, pages.iter().copied(), between)
+    }
+
+    /// Puts the lead pages into `mapping`'s page cache (see [`Self::install`]).
+    pub(crate) fn install_lead(&self, mapping: Mapping<'_>) -> u64 {
+        self.install(mapping, self.lead.offs.iter().copied(), &self.lead.bytes)
     }
 
     /// Puts pages read along with the descriptor into `mapping`'s page cache: page

@@ -337,11 +337,13 @@ impl RemoteRegion {
     /// The open, to be closed later by dropping the result: what a host keeps at the
     /// parent after its last child of a snapshot exited, so that the next child's
     /// open reuses the registration the parent made for it (and can read the
-    /// descriptor through it while that open is in flight). The caller must not also
+    /// descriptor through it while that open is in flight), with what the last pager
+    /// read and checked (`checked`). The caller must not also
     /// [`close`](Self::close) this value.
-    pub(crate) fn into_open(self: &Arc<Self>) -> OpenAtParent {
+    pub(crate) fn into_open(self: &Arc<Self>, checked: Option<Checked>) -> OpenAtParent {
         OpenAtParent {
             region: self.clone(),
+            checked,
             close_on_drop: true,
         }
     }
@@ -374,11 +376,36 @@ impl Grant {
     }
 }
 
+/// Copies of snapshot pages read with the descriptor: page `i` of `bytes` is the
+/// snapshot-file page at `offs[i]`.
+pub(crate) struct Lead {
+    pub(crate) offs: KVVec<u64>,
+    pub(crate) bytes: KVVec<u8>,
+}
+
+impl Lead {
+    pub(crate) const NONE: Lead = Lead {
+        offs: KVVec::new(),
+        bytes: KVVec::new(),
+    };
+}
+
+/// What a snapshot's resume on this host read and checked that never changes: its
+/// validated descriptor (checked against the MAC the parent sent with this open) and
+/// its unpacked lead pages. Kept with a lingering open, so that a resume through it
+/// reads neither again.
+pub(crate) struct Checked {
+    pub(crate) desc: KVVec<u8>,
+    pub(crate) lead: Lead,
+}
+
 /// One open of a region at its parent, kept after its readers are gone: dropping it
 /// closes the open (the parent drops its registration for this host with its last
 /// open), unless a new reader took it over ([`OpenAtParent::take_over`]).
 pub(crate) struct OpenAtParent {
     region: Arc<RemoteRegion>,
+    /// What the open's last pager had read and checked, if it handed that on.
+    checked: Option<Checked>,
     /// Cleared when a reader takes the open over: then it stays open.
     close_on_drop: bool,
 }
@@ -388,6 +415,11 @@ impl OpenAtParent {
     /// parent revokes them).
     pub(crate) fn region(&self) -> &RemoteRegion {
         &self.region
+    }
+
+    /// The descriptor and lead pages kept with the open, once.
+    pub(crate) fn take_checked(&mut self) -> Option<Checked> {
+        self.checked.take()
     }
 
     /// The open itself, for a new reader that holds it from now on (and closes it

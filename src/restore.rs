@@ -42,7 +42,7 @@ use crate::pager::{Pager, PagerKey};
 use crate::params;
 use crate::rdma::connection::{Connection, Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
-use crate::remote::{OpenAtParent, RemoteRegion};
+use crate::remote::{Checked, Lead, OpenAtParent, RemoteRegion};
 use crate::snapfs::Faults;
 use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
@@ -156,7 +156,7 @@ fn resume_inner(
         }
     };
     let opened_ns = now_ns();
-    let (inode, lead) = match (existing, remote) {
+    let (inode, batch_hot) = match (existing, remote) {
         (Some(inode), remote) => {
             // Children here already share this snapshot's pages: keep theirs.
             if let Some(remote) = remote {
@@ -170,17 +170,15 @@ fn resume_inner(
                 Some(fetched) => fetched,
                 None => {
                     let hot = local_hot.as_deref().unwrap_or(&remote.hot);
-                    fetch_descriptor(&remote, &a.secret, hot, false)
+                    fetch_descriptor(&remote, &a.secret, hot, false, None)
                         .inspect_err(|_| remote.close())?
                 }
             };
-            (
-                fs.create(Pager::new(host.clone(), key, remote, fetched.desc)?)?,
-                Some((fetched.lead, fetched.hot)),
-            )
+            let pager = Pager::new(host.clone(), key, remote, fetched.desc, fetched.lead)?;
+            (fs.create(pager)?, Some(fetched.hot))
         }
     };
-    let fresh = lead.is_some();
+    let fresh = batch_hot.is_some();
     // The first child of a new pager maps every page by a fault of its own (the
     // working set records exactly what it touches); one joining cached pages, or any
     // child when nothing is recorded, maps cached pages 16 at a time.
@@ -193,8 +191,10 @@ fn resume_inner(
     let pager = file.pager();
     // The first-touch pages count as prefetched (in the descriptor's batch).
     let mut prefetched = 0;
-    if let Some((lead, hot)) = &lead {
-        pager.install(file.mapping(), lead.offs.iter().copied(), &lead.bytes);
+    if let Some(hot) = &batch_hot {
+        if params::lead_pages() {
+            pager.install_lead(file.mapping());
+        }
         prefetched = pager.install(file.mapping(), hot.offs.iter().copied(), &hot.bytes);
     }
     // A new pager on this host: what the snapshot's earlier children fetched comes in
@@ -272,20 +272,6 @@ fn resume_inner(
     Ok(())
 }
 
-/// Copies of pages read with the descriptor: page `i` of `bytes` is the
-/// snapshot-file page at `offs[i]`.
-struct Lead {
-    offs: KVVec<u64>,
-    bytes: KVVec<u8>,
-}
-
-impl Lead {
-    const NONE: Lead = Lead {
-        offs: KVVec::new(),
-        bytes: KVVec::new(),
-    };
-}
-
 /// This host's first-touch pages of the snapshot `key` (from the record its last
 /// children here left), if working sets are on and there is a record; `None` makes
 /// the resume use the parent's, as the replay does.
@@ -319,11 +305,13 @@ fn through_lingering(
     timeout_ms: u32,
     hot: Option<&[HotPage]>,
 ) -> Result<(Arc<RemoteRegion>, Option<Fetched>, Option<OpenAtParent>)> {
+    let mut open = open;
+    let known = open.take_checked();
     let old = open.region();
     let hot = hot.unwrap_or(&old.hot);
-    let read = |with_status| fetch_descriptor(old, &a.secret, hot, with_status);
+    let read = |with_status, known| fetch_descriptor(old, &a.secret, hot, with_status, known);
     let asked = if params::reuse_open() {
-        match read(true) {
+        match read(true, known) {
             Ok(f) if f.status.is_some_and(|w| old.still_current(w)) => {
                 return Ok((open.take_over(), Some(f), None));
             }
@@ -331,7 +319,9 @@ fn through_lingering(
                 .map(|remote| (remote, fetched)),
         }
     } else {
-        RemoteRegion::open_during(conn.clone(), 0, a.snapshot_id, a.secret, || read(false))
+        RemoteRegion::open_during(conn.clone(), 0, a.snapshot_id, a.secret, || {
+            read(false, known)
+        })
     };
     let (remote, early) = match asked {
         Ok((remote, fetched)) => {
@@ -365,24 +355,38 @@ struct Fetched {
 /// earlier children touched first, in order; from this host's record or the
 /// parent's, not trusted) as fit: only pages of the region after the lead pages are
 /// read, and only those the validated descriptor puts at the region page named are
-/// kept. With `with_status`, a snapshot's status page comes last in the batch.
+/// kept. With `with_status`, a snapshot's status page comes last in the batch. With
+/// `known` (what an earlier resume here read and checked through the same open, or
+/// an open of the same snapshot), neither the descriptor nor the lead pages are read
+/// again.
 fn fetch_descriptor(
     remote: &RemoteRegion,
     secret: &[u8; 16],
     hot: &[HotPage],
     with_status: bool,
+    known: Option<Checked>,
 ) -> Result<Fetched> {
     let len = remote.info;
     if len == 0 || len > MAX_DESC_BYTES || len > remote.size {
         pr_info!("resume: peer's descriptor length {} refused\n", len);
         return Err(errno::ebadmsg());
     }
-    let mut desc = KVVec::with_capacity(len as usize, GFP_KERNEL)?;
-    let desc_pages = len.div_ceil(PAGE);
+    // Usable when it holds the lead pages too (a resume with `lead_pages` 0 read none).
+    let known = known.filter(|k| {
+        k.desc.len() as u64 == len && (remote.lead_pages == 0 || !k.lead.offs.is_empty())
+    });
+    let mut desc =
+        KVVec::with_capacity(if known.is_some() { 0 } else { len as usize }, GFP_KERNEL)?;
+    let desc_pages = if known.is_some() {
+        0
+    } else {
+        len.div_ceil(PAGE)
+    };
     // The lead pages only when they ride on the descriptor's one batch.
     let lead_pages = match desc_pages.checked_add(remote.lead_pages as u64) {
         Some(n)
             if params::lead_pages()
+                && known.is_none()
                 && n as usize <= MAX_READ_BATCH
                 && n.saturating_mul(PAGE) <= remote.size =>
         {
@@ -430,6 +434,17 @@ fn fetch_descriptor(
             }
         })?;
         p += n as u64;
+    }
+    if let Some(known) = known {
+        // Checked when it was read, against the MAC this open came with.
+        let d = Descriptor::parse_validated(&known.desc).map_err(|_| errno::ebadmsg())?;
+        let hot = hot_of(&d, len, &hot, &hot_bytes)?;
+        return Ok(Fetched {
+            desc: known.desc,
+            lead: known.lead,
+            hot,
+            status,
+        });
     }
     // Before anything in it is used: a peer without the secret cannot produce it.
     if !constant_time_eq(&descriptor_mac(secret, &desc), &remote.desc_mac) {
