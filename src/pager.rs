@@ -275,9 +275,6 @@ impl Pager {
         Descriptor::parse_validated(&self.desc).map_err(|_| EINVAL)
     }
 
-    /// Whether new resumes may share this pager: not once a reconnect failed (it
-    /// serves its current children's faults no more; a new resume gets a fresh inode
-    /// and open).
     /// Whether the snapshot's status page, read through this pager's open, says that
     /// the snapshot is live and that an open would hand out what this one got (see
     /// `restore::through_lingering`): one READ of one page, no RPC. False on any
@@ -295,6 +292,9 @@ impl Pager {
         read.is_ok() && word.is_some_and(|w| remote.still_current(w))
     }
 
+    /// Whether new resumes may share this pager: not once a reconnect failed (it
+    /// serves its current children's faults no more; a new resume gets a fresh inode
+    /// and open).
     pub(crate) fn shareable(&self) -> bool {
         !self.dead.load(Ordering::Relaxed)
     }

@@ -287,8 +287,9 @@ fn first_touches_here(host: &Host, key: PagerKey) -> Option<KVec<HotPage>> {
 
 /// Opens snapshot `a` for a new pager on this host, which keeps `open`, an open an
 /// earlier child here left at the parent. With `reuse_open`, one batch of READs
-/// through `open` brings the snapshot's status page with the descriptor, lead and
-/// first-touch pages: if the status word is the one `open` was granted with (the
+/// through `open` brings the snapshot's status page with the first-touch pages (and
+/// the descriptor and lead pages, unless the open carries them checked already:
+/// [`Checked`]): if the status word is the one `open` was granted with (the
 /// snapshot is live and an open would hand out nothing new), `open` serves the pager
 /// as it is: one round trip, no RPC. A lingering open was granted for this very
 /// secret (`PagerKey`), and a release writes the status page before it revokes any
@@ -299,13 +300,12 @@ fn first_touches_here(host: &Host, key: PagerKey) -> Option<KVec<HotPage>> {
 fn through_lingering(
     host: &Arc<Host>,
     conn: &Arc<Connection>,
-    open: OpenAtParent,
+    mut open: OpenAtParent,
     a: &ForkResumeArgs,
     port: u16,
     timeout_ms: u32,
     hot: Option<&[HotPage]>,
 ) -> Result<(Arc<RemoteRegion>, Option<Fetched>, Option<OpenAtParent>)> {
-    let mut open = open;
     let known = open.take_checked();
     let old = open.region();
     let hot = hot.unwrap_or(&old.hot);
