@@ -43,7 +43,7 @@ use crate::params;
 use crate::rdma::connection::{Connection, Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
 use crate::remote::{Checked, Lead, OpenAtParent, RemoteRegion};
-use crate::snapfs::Faults;
+use crate::snapfs::{Faults, SnapshotInode};
 use crate::state::Host;
 use crate::task::{CurrentTask, UserState};
 use crate::util::ClearForReuse;
@@ -135,37 +135,34 @@ fn resume_inner(
         Some(_) => None,
     };
     // Every resume makes sure that the snapshot is live and the secret right, even
-    // when children on this host still map it: by asking the parent, or, for a new
-    // pager with a lingering open, by the snapshot's status page
-    // (`through_lingering`).
-    let (remote, early, _lingering) = match (lingering, &existing) {
+    // when children on this host still map it: by asking the parent, or by the
+    // snapshot's status page through an open this host holds (`through_lingering`,
+    // `Pager::still_current`).
+    let (opened, _lingering) = match (lingering, existing) {
         (Some(open), None) => {
             let hot = local_hot.as_deref();
             let (remote, early, open) =
                 through_lingering(host, &conn, open, a, port, timeout_ms, hot)?;
-            (Some(remote), early, open)
+            (Opened::New(remote, early), open)
         }
-        // Children here already share this snapshot's pages and their open: with
-        // `reuse_open`, its status page may vouch for the snapshot (one READ, no RPC).
-        (lingering, Some(inode)) if params::reuse_open() && inode.pager().still_current() => {
-            (None, None, lingering)
+        (lingering, Some(inode)) => {
+            // Children here already share this snapshot's pages and their open: with
+            // `reuse_open` its status page may vouch for the snapshot (one READ, no
+            // RPC); else the parent is asked, and the open it grants closed at once.
+            if !(params::reuse_open() && inode.pager().still_current()) {
+                RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?.close_soon();
+            }
+            (Opened::Shared(inode), lingering)
         }
-        (lingering, _) => {
+        (None, None) => {
             let remote = RemoteRegion::open(conn, 0, a.snapshot_id, a.secret)?;
-            (Some(remote.into_shared()?), None, lingering)
+            (Opened::New(remote.into_shared()?, None), None)
         }
     };
     let opened_ns = now_ns();
-    let (inode, batch_hot) = match (existing, remote) {
-        (Some(inode), remote) => {
-            // Children here already share this snapshot's pages: keep theirs.
-            if let Some(remote) = remote {
-                remote.close_soon();
-            }
-            (inode, None)
-        }
-        (None, None) => return Err(EINVAL),
-        (None, Some(remote)) => {
+    let (inode, batch_hot) = match opened {
+        Opened::Shared(inode) => (inode, None),
+        Opened::New(remote, early) => {
             let fetched = match early {
                 Some(fetched) => fetched,
                 None => {
@@ -338,6 +335,14 @@ fn through_lingering(
         Err(e) => return Err(e),
     };
     Ok((remote.into_shared()?, early, Some(open)))
+}
+
+/// How a resume reached the snapshot: through the pager its children on this host
+/// already share, or through an open of its own for a new pager (with the
+/// descriptor's batch when that was read already).
+enum Opened {
+    Shared(SnapshotInode),
+    New(Arc<RemoteRegion>, Option<Fetched>),
 }
 
 /// What the descriptor's batch brought: the validated descriptor, the lead pages,
