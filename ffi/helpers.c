@@ -131,9 +131,9 @@ unsigned int mitosis_param_first_touch_pages = 16;
 module_param_named(first_touch_pages, mitosis_param_first_touch_pages, uint, 0644);
 MODULE_PARM_DESC(first_touch_pages, "Most pages of a working-set record's first touches a resume reads in its descriptor batch (0-56, room permitting; 0: none; each costs about a quarter of a demand fault in the batch, so the default takes the first 16)");
 
-unsigned int mitosis_param_read_batches = 3;
+unsigned int mitosis_param_read_batches = 8;
 module_param_named(read_batches, mitosis_param_read_batches, uint, 0644);
-MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-3): the faults of several children of a snapshot overlap on the link");
+MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-8): the faults of several children of a snapshot overlap on the link");
 
 unsigned int mitosis_param_open_linger_ms = 5000;
 module_param_named(open_linger_ms, mitosis_param_open_linger_ms, uint, 0644);

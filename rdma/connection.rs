@@ -41,14 +41,14 @@ use kernel::workqueue::{impl_has_work, new_work, HasWork, Work, WorkItem};
 /// Receive buffers per connection (control messages in flight from the peer).
 pub(super) const RECV_DEPTH: usize = 16;
 /// Send queue depth: a READ batch, or a reply with one REG_MR per chunk.
-pub(crate) const SEND_DEPTH: u32 = 256;
+pub(crate) const SEND_DEPTH: u32 = 1024;
 /// Most READs posted with one doorbell.
 pub(crate) const MAX_READ_BATCH: usize = 64;
 /// READ batches one connection has in flight at once, each with its own destination
 /// pages and waiter: the faults of several children (or of one child and a working-set
 /// replay) overlap instead of queueing behind one batch. Every batch's requests fit in
 /// the send queue beside an RPC.
-pub(crate) const READ_SLOTS: usize = 3;
+pub(crate) const READ_SLOTS: usize = 8;
 const _: () = assert!(READ_SLOTS * MAX_READ_BATCH < SEND_DEPTH as usize);
 /// Most REG_MR requests chained in one post (well under [`SEND_DEPTH`]).
 pub(super) const REG_BATCH: usize = 128;

@@ -67,6 +67,36 @@ def markdown(checks, sizes):
                                "TCP bulk, same link")):
         lines.append(f"| {label} | " + " | ".join(
             f"{rates(checks, s)[i]:,.0f} pages/s" for s in sizes) + " |")
+    for label, field in (
+            ("parent's CPU per resume (background taken out)", "parent_cpu_ms_per_resume"),
+            ("of it, not serving READs (the control path)", "parent_control_ms_per_resume"),
+            ("READ doorbells per resume (status page, faults)", "read_doorbells_per_resume"),
+            ("parent's CPU per resume, reuse_open=0 (an open RPC each)", "open_parent_cpu_ms_per_resume"),
+            ("of it, not serving READs (the open, the close)", "open_parent_control_ms_per_resume"),
+            ("parent's CPU per one-page READ served (rxe on A's vCPU)", "parent_cpu_ms_per_read")):
+        cpu = [checks.get(f"bench-parent-cpu-{s}", {}).get(field) for s in sizes]
+        unit = "" if "doorbells" in field else " ms"
+        lines.append(f"| {label} | " + " | ".join(
+            f"{v:.2f}{unit}" if v is not None else "-" for v in cpu) + " |")
+    lines += ["", concurrency(checks)]
+    return "\n".join(lines)
+
+
+def concurrency(checks):
+    """8 children against one on B (64 MiB seed): sequential slices, and random faults
+    (one page each) started together; pages/s and the ratio to one child."""
+    runs = ((1, 8), (8, 1), (8, 3), (8, 8))
+    lines = ["| children of the 64 MiB seed on B | 1 | 8, 1 READ batch | 8, 3 READ batches | 8, 8 READ batches (default) |",
+             "|---|---|---|---|---|"]
+    for label, prefix in (("sequential slices, pages/s", "bench-concurrent-64"),
+                          ("random faults, pages/s", "bench-random-64")):
+        one = checks.get(f"{prefix}-1-batches-8", {}).get("pages_per_s")
+        cells = []
+        for k, b in runs:
+            v = checks.get(f"{prefix}-{k}-batches-{b}", {}).get("pages_per_s")
+            cells.append("-" if v is None else
+                         f"{v:,.0f}" + (f" ({v / one:.2f}x)" if one and k > 1 else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -354,6 +354,9 @@ fn region_reads(r: &mut Report, h: &SnapshotHandle, mib: &str) {
     };
 }
 
+/// (children, READ batches per connection) of the concurrency benchmarks.
+const CONCURRENCY: [(usize, usize); 4] = [(1, 8), (8, 1), (8, 3), (8, 8)];
+
 /// `k` children of the snapshot at once on this host, each reading its own slice of
 /// the heap: the aggregate rate of pages fetched (resumes included in the wall time).
 fn concurrent_children(
@@ -383,6 +386,134 @@ fn concurrent_children(
             (
                 "read_doorbells",
                 after.read_doorbells.saturating_sub(before.read_doorbells) as f64,
+            ),
+        ],
+    );
+}
+
+/// Random access: pages this far apart (beyond a demand fault's local span) are each
+/// read by a fault of their own, one page per READ.
+const SCATTER_STRIDE: usize = 64;
+/// Passes over a slice, each offset by `SCATTER_STRIDE / SCATTER_PASSES` pages.
+const SCATTER_PASSES: usize = 4;
+/// How far ahead of the launch the children of a random-access burst start faulting
+/// together: 8 resumes at once take about 120 ms on B.
+const SCATTER_BARRIER: Duration = Duration::from_millis(800);
+
+/// Sleeps until `CLOCK_MONOTONIC` reaches `ns`.
+fn sleep_until(ns: u64) {
+    loop {
+        let now = crate::report::monotonic_ns();
+        if now >= ns {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(ns - now));
+    }
+}
+
+/// Random-access child: once `CLOCK_MONOTONIC` reaches `start_ns` (the same instant
+/// for all its siblings), reads one word on every [`SCATTER_STRIDE`]th page of slice
+/// `i` of `k` of the heap, in [`SCATTER_PASSES`] offset passes, and prints `SCATTER
+/// START END PAGES` (when it began and finished, the pages it read). Whether every word
+/// was the seed's.
+pub fn scatter_child(w: &World, i: usize, k: usize, start_ns: u64) -> bool {
+    let pages = w.heap.len() / PAGE_WORDS;
+    let k = k.max(1);
+    let (lo, hi) = (pages * i / k, pages * (i + 1) / k);
+    sleep_until(start_ns);
+    let begin = crate::report::monotonic_ns();
+    let mut read = 0usize;
+    let mut ok = i < k;
+    for pass in 0..SCATTER_PASSES {
+        for page in (lo + pass * SCATTER_STRIDE / SCATTER_PASSES..hi).step_by(SCATTER_STRIDE) {
+            let at = page * PAGE_WORDS;
+            ok &= w.heap[at] == pattern_word(SEED_HEAP, 8 * at as u64);
+            read += 1;
+        }
+    }
+    let end = crate::report::monotonic_ns();
+    println!("SCATTER {begin} {end} {read}");
+    ok
+}
+
+/// `k` children of the snapshot at once on this host faulting at random
+/// ([`scatter_child`]: one page per fault, each child on its own slice), all starting
+/// together once resumed: the aggregate rate of demand faults from the first child's
+/// start to the last one's end, with `batches` READ batches per connection.
+fn concurrent_random(
+    r: &mut Report,
+    h: &SnapshotHandle,
+    mib: &str,
+    (k, batches): (usize, usize),
+    set: bool,
+    rd: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+) {
+    let before = counters();
+    let start = crate::report::monotonic_ns() + SCATTER_BARRIER.as_nanos() as u64;
+    // Both guests' busy time from the common start until the last child is gone.
+    let (ok, lines, busy) = std::thread::scope(|sc| {
+        let sampler = sc.spawn(move || {
+            sleep_until(start);
+            let b = crate::report::busy_ns();
+            let a = peer_busy_ns(rd, out);
+            (crate::report::monotonic_ns(), b, a, rd, out)
+        });
+        let (ok, _, lines) = burst_lines(h, k, |i| format!("scatter {i} {k} {start}"));
+        let Ok((t0, b0, a0, rd, out)) = sampler.join() else {
+            return (false, lines, (f64::NAN, f64::NAN));
+        };
+        let (b1, a1) = (crate::report::busy_ns(), peer_busy_ns(rd, out));
+        let wall = crate::report::monotonic_ns().saturating_sub(t0) as f64;
+        let pct = |x: Option<u64>, y: Option<u64>| {
+            x.zip(y)
+                .map_or(f64::NAN, |(x, y)| 100.0 * y.saturating_sub(x) as f64 / wall)
+        };
+        (ok, lines, (pct(b0, b1), pct(a0, a1)))
+    });
+    let after = counters();
+    let spans: Vec<[u64; 3]> = lines
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("SCATTER ")?.split_whitespace();
+            let mut next = || w.next()?.parse::<u64>().ok();
+            Some([next()?, next()?, next()?])
+        })
+        .collect();
+    let first = spans.iter().map(|s| s[0]).min().unwrap_or(0);
+    let last = spans.iter().map(|s| s[1]).max().unwrap_or(0);
+    let pages: u64 = spans.iter().map(|s| s[2]).sum();
+    // How long after the common start the last child began (its resume, or its turn
+    // on B's one vCPU, came later).
+    let late_ms = spans
+        .iter()
+        .map(|s| s[0].saturating_sub(start))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6;
+    let secs = last.saturating_sub(first) as f64 / 1e9;
+    r.check(
+        &format!("bench-random-{mib}-{k}-batches-{batches}"),
+        set && ok && spans.len() == k && secs > 0.0,
+        format!(
+            "{k} children of the {mib} MiB seed on B faulting at random (pages {SCATTER_STRIDE} apart) on their own slices, together; {batches} READ batches in flight; the last began {late_ms:.1} ms after the start"
+        ),
+        &[
+            ("children", k as f64),
+            ("read_batches", batches as f64),
+            ("pages_read", pages as f64),
+            ("fault_ms", secs * 1e3),
+            ("pages_per_s", pages as f64 / secs),
+            ("last_start_ms", late_ms),
+            ("b_busy_pct", busy.0),
+            ("a_busy_pct", busy.1),
+            (
+                "remote_faults",
+                after.remote_faults.saturating_sub(before.remote_faults) as f64,
+            ),
+            (
+                "pages_fetched",
+                after.pages_fetched.saturating_sub(before.pages_fetched) as f64,
             ),
         ],
     );
@@ -473,16 +604,25 @@ fn bench_run(h: &SnapshotHandle, eager: bool, label: &str) -> bool {
 /// Launches `k` children at once, child `i` with `task(i)`; returns (all succeeded,
 /// wall time).
 fn burst(h: &SnapshotHandle, k: usize, task: impl Fn(usize) -> String) -> (bool, Duration) {
+    let (ok, wall, _) = burst_lines(h, k, task);
+    (ok, wall)
+}
+
+/// [`burst`], also returning every line the children printed.
+fn burst_lines(
+    h: &SnapshotHandle,
+    k: usize,
+    task: impl Fn(usize) -> String,
+) -> (bool, Duration, Vec<String>) {
     let t = Instant::now();
     let kids: Vec<_> = (0..k)
         .filter_map(|i| launch(h, false).ok().map(|c| (c, task(i))))
         .collect();
     let launched = kids.len();
-    let ok = run_children(kids)
-        .iter()
-        .filter(|(st, _)| st.success())
-        .count();
-    (launched == k && ok == k, t.elapsed())
+    let done = run_children(kids);
+    let ok = done.iter().filter(|(st, _)| st.success()).count();
+    let lines = done.into_iter().flat_map(|(_, l)| l).collect();
+    (launched == k && ok == k, t.elapsed(), lines)
 }
 
 fn accept(port: u16) -> Option<(BufReader<TcpStream>, TcpStream)> {
@@ -717,20 +857,66 @@ fn measure_sparse_prepare(r: &mut Report) {
     );
 }
 
-/// Busy ticks (user, nice, system, irq, softirq; USER_HZ) of `/proc/stat`'s first line.
-fn busy_ticks(t: &[u64; 7]) -> u64 {
-    t[0] + t[1] + t[2] + t[5] + t[6]
+/// Asks guest A for its busy CPU time so far (`report::busy_ns`, answered while A
+/// waits between a seed's announcement and the resume burst).
+fn peer_busy_ns(rd: &mut BufReader<TcpStream>, out: &mut TcpStream) -> Option<u64> {
+    writeln!(out, "cpu").ok()?;
+    line(rd).parse().ok().filter(|&ns| ns > 0)
 }
 
-/// Resumes whose parent CPU time is measured together (A's busy time is counted in
-/// 10 ms ticks).
-const CPU_RESUMES: usize = 32;
+/// Resumes whose parent CPU time is measured together.
+const CPU_RESUMES: usize = 64;
+/// One-page READs whose cost on the parent is measured together.
+const CPU_READS: usize = 128;
+/// How long A's busy time is sampled with nothing to do, before the resumes: its
+/// background (timers, the benchmark's own line), taken out of theirs.
+const CPU_BASELINE: Duration = Duration::from_millis(1000);
+const REUSE_OPEN_PARAM: &str = "/sys/module/mitosis/parameters/reuse_open";
+/// The parent-CPU check's numbers with `reuse_open` on, and off.
+const CPU_FIELDS_REUSE: [&str; 5] = [
+    "parent_cpu_ms_per_resume",
+    "parent_control_ms_per_resume",
+    "read_doorbells_per_resume",
+    "ctrl_msgs_per_resume",
+    "resumes_wall_ms",
+];
+const CPU_FIELDS_OPEN: [&str; 5] = [
+    "open_parent_cpu_ms_per_resume",
+    "open_parent_control_ms_per_resume",
+    "open_read_doorbells_per_resume",
+    "open_ctrl_msgs_per_resume",
+    "open_resumes_wall_ms",
+];
 
-/// The parent's CPU time per resume: A's busy time around [`CPU_RESUMES`] children
-/// resumed one after another on B (each exits at once; the snapshot's open lingers
-/// between them, so each open reuses the registration), divided by their number.
-/// A sleeps meanwhile, so its busy time is the opens, the READs its device serves
-/// and the closes.
+/// A's busy time (ns) while `work` runs on B, less A's background over as long;
+/// `None` if A did not answer.
+fn parent_busy_during(
+    background_per_s: f64,
+    rd: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    work: impl FnOnce() -> bool,
+) -> Option<(f64, bool, Duration)> {
+    let before = peer_busy_ns(rd, out)?;
+    let t = Instant::now();
+    let ok = work();
+    let wall = t.elapsed();
+    let after = peer_busy_ns(rd, out)?;
+    let busy = after.saturating_sub(before) as f64 - background_per_s * wall.as_secs_f64();
+    Some((busy.max(0.0), ok, wall))
+}
+
+/// The parent's CPU time per resume: A's busy time (`report::busy_ns`, to the
+/// nanosecond) around [`CPU_RESUMES`] children resumed one after another on B (each
+/// exits at once; the snapshot's open lingers between them), less A's background
+/// (its busy time over [`CPU_BASELINE`] with nothing to do), divided by their number.
+/// A sleeps meanwhile, so its busy time is the opens, the closes, and the READs its
+/// emulated device serves (rxe does a responder's work on A's CPU; an RNIC would
+/// not). To tell the two apart, A's busy time per one-page READ is measured too
+/// ([`CPU_READS`] READ ioctls from B), and the READ doorbells the resumes and the
+/// children's faults rang are counted: what is left per resume is the control path.
+/// Measured with `reuse_open` on (the default: a later child asks the parent
+/// nothing) and off (every resume sends an open RPC, which the parent serves from the
+/// snapshot's registration made at the prepare).
 fn parent_cpu_per_resume(
     r: &mut Report,
     h: &SnapshotHandle,
@@ -738,31 +924,84 @@ fn parent_cpu_per_resume(
     rd: &mut BufReader<TcpStream>,
     out: &mut TcpStream,
 ) {
-    let mut ask = || -> Option<u64> {
-        writeln!(out, "cpu").ok()?;
-        line(rd).parse().ok()
-    };
-    let before = ask();
-    let t = Instant::now();
-    let ok = (0..CPU_RESUMES).all(|_| {
-        launch(h, false)
-            .map(|c| run_child(c, "exit").0.success())
-            .unwrap_or(false)
+    let name = format!("bench-parent-cpu-{mib}");
+    let background = peer_busy_ns(rd, out).and_then(|idle_start| {
+        let t = Instant::now();
+        std::thread::sleep(CPU_BASELINE);
+        let b = peer_busy_ns(rd, out)?;
+        Some(b.saturating_sub(idle_start) as f64 / t.elapsed().as_secs_f64())
     });
-    let wall = t.elapsed();
-    let after = ask();
-    let busy = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+    let Some(background) = background else {
+        r.check(
+            &name,
+            false,
+            "A did not report its busy time (/proc/timer_list)",
+            &[],
+        );
+        return;
+    };
+    let one_page_reads = || -> bool {
+        let Ok(m) = Mitosis::open() else {
+            return false;
+        };
+        let region = mitosis::RegionId {
+            id: h.id,
+            secret: h.secret,
+        };
+        let Ok(o) = m.remote_open(h.host, h.port, region, None) else {
+            return false;
+        };
+        let pages = (o.size / PAGE as u64).max(1);
+        let mut one = vec![0u8; PAGE];
+        let ok = (0..CPU_READS as u64).all(|k| {
+            let off = (k * 64 % pages) * PAGE as u64;
+            m.remote_read(o.handle, off, &mut one, 1, 0).is_ok()
+        });
+        let _ = m.remote_close(o.handle);
+        ok
+    };
+    let read = parent_busy_during(background, rd, out, one_page_reads);
+    let per_read = read.map_or(f64::NAN, |(busy, _, _)| busy / CPU_READS as f64);
+    let mut fields = vec![
+        ("parent_cpu_ms_per_read", per_read / 1e6),
+        ("parent_background_pct", background / 1e7),
+    ];
+    let mut ok = read.is_some_and(|(_, ok, _)| ok);
+    for (reuse, names) in [("0", CPU_FIELDS_OPEN), ("1", CPU_FIELDS_REUSE)] {
+        let set = std::fs::write(REUSE_OPEN_PARAM, reuse).is_ok();
+        let before = counters();
+        let resumes = parent_busy_during(background, rd, out, || {
+            (0..CPU_RESUMES).all(|_| {
+                launch(h, false)
+                    .map(|c| run_child(c, "exit").0.success())
+                    .unwrap_or(false)
+            })
+        });
+        let after = counters();
+        let Some((busy, done, wall)) = resumes else {
+            ok = false;
+            continue;
+        };
+        ok &= set && done;
+        let n = CPU_RESUMES as f64;
+        let doorbells = after.read_doorbells.saturating_sub(before.read_doorbells) as f64;
+        let rpcs = after.ctrl_msgs_sent.saturating_sub(before.ctrl_msgs_sent) as f64;
+        let control = (busy - per_read * doorbells).max(0.0);
+        let values = [
+            busy / 1e6 / n,
+            control / 1e6 / n,
+            doorbells / n,
+            rpcs / n,
+            ms(wall),
+        ];
+        fields.extend(names.iter().copied().zip(values));
+    }
+    let _ = std::fs::write(REUSE_OPEN_PARAM, "1");
     r.check(
-        &format!("bench-parent-cpu-{mib}"),
-        ok && busy.is_some(),
-        format!("{CPU_RESUMES} resumes, A busy {busy:?} ticks"),
-        &[
-            (
-                "parent_cpu_ms_per_resume",
-                busy.map_or(f64::NAN, |b| b as f64 * 10.0 / CPU_RESUMES as f64),
-            ),
-            ("resumes_wall_ms", ms(wall)),
-        ],
+        &name,
+        ok,
+        format!("{CPU_RESUMES} resumes with reuse_open 0 and 1, {CPU_READS} one-page READs"),
+        &fields,
     );
 }
 
@@ -835,8 +1074,7 @@ pub fn bench_parent(r: &mut Report, sizes: &[usize], burst_n: usize) -> ExitCode
         // B measures its child first (asking for this host's busy CPU time around
         // some of its resumes); then both guests resume at once.
         while line(&mut rd) == "cpu" {
-            let busy = crate::report::cpu_ticks().map_or(0, |t| busy_ticks(&t));
-            let _ = writeln!(out, "{busy}");
+            let _ = writeln!(out, "{}", crate::report::busy_ns().unwrap_or(0));
         }
         let (ok, wall) = burst(&p.handle, burst_n, |_| "exit".into());
         r.check(
@@ -925,12 +1163,19 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             // Several children faulting different pages of one snapshot (their batches
             // share the connection's READ slots) against one child reading it all.
             region_reads(r, &h, mib);
-            // READ batches in flight per connection: 3 (the default), and 1 for
-            // comparison (set back to 3 afterwards).
-            for (k, batches) in [(1, 3), (8, 1), (8, 3)] {
+            // READ batches in flight per connection: 8 (the default), 1 and 3 for
+            // comparison (the default set back afterwards).
+            for (k, batches) in CONCURRENCY {
                 let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string());
                 concurrent_children(r, &h, mib, k, batches, set.is_ok());
             }
+            // The same at random: one page per fault, so a child waits out every
+            // round trip and only concurrency raises the rate.
+            for (k, batches) in CONCURRENCY {
+                let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string());
+                concurrent_random(r, &h, mib, (k, batches), set.is_ok(), &mut rd, &mut out);
+            }
+            let _ = std::fs::write(READ_BATCHES_PARAM, "8");
         }
         // A child recording its working set, then one replaying it (resume includes
         // the prefetch; its touches should take no remote fault), then one reading

@@ -63,6 +63,18 @@ pub(super) fn child_main(
             let k: usize = words.next().and_then(|v| v.parse().ok()).unwrap_or(1);
             i32::from(!crate::bench::slice_child(w, i, k))
         }
+        Some("scatter") => {
+            // Random faults on slice I of K from instant START (the concurrent
+            // random-access benchmark): exit 0 if every page read back the seed's.
+            let mut arg = || words.next().and_then(|v| v.parse().ok());
+            let (i, k, start) = (arg(), arg(), arg());
+            i32::from(!crate::bench::scatter_child(
+                w,
+                i.unwrap_or(0) as usize,
+                k.unwrap_or(1) as usize,
+                start.unwrap_or(0),
+            ))
+        }
         Some("latency") => {
             let rest: Vec<&str> = words.collect();
             crate::bench::latency_child(&mut r, w, m, &rest.join(" "));
