@@ -731,18 +731,32 @@ fn rebuild(
     local: &[Option<OpenFile>],
     st: &TaskState,
 ) -> Result {
+    // The launcher's VMAs, in as few ranges as the vDSO and vvar (kept) leave: one
+    // `munmap` per range, not per VMA (each takes the mmap lock, tears down page
+    // tables and flushes the TLB: under emulation the launcher's 9 VMAs took 0.6-0.9
+    // ms to unmap one by one, its 2 ranges 0.5 ms). Gaps inside a range hold nothing
+    // to unmap.
     let mut doomed = KVVec::new();
     {
         let mm = MmapReadGuard::current()?;
-        let mut addr = 0;
+        let (mut addr, mut seen) = (0, 0usize);
+        let mut range: Option<(u64, u64)> = None;
         while let Some(v) = mm.vma_from(addr) {
             addr = v.end;
-            if !matches!(v.special, Special::Vdso | Special::Vvar) {
-                if doomed.len() >= MAX_VMAS {
-                    return Err(E2BIG);
-                }
-                doomed.push((v.start, v.end), GFP_KERNEL)?;
+            seen += 1;
+            if seen > MAX_VMAS {
+                return Err(E2BIG);
             }
+            if matches!(v.special, Special::Vdso | Special::Vvar) {
+                if let Some(r) = range.take() {
+                    doomed.push(r, GFP_KERNEL)?;
+                }
+            } else {
+                range = Some((range.map_or(v.start, |(start, _)| start), v.end));
+            }
+        }
+        if let Some(r) = range {
+            doomed.push(r, GFP_KERNEL)?;
         }
     }
     for &(start, end) in doomed.iter() {
