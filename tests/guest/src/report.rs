@@ -102,6 +102,11 @@ pub fn monotonic_ns() -> u64 {
 pub fn busy_ns() -> Option<u64> {
     let now = monotonic_ns();
     let list = std::fs::read_to_string("/proc/timer_list").ok()?;
+    busy_of(now, &list)
+}
+
+/// [`busy_ns`] from the monotonic clock `now` and the text of `/proc/timer_list`.
+fn busy_of(now: u64, list: &str) -> Option<u64> {
     // One `.idle_sleeptime` and one `.iowait_sleeptime` line per CPU.
     let (mut cpus, mut idle) = (0u64, 0u64);
     for l in list.lines() {
@@ -172,6 +177,20 @@ mod tests {
         assert!(r.check("a", true, "", &[("x", 1.0)]));
         assert!(!r.check("b", false, "why", &[]));
         assert_eq!((r.passed, r.failed), (1, 1));
+    }
+
+    #[test]
+    fn busy_time_from_timer_list() {
+        // Two CPUs, as `kernel/time/timer_list.c` prints them (other lines elided).
+        let list = "cpu: 0\n  .idle_sleeptime : 700 nsecs\n  .iowait_sleeptime: 50 nsecs\n\
+                    jiffies: 1\ncpu: 1\n  .idle_sleeptime : 900 nsecs\n\
+                    .iowait_sleeptime: 0 nsecs\n";
+        // 2 x 1000 ns of CPU time, 1650 of it idle or waiting.
+        assert_eq!(super::busy_of(1000, list), Some(350));
+        assert_eq!(super::busy_of(1000, "no tick lines"), None);
+        assert_eq!(super::busy_of(1000, "  .idle_sleeptime : x nsecs\n"), None);
+        // More idle than time passed cannot be.
+        assert_eq!(super::busy_of(100, list), None);
     }
 
     #[test]
