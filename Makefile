@@ -130,18 +130,22 @@ check: fmt test-host test-install clippy test-guests test-fork test-functions te
 	$(MAKE) test-dkms-upgrade
 
 # Remote-fork benchmark (docs/benchmarks.md): 3 GiB guests so a 1 GiB seed fits.
-# BENCH_SIZES=64 (MiB, comma-separated) measures only those seeds.
+# BENCH_SIZES=64 (MiB, comma-separated) measures only those seeds. BENCH_SMP_B=2 gives
+# guest B that many vCPUs (results in bench-VARIANT-smp-bN; docs/bench-resume.png is
+# drawn only from the standard run).
 # The summary table and docs/bench-resume.png from its results.
 PLOT_LIBS = $(HOME)/.cache/mitosis/plot-pillow-11.0.0
 plot-libs:
 	@[ -d $(PLOT_LIBS) ] || /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check \
 		--only-binary=:all: --target $(PLOT_LIBS) pillow==11.0.0
 
+bench_out = $(OUT)/bench-$(KVARIANT)$(if $(BENCH_SMP_B),-smp-b$(BENCH_SMP_B))
 bench: image plot-libs
-	$(vmrun) --scenario bench --mem 3072 --out $(OUT)/bench-$(KVARIANT) --timeout 3000 \
-		$(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES))
+	$(vmrun) --scenario bench --mem 3072 --out $(bench_out) --timeout 3000 \
+		$(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES)) \
+		$(if $(BENCH_SMP_B),--smp b=$(BENCH_SMP_B))
 	PYTHONPATH=$(PLOT_LIBS) /usr/bin/python3.11 scripts/bench-report.py \
-		$(OUT)/bench-$(KVARIANT)/results.json docs/bench-resume.png
+		$(bench_out)/results.json $(if $(BENCH_SMP_B),,docs/bench-resume.png)
 
 # Function benchmark (docs/benchmarks.md): 3 cold starts and 3 children per launcher
 # variant and function; the table and docs/functions-bench.png from its results.

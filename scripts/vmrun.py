@@ -4,7 +4,7 @@ machine-readable results and full console logs, and kills every guest on every e
 path (normal end, timeout, Ctrl-C, error).
 
     vmrun.py --kernel BZIMAGE --initrd IMAGE --scenario NAME --out DIR
-             [--guests 2] [--timeout 1200] [--mem 768] [--expect FILE]
+             [--guests 2] [--timeout 1200] [--mem 768] [--smp ROLE=N] [--expect FILE]
 
 Guest i gets role a, b, c..., address 169.254.77.(i+1) on eth0 and runs
 /scenarios/NAME-ROLE.sh. A run passes when every guest finished with rc=0, every
@@ -156,7 +156,8 @@ class Guest:
             f"MPEER={self.peer} MSCENARIO={args.scenario} {' '.join(args.append)}"
         ).strip()
         cmd = [
-            "qemu-system-x86_64", "-machine", "pc", "-cpu", "max", "-smp", "1",
+            "qemu-system-x86_64", "-machine", "pc", "-cpu", "max",
+            "-smp", str(args.smp.get(self.role, 1)),
             "-m", str(args.mem), "-nographic", "-no-reboot", "-monitor", "none",
             "-kernel", args.kernel, "-initrd", args.initrd, "-append", append,
             "-netdev", netdev,
@@ -208,11 +209,19 @@ def main():
     ap.add_argument("--append", action="append", default=[],
                     help="extra kernel command-line parameters (repeatable; KEY=VALUE reaches "
                          "the scenario as an environment variable)")
+    ap.add_argument("--smp", action="append", default=[], metavar="ROLE=N",
+                    help="vCPUs of guest ROLE (repeatable; 1 unless given)")
     ap.add_argument("--expect", action="append", default=[],
                     help="file of 'ROLE CHECK' lines that must be reported (repeatable)")
     args = ap.parse_args()
     if args.guests < 2:
         ap.error("--guests must be at least 2")
+    try:
+        args.smp = {role: int(n) for role, n in (s.split("=", 1) for s in args.smp)}
+    except ValueError:
+        ap.error("--smp takes ROLE=N, e.g. b=2")
+    if any(n < 1 or n > 8 for n in args.smp.values()):
+        ap.error("--smp: 1 to 8 vCPUs")
     os.makedirs(args.out, exist_ok=True)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
