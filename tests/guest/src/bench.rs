@@ -940,27 +940,28 @@ fn parent_cpu_per_resume(
         );
         return;
     };
-    let one_page_reads = || -> bool {
-        let Ok(m) = Mitosis::open() else {
-            return false;
-        };
-        let region = mitosis::RegionId {
-            id: h.id,
-            secret: h.secret,
-        };
-        let Ok(o) = m.remote_open(h.host, h.port, region, None) else {
-            return false;
-        };
+    // The open and its close stay outside the measured span: only the READs count.
+    let region = mitosis::RegionId {
+        id: h.id,
+        secret: h.secret,
+    };
+    let opened = Mitosis::open().and_then(|m| {
+        let o = m.remote_open(h.host, h.port, region, None)?;
+        Ok((m, o))
+    });
+    let read = opened.as_ref().ok().and_then(|(m, o)| {
         let pages = (o.size / PAGE as u64).max(1);
         let mut one = vec![0u8; PAGE];
-        let ok = (0..CPU_READS as u64).all(|k| {
-            let off = (k * 64 % pages) * PAGE as u64;
-            m.remote_read(o.handle, off, &mut one, 1, 0).is_ok()
-        });
+        parent_busy_during(background, rd, out, || {
+            (0..CPU_READS as u64).all(|k| {
+                let off = (k * 64 % pages) * PAGE as u64;
+                m.remote_read(o.handle, off, &mut one, 1, 0).is_ok()
+            })
+        })
+    });
+    if let Ok((m, o)) = &opened {
         let _ = m.remote_close(o.handle);
-        ok
-    };
-    let read = parent_busy_during(background, rd, out, one_page_reads);
+    }
     let per_read = read.map_or(f64::NAN, |(busy, _, _)| busy / CPU_READS as f64);
     let mut fields = vec![
         ("parent_cpu_ms_per_read", per_read / 1e6),
