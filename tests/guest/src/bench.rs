@@ -403,7 +403,7 @@ const SCATTER_BARRIER: Duration = Duration::from_millis(800);
 /// Sleeps until `CLOCK_MONOTONIC` reaches `ns`.
 fn sleep_until(ns: u64) {
     loop {
-        let now = crate::report::monotonic_ns();
+        let now = mitosis::fork::monotonic_ns();
         if now >= ns {
             return;
         }
@@ -421,7 +421,7 @@ pub fn scatter_child(w: &World, i: usize, k: usize, start_ns: u64) -> bool {
     let k = k.max(1);
     let (lo, hi) = (pages * i / k, pages * (i + 1) / k);
     sleep_until(start_ns);
-    let begin = crate::report::monotonic_ns();
+    let begin = mitosis::fork::monotonic_ns();
     let mut read = 0usize;
     let mut ok = i < k;
     for pass in 0..SCATTER_PASSES {
@@ -431,7 +431,7 @@ pub fn scatter_child(w: &World, i: usize, k: usize, start_ns: u64) -> bool {
             read += 1;
         }
     }
-    let end = crate::report::monotonic_ns();
+    let end = mitosis::fork::monotonic_ns();
     println!("SCATTER {begin} {end} {read}");
     ok
 }
@@ -450,21 +450,21 @@ fn concurrent_random(
     out: &mut TcpStream,
 ) {
     let before = counters();
-    let start = crate::report::monotonic_ns() + SCATTER_BARRIER.as_nanos() as u64;
+    let start = mitosis::fork::monotonic_ns() + SCATTER_BARRIER.as_nanos() as u64;
     // Both guests' busy time from the common start until the last child is gone.
     let (ok, lines, busy) = std::thread::scope(|sc| {
         let sampler = sc.spawn(move || {
             sleep_until(start);
             let b = crate::report::busy_ns();
             let a = peer_busy_ns(rd, out);
-            (crate::report::monotonic_ns(), b, a, rd, out)
+            (mitosis::fork::monotonic_ns(), b, a, rd, out)
         });
         let (ok, _, lines) = burst_lines(h, k, |i| format!("scatter {i} {k} {start}"));
         let Ok((t0, b0, a0, rd, out)) = sampler.join() else {
             return (false, lines, (f64::NAN, f64::NAN));
         };
         let (b1, a1) = (crate::report::busy_ns(), peer_busy_ns(rd, out));
-        let wall = crate::report::monotonic_ns().saturating_sub(t0) as f64;
+        let wall = mitosis::fork::monotonic_ns().saturating_sub(t0) as f64;
         let pct = |x: Option<u64>, y: Option<u64>| {
             x.zip(y)
                 .map_or(f64::NAN, |(x, y)| 100.0 * y.saturating_sub(x) as f64 / wall)
@@ -1166,15 +1166,12 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             region_reads(r, &h, mib);
             // READ batches in flight per connection: 8 (the default), 1 and 3 for
             // comparison (the default set back afterwards).
-            for (k, batches) in CONCURRENCY {
-                let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string());
-                concurrent_children(r, &h, mib, k, batches, set.is_ok());
-            }
-            // The same at random: one page per fault, so a child waits out every
+            // Each also at random: one page per fault, so a child waits out every
             // round trip and only concurrency raises the rate.
             for (k, batches) in CONCURRENCY {
-                let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string());
-                concurrent_random(r, &h, mib, (k, batches), set.is_ok(), &mut rd, &mut out);
+                let set = std::fs::write(READ_BATCHES_PARAM, batches.to_string()).is_ok();
+                concurrent_children(r, &h, mib, k, batches, set);
+                concurrent_random(r, &h, mib, (k, batches), set, &mut rd, &mut out);
             }
             let _ = std::fs::write(READ_BATCHES_PARAM, "8");
         }

@@ -78,29 +78,13 @@ impl Report {
     }
 }
 
-/// `CLOCK_MONOTONIC` now, in nanoseconds (the clock the kernel's idle accounting and
-/// a child's own timestamps use, so they compare across processes of one guest).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a writable timespec; served by the vDSO.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
 /// This guest's busy CPU time since boot, in nanoseconds: the monotonic clock times
 /// the CPUs, less the idle and iowait time the tick code accounts to the nanosecond
 /// at every idle exit (`.idle_sleeptime`, `.iowait_sleeptime` of `/proc/timer_list`,
 /// the numbers `/proc/stat` rounds to 10 ms). The caller runs, so its CPU is not
 /// idle and its numbers are current.
 pub fn busy_ns() -> Option<u64> {
-    let now = monotonic_ns();
+    let now = mitosis::fork::monotonic_ns();
     let list = std::fs::read_to_string("/proc/timer_list").ok()?;
     busy_of(now, &list)
 }
