@@ -36,7 +36,7 @@ pub(crate) mod fastreg;
 pub(crate) mod listener;
 mod owner;
 pub(crate) mod pages;
-mod read;
+pub(crate) mod read;
 mod registrations;
 mod rpc;
 pub(crate) mod verbs;

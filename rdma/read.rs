@@ -14,6 +14,9 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
+/// Doorbells one caller keeps in flight at most ([`Connection::pipeline_slots`]).
+pub(crate) const PIPELINE_DEPTH: usize = 4;
+
 impl Connection {
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
     /// [`MAX_READ_BATCH`]) with one doorbell (pages contiguous under one key share a
@@ -57,8 +60,52 @@ impl Connection {
         slot: &ReadSlot,
         remote: &[(u64, u32)],
         timeout_ms: u32,
-        mut consume: impl FnMut(usize, &[u8]) -> Result,
+        consume: impl FnMut(usize, &[u8]) -> Result,
     ) -> Result {
+        self.post_in_slot(slot, remote, timeout_ms)?.finish(consume)
+    }
+
+    /// READ slots a caller that keeps several doorbells in flight takes in turn: the
+    /// [`PIPELINE_DEPTH`] least busy of those the `read_batches` parameter allows
+    /// (fewer if it allows fewer), all different, so that the caller never waits for
+    /// a slot it holds itself. At least one.
+    pub(crate) fn pipeline_slots(&self) -> Result<KVec<usize>> {
+        let slots = crate::params::read_batches(READ_SLOTS);
+        let mut picked = KVec::with_capacity(PIPELINE_DEPTH, GFP_KERNEL)?;
+        for _ in 0..slots.min(PIPELINE_DEPTH) {
+            let best = (0..slots)
+                .filter(|i| !picked.contains(i))
+                .min_by_key(|&i| self.read_slots[i].users.load(Ordering::Relaxed))
+                .ok_or(EINVAL)?;
+            // Within the capacity reserved above: no allocation.
+            picked.push(best, GFP_KERNEL)?;
+        }
+        Ok(picked)
+    }
+
+    /// Posts one doorbell of READs (as [`Self::read_pages`] does) into slot `slot`'s own
+    /// pages and returns without waiting: the caller can work, or post into another
+    /// slot, while it is in flight, and takes the bytes with [`InFlight::finish`].
+    pub(crate) fn post_read(
+        &self,
+        slot: usize,
+        remote: &[(u64, u32)],
+        timeout_ms: u32,
+    ) -> Result<InFlight<'_>> {
+        let n = remote.len();
+        if n == 0 || n > MAX_READ_BATCH {
+            return Err(EINVAL);
+        }
+        let slot = self.read_slots.get(slot).ok_or(EINVAL)?;
+        self.post_in_slot(slot, remote, timeout_ms)
+    }
+
+    fn post_in_slot<'a>(
+        &'a self,
+        slot: &'a ReadSlot,
+        remote: &[(u64, u32)],
+        timeout_ms: u32,
+    ) -> Result<InFlight<'a>> {
         let n = remote.len();
         let mut bufs = slot.bufs.lock();
         if !self.is_up() {
@@ -76,12 +123,16 @@ impl Connection {
         }
         // The destination pages belong to the slot and stay mapped until the QP is
         // drained, whatever happens to this batch.
-        self.post_and_wait(slot, res, remote, &mut sges, timeout_ms)?;
-        for (i, b) in bufs[..n].iter().enumerate() {
-            b.sync_for_cpu();
-            consume(i, b.bytes())?;
-        }
-        Ok(())
+        self.post(slot, res, remote, &mut sges)?;
+        slot.users.fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight {
+            conn: self,
+            slot,
+            bufs,
+            n,
+            timeout_ms,
+            waited: false,
+        })
     }
 
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
@@ -121,7 +172,8 @@ impl Connection {
                 sges.push(sge(res, m.dma_addr()), GFP_KERNEL)?;
                 mapped.push(m, GFP_KERNEL)?;
             }
-            match self.post_and_wait(slot, res, remote, &mut sges, timeout_ms) {
+            let posted = self.post(slot, res, remote, &mut sges);
+            match posted.and_then(|()| self.complete(slot, n, timeout_ms)) {
                 Ok(()) => {
                     for m in mapped.iter() {
                         m.sync_for_cpu();
@@ -143,16 +195,16 @@ impl Connection {
     }
 
     /// Posts one doorbell of READs, page `i` of `remote` into `sges[i]` (pages
-    /// contiguous under one key share a request, up to `read_pages_per_wr`), and waits
-    /// (bounded) for them. Any failure fails the connection. The caller holds `slot`'s
-    /// lock and keeps the destinations mapped until the QP is drained if this fails.
-    fn post_and_wait(
+    /// contiguous under one key share a request, up to `read_pages_per_wr`), on
+    /// `slot`, whose lock the caller holds until [`Self::complete`] returned for it and
+    /// whose destinations it keeps mapped until the QP is drained if that fails. A
+    /// failed post fails the connection.
+    fn post(
         &self,
         slot: &ReadSlot,
         res: &Resources,
         remote: &[(u64, u32)],
         sges: &mut [bindings::ib_sge],
-        timeout_ms: u32,
     ) -> Result {
         let n = remote.len();
         if n == 0 || sges.len() != n {
@@ -202,6 +254,12 @@ impl Connection {
         }
         count(&COUNTERS.read_doorbells, 1);
         count(&COUNTERS.read_wrs_posted, n_wrs as u64);
+        Ok(())
+    }
+
+    /// Waits (bounded) for the doorbell of `n` pages posted on `slot`. A timeout or an
+    /// error fails the connection.
+    fn complete(&self, slot: &ReadSlot, n: usize, timeout_ms: u32) -> Result {
         let status = match slot.waiter.wait(timeout_ms) {
             Ok(s) => s,
             Err(e) => {
@@ -242,5 +300,48 @@ fn sge(res: &Resources, addr: u64) -> bindings::ib_sge {
         addr,
         length: super::PAGE_SIZE as u32,
         lkey: res.domain.pd().local_dma_lkey(),
+    }
+}
+
+/// A doorbell of READs in flight in one of a connection's slots
+/// ([`Connection::post_read`]).
+///
+/// # Invariants
+///
+/// Holds the slot's lock from the post until the doorbell completed (or failed, and
+/// with it the connection): its destinations are the slot's pages. Dropped without
+/// [`Self::finish`], it waits (bounded) for the doorbell before it lets the slot go.
+pub(crate) struct InFlight<'a> {
+    conn: &'a Connection,
+    slot: &'a ReadSlot,
+    bufs: kernel::sync::lock::Guard<'a, KVec<DmaPage>, kernel::sync::lock::mutex::MutexBackend>,
+    n: usize,
+    timeout_ms: u32,
+    waited: bool,
+}
+
+impl InFlight<'_> {
+    /// Waits (bounded) for the doorbell, then hands page `i`'s bytes to
+    /// `consume(i, bytes)`, under the slot's lock (the rule of
+    /// [`Connection::read_pages`]).
+    pub(crate) fn finish(mut self, mut consume: impl FnMut(usize, &[u8]) -> Result) -> Result {
+        self.waited = true;
+        self.conn.complete(self.slot, self.n, self.timeout_ms)?;
+        for (i, b) in self.bufs[..self.n].iter().enumerate() {
+            b.sync_for_cpu();
+            consume(i, b.bytes())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.waited {
+            // Bounded; a failure fails the connection, whose teardown frees the
+            // slot's pages only after the QP is drained.
+            let _ = self.conn.complete(self.slot, self.n, self.timeout_ms);
+        }
+        self.slot.users.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -24,7 +24,7 @@
 
 #![deny(unsafe_code)]
 
-use crate::abi::packed::PackedIndex;
+use crate::abi::packed::{head_len, PackedIndex, PackedPage};
 use crate::abi::snapshot::{
     window_offset, Descriptor, MAX_LEAD_PAGES, PAGE, RUN_PRESENT, VMA_WINDOW,
 };
@@ -504,10 +504,11 @@ impl Pager {
     }
 
     /// Reads the parent's packed copy of the working set (`abi::packed`), if the open
-    /// carried one, and puts its pages into `mapping`'s page cache: only pages the
-    /// descriptor says are present, each decompressed straight into its folio and
-    /// kept only if it comes out as a whole page (the rest are left to the record's
-    /// replay and the faults, with a log line). Returns the pages put there.
+    /// carried one, and puts its pages into `mapping`'s page cache as their encodings
+    /// arrive, while the next READs are in flight: only pages the descriptor says are
+    /// present, each decompressed straight into its folio and kept only if it comes
+    /// out as a whole page (the rest are left to the record's replay and the faults,
+    /// with a log line). Returns the pages put there.
     fn unpack_parents_copy(&self, mapping: Mapping<'_>) -> Result<u64> {
         let remote = self.link.lock().remote.clone();
         if remote.packed_pages == 0 {
@@ -516,33 +517,33 @@ impl Pager {
         // At most `abi::packed::MAX_PACKED_PAGES` (checked by the reply's decoder).
         let mut bytes =
             KVVec::from_elem(0u8, remote.packed_pages as usize * PAGE_SIZE, GFP_KERNEL)?;
-        remote.read_packed(&mut bytes)?;
         let desc = self.descriptor()?;
-        let (mut unpacked, mut refused) = (0u64, 0u64);
-        static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
-        // Checks the header and table before any page is used.
-        let index = PackedIndex::parse(&bytes);
-        for page in index.iter().flat_map(|index| index.pages()) {
-            if self
-                .locate(&desc, page.index.saturating_mul(PAGE))
-                .is_none()
-            {
-                refused += 1;
-                continue;
-            }
-            let Ok(mut folio) = mapping.grab(page.index) else {
-                continue;
-            };
-            if folio.is_uptodate() {
-                continue;
-            }
-            match folio.fill_by(|dst| crate::packed::unpack_page(&page, dst)) {
-                Ok(()) => unpacked += 1,
-                Err(_) => refused += 1,
-            }
-        }
+        let mut unpacker = Unpacker::new();
+        let read = remote.read_packed(&mut bytes, |copy, received| {
+            unpacker.step(copy, received, |page| {
+                if self
+                    .locate(&desc, page.index.saturating_mul(PAGE))
+                    .is_none()
+                {
+                    return Some(false);
+                }
+                // A READ slot is held meanwhile: a folio someone else has locked (a
+                // fault filling it) is left to them rather than waited for.
+                let mut folio = mapping.try_grab(page.index)?;
+                if folio.is_uptodate() {
+                    return None;
+                }
+                Some(
+                    folio
+                        .fill_by(|dst| crate::packed::unpack_page(&page, dst))
+                        .is_ok(),
+                )
+            })
+        });
+        let (unpacked, refused) = (unpacker.unpacked, unpacker.refused);
         count(&COUNTERS.pages_fetched, unpacked);
-        if index.is_err() && LOG.allow() {
+        static LOG: crate::util::RateLimit = crate::util::RateLimit::new(16);
+        if unpacker.malformed && LOG.allow() {
             pr_warn!(
                 "snapshot {} from {}: its packed working set is malformed, not used\n",
                 self.key.id,
@@ -557,7 +558,7 @@ impl Pager {
                 unpacked
             );
         }
-        Ok(unpacked)
+        read.map(|()| unpacked)
     }
 
     /// Prefetches the working set the parent handed out with the open (an earlier
@@ -802,4 +803,82 @@ fn present_pages<'a>(
                     (0..run.n_pages as u64).map(move |p| (i, run.page.saturating_add(p)))
                 })
         })
+}
+
+/// Unpacks a packed copy (`abi::packed`) piece by piece, as its bytes arrive.
+struct Unpacker {
+    /// Whether the table arrived and was checked.
+    parsed: bool,
+    /// Each page's index and where its encoding ends in the copy, from the table.
+    ends: KVVec<(u64, usize)>,
+    /// The next page to unpack, and where its encoding starts.
+    next: usize,
+    at: usize,
+    malformed: bool,
+    unpacked: u64,
+    refused: u64,
+}
+
+impl Unpacker {
+    fn new() -> Self {
+        Unpacker {
+            parsed: false,
+            ends: KVVec::new(),
+            next: 0,
+            at: 0,
+            malformed: false,
+            unpacked: 0,
+            refused: 0,
+        }
+    }
+
+    /// Hands each page whose encoding is among the first `received` bytes of `copy`
+    /// (the whole copy, its later bytes not arrived yet) to `put`, in order, once:
+    /// `Some(true)` it was put in place, `Some(false)` refused, `None` left alone.
+    fn step(
+        &mut self,
+        copy: &[u8],
+        received: usize,
+        mut put: impl FnMut(PackedPage<'_>) -> Option<bool>,
+    ) -> Result {
+        if self.malformed {
+            return Ok(());
+        }
+        let received = received.min(copy.len());
+        if !self.parsed {
+            let whole = received == copy.len();
+            match head_len(&copy[..received]) {
+                Some(head) if head <= received => (),
+                // The table is not in yet; a count out of bounds is refused below.
+                _ if !whole => return Ok(()),
+                _ => (),
+            }
+            let Ok(index) = PackedIndex::parse(copy) else {
+                self.malformed = true;
+                return Ok(());
+            };
+            let mut end = index.payload_start();
+            self.at = end;
+            for page in index.pages() {
+                // Lengths were checked to add up within the copy.
+                end += page.encoded.len();
+                self.ends.push((page.index, end), GFP_KERNEL)?;
+            }
+            self.parsed = true;
+        }
+        while let Some(&(index, end)) = self.ends.get(self.next) {
+            if end > received {
+                break;
+            }
+            let encoded = copy.get(self.at..end).ok_or(EINVAL)?;
+            match put(PackedPage { index, encoded }) {
+                Some(true) => self.unpacked += 1,
+                Some(false) => self.refused += 1,
+                None => (),
+            }
+            self.next += 1;
+            self.at = end;
+        }
+        Ok(())
+    }
 }

@@ -14,6 +14,7 @@ use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
 use crate::rdma::pages::{copy_page_bytes, PageRef};
+use crate::rdma::read::{InFlight, PIPELINE_DEPTH};
 use crate::rdma::PAGE_SIZE;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
@@ -213,16 +214,64 @@ impl RemoteRegion {
     }
 
     /// Reads the parent's packed copy of the working set whole into `out` (exactly
-    /// [`Self::packed_pages`] pages), one batch of READs per doorbell.
-    pub(crate) fn read_packed(&self, out: &mut [u8]) -> Result {
+    /// [`Self::packed_pages`] pages), one batch of READs per doorbell, up to
+    /// [`PIPELINE_DEPTH`] doorbells in flight, each in its own READ slot (as many as
+    /// the `read_batches` parameter allows). After each
+    /// doorbell's bytes are in, `progress(out, received)` gets the copy and how many
+    /// of its first bytes arrived: it runs while the next doorbell is in flight, so it
+    /// holds up a READ slot of the connection and must not wait for anything a READ
+    /// may wait for (a folio lock: take folios with `try_grab`).
+    pub(crate) fn read_packed(
+        &self,
+        out: &mut [u8],
+        mut progress: impl FnMut(&[u8], usize) -> Result,
+    ) -> Result {
         let pages = self.packed_pages as usize;
         if out.len() != pages.checked_mul(PAGE_SIZE).ok_or(EINVAL)? {
             return Err(EINVAL);
         }
+        let doorbell = MAX_READ_BATCH * PAGE_SIZE;
+        let slots = self.conn.pipeline_slots()?;
+        let timeout = params::io_timeout_ms();
         let mut remote = KVec::with_capacity(MAX_READ_BATCH.min(pages), GFP_KERNEL)?;
-        for (i, dst) in out.chunks_mut(MAX_READ_BATCH * PAGE_SIZE).enumerate() {
-            let off = (i * MAX_READ_BATCH * PAGE_SIZE) as u64;
-            self.read_doorbell(&self.packed_keys, off, dst, &mut remote)?;
+        let depth = slots.len().clamp(1, PIPELINE_DEPTH);
+        // The doorbells in flight and the byte ranges they fill: doorbell `k` in place
+        // `k % depth`, using slot `slots[k % depth]`.
+        let mut flying: [Option<(InFlight<'_>, usize, usize)>; PIPELINE_DEPTH] = Default::default();
+        let doorbells = out.len().div_ceil(doorbell);
+        for k in 0..doorbells {
+            // The doorbell `depth` before this one holds the slot: it leaves it first.
+            if let Some((flight, a, b)) = flying[k % depth].take() {
+                take_doorbell(flight, &mut out[a..b])?;
+                progress(out, b)?;
+            }
+            let from = k * doorbell;
+            let to = (from + doorbell).min(out.len());
+            let slot = *slots.get(k % depth).ok_or(EINVAL)?;
+            self.packed_pages_at(from, to, &mut remote)?;
+            flying[k % depth] = Some((self.conn.post_read(slot, &remote, timeout)?, from, to));
+        }
+        // The rest, oldest first.
+        for k in doorbells.saturating_sub(depth)..doorbells {
+            if let Some((flight, a, b)) = flying[k % depth].take() {
+                take_doorbell(flight, &mut out[a..b])?;
+                progress(out, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The remote address and key of each page of the packed copy's bytes
+    /// `[from, to)` (page-aligned), into `remote`.
+    fn packed_pages_at(&self, from: usize, to: usize, remote: &mut KVec<(u64, u32)>) -> Result {
+        remote.clear_for_reuse();
+        for at in (from..to).step_by(PAGE_SIZE) {
+            let at = at as u64;
+            let page = self
+                .packed_keys
+                .locate(self.chunk_bytes, at)
+                .ok_or(EINVAL)?;
+            remote.push(page, GFP_KERNEL)?;
         }
         Ok(())
     }
@@ -469,4 +518,12 @@ fn close_at_parent(conn: &Connection, region_id: u64) {
     let _ = conn.notify(params::io_timeout_ms(), |seq, buf| {
         req.encode(seq, buf).map_err(|_| EINVAL)
     });
+}
+
+/// Waits for `flight` and copies its pages into `dst`, page `i` at `i * PAGE_SIZE`.
+fn take_doorbell(flight: InFlight<'_>, dst: &mut [u8]) -> Result {
+    flight.finish(|i, bytes| {
+        let page = dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE);
+        copy_page_bytes(page.ok_or(EINVAL)?, bytes)
+    })
 }

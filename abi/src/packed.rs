@@ -91,6 +91,19 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     ))
 }
 
+/// How many first bytes of a copy its header and table take, read from the header
+/// (`None` until `head` holds the header, or if the count is out of bounds): a reader
+/// that gets the copy piece by piece can check the table with [`PackedIndex::parse`]
+/// once that many bytes arrived, and use each page once its encoding did.
+pub fn head_len(head: &[u8]) -> Option<usize> {
+    let n = u32_at(head, 8)?;
+    if u64::from(n) > MAX_WS_PAGES {
+        return None;
+    }
+    // Bounded above: no overflow.
+    Some(HEADER_LEN + n as usize * ENTRY_LEN)
+}
+
 impl<'a> PackedIndex<'a> {
     /// Checks the header, that the table fits, that every entry's length is 1..=4096
     /// and that the lengths add up to the payload, which fits in `bytes` (the rest of
@@ -143,6 +156,12 @@ impl<'a> PackedIndex<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+
+    /// Where the payload starts in the copy: the page [`Self::pages`] yields first
+    /// ends `encoded.len()` bytes after it, each next one as many after the last.
+    pub fn payload_start(&self) -> usize {
+        HEADER_LEN + self.table.len()
     }
 
     /// The pages in order (every offset was checked by [`Self::parse`]; a lookup that

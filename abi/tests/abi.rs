@@ -324,6 +324,32 @@ fn packed_copy_round_trip() {
 }
 
 #[test]
+fn packed_copy_read_piece_by_piece() {
+    let pages = vec![
+        (7u64, vec![1u8; 4096]),
+        (3, vec![2u8; 17]),
+        (9, vec![3u8; 5]),
+    ];
+    let bytes = packed_copy(&pages);
+    // Too short for the header; then the header and table of three entries.
+    assert_eq!(packed::head_len(&bytes[..11]), None);
+    assert_eq!(packed::head_len(&bytes[..12]), Some(16 + 3 * 12));
+    assert_eq!(packed::head_len(&bytes), Some(16 + 3 * 12));
+    // Each page's encoding ends where the walk from payload_start says.
+    let idx = packed::PackedIndex::parse(&bytes).unwrap();
+    assert_eq!(idx.payload_start(), 16 + 3 * 12);
+    let mut at = idx.payload_start();
+    for (p, (_, enc)) in idx.pages().zip(&pages) {
+        assert_eq!(&bytes[at..at + p.encoded.len()], enc.as_slice());
+        at += p.encoded.len();
+    }
+    // A count beyond the most pages a copy can hold has no head.
+    let mut bad = bytes.clone();
+    bad[8..12].copy_from_slice(&(wire::MAX_WS_PAGES as u32 + 1).to_le_bytes());
+    assert_eq!(packed::head_len(&bad), None);
+}
+
+#[test]
 fn packed_copy_refuses_bad_copies() {
     use packed::{PackedError, PackedIndex};
     let good = packed_copy(&[(7u64, vec![1u8; 100]), (8, vec![2u8; 50])]);
