@@ -6,6 +6,7 @@
 use super::connection::*;
 use super::pages::PageRef;
 use super::verbs::{DmaPage, MappedPage};
+use super::waiter::Waiter;
 use crate::bindings;
 use crate::counters::{count, COUNTERS};
 use crate::errno;
@@ -14,7 +15,7 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
-/// Doorbells one caller keeps in flight at most ([`Connection::pipeline_slots`]).
+/// Doorbells one caller keeps in flight at most ([`Connection::pipeline`]).
 pub(crate) const PIPELINE_DEPTH: usize = 4;
 
 impl Connection {
@@ -60,52 +61,8 @@ impl Connection {
         slot: &ReadSlot,
         remote: &[(u64, u32)],
         timeout_ms: u32,
-        consume: impl FnMut(usize, &[u8]) -> Result,
+        mut consume: impl FnMut(usize, &[u8]) -> Result,
     ) -> Result {
-        self.post_in_slot(slot, remote, timeout_ms)?.finish(consume)
-    }
-
-    /// READ slots a caller that keeps several doorbells in flight takes in turn: the
-    /// [`PIPELINE_DEPTH`] least busy of those the `read_batches` parameter allows
-    /// (fewer if it allows fewer), all different, so that the caller never waits for
-    /// a slot it holds itself. At least one.
-    pub(crate) fn pipeline_slots(&self) -> Result<KVec<usize>> {
-        let slots = crate::params::read_batches(READ_SLOTS);
-        let mut picked = KVec::with_capacity(PIPELINE_DEPTH, GFP_KERNEL)?;
-        for _ in 0..slots.min(PIPELINE_DEPTH) {
-            let best = (0..slots)
-                .filter(|i| !picked.contains(i))
-                .min_by_key(|&i| self.read_slots[i].users.load(Ordering::Relaxed))
-                .ok_or(EINVAL)?;
-            // Within the capacity reserved above: no allocation.
-            picked.push(best, GFP_KERNEL)?;
-        }
-        Ok(picked)
-    }
-
-    /// Posts one doorbell of READs (as [`Self::read_pages`] does) into slot `slot`'s own
-    /// pages and returns without waiting: the caller can work, or post into another
-    /// slot, while it is in flight, and takes the bytes with [`InFlight::finish`].
-    pub(crate) fn post_read(
-        &self,
-        slot: usize,
-        remote: &[(u64, u32)],
-        timeout_ms: u32,
-    ) -> Result<InFlight<'_>> {
-        let n = remote.len();
-        if n == 0 || n > MAX_READ_BATCH {
-            return Err(EINVAL);
-        }
-        let slot = self.read_slots.get(slot).ok_or(EINVAL)?;
-        self.post_in_slot(slot, remote, timeout_ms)
-    }
-
-    fn post_in_slot<'a>(
-        &'a self,
-        slot: &'a ReadSlot,
-        remote: &[(u64, u32)],
-        timeout_ms: u32,
-    ) -> Result<InFlight<'a>> {
         let n = remote.len();
         let mut bufs = slot.bufs.lock();
         if !self.is_up() {
@@ -113,26 +70,47 @@ impl Connection {
         }
         // SAFETY: a read slot's lock held and the state is UP.
         let res = unsafe { self.res()? };
-        while bufs.len() < n {
-            let page = DmaPage::new(res.dev(), bindings::dma_data_direction_DMA_FROM_DEVICE)?;
-            bufs.push(page, GFP_KERNEL)?;
-        }
-        let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
-        for buf in bufs[..n].iter() {
-            sges.push(sge(res, buf.dma_addr()), GFP_KERNEL)?;
-        }
+        let mut sges = destinations(res, &mut bufs, n)?;
         // The destination pages belong to the slot and stay mapped until the QP is
         // drained, whatever happens to this batch.
-        self.post(slot, res, remote, &mut sges)?;
-        slot.users.fetch_add(1, Ordering::Relaxed);
-        Ok(InFlight {
+        self.post(&slot.waiter, res, remote, &mut sges)?;
+        self.complete(&slot.waiter, n, timeout_ms)?;
+        for (i, b) in bufs[..n].iter().enumerate() {
+            b.sync_for_cpu();
+            consume(i, b.bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The connection's pipeline, for a caller that keeps several doorbells in flight
+    /// (as many as the `read_batches` parameter allows, at most [`PIPELINE_DEPTH`]):
+    /// `None` while another caller has it, or when one batch at a time is allowed (the
+    /// caller then reads a doorbell at a time through [`Self::read_pages`]).
+    ///
+    /// The pipeline has slots of its own under one lock, held for the whole read: a
+    /// caller holding several of the shared slots' locks at once could wait for one
+    /// another caller holds while that one waits for one of its own.
+    pub(crate) fn pipeline(&self, timeout_ms: u32) -> Result<Option<Pipeline<'_>>> {
+        let depth = crate::params::read_batches(READ_SLOTS).min(PIPELINE_DEPTH);
+        if depth < 2
+            || self
+                .pipeline_taken
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(None);
+        }
+        let pipe = Pipeline {
             conn: self,
-            slot,
-            bufs,
-            n,
+            bufs: self.pipe_bufs.lock(),
+            pending: [0; PIPELINE_DEPTH],
+            depth,
             timeout_ms,
-            waited: false,
-        })
+        };
+        if !self.is_up() {
+            return Err(errno::enotconn());
+        }
+        Ok(Some(pipe))
     }
 
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
@@ -172,8 +150,8 @@ impl Connection {
                 sges.push(sge(res, m.dma_addr()), GFP_KERNEL)?;
                 mapped.push(m, GFP_KERNEL)?;
             }
-            let posted = self.post(slot, res, remote, &mut sges);
-            match posted.and_then(|()| self.complete(slot, n, timeout_ms)) {
+            let posted = self.post(&slot.waiter, res, remote, &mut sges);
+            match posted.and_then(|()| self.complete(&slot.waiter, n, timeout_ms)) {
                 Ok(()) => {
                     for m in mapped.iter() {
                         m.sync_for_cpu();
@@ -196,12 +174,12 @@ impl Connection {
 
     /// Posts one doorbell of READs, page `i` of `remote` into `sges[i]` (pages
     /// contiguous under one key share a request, up to `read_pages_per_wr`), on
-    /// `slot`, whose lock the caller holds until [`Self::complete`] returned for it and
-    /// whose destinations it keeps mapped until the QP is drained if that fails. A
-    /// failed post fails the connection.
+    /// the slot whose `waiter` it is, which the caller holds until [`Self::complete`]
+    /// returned for it, keeping its destinations mapped until the QP is drained if that
+    /// fails. A failed post fails the connection.
     fn post(
         &self,
-        slot: &ReadSlot,
+        waiter: &Waiter,
         res: &Resources,
         remote: &[(u64, u32)],
         sges: &mut [bindings::ib_sge],
@@ -227,7 +205,7 @@ impl Connection {
             }
             let mut wr = bindings::ib_rdma_wr::default();
             // Every request carries the waiter: an unsignalled one that fails completes.
-            wr.wr.__bindgen_anon_1.wr_cqe = slot.waiter.cqe();
+            wr.wr.__bindgen_anon_1.wr_cqe = waiter.cqe();
             wr.wr.num_sge = pages as i32;
             wr.wr.opcode = bindings::ib_wr_opcode_IB_WR_RDMA_READ;
             wr.remote_addr = raddr;
@@ -243,7 +221,7 @@ impl Connection {
             wrs[w - 1].wr.next = next;
         }
         wrs[n_wrs - 1].wr.send_flags = bindings::ib_send_flags_IB_SEND_SIGNALED as i32;
-        slot.waiter.arm();
+        waiter.arm();
         // SAFETY: the QP is live; the chain is valid until the post returns; the
         // destination pages stay mapped until the QP is drained (the caller's promise).
         let r = unsafe { bindings::mitosis_ib_post_send(res.qp(), &wrs[0].wr, ptr::null_mut()) };
@@ -257,10 +235,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Waits (bounded) for the doorbell of `n` pages posted on `slot`. A timeout or an
-    /// error fails the connection.
-    fn complete(&self, slot: &ReadSlot, n: usize, timeout_ms: u32) -> Result {
-        let status = match slot.waiter.wait(timeout_ms) {
+    /// Waits (bounded) for the doorbell of `n` pages posted with `waiter`. A timeout or
+    /// an error fails the connection.
+    fn complete(&self, waiter: &Waiter, n: usize, timeout_ms: u32) -> Result {
+        let status = match waiter.wait(timeout_ms) {
             Ok(s) => s,
             Err(e) => {
                 count(&COUNTERS.read_timeouts, 1);
@@ -303,45 +281,104 @@ fn sge(res: &Resources, addr: u64) -> bindings::ib_sge {
     }
 }
 
-/// A doorbell of READs in flight in one of a connection's slots
-/// ([`Connection::post_read`]).
+/// The destinations of a batch of `n` pages: the first `n` of `bufs` (a slot's own
+/// pages, grown as needed), as scatter entries.
+fn destinations(
+    res: &Resources,
+    bufs: &mut KVec<DmaPage>,
+    n: usize,
+) -> Result<KVec<bindings::ib_sge>> {
+    while bufs.len() < n {
+        let page = DmaPage::new(res.dev(), bindings::dma_data_direction_DMA_FROM_DEVICE)?;
+        bufs.push(page, GFP_KERNEL)?;
+    }
+    let mut sges = KVec::with_capacity(n, GFP_KERNEL)?;
+    for buf in bufs[..n].iter() {
+        sges.push(sge(res, buf.dma_addr()), GFP_KERNEL)?;
+    }
+    Ok(sges)
+}
+
+/// A connection's pipeline, held by one caller ([`Connection::pipeline`]): up to
+/// [`PIPELINE_DEPTH`] doorbells in flight, each in a slot of the pipeline's own.
 ///
 /// # Invariants
 ///
-/// Holds the slot's lock from the post until the doorbell completed (or failed, and
-/// with it the connection): its destinations are the slot's pages. Dropped without
-/// [`Self::finish`], it waits (bounded) for the doorbell before it lets the slot go.
-pub(crate) struct InFlight<'a> {
+/// Holds the pipeline's lock and its claim (`pipeline_taken`) for its whole life.
+/// `pending[i]` is the page count of the doorbell in flight in slot `i` (0: none):
+/// its destinations are `bufs[i]`, which stay the connection's (freed by `teardown`
+/// after the QP is drained). Dropped with doorbells in flight, it waits (bounded) for
+/// them first.
+pub(crate) struct Pipeline<'a> {
     conn: &'a Connection,
-    slot: &'a ReadSlot,
-    bufs: kernel::sync::lock::Guard<'a, KVec<DmaPage>, kernel::sync::lock::mutex::MutexBackend>,
-    n: usize,
+    bufs: kernel::sync::lock::Guard<
+        'a,
+        [KVec<DmaPage>; PIPELINE_DEPTH],
+        kernel::sync::lock::mutex::MutexBackend,
+    >,
+    pending: [usize; PIPELINE_DEPTH],
+    depth: usize,
     timeout_ms: u32,
-    waited: bool,
 }
 
-impl InFlight<'_> {
-    /// Waits (bounded) for the doorbell, then hands page `i`'s bytes to
-    /// `consume(i, bytes)`, under the slot's lock (the rule of
-    /// [`Connection::read_pages`]).
-    pub(crate) fn finish(mut self, mut consume: impl FnMut(usize, &[u8]) -> Result) -> Result {
-        self.waited = true;
-        self.conn.complete(self.slot, self.n, self.timeout_ms)?;
-        for (i, b) in self.bufs[..self.n].iter().enumerate() {
+impl Pipeline<'_> {
+    /// Slots in the pipeline (2 to [`PIPELINE_DEPTH`]).
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Posts one doorbell of READs (as [`Connection::read_pages`] does) into slot
+    /// `i`, which must be free, and returns without waiting.
+    pub(crate) fn post(&mut self, i: usize, remote: &[(u64, u32)]) -> Result {
+        let n = remote.len();
+        if n == 0 || n > MAX_READ_BATCH || i >= self.depth || self.pending[i] != 0 {
+            return Err(EINVAL);
+        }
+        let conn = self.conn;
+        if !conn.is_up() {
+            return Err(errno::enotconn());
+        }
+        // SAFETY: the pipeline's lock held (as a read slot's) and the state is UP.
+        let res = unsafe { conn.res()? };
+        let mut sges = destinations(res, &mut self.bufs[i], n)?;
+        conn.post(&conn.pipe_waiters[i], res, remote, &mut sges)?;
+        self.pending[i] = n;
+        Ok(())
+    }
+
+    /// Waits (bounded) for slot `i`'s doorbell, then hands page `p`'s bytes to
+    /// `consume(p, bytes)` (the rule of [`Connection::read_pages`]).
+    pub(crate) fn finish(
+        &mut self,
+        i: usize,
+        mut consume: impl FnMut(usize, &[u8]) -> Result,
+    ) -> Result {
+        let n = core::mem::take(self.pending.get_mut(i).ok_or(EINVAL)?);
+        if n == 0 {
+            return Err(EINVAL);
+        }
+        self.conn
+            .complete(&self.conn.pipe_waiters[i], n, self.timeout_ms)?;
+        for (p, b) in self.bufs[i][..n].iter().enumerate() {
             b.sync_for_cpu();
-            consume(i, b.bytes())?;
+            consume(p, b.bytes())?;
         }
         Ok(())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Pipeline<'_> {
     fn drop(&mut self) {
-        if !self.waited {
-            // Bounded; a failure fails the connection, whose teardown frees the
-            // slot's pages only after the QP is drained.
-            let _ = self.conn.complete(self.slot, self.n, self.timeout_ms);
+        for i in 0..self.depth {
+            let n = core::mem::take(&mut self.pending[i]);
+            if n != 0 {
+                // Bounded; a failure fails the connection, whose teardown frees the
+                // pages only after the QP is drained.
+                let _ = self
+                    .conn
+                    .complete(&self.conn.pipe_waiters[i], n, self.timeout_ms);
+            }
         }
-        self.slot.users.fetch_sub(1, Ordering::Relaxed);
+        self.conn.pipeline_taken.store(false, Ordering::Release);
     }
 }

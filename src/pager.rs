@@ -527,8 +527,8 @@ impl Pager {
                 {
                     return Some(false);
                 }
-                // A READ slot is held meanwhile: a folio someone else has locked (a
-                // fault filling it) is left to them rather than waited for.
+                // The connection's pipeline is held meanwhile: a folio someone else
+                // has locked (a fault filling it) is left to them, not waited for.
                 let mut folio = mapping.try_grab(page.index)?;
                 if folio.is_uptodate() {
                     return None;

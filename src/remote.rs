@@ -14,7 +14,6 @@ use crate::errno;
 use crate::params;
 use crate::rdma::connection::{Connection, MAX_READ_BATCH};
 use crate::rdma::pages::{copy_page_bytes, PageRef};
-use crate::rdma::read::{InFlight, PIPELINE_DEPTH};
 use crate::rdma::PAGE_SIZE;
 use crate::util::ClearForReuse;
 use kernel::prelude::*;
@@ -214,13 +213,11 @@ impl RemoteRegion {
     }
 
     /// Reads the parent's packed copy of the working set whole into `out` (exactly
-    /// [`Self::packed_pages`] pages), one batch of READs per doorbell, up to
-    /// [`PIPELINE_DEPTH`] doorbells in flight, each in its own READ slot (as many as
-    /// the `read_batches` parameter allows). After each
-    /// doorbell's bytes are in, `progress(out, received)` gets the copy and how many
-    /// of its first bytes arrived: it runs while the next doorbell is in flight, so it
-    /// holds up a READ slot of the connection and must not wait for anything a READ
-    /// may wait for (a folio lock: take folios with `try_grab`).
+    /// [`Self::packed_pages`] pages), one batch of READs per doorbell, several
+    /// doorbells in flight through the connection's pipeline
+    /// ([`Connection::pipeline`]; a doorbell at a time while another reader has it).
+    /// After each doorbell's bytes are in, `progress(out, received)` gets the copy and
+    /// how many of its first bytes arrived, while the next doorbells are in flight.
     pub(crate) fn read_packed(
         &self,
         out: &mut [u8],
@@ -231,31 +228,35 @@ impl RemoteRegion {
             return Err(EINVAL);
         }
         let doorbell = MAX_READ_BATCH * PAGE_SIZE;
-        let slots = self.conn.pipeline_slots()?;
+        let doorbells = out.len().div_ceil(doorbell);
+        let len = out.len();
+        let range = |k: usize| (k * doorbell, ((k + 1) * doorbell).min(len));
         let timeout = params::io_timeout_ms();
         let mut remote = KVec::with_capacity(MAX_READ_BATCH.min(pages), GFP_KERNEL)?;
-        let depth = slots.len().clamp(1, PIPELINE_DEPTH);
-        // The doorbells in flight and the byte ranges they fill: doorbell `k` in place
-        // `k % depth`, using slot `slots[k % depth]`.
-        let mut flying: [Option<(InFlight<'_>, usize, usize)>; PIPELINE_DEPTH] = Default::default();
-        let doorbells = out.len().div_ceil(doorbell);
-        for k in 0..doorbells {
-            // The doorbell `depth` before this one holds the slot: it leaves it first.
-            if let Some((flight, a, b)) = flying[k % depth].take() {
-                take_doorbell(flight, &mut out[a..b])?;
-                progress(out, b)?;
+        let Some(mut pipe) = self.conn.pipeline(timeout)? else {
+            // Another reader has the connection's pipeline: a doorbell at a time.
+            for k in 0..doorbells {
+                let (from, to) = range(k);
+                self.packed_pages_at(from, to, &mut remote)?;
+                self.conn
+                    .read_pages(&remote, timeout, copy_into(&mut out[from..to]))?;
+                progress(out, to)?;
             }
-            let from = k * doorbell;
-            let to = (from + doorbell).min(out.len());
-            let slot = *slots.get(k % depth).ok_or(EINVAL)?;
-            self.packed_pages_at(from, to, &mut remote)?;
-            flying[k % depth] = Some((self.conn.post_read(slot, &remote, timeout)?, from, to));
-        }
-        // The rest, oldest first.
-        for k in doorbells.saturating_sub(depth)..doorbells {
-            if let Some((flight, a, b)) = flying[k % depth].take() {
-                take_doorbell(flight, &mut out[a..b])?;
-                progress(out, b)?;
+            return Ok(());
+        };
+        // Doorbell `k` goes to slot `k % depth`, once the doorbell `depth` before it
+        // left it.
+        let depth = pipe.depth();
+        for k in 0..doorbells + depth {
+            let slot = k % depth;
+            if let Some((from, to)) = k.checked_sub(depth).map(range) {
+                pipe.finish(slot, copy_into(&mut out[from..to]))?;
+                progress(out, to)?;
+            }
+            if k < doorbells {
+                let (from, to) = range(k);
+                self.packed_pages_at(from, to, &mut remote)?;
+                pipe.post(slot, &remote)?;
             }
         }
         Ok(())
@@ -520,10 +521,10 @@ fn close_at_parent(conn: &Connection, region_id: u64) {
     });
 }
 
-/// Waits for `flight` and copies its pages into `dst`, page `i` at `i * PAGE_SIZE`.
-fn take_doorbell(flight: InFlight<'_>, dst: &mut [u8]) -> Result {
-    flight.finish(|i, bytes| {
+/// A consumer of a doorbell's pages that copies page `i` to `i * PAGE_SIZE` of `dst`.
+fn copy_into(dst: &mut [u8]) -> impl FnMut(usize, &[u8]) -> Result + '_ {
+    move |i, bytes| {
         let page = dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE);
         copy_page_bytes(page.ok_or(EINVAL)?, bytes)
-    })
+    }
 }

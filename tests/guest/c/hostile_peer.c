@@ -17,7 +17,7 @@
  *       key and address (one registration for every peer), and a READ with that
  *       key at an address outside the region's (the addresses start at a random
  *       base only the reply gives out).
- *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY]
+ *   hostile-peer serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY|packed-short=COPY]
  *       A parent: accepts one connection at a time (with a challenge, as the module
  *       does) and answers every open with FILE as the region (descriptor first, as
  *       the module lays snapshots out, with its MAC under SECRET_HEX), registered
@@ -26,7 +26,10 @@
  *       and pages of VMA windows the snapshot does not have, and first-touch pages
  *       at the descriptor, past the region and of a VMA the snapshot does not have.
  *       With `packed=COPY`, every reply grants the file COPY as the packed copy of
- *       the working set (abi/src/packed.rs), whatever it holds.
+ *       the working set (abi/src/packed.rs), whatever it holds. With
+ *       `packed-short=COPY`, the same, but announced as four times its pages (at most
+ *       the region's): READs past the registered copy fail at its end, while the
+ *       child's READs of it are in flight.
  *
  * Every mode prints `hostile-peer: RESULT key=value ...` and exits 0 when what it
  * observed is what a hardened module must do (refusals, no answers to garbage).
@@ -568,7 +571,8 @@ static int mode_garbage(const char *addr, int port, uint64_t id, const char *hex
 
 /* Serves FILE as every region, one connection at a time, until killed. */
 static __attribute__((noreturn)) void mode_serve(int port, const char *path, const char *hex,
-						 int silent, int lying_ws, const char *packed_path)
+						 int silent, int lying_ws, const char *packed_path,
+						 int packed_short)
 {
 	uint8_t secret[16], desc_mac[16], accept_data[ACCEPT_DATA_LEN];
 
@@ -692,7 +696,10 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 				put32(f + 68, 1);
 				put32(f + 72, lying_ws ? 2 : 0); /* working-set runs */
 				put32(f + 76, lying_ws ? 3 : 0); /* first-touch pages */
-				put32(f + 80, (uint32_t)(packed_size / PAGE));
+				/* A short copy claims more pages than it registered. */
+				put32(f + 80, (uint32_t)((packed_short && 4 * packed_size <= size ?
+							  4 * packed_size :
+							  packed_short ? size : packed_size) / PAGE));
 				put32(f + 84, !!packed_mr); /* packed copy's keys */
 				put32(f + REPLY_FIXED, data->rkey);
 				if (packed_mr)
@@ -743,8 +750,11 @@ int main(int argc, char **argv)
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "serve"))
 		mode_serve(atoi(argv[2]), argv[3], argv[4], argc == 6 && !strcmp(argv[5], "silent"),
 			   argc == 6 && !strcmp(argv[5], "lying-ws"),
-			   argc == 6 && !strncmp(argv[5], "packed=", 7) ? argv[5] + 7 : NULL);
+			   argc == 6 && !strncmp(argv[5], "packed=", 7) ? argv[5] + 7 :
+			   argc == 6 && !strncmp(argv[5], "packed-short=", 13) ? argv[5] + 13 : NULL,
+			   argc == 6 && !strncmp(argv[5], "packed-short=", 13));
 	fprintf(stderr, "usage: hostile-peer flood ADDR PORT N HOLD_MS | garbage ADDR PORT ID "
-			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX [silent|lying-ws|packed=COPY]\n");
+			"SECRET_HEX TRIES | serve PORT FILE SECRET_HEX "
+			"[silent|lying-ws|packed=COPY|packed-short=COPY]\n");
 	return 2;
 }

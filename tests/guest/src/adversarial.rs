@@ -177,14 +177,20 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-/// Takes a snapshot region (descriptor pages, then data pages) apart.
-fn take_apart(region: &[u8]) -> Result<(Parts, &[u8]), String> {
+/// The descriptor of a snapshot region (its first pages), and its length.
+fn descriptor_of(region: &[u8]) -> Result<(Descriptor<'_>, usize), String> {
     let len = region
         .get(8..12)
         .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
         .ok_or("short region")?;
     let d = Descriptor::parse(region.get(..len).ok_or("short region")?)
         .map_err(|e| format!("descriptor: {e:?}"))?;
+    Ok((d, len))
+}
+
+/// Takes a snapshot region (descriptor pages, then data pages) apart.
+fn take_apart(region: &[u8]) -> Result<(Parts, &[u8]), String> {
+    let (d, len) = descriptor_of(region)?;
     let vmas = (0..d.n_vmas()).filter_map(|i| d.vma(i)).collect();
     let runs = (0..d.n_runs()).filter_map(|i| d.run(i)).collect();
     let files = (1..=d.n_files() as u32).filter_map(|i| d.file(i)).collect();
@@ -227,6 +233,36 @@ fn put_together(p: &Parts, data: &[u8]) -> Result<Vec<u8>, String> {
 /// (alternately bytes of no LZO stream, and a valid stream of one byte), then a page
 /// of a VMA the snapshot does not have, stored whole, and the first page again.
 fn lying_packed_copy(p: &Parts) -> Vec<u8> {
+    let mut present = present_indices(p);
+    present.truncate(48);
+    let garbage: Vec<u8> = (0..100u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let one_byte = [0x12, b'A', 0x11, 0, 0];
+    let mut pages: Vec<(u64, &[u8])> = present
+        .iter()
+        .enumerate()
+        .map(|(i, &index)| {
+            (
+                index,
+                if i % 2 == 0 {
+                    &garbage[..]
+                } else {
+                    &one_byte[..]
+                },
+            )
+        })
+        .collect();
+    let stray = vec![0x5a; PAGE];
+    pages.push((window_offset(60000) / PAGE as u64, &stray));
+    if let Some(&first) = present.first() {
+        pages.push((first, &garbage));
+    }
+    packed_copy_of(&pages).unwrap_or_default()
+}
+
+/// The page-cache index of every present page of `p`, in descriptor order.
+fn present_indices(p: &Parts) -> Vec<u64> {
     let mut present = Vec::new();
     for (vi, v) in p.vmas.iter().enumerate() {
         let runs = p
@@ -240,41 +276,40 @@ fn lying_packed_copy(p: &Parts) -> Vec<u8> {
             }
         }
     }
-    present.truncate(48);
-    let garbage: Vec<u8> = (0..100u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let one_byte = vec![0x12, b'A', 0x11, 0, 0];
-    let mut pages: Vec<(u64, Vec<u8>)> = present
-        .iter()
-        .enumerate()
-        .map(|(i, &index)| {
-            (
-                index,
-                if i % 2 == 0 {
-                    garbage.clone()
-                } else {
-                    one_byte.clone()
-                },
-            )
-        })
-        .collect();
-    pages.push((window_offset(60000) / PAGE as u64, vec![0x5a; PAGE]));
-    if let Some(&first) = present.first() {
-        pages.push((first, garbage.clone()));
-    }
-    let Some(mut w) = packed::PackedWriter::new(pages.len()) else {
-        return Vec::new();
-    };
+    present
+}
+
+/// A packed copy of `pages` (page-cache index, encoding), as a parent writes one.
+fn packed_copy_of(pages: &[(u64, &[u8])]) -> Result<Vec<u8>, String> {
+    let mut w = packed::PackedWriter::new(pages.len()).ok_or("too many pages")?;
     let mut out = vec![0u8; w.header_len()];
     for (i, (index, enc)) in pages.iter().enumerate() {
-        let _ = w.entry(&mut out, i, *index, enc.len());
+        w.entry(&mut out, i, *index, enc.len()).ok_or("bad entry")?;
     }
-    for (_, enc) in &pages {
+    for (_, enc) in pages {
         out.extend_from_slice(enc);
     }
-    let _ = w.finish(&mut out);
-    out
+    w.finish(&mut out).ok_or("unfinished copy")?;
+    Ok(out)
+}
+
+/// A packed copy that tells the truth about the first `max` present pages of the
+/// snapshot `region` (descriptor pages, then data pages), each stored as it is: long
+/// enough to take several doorbells to read.
+fn truthful_packed_copy(region: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let (p, data) = take_apart(region)?;
+    let (d, _) = descriptor_of(region)?;
+    let mut pages: Vec<(u64, &[u8])> = Vec::new();
+    for index in present_indices(&p).into_iter().take(max) {
+        let off = d
+            .data_offset_at(index * PAGE as u64)
+            .ok_or("a present page without data")? as usize;
+        pages.push((
+            index,
+            data.get(off..off + PAGE).ok_or("data past the region")?,
+        ));
+    }
+    packed_copy_of(&pages)
 }
 
 /// A FIFO on the child's host that a hostile descriptor names as a mapped file.
@@ -776,6 +811,52 @@ fn hostile_parents(
             &[],
         );
     }
+    // A parent whose packed copy ends short of the pages it announced: the child
+    // reads it several doorbells deep, the READs past its end fail while others are
+    // in flight, and the connection fails with them (their pages stay the
+    // connection's until its QP is drained: the KASAN run checks it). The child's host
+    // then reconnects to go on with faults; this parent refuses the new connection
+    // (it serves one at a time), so the resume kills its caller, as it does whenever
+    // the parent is gone once the address space was replaced: exit 42 if it got
+    // through anyway, else killed (-1). Either way a READ error is counted there, and
+    // the host goes on (the checks after this one).
+    // The child runs on the agent's host: its READ errors are counted there.
+    let read_errors = "mitosis status --json | grep -o '\"read_errors\":[0-9]*' | cut -d: -f2";
+    let before = agent.sh(&format!("{read_errors} > /tmp/adv-read-errors"));
+    let short = put_together(&base, &data).and_then(|region| {
+        let copy = truthful_packed_copy(&region, 256)?;
+        let (region_file, copy_file) = ("/tmp/adv-short-copy.bin", "/tmp/adv-short-copy.copy");
+        std::fs::write(region_file, &region).map_err(|e| e.to_string())?;
+        std::fs::write(copy_file, &copy).map_err(|e| e.to_string())?;
+        let port = HOSTILE_PORT + 93;
+        let _parent = HostileParent::start(
+            port,
+            region_file,
+            &HOSTILE_SECRET,
+            Some(&format!("packed-short={copy_file}")),
+        )?;
+        let h = format!("{me}:{port}/1/{}", format_secret(&HOSTILE_SECRET));
+        Ok((
+            copy.len().div_ceil(PAGE),
+            agent.sh(&format!("mitosis-test resume-expect {h} child")),
+        ))
+    });
+    let failed = agent.sh(&format!(
+        "[ $({read_errors}) -gt $(cat /tmp/adv-read-errors) ]"
+    ));
+    r.check(
+        "adv-parent-short-packed-copy",
+        matches!(&short, Ok((pages, Ok(rc)))
+            if *pages > 2 * 64 && (*rc == RESUMED_AGENT_EXIT || *rc == -1))
+            && matches!(before, Ok(0))
+            && matches!(failed, Ok(0)),
+        format!(
+            "{short:?} (copy pages, child), want more than two doorbells of pages and exit \
+             {RESUMED_AGENT_EXIT} or killed (-1); a READ error counted on the child's host: \
+             {failed:?} (0: yes)"
+        ),
+        &[],
+    );
     let want = |rc: &Result<i32, String>| matches!(rc, Ok(rc) if *rc == RESUMED_AGENT_EXIT);
     r.check(
         "adv-parent-lying-working-set",
