@@ -133,7 +133,7 @@ MODULE_PARM_DESC(first_touch_pages, "Most pages of a working-set record's first 
 
 unsigned int mitosis_param_read_batches = 8;
 module_param_named(read_batches, mitosis_param_read_batches, uint, 0644);
-MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-8): the faults of several children of a snapshot overlap on the link");
+MODULE_PARM_DESC(read_batches, "READ batches one connection runs at once (1-8): the faults of several children of a snapshot overlap on the link; a packed working set is read min(this, 4) doorbells deep");
 
 unsigned int mitosis_param_open_linger_ms = 5000;
 module_param_named(open_linger_ms, mitosis_param_open_linger_ms, uint, 0644);
