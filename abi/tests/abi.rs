@@ -869,7 +869,7 @@ fn c_hostile_peer_speaks_this_wire_version() {
         format!("put64(f + {base_at}, SERVE_BASE)"),
         format!("put64(f + {packed_base_at}, packed_mr ? SERVE_PACKED_BASE : 0)"),
         format!("put32(f + {}, lying_ws ? 3 : 0)", body - 16),
-        format!("put32(f + {}, (uint32_t)(packed_size / PAGE))", body - 12),
+        format!("put32(f + {}, (uint32_t)(announced / PAGE))", body - 12),
         format!("put32(f + {}, !!packed_mr)", body - 8),
         "uint8_t *f = out + HDR_LEN, *after = f + REPLY_FIXED + keys".to_string(),
         format!("put64({}, 0)", at(0)),

@@ -609,6 +609,9 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 		memset(packed + st.st_size, 0, packed_size - st.st_size);
 		close(fd);
 	}
+	/* The copy's pages as replies announce them: a short copy claims four times
+	 * what it registered (at most the region's size). */
+	size_t announced = !packed_short ? packed_size : 4 * packed_size <= size ? 4 * packed_size : size;
 	if (info > len)
 		die("descriptor length");
 	/* A parent knows its snapshot's secret: the descriptor's MAC is right (unless
@@ -696,10 +699,7 @@ static __attribute__((noreturn)) void mode_serve(int port, const char *path, con
 				put32(f + 68, 1);
 				put32(f + 72, lying_ws ? 2 : 0); /* working-set runs */
 				put32(f + 76, lying_ws ? 3 : 0); /* first-touch pages */
-				/* A short copy claims more pages than it registered. */
-				put32(f + 80, (uint32_t)((packed_short && 4 * packed_size <= size ?
-							  4 * packed_size :
-							  packed_short ? size : packed_size) / PAGE));
+				put32(f + 80, (uint32_t)(announced / PAGE));
 				put32(f + 84, !!packed_mr); /* packed copy's keys */
 				put32(f + REPLY_FIXED, data->rkey);
 				if (packed_mr)
