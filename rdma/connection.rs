@@ -137,9 +137,9 @@ pub(super) struct RecvBuf {
 ///
 /// - Always allocated inside an [`Arc`] (so `&self` can be turned back into one).
 /// - `res` is written only while `state == CONNECTING` by the one CM handler that sets the
-///   connection up, and by `teardown` after the QP is drained and `rpc_lock` and every
-///   read slot's lock have been taken; readers hold `rpc_lock` or a read slot's lock
-///   with `state == UP` (or, the
+///   connection up, and by `teardown` after the QP is drained and `rpc_lock`, every
+///   read slot's lock and the pipeline's lock have been taken; readers hold `rpc_lock`,
+///   a read slot's lock or the pipeline's lock with `state == UP` (or, the
 ///   server's request work, `rpc_lock` while not closing), or are completion handlers of
 ///   its CQs (which `teardown` quiesces by draining).
 /// - `id`, once set, is the CM id whose `context` points to this connection; it is
@@ -377,8 +377,8 @@ impl Connection {
         }
     }
 
-    /// Resources, for a caller holding `rpc_lock` or a read slot's lock with the state
-    /// `UP`, or a
+    /// Resources, for a caller holding `rpc_lock`, a read slot's lock or the pipeline's
+    /// lock with the state `UP`, or a
     /// completion handler of this connection.
     ///
     /// # Safety

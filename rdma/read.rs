@@ -338,7 +338,7 @@ impl Pipeline<'_> {
         if !conn.is_up() {
             return Err(errno::enotconn());
         }
-        // SAFETY: the pipeline's lock held (as a read slot's) and the state is UP.
+        // SAFETY: the pipeline's lock held and the state is UP.
         let res = unsafe { conn.res()? };
         let mut sges = destinations(res, &mut self.bufs[i], n)?;
         conn.post(&conn.pipe_waiters[i], res, remote, &mut sges)?;

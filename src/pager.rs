@@ -860,8 +860,8 @@ impl Unpacker {
             let mut end = index.payload_start();
             self.at = end;
             for page in index.pages() {
-                // Lengths were checked to add up within the copy.
-                end += page.encoded.len();
+                // The lengths were checked to add up within the copy; checked anyway.
+                end = end.checked_add(page.encoded.len()).ok_or(EINVAL)?;
                 self.ends.push((page.index, end), GFP_KERNEL)?;
             }
             self.parsed = true;
