@@ -237,9 +237,12 @@ impl RemoteRegion {
             // Another reader has the connection's pipeline: a doorbell at a time.
             for k in 0..doorbells {
                 let (from, to) = range(k);
-                self.packed_pages_at(from, to, &mut remote)?;
-                self.conn
-                    .read_pages(&remote, timeout, copy_into(&mut out[from..to]))?;
+                self.read_doorbell(
+                    &self.packed_keys,
+                    from as u64,
+                    &mut out[from..to],
+                    &mut remote,
+                )?;
                 progress(out, to)?;
             }
             return Ok(());
@@ -255,24 +258,21 @@ impl RemoteRegion {
             }
             if k < doorbells {
                 let (from, to) = range(k);
-                self.packed_pages_at(from, to, &mut remote)?;
+                let n = (to - from) / PAGE_SIZE;
+                self.pages_at(&self.packed_keys, from as u64, n, &mut remote)?;
                 pipe.post(slot, &remote)?;
             }
         }
         Ok(())
     }
 
-    /// The remote address and key of each page of the packed copy's bytes
-    /// `[from, to)` (page-aligned), into `remote`.
-    fn packed_pages_at(&self, from: usize, to: usize, remote: &mut KVec<(u64, u32)>) -> Result {
+    /// The remote address and key of each of the `n` pages from byte `off` of the
+    /// registration granted as `keys`, into `remote`.
+    fn pages_at(&self, keys: &Grant, off: u64, n: usize, remote: &mut KVec<(u64, u32)>) -> Result {
         remote.clear_for_reuse();
-        for at in (from..to).step_by(PAGE_SIZE) {
-            let at = at as u64;
-            let page = self
-                .packed_keys
-                .locate(self.chunk_bytes, at)
-                .ok_or(EINVAL)?;
-            remote.push(page, GFP_KERNEL)?;
+        for p in 0..n {
+            let at = off.checked_add((p * PAGE_SIZE) as u64).ok_or(EINVAL)?;
+            remote.push(keys.locate(self.chunk_bytes, at).ok_or(EINVAL)?, GFP_KERNEL)?;
         }
         Ok(())
     }
@@ -288,16 +288,9 @@ impl RemoteRegion {
         dst: &mut [u8],
         remote: &mut KVec<(u64, u32)>,
     ) -> Result {
-        remote.clear_for_reuse();
-        for p in 0..dst.len() / PAGE_SIZE {
-            let at = off.checked_add((p * PAGE_SIZE) as u64).ok_or(EINVAL)?;
-            remote.push(keys.locate(self.chunk_bytes, at).ok_or(EINVAL)?, GFP_KERNEL)?;
-        }
+        self.pages_at(keys, off, dst.len() / PAGE_SIZE, remote)?;
         self.conn
-            .read_pages(remote, params::io_timeout_ms(), |i, bytes| {
-                let page = dst.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE);
-                copy_page_bytes(page.ok_or(EINVAL)?, bytes)
-            })
+            .read_pages(remote, params::io_timeout_ms(), copy_into(dst))
     }
 
     /// Remote address and key of the page at `off`. Past the end (only with
