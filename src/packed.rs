@@ -5,11 +5,12 @@
 //! copy it read into the snapshot file's page cache.
 //!
 //! Why: a new host's first child reads the whole record before (or while) it runs,
-//! and under emulation that transfer is bound by the receiving CPU (rxe checksums
-//! every byte), about 6,000 pages/s. The pages of an interpreter's working set
-//! compress 1.9-2.8x with LZO-RLE, which the kernel has built in (zram's default);
-//! decompressing a page costs the child's host about 15 us under emulation, receiving
-//! one about 170 us.
+//! and under emulation each page on the wire costs the receiving vCPU far more than
+//! decompressing one (rxe checksums and copies every byte): about 90-170 us against
+//! about 15 us. The pages of an interpreter's working set compress 1.9-2.8x with
+//! LZO-RLE, which the kernel has built in (zram's default). The child's host reads the
+//! copy several doorbells deep and unpacks it as it arrives (`remote::read_packed`,
+//! `pager::Unpacker`).
 
 #![deny(unsafe_code)]
 
