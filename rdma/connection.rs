@@ -22,7 +22,6 @@ use super::device::{DeviceKey, IbDevice};
 use super::domain::Domain;
 use super::fastreg::Registration;
 pub(crate) use super::owner::Owner;
-use super::read::PIPELINE_DEPTH;
 use super::verbs::{Cq, DmaPage, MappedPage};
 use super::waiter::Waiter;
 use crate::abi::wire;
@@ -52,6 +51,9 @@ pub(crate) const MAX_READ_BATCH: usize = 64;
 /// the send queue beside an RPC and a chain of registrations. 8: 8 children faulting at
 /// random reached 2.2x one child's page rate with 8 slots, 1.4x with 3.
 pub(crate) const READ_SLOTS: usize = 8;
+/// Doorbells the connection's pipeline keeps in flight at most, in slots of its own
+/// ([`Connection::pipeline`]).
+pub(crate) const PIPELINE_DEPTH: usize = 4;
 const _: () =
     assert!((READ_SLOTS + PIPELINE_DEPTH) * MAX_READ_BATCH + 1 + REG_BATCH <= SEND_DEPTH as usize);
 /// Most REG_MR requests chained in one post (well under [`SEND_DEPTH`]).

@@ -15,9 +15,6 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
-/// Doorbells one caller keeps in flight at most ([`Connection::pipeline`]).
-pub(crate) const PIPELINE_DEPTH: usize = 4;
-
 impl Connection {
     /// Reads one page from each `(remote address, rkey)` of `remote` (at most
     /// [`MAX_READ_BATCH`]) with one doorbell (pages contiguous under one key share a
