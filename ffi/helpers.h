@@ -30,6 +30,7 @@ extern bool mitosis_param_replay_async;
 extern unsigned int mitosis_param_open_linger_ms;
 extern unsigned int mitosis_param_read_pages_per_wr;
 extern unsigned int mitosis_param_read_batches;
+extern unsigned int mitosis_param_readahead_windows;
 extern unsigned int mitosis_param_first_touch_pages;
 
 int mitosis_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *wr,

@@ -67,6 +67,13 @@ def markdown(checks, sizes):
                                "TCP bulk, same link")):
         lines.append(f"| {label} | " + " | ".join(
             f"{rates(checks, s)[i]:,.0f} pages/s" for s in sizes) + " |")
+    noahead = []
+    for s in sizes:
+        c = checks.get(f"bench-child-noahead-{s}", {})
+        noahead.append(c["pages_touched"] / c["touch_100pct_ms"] * 1e3
+                       if c.get("touch_100pct_ms") else None)
+    lines.append("| sequential touch, no readahead (`readahead_windows=0`) | " + " | ".join(
+        f"{v:,.0f} pages/s" if v else "-" for v in noahead) + " |")
     for label, field in (
             ("parent's CPU per resume (background taken out)", "parent_cpu_ms_per_resume"),
             ("of it, not serving READs (the control path)", "parent_control_ms_per_resume"),

@@ -60,6 +60,7 @@ mod packed;
 mod page_table;
 mod pager;
 mod params;
+mod readahead;
 mod region;
 mod register_ahead;
 mod remote;

@@ -13,7 +13,9 @@
 //! writes, sharing of fetched pages among every child of the snapshot on this host,
 //! reclaim of clean pages (fetched again when needed). The kernel's readahead is off
 //! for snapshot files: a demand fault's batch is sized here (`demand_window`), one
-//! page on random access, doubling up to `prefetch_pages` on sequential access.
+//! page on random access, doubling up to `prefetch_pages` on sequential access; from
+//! there on, `readahead_windows` windows ahead of the reader are read in the
+//! background (`readahead.rs`), and each window it enters starts the next.
 //!
 //! Inodes are cached by (parent address, port, snapshot id, secret) while some child
 //! maps them; the last unmap evicts the inode, which closes the remote open (the parent
@@ -34,7 +36,7 @@ use crate::params;
 use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
 use crate::rdma::PAGE_SIZE;
 use crate::remote::{Checked, Lead, RemoteRegion};
-use crate::snapfs::{LockedFolio, Mapping};
+use crate::snapfs::{FaultFile, LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
 use crate::working_set::Trace;
@@ -119,15 +121,20 @@ const STREAM_WAYS: usize = 4;
 const _: () = assert!(STREAMS % STREAM_WAYS == 0);
 
 /// One demand-fault stream: the page a sequential reader faults on next, how far past
-/// its faulting page the last window read, and the page of the last fault.
+/// its faulting page the last window read, the page of the last fault, and the first
+/// page of the oldest window read ahead that the reader has not entered.
 struct Stream {
     /// Whose stream it is: the child's address space and the VMA, hashed (0: nobody's).
     owner: AtomicUsize,
     /// When it was last used ([`Pager::stream_clock`]).
     used: AtomicU64,
+    /// The first page not read yet (nor being read ahead).
     next: AtomicU64,
     window: AtomicU64,
     last: AtomicU64,
+    /// The first page of the oldest window read ahead and not entered yet (`u64::MAX`:
+    /// none). Windows ahead are `window` pages each and end at `next`.
+    marker: AtomicU64,
 }
 
 impl Stream {
@@ -137,6 +144,7 @@ impl Stream {
         next: AtomicU64::new(u64::MAX),
         window: AtomicU64::new(0),
         last: AtomicU64::new(u64::MAX),
+        marker: AtomicU64::new(u64::MAX),
     };
 }
 
@@ -354,10 +362,77 @@ impl Pager {
     }
 
     /// A child on this host touched page-cache page `index` for the first time (its
-    /// first fault on it: `snapfs::snapshot_fault`): it goes into the working set.
-    pub(crate) fn touched(&self, index: u64) {
+    /// first fault on it, through `via`: `snapfs::snapshot_fault`): it goes into the
+    /// working set; if it is the first page of a window read ahead of the child, the
+    /// next window is read ahead.
+    pub(crate) fn touched(&self, index: u64, via: Option<FaultFile<'_>>) {
         if params::working_set() {
             self.trace.lock().record(core::iter::once(index));
+        }
+        if let Some(via) = via {
+            self.entered(index, via);
+        }
+    }
+
+    /// Page `index` was touched first: if it starts the oldest window read ahead of its
+    /// stream, the reader entered that window; the window after the last one read
+    /// ahead is read now, so that `readahead_windows` stay ahead of it.
+    fn entered(&self, index: u64, via: FaultFile<'_>) {
+        let Some(stream) = self.find_stream(index / (VMA_WINDOW / PAGE)) else {
+            return;
+        };
+        let window = stream.window.load(Ordering::Relaxed);
+        if window == 0 || stream.marker.load(Ordering::Relaxed) != index {
+            return;
+        }
+        let Ok(desc) = self.descriptor() else {
+            return;
+        };
+        // The window to read now, after the last one read ahead (empty at the VMA's
+        // end); then the oldest window ahead not entered is the one after this.
+        let next = stream.next.load(Ordering::Relaxed);
+        let end = next
+            .saturating_add(window)
+            .min(self.vma_end(&desc, index))
+            .max(next);
+        let following = index.saturating_add(window);
+        let marker = if following < end { following } else { u64::MAX };
+        // One of the reader's threads moves the stream on.
+        if stream
+            .marker
+            .compare_exchange(index, marker, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        if end > next {
+            stream.next.store(end, Ordering::Relaxed);
+            self.read_ahead(via.mapping(), via, next, end);
+        }
+    }
+
+    /// Reads pages `[first, end)` of `mapping` (at most one batch) in the background:
+    /// those whose folios can be taken without waiting and are not up to date.
+    fn read_ahead(&self, mapping: Mapping<'_>, via: FaultFile<'_>, first: u64, end: u64) {
+        let mut folios = KVec::new();
+        let n = end.saturating_sub(first).min(MAX_READ_BATCH as u64) as usize;
+        if n == 0 || folios.reserve(n, GFP_KERNEL).is_err() {
+            return;
+        }
+        for i in first..first + n as u64 {
+            let Some(f) = mapping.try_grab(i) else {
+                continue;
+            };
+            if !f.is_uptodate() {
+                // Within the capacity reserved above: no allocation.
+                if folios.push(f, GFP_KERNEL).is_err() {
+                    return;
+                }
+            }
+        }
+        if !folios.is_empty() {
+            // On failure the folios are unlocked unread: left to the faults.
+            let _ = crate::readahead::start(&self.host, via.share(), folios);
         }
     }
 
@@ -382,45 +457,82 @@ impl Pager {
     ///   set with locality, like an interpreter's heap), [`LOCAL_WINDOW`] pages around
     ///   it;
     /// - anywhere else, the page alone: random access costs one page per fault.
-    fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64) {
+    ///
+    /// The third range is what to read ahead in the background: once a sequential
+    /// window reached `prefetch_pages`, the next `readahead_windows` windows (the
+    /// stream's `next` then follows them, and its marker is their first page).
+    fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64, (u64, u64)) {
         let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
         let per_window = VMA_WINDOW / PAGE;
         let stream = self.stream(index / per_window);
         let last = stream.last.swap(index, Ordering::Relaxed);
-        let (first, window) = if stream.next.load(Ordering::Relaxed) == index {
+        let sequential = stream.next.load(Ordering::Relaxed) == index;
+        let (first, window) = if sequential {
             let w = stream.window.load(Ordering::Relaxed).saturating_mul(2);
             (index, w.clamp(1, max))
         } else if last.abs_diff(index) <= LOCAL_SPAN {
             let w = LOCAL_WINDOW.min(max);
             (index.saturating_sub(w / 2), w)
         } else {
+            stream.marker.store(u64::MAX, Ordering::Relaxed);
             (index, 1)
         };
-        let vma_first = index - index % per_window;
-        let vma_end = desc
-            .vma((index / per_window) as usize)
-            .and_then(|v| vma_first.checked_add((v.end - v.start) / PAGE))
-            .unwrap_or(index.saturating_add(1));
-        let first = first.max(vma_first);
+        let vma_end = self.vma_end(desc, index);
+        let first = first.max(index - index % per_window);
         let end = first
             .saturating_add(window)
             .min(vma_end)
             .max(index.saturating_add(1));
-        stream
-            .window
-            .store(end.saturating_sub(index), Ordering::Relaxed);
-        stream.next.store(end, Ordering::Relaxed);
-        (first, end)
+        let window = end.saturating_sub(index);
+        stream.window.store(window, Ordering::Relaxed);
+        let ahead_windows = u64::from(params::readahead_windows());
+        let ahead_end = if sequential && window == max && max > 1 && ahead_windows > 0 {
+            end.saturating_add(window.saturating_mul(ahead_windows))
+                .min(vma_end)
+        } else {
+            end
+        };
+        if ahead_end > end {
+            stream.marker.store(end, Ordering::Relaxed);
+        }
+        stream.next.store(ahead_end, Ordering::Relaxed);
+        (first, end, (end, ahead_end))
+    }
+
+    /// The end (page index, exclusive) of the window of the snapshot file that holds
+    /// VMA contents up to its size; past the page if the VMA is not in the descriptor.
+    fn vma_end(&self, desc: &Descriptor<'_>, index: u64) -> u64 {
+        let per_window = VMA_WINDOW / PAGE;
+        let vma_first = index - index % per_window;
+        desc.vma((index / per_window) as usize)
+            .and_then(|v| vma_first.checked_add((v.end - v.start) / PAGE))
+            .unwrap_or(index.saturating_add(1))
+    }
+
+    /// The set of [`STREAM_WAYS`] stream slots of VMA `vma` in the faulting child, and
+    /// the stream's owner value.
+    fn stream_ways(&self, vma: u64) -> (usize, &[Stream]) {
+        let owner = (crate::mm::current_mm_id() ^ (vma as usize).wrapping_mul(0x9E37_79B9)) | 1;
+        let set = ((owner as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+            % (STREAMS / STREAM_WAYS);
+        (
+            owner,
+            &self.streams[set * STREAM_WAYS..(set + 1) * STREAM_WAYS],
+        )
+    }
+
+    /// The stream of VMA `vma` in the faulting child, if it has one (none is made).
+    fn find_stream(&self, vma: u64) -> Option<&Stream> {
+        let (owner, ways) = self.stream_ways(vma);
+        ways.iter()
+            .find(|s| s.owner.load(Ordering::Relaxed) == owner)
     }
 
     /// The stream of VMA `vma` in the faulting child: one of [`STREAM_WAYS`] slots
     /// chosen by hash, the one it already has or else the least recently used (started
     /// afresh), so that a few children's streams rarely evict each other.
     fn stream(&self, vma: u64) -> &Stream {
-        let owner = (crate::mm::current_mm_id() ^ (vma as usize).wrapping_mul(0x9E37_79B9)) | 1;
-        let set = ((owner as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
-            % (STREAMS / STREAM_WAYS);
-        let ways = &self.streams[set * STREAM_WAYS..(set + 1) * STREAM_WAYS];
+        let (owner, ways) = self.stream_ways(vma);
         let now = self.stream_clock.fetch_add(1, Ordering::Relaxed);
         let mut victim = &ways[0];
         for s in ways {
@@ -437,19 +549,29 @@ impl Pager {
         victim.next.store(u64::MAX, Ordering::Relaxed);
         victim.window.store(0, Ordering::Relaxed);
         victim.last.store(u64::MAX, Ordering::Relaxed);
+        victim.marker.store(u64::MAX, Ordering::Relaxed);
         victim
     }
 
-    /// A demand fault on `folio` (`read_folio`): it and the pages of its window
-    /// ([`Pager::demand_window`]) not in the page cache yet, in one batch. A page whose
-    /// folio another task holds locked is left out (never waited for: we hold
-    /// `folio`'s lock).
-    pub(crate) fn demand_fault(&self, folio: LockedFolio) -> Result {
+    /// A demand fault on `folio` (`read_folio`, through `via`): it and the pages of
+    /// its window ([`Pager::demand_window`]) not in the page cache yet, in one batch,
+    /// and the windows to read ahead queued before it. A page whose folio another task
+    /// holds locked is left out (never waited for: we hold `folio`'s lock).
+    pub(crate) fn demand_fault(&self, folio: LockedFolio, via: Option<FaultFile<'_>>) -> Result {
         let index = folio.index();
-        let (first, end) = match self.descriptor() {
+        let (first, end, (ahead, ahead_end)) = match self.descriptor() {
             Ok(desc) => self.demand_window(&desc, index),
-            Err(_) => (index, index.saturating_add(1)),
+            Err(_) => (index, index.saturating_add(1), (0, 0)),
         };
+        if let Some(via) = via {
+            let window = end.saturating_sub(index).max(1);
+            let mut at = ahead;
+            while at < ahead_end {
+                let to = at.saturating_add(window).min(ahead_end);
+                self.read_ahead(via.mapping(), via, at, to);
+                at = to;
+            }
+        }
         let mut batch = KVec::new();
         let window = end.saturating_sub(first) as usize;
         if window > 1 && batch.reserve(window, GFP_KERNEL).is_ok() {

@@ -21,6 +21,16 @@ pub(crate) fn prefetch_pages() -> u32 {
         .min(MAX_PREFETCH_PAGES)
 }
 
+/// Most windows read ahead of a sequential reader.
+pub(crate) const MAX_READAHEAD_WINDOWS: u32 = 4;
+
+/// Windows read ahead of a child reading a VMA in sequence (0: none).
+pub(crate) fn readahead_windows() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(ptr::addr_of!(bindings::mitosis_param_readahead_windows)) }
+        .min(MAX_READAHEAD_WINDOWS)
+}
+
 /// Bound of a connection's setup (address, route, handshake).
 pub(crate) fn connect_timeout_ms() -> u32 {
     // SAFETY: as above.

@@ -223,18 +223,21 @@ impl Mapping<'_> {
 }
 
 /// `address_space_operations::read_folio`.
-unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
+unsafe extern "C" fn read_folio(file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
     let Some(folio) = NonNull::new(folio) else {
         return EINVAL.to_errno();
     };
     // SAFETY: the folio is locked in one of our mappings, so its inode is not evicted.
     let pager = unsafe { folio_pager(folio) };
+    // SAFETY: the VFS passes the file being read (a fault's: the VMA's), live for the
+    // call, or none; `FaultFile::new` checks it is the folio's.
+    let via = unsafe { FaultFile::new(file, folio) };
     // The VFS gives us the folio locked, in our mapping, with its own reference.
     let folio = LockedFolio {
         folio,
         owned: false,
     };
-    match pager.demand_fault(folio) {
+    match pager.demand_fault(folio, via) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -360,7 +363,9 @@ unsafe extern "C" fn snapshot_fault(vmf: *mut bindings::vm_fault) -> bindings::v
             if !bindings::mitosis_folio_test_checked(folio) {
                 bindings::mitosis_folio_set_checked(folio);
                 if let Some(f) = NonNull::new(folio) {
-                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64);
+                    // The faulting VMA holds its file for the fault.
+                    let via = FaultFile::new((*(*vmf).__bindgen_anon_1.vma).vm_file, f);
+                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64, via);
                 }
             }
         }
@@ -979,6 +984,64 @@ impl SnapshotFs {
         }
         // SAFETY: an inode of ours, held by the file.
         Some(unsafe { pager_of(inode) })
+    }
+}
+
+/// The snapshot file a fault reads through, borrowed for the fault (`'a`): what the
+/// pager needs to keep reading ahead after the fault returned.
+///
+/// # Invariants
+///
+/// `file` is a live file of one of our inodes for `'a`, and `mapping` its page cache.
+#[derive(Clone, Copy)]
+pub(crate) struct FaultFile<'a> {
+    file: NonNull<bindings::file>,
+    mapping: NonNull<bindings::address_space>,
+    _borrow: core::marker::PhantomData<&'a ()>,
+}
+
+impl FaultFile<'_> {
+    /// The file `file`, if it is not null and maps `folio`'s page cache.
+    ///
+    /// # Safety
+    ///
+    /// `file` is null or live for `'a`; `folio` is locked in one of our mappings.
+    unsafe fn new<'a>(
+        file: *mut bindings::file,
+        folio: NonNull<bindings::folio>,
+    ) -> Option<FaultFile<'a>> {
+        let file = NonNull::new(file)?;
+        // SAFETY: per the contract.
+        let (mapping, ours) = unsafe {
+            (
+                (*file.as_ptr()).f_mapping,
+                bindings::mitosis_folio_mapping(folio.as_ptr()),
+            )
+        };
+        // INVARIANT: the folio's mapping is one of our inodes' page cache.
+        (mapping == ours).then_some(())?;
+        Some(FaultFile {
+            file,
+            mapping: NonNull::new(mapping)?,
+            _borrow: core::marker::PhantomData,
+        })
+    }
+
+    /// The file's page cache.
+    pub(crate) fn mapping(&self) -> Mapping<'_> {
+        Mapping(self.mapping, core::marker::PhantomData)
+    }
+
+    /// A reference of our own to the file, for work that outlives the fault.
+    pub(crate) fn share(&self) -> File {
+        // SAFETY: live for `'a` (type invariant), so it may gain a reference.
+        unsafe { bindings::mitosis_get_file(self.file.as_ptr()) };
+        // INVARIANT: the reference just taken is the new value's; the file is of one
+        // of our inodes, whose page cache is `mapping` (type invariant).
+        File {
+            file: self.file.as_ptr(),
+            mapping: self.mapping,
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 //! explicit (`_pad*` fields) and must be zero.
 
 /// Version of this ABI. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The ioctl type byte of `/dev/mitosis`.
 pub const IOC_MAGIC: u8 = 0xB7;
@@ -275,6 +275,9 @@ counters! {
     /// Transparent huge pages captures took whole from their PMD (one reference for
     /// 512 pages instead of 512 page references; since ABI 6).
     huge_pages_captured,
+    /// Windows of snapshot pages read ahead of a child reading a VMA in sequence, in
+    /// the background while it works through the windows before (since ABI 7).
+    readahead_windows,
 }
 
 impl DeviceInfo {
@@ -522,7 +525,7 @@ ioctl_structs! {
     /// Ping and version.
     IOC_VERSION / Version = 0, VersionArgs, 56;
     /// Devices, connections, counters.
-    IOC_STATUS / Status = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 232;
+    IOC_STATUS / Status = 1, StatusArgs, 24 + 48 * MAX_DEVICES + 240;
     IOC_REGION_CREATE / RegionCreate = 2, RegionCreateArgs, 48;
     IOC_REGION_DESTROY / RegionDestroy = 3, RegionDestroyArgs, 16;
     IOC_REMOTE_OPEN / RemoteOpen = 4, RemoteOpenArgs, 80;

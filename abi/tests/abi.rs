@@ -27,7 +27,7 @@ fn ioctl_numbers_are_distinct_and_encode_their_size() {
     }
     // Pinned values: changing one is an ABI break and must bump ABI_VERSION.
     assert_eq!(ioctl::IOC_VERSION, 0xc038_b700);
-    assert_eq!(ioctl::IOC_STATUS, 0xc1c0_b701);
+    assert_eq!(ioctl::IOC_STATUS, 0xc1c8_b701);
     assert_eq!(ioctl::IOC_FORK_CAPTURE, 0xc088_b707);
     assert_eq!(ioctl::IOC_FORK_CLAIM, 0xc058_b70a);
     assert_eq!(ioctl::IOC_FORK_RESUME, 0xc030_b708);
@@ -40,8 +40,8 @@ fn struct_sizes_and_offsets_are_pinned() {
     assert_eq!(size_of::<ioctl::Header>(), 8);
     assert_eq!(size_of::<ioctl::VersionArgs>(), 56);
     assert_eq!(size_of::<ioctl::DeviceInfo>(), 48);
-    assert_eq!(size_of::<ioctl::Counters>(), 232);
-    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 232);
+    assert_eq!(size_of::<ioctl::Counters>(), 240);
+    assert_eq!(size_of::<ioctl::StatusArgs>(), 24 + 4 * 48 + 240);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, claim_token), 16);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, child_vdso), 24);
     assert_eq!(offset_of!(ioctl::ForkClaimArgs, snapshot_id), 24);
@@ -55,7 +55,8 @@ fn struct_sizes_and_offsets_are_pinned() {
     // ABI 3: list entries carry the local children and the seed's and parent's pids.
     // ABI 4: counters for local file mappings, remote faults and working sets.
     // ABI 5: the resume report's connect, open, fetch and in-module times.
-    assert_eq!(ioctl::ABI_VERSION, 6);
+    // ABI 7: the counter readahead_windows.
+    assert_eq!(ioctl::ABI_VERSION, 7);
     assert_eq!(size_of::<ioctl::ForkCaptureArgs>(), 136);
     assert_eq!(offset_of!(ioctl::ForkCaptureArgs, connect_ns), 104);
     assert_eq!(size_of::<ioctl::SnapshotEntry>(), 48);
@@ -743,12 +744,12 @@ fn c_header_counters_match_the_abi() {
         .filter(|n| !n.starts_with("_reserved"))
         .collect();
     assert_eq!(names, ioctl::Counters::NAMES);
-    // 29 counters since ABI 6, no reserved slot.
+    // 30 counters since ABI 7, no reserved slot.
     assert_eq!(
         std::mem::size_of::<ioctl::Counters>(),
         8 * ioctl::Counters::NAMES.len()
     );
-    assert_eq!(std::mem::size_of::<ioctl::Counters>(), 232);
+    assert_eq!(std::mem::size_of::<ioctl::Counters>(), 240);
 }
 
 /// The C hostile peer (tests/guest/c/hostile_peer.c) speaks the wire by hand: its

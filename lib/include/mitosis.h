@@ -40,10 +40,10 @@ struct mitosis_counters {
 	uint64_t snapshots_live, snapshot_pages, resumes, resumes_failed;
 	uint64_t pages_fetched, pages_zeroed, fetch_failures;
 	uint64_t remote_faults, vmas_local, files_refused, ws_recorded, ws_pages_replayed;
-	uint64_t ws_reports_kept, huge_pages_captured;
+	uint64_t ws_reports_kept, huge_pages_captured, readahead_windows;
 };
 
-/* Same layout as mitosis_abi::ioctl::StatusArgs (448 bytes). */
+/* Same layout as mitosis_abi::ioctl::StatusArgs (456 bytes). */
 struct mitosis_status {
 	struct mitosis_header hdr;
 	uint32_t n_devices;

@@ -6,8 +6,8 @@ use mitosis_abi::ioctl::StatusArgs;
 #[test]
 fn header_struct_sizes_match_rust() {
     let header = include_str!("../include/mitosis.h");
-    assert!(header.contains("(448 bytes)"));
-    assert_eq!(std::mem::size_of::<StatusArgs>(), 448);
+    assert!(header.contains("(456 bytes)"));
+    assert_eq!(std::mem::size_of::<StatusArgs>(), 456);
     assert!(header.contains(&format!(
         "#define MITOSIS_MAX_DEVICES {}",
         mitosis_abi::ioctl::MAX_DEVICES
@@ -24,7 +24,7 @@ fn null_arguments_are_einval() {
             -libc::EINVAL
         );
         assert_eq!(
-            capi::mitosis_status(std::ptr::null(), std::ptr::null_mut(), 448),
+            capi::mitosis_status(std::ptr::null(), std::ptr::null_mut(), 456),
             -libc::EINVAL
         );
         capi::mitosis_close(std::ptr::null_mut());

@@ -51,7 +51,7 @@ COUNTERS = (
     "snapshots_live", "snapshot_pages", "resumes", "resumes_failed",
     "pages_fetched", "pages_zeroed", "fetch_failures",
     "remote_faults", "vmas_local", "files_refused", "ws_recorded", "ws_pages_replayed",
-    "ws_reports_kept", "huge_pages_captured",
+    "ws_reports_kept", "huge_pages_captured", "readahead_windows",
 )
 
 

@@ -47,6 +47,8 @@ const FIRST_TOUCH_PARAM: &str = "/sys/module/mitosis/parameters/first_touch_page
 const REPLAY_ASYNC_PARAM: &str = "/sys/module/mitosis/parameters/replay_async";
 /// READ batches a connection runs at once (writable at run time).
 const READ_BATCHES_PARAM: &str = "/sys/module/mitosis/parameters/read_batches";
+/// Windows read ahead of a sequential reader (0: none).
+const READAHEAD_PARAM: &str = "/sys/module/mitosis/parameters/readahead_windows";
 const PAGE_WORDS: usize = 512;
 const PAGE: usize = PAGE_WORDS * 8;
 
@@ -1125,6 +1127,18 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         r.check(
             &format!("bench-nolead-ran-{mib}"),
             nolead,
+            format!("{set:?}"),
+            &[],
+        );
+        // The same child without the windows read ahead of its sequential touch: it
+        // waits for each window's READ (the state before session 20).
+        let ahead = std::fs::read_to_string(READAHEAD_PARAM).unwrap_or_default();
+        let set = std::fs::write(READAHEAD_PARAM, "0");
+        let noahead = set.is_ok() && bench_run(&h, false, &format!("noahead-{mib}"));
+        let _ = std::fs::write(READAHEAD_PARAM, ahead.trim());
+        r.check(
+            &format!("bench-noahead-ran-{mib}"),
+            noahead,
             format!("{set:?}"),
             &[],
         );

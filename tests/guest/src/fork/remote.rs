@@ -159,6 +159,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
 
     // Concurrent children on B (A runs its own at the same time), one eager.
     let recorded_before = ws_recorded();
+    let ahead_before = counter(|c| c.readahead_windows);
     let t = Instant::now();
     let kids: Vec<_> = (0..n_children)
         .filter_map(|i| {
@@ -193,6 +194,16 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
             ("children", n_children as f64),
             ("wall_ms", t.elapsed().as_secs_f64() * 1e3),
         ],
+    );
+    // Each child reads the 32 MiB heap in order: once its fault window reached its
+    // largest, the windows after it are read ahead in the background, and the
+    // children's verification above saw the pages they brought.
+    let ahead = counter(|c| c.readahead_windows).saturating_sub(ahead_before);
+    r.check(
+        "rf-sequential-readahead",
+        ok == n_children && ahead > 0,
+        format!("{ahead} windows read ahead while {ok} children verified their heap"),
+        &[("readahead_windows", ahead as f64)],
     );
     check_first_touches_in_resume_batch(r, &h, recorded_before);
 
@@ -376,9 +387,14 @@ fn lingering_open(
 
 /// This host's count of working-set records stored (a pager's end stores one).
 fn ws_recorded() -> u64 {
+    counter(|c| c.ws_recorded)
+}
+
+/// One of this host's counters (0 if the module does not answer).
+fn counter(which: impl Fn(&mitosis_abi::ioctl::Counters) -> u64) -> u64 {
     Mitosis::open()
         .and_then(|m| m.status())
-        .map_or(0, |s| s.counters.ws_recorded)
+        .map_or(0, |s| which(&s.counters))
 }
 
 /// Metric `key` of check `check` in a child's output lines.
