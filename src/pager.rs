@@ -33,10 +33,10 @@ use crate::abi::snapshot::{
 use crate::abi::wire::{runs_from_pages, HotPage, WsRun, MAX_HOT_PAGES, MAX_WS_RUNS};
 use crate::counters::{count, COUNTERS};
 use crate::params;
-use crate::rdma::connection::{Ipv4, MAX_READ_BATCH};
+use crate::rdma::connection::{Ipv4, MAX_READ_BATCH, PIPELINE_DEPTH};
 use crate::rdma::PAGE_SIZE;
 use crate::remote::{Checked, Lead, RemoteRegion};
-use crate::snapfs::{FaultFile, LockedFolio, Mapping};
+use crate::snapfs::{LockedFolio, Mapping};
 use crate::state::Host;
 use crate::util::ClearForReuse;
 use crate::working_set::Trace;
@@ -362,22 +362,20 @@ impl Pager {
     }
 
     /// A child on this host touched page-cache page `index` for the first time (its
-    /// first fault on it, through `via`: `snapfs::snapshot_fault`): it goes into the
-    /// working set; if it is the first page of a window read ahead of the child, the
-    /// next window is read ahead.
-    pub(crate) fn touched(&self, index: u64, via: Option<FaultFile<'_>>) {
+    /// first fault on it: `snapfs::snapshot_fault`, which holds the page locked in
+    /// `mapping`): it goes into the working set; if it is the first page of a window
+    /// read ahead of the child, the next window is read ahead.
+    pub(crate) fn touched(&self, index: u64, mapping: Mapping<'_>) {
         if params::working_set() {
             self.trace.lock().record(core::iter::once(index));
         }
-        if let Some(via) = via {
-            self.entered(index, via);
-        }
+        self.entered(index, mapping);
     }
 
     /// Page `index` was touched first: if it starts the oldest window read ahead of its
     /// stream, the reader entered that window; the window after the last one read
     /// ahead is read now, so that `readahead_windows` stay ahead of it.
-    fn entered(&self, index: u64, via: FaultFile<'_>) {
+    fn entered(&self, index: u64, mapping: Mapping<'_>) {
         let Some(stream) = self.find_stream(index / (VMA_WINDOW / PAGE)) else {
             return;
         };
@@ -407,13 +405,13 @@ impl Pager {
         }
         if end > next {
             stream.next.store(end, Ordering::Relaxed);
-            self.read_ahead(via.mapping(), via, next, end);
+            self.read_ahead(mapping, next, end);
         }
     }
 
     /// Reads pages `[first, end)` of `mapping` (at most one batch) in the background:
     /// those whose folios can be taken without waiting and are not up to date.
-    fn read_ahead(&self, mapping: Mapping<'_>, via: FaultFile<'_>, first: u64, end: u64) {
+    fn read_ahead(&self, mapping: Mapping<'_>, first: u64, end: u64) {
         let mut folios = KVec::new();
         let n = end.saturating_sub(first).min(MAX_READ_BATCH as u64) as usize;
         if n == 0 || folios.reserve(n, GFP_KERNEL).is_err() {
@@ -430,9 +428,12 @@ impl Pager {
                 }
             }
         }
-        if !folios.is_empty() {
-            // On failure the folios are unlocked unread: left to the faults.
-            let _ = crate::readahead::start(&self.host, via.share(), folios);
+        let Some(inode) = mapping.inode() else {
+            return;
+        };
+        // On failure the folios are dropped, unlocked unread: left to the faults.
+        if !folios.is_empty() && crate::readahead::start(&self.host, inode, folios, None).is_ok() {
+            count(&COUNTERS.readahead_windows, 1);
         }
     }
 
@@ -553,22 +554,22 @@ impl Pager {
         victim
     }
 
-    /// A demand fault on `folio` (`read_folio`, through `via`): it and the pages of
-    /// its window ([`Pager::demand_window`]) not in the page cache yet, in one batch,
-    /// and the windows to read ahead queued before it. A page whose folio another task
-    /// holds locked is left out (never waited for: we hold `folio`'s lock).
-    pub(crate) fn demand_fault(&self, folio: LockedFolio, via: Option<FaultFile<'_>>) -> Result {
+    /// A demand fault on `folio` (`read_folio`): it and the pages of its window
+    /// ([`Pager::demand_window`]) not in the page cache yet, in one batch, and the
+    /// windows to read ahead queued before it. A page whose folio another task holds
+    /// locked is left out (never waited for: we hold `folio`'s lock).
+    pub(crate) fn demand_fault(&self, folio: LockedFolio) -> Result {
         let index = folio.index();
         let (first, end, (ahead, ahead_end)) = match self.descriptor() {
             Ok(desc) => self.demand_window(&desc, index),
             Err(_) => (index, index.saturating_add(1), (0, 0)),
         };
-        if let Some(via) = via {
+        if let Some(mapping) = folio.mapping() {
             let window = end.saturating_sub(index).max(1);
             let mut at = ahead;
             while at < ahead_end {
                 let to = at.saturating_add(window).min(ahead_end);
-                self.read_ahead(via.mapping(), via, at, to);
+                self.read_ahead(mapping, at, to);
                 at = to;
             }
         }
@@ -793,23 +794,32 @@ impl Pager {
     }
 
     /// Brings the pages at page-cache `indices` into `mapping`'s page cache (those not
-    /// there yet; an index named twice is read once), in batches of one doorbell.
-    /// `between` gets the pages each batch read and says whether to go on; the pages
-    /// left when it says no are recorded in the working set unread, so that stopping
-    /// a replay early does not shrink the record. Returns the pages read from the
-    /// parent.
+    /// there yet; an index named twice is read once), in batches of one doorbell, up
+    /// to `read_batches` (at most [`PIPELINE_DEPTH`]) of them in flight on the
+    /// module's workqueue (`readahead.rs`). `between` gets the pages batches read and
+    /// says whether to go on; the pages left when it says no are recorded in the
+    /// working set unread, so that stopping a replay early does not shrink the
+    /// record (batches in flight then finish on their own). Returns the pages read
+    /// from the parent.
     fn fetch_indices(
         &self,
         mapping: Mapping<'_>,
         mut indices: impl Iterator<Item = u64>,
         between: &mut dyn FnMut(u64) -> bool,
     ) -> Result<u64> {
+        let depth = params::read_batches(PIPELINE_DEPTH);
+        let in_flight = if depth > 1 {
+            crate::readahead::Batches::new().ok()
+        } else {
+            None
+        };
         let mut batch: KVec<LockedFolio> = KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?;
         let mut fetched = 0u64;
         while let Some(index) = indices.next() {
             // A record may name a page twice (a page reclaimed and fetched again is
             // recorded again): its folio is then locked in this batch already, and
-            // grabbing it would wait for ourselves forever.
+            // grabbing it would wait for ourselves forever (one in a batch in flight
+            // is waited for: that batch ends on its own).
             if batch.iter().any(|f| f.index() == index) {
                 continue;
             }
@@ -820,10 +830,11 @@ impl Pager {
             // Within the capacity reserved above: no allocation.
             batch.push(f, GFP_KERNEL)?;
             if batch.len() == MAX_READ_BATCH {
-                let r = self.fill(&mut batch);
-                // Unlocks and releases the batch's folios.
-                crate::util::clear(&mut batch);
-                let read = r? as u64;
+                let full = core::mem::replace(
+                    &mut batch,
+                    KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?,
+                );
+                let read = self.read_batch(mapping, full, in_flight.as_ref(), depth)?;
                 fetched += read;
                 if !between(read) {
                     if params::working_set() {
@@ -833,9 +844,42 @@ impl Pager {
                 }
             }
         }
-        let read = self.fill(&mut batch)? as u64;
+        let mut read = self.read_batch(mapping, batch, in_flight.as_ref(), depth)?;
+        if let Some(batches) = &in_flight {
+            read += batches.wait_below(1, batch_timeout_ms())?;
+        }
         between(read);
         Ok(fetched + read)
+    }
+
+    /// Reads `folios` (locked, not up to date) in one doorbell: queued for the
+    /// workqueue once fewer than `depth` batches of `in_flight` are, else (no
+    /// pipeline, or the queue refused it) here. Returns the pages read since the
+    /// last call: by this batch, or by the batches in flight that finished.
+    fn read_batch(
+        &self,
+        mapping: Mapping<'_>,
+        mut folios: KVec<LockedFolio>,
+        in_flight: Option<&Arc<crate::readahead::Batches>>,
+        depth: usize,
+    ) -> Result<u64> {
+        if folios.is_empty() {
+            return Ok(0);
+        }
+        let mut read = 0;
+        if let (Some(batches), Some(inode)) = (in_flight, mapping.inode()) {
+            read = batches.wait_below(depth, batch_timeout_ms())?;
+            batches.started();
+            match crate::readahead::start(&self.host, inode, folios, Some(batches.clone())) {
+                Ok(()) => return Ok(read),
+                Err(back) => {
+                    batches.not_started();
+                    folios = back;
+                }
+            }
+        }
+        // Unlocks and releases the batch's folios when it returns.
+        Ok(read + self.fill(&mut folios)? as u64)
     }
 
     /// Copies VMA `vi`'s snapshot content into the caller's memory at the seed's
@@ -888,6 +932,14 @@ impl Pager {
     pub(crate) fn key(&self) -> PagerKey {
         self.key
     }
+}
+
+/// The longest a fetch waits for one of its batches in flight: its READ, a reconnect
+/// and the READ again.
+fn batch_timeout_ms() -> u32 {
+    params::io_timeout_ms()
+        .saturating_mul(2)
+        .saturating_add(params::connect_timeout_ms())
 }
 
 /// Sends `pages` (sorted here) to the parent as runs, with their first-touch pages

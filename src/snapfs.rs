@@ -207,6 +207,16 @@ impl Mapping<'_> {
         })
     }
 
+    /// A reference on the mapping's inode, which keeps its pager and page cache for
+    /// work that outlives the borrow (`None` if the inode is being evicted).
+    pub(crate) fn inode(&self) -> Option<SnapshotInode> {
+        // SAFETY: a live mapping (type invariant) of one of our inodes; `igrab` takes a
+        // reference only on an inode not being freed.
+        let inode = unsafe { bindings::igrab((*self.0.as_ptr()).host) };
+        // INVARIANT: the reference `igrab` took is the new value's.
+        NonNull::new(inode).map(SnapshotInode)
+    }
+
     /// The folio at page `index`, locked, with a reference (created not up to date if
     /// it was absent).
     pub(crate) fn grab(&self, index: u64) -> Result<LockedFolio> {
@@ -223,21 +233,18 @@ impl Mapping<'_> {
 }
 
 /// `address_space_operations::read_folio`.
-unsafe extern "C" fn read_folio(file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
+unsafe extern "C" fn read_folio(_file: *mut bindings::file, folio: *mut bindings::folio) -> i32 {
     let Some(folio) = NonNull::new(folio) else {
         return EINVAL.to_errno();
     };
     // SAFETY: the folio is locked in one of our mappings, so its inode is not evicted.
     let pager = unsafe { folio_pager(folio) };
-    // SAFETY: the VFS passes the file being read (a fault's: the VMA's), live for the
-    // call, or none; `FaultFile::new` checks it is the folio's.
-    let via = unsafe { FaultFile::new(file, folio) };
     // The VFS gives us the folio locked, in our mapping, with its own reference.
     let folio = LockedFolio {
         folio,
         owned: false,
     };
-    match pager.demand_fault(folio, via) {
+    match pager.demand_fault(folio) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -356,16 +363,18 @@ unsafe extern "C" fn snapshot_fault(vmf: *mut bindings::vm_fault) -> bindings::v
     // SAFETY: per the contract.
     let ret = unsafe { bindings::filemap_fault(vmf) };
     // SAFETY: `vmf` is the MM's live fault description; with `VM_FAULT_LOCKED`,
-    // `page` is a locked page of the VMA's file, referenced for the fault.
+    // `page` is a locked page of the VMA's file, referenced for the fault, so its
+    // mapping is ours and live while this block runs.
     unsafe {
         if bindings::mitosis_fault_locked(ret) && !(*vmf).page.is_null() {
             let folio = bindings::mitosis_page_folio((*vmf).page);
             if !bindings::mitosis_folio_test_checked(folio) {
                 bindings::mitosis_folio_set_checked(folio);
-                if let Some(f) = NonNull::new(folio) {
-                    // The faulting VMA holds its file for the fault.
-                    let via = FaultFile::new((*(*vmf).__bindgen_anon_1.vma).vm_file, f);
-                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64, via);
+                let mapping = NonNull::new(bindings::mitosis_folio_mapping(folio));
+                if let (Some(f), Some(m)) = (NonNull::new(folio), mapping) {
+                    // INVARIANT: the mapping of a folio locked in it, for this block.
+                    let m = Mapping(m, core::marker::PhantomData);
+                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64, m);
                 }
             }
         }
@@ -622,6 +631,10 @@ impl Drop for SnapshotInode {
         unsafe { bindings::iput(self.0.as_ptr()) };
     }
 }
+
+// SAFETY: an inode reference may be used and dropped (`iput`, which may sleep) from
+// any task; work items drop theirs in process context.
+unsafe impl Send for SnapshotInode {}
 
 impl SnapshotFs {
     pub(crate) fn new(module: &'static ThisModule) -> impl PinInit<Self> {
@@ -984,64 +997,6 @@ impl SnapshotFs {
         }
         // SAFETY: an inode of ours, held by the file.
         Some(unsafe { pager_of(inode) })
-    }
-}
-
-/// The snapshot file a fault reads through, borrowed for the fault (`'a`): what the
-/// pager needs to keep reading ahead after the fault returned.
-///
-/// # Invariants
-///
-/// `file` is a live file of one of our inodes for `'a`, and `mapping` its page cache.
-#[derive(Clone, Copy)]
-pub(crate) struct FaultFile<'a> {
-    file: NonNull<bindings::file>,
-    mapping: NonNull<bindings::address_space>,
-    _borrow: core::marker::PhantomData<&'a ()>,
-}
-
-impl FaultFile<'_> {
-    /// The file `file`, if it is not null and maps `folio`'s page cache.
-    ///
-    /// # Safety
-    ///
-    /// `file` is null or live for `'a`; `folio` is locked in one of our mappings.
-    unsafe fn new<'a>(
-        file: *mut bindings::file,
-        folio: NonNull<bindings::folio>,
-    ) -> Option<FaultFile<'a>> {
-        let file = NonNull::new(file)?;
-        // SAFETY: per the contract.
-        let (mapping, ours) = unsafe {
-            (
-                (*file.as_ptr()).f_mapping,
-                bindings::mitosis_folio_mapping(folio.as_ptr()),
-            )
-        };
-        // INVARIANT: the folio's mapping is one of our inodes' page cache.
-        (mapping == ours).then_some(())?;
-        Some(FaultFile {
-            file,
-            mapping: NonNull::new(mapping)?,
-            _borrow: core::marker::PhantomData,
-        })
-    }
-
-    /// The file's page cache.
-    pub(crate) fn mapping(&self) -> Mapping<'_> {
-        Mapping(self.mapping, core::marker::PhantomData)
-    }
-
-    /// A reference of our own to the file, for work that outlives the fault.
-    pub(crate) fn share(&self) -> File {
-        // SAFETY: live for `'a` (type invariant), so it may gain a reference.
-        unsafe { bindings::mitosis_get_file(self.file.as_ptr()) };
-        // INVARIANT: the reference just taken is the new value's; the file is of one
-        // of our inodes, whose page cache is `mapping` (type invariant).
-        File {
-            file: self.file.as_ptr(),
-            mapping: self.mapping,
-        }
     }
 }
 
