@@ -99,9 +99,9 @@ unsigned int mitosis_param_prefetch_pages = 64;
 module_param_named(prefetch_pages, mitosis_param_prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages, "Most snapshot pages one remote fault reads: the window starts at 1 page, doubles while faults come in sequence and drops to 1 on any other fault (at most 64; 0 or 1: only the faulting page)");
 
-unsigned int mitosis_param_readahead_windows = 2;
+unsigned int mitosis_param_readahead_windows = 4;
 module_param_named(readahead_windows, mitosis_param_readahead_windows, uint, 0644);
-MODULE_PARM_DESC(readahead_windows, "Windows of prefetch_pages pages read ahead, in the background, of a child reading a VMA in sequence once its fault window reached prefetch_pages; each one the child enters starts the next (0-4; 0: none, the child waits for every window)");
+MODULE_PARM_DESC(readahead_windows, "Windows of prefetch_pages pages read ahead, in the background, of a child reading a VMA in sequence once its fault window reached prefetch_pages; the first access to each window reads the next (0-4, default 4; 0: none, the child waits for every window)");
 
 bool mitosis_param_pin_pages;
 module_param_named(pin_pages, mitosis_param_pin_pages, bool, 0644);
@@ -275,6 +275,12 @@ bool mitosis_folio_test_checked(struct folio *folio)
 
 void mitosis_folio_set_checked(struct folio *folio)
 { folio_set_checked(folio); }
+
+bool mitosis_folio_test_clear_readahead(struct folio *folio)
+{ return folio_test_clear_readahead(folio); }
+
+void mitosis_folio_set_readahead(struct folio *folio)
+{ folio_set_readahead(folio); }
 
 bool mitosis_fault_locked(vm_fault_t ret)
 { return ret & VM_FAULT_LOCKED; }

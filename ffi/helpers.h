@@ -79,6 +79,8 @@ struct address_space *mitosis_folio_mapping(struct folio *folio);
 struct folio *mitosis_page_folio(struct page *page);
 bool mitosis_folio_test_checked(struct folio *folio);
 void mitosis_folio_set_checked(struct folio *folio);
+bool mitosis_folio_test_clear_readahead(struct folio *folio);
+void mitosis_folio_set_readahead(struct folio *folio);
 bool mitosis_fault_locked(vm_fault_t ret);
 void mitosis_i_size_write(struct inode *inode, loff_t size);
 bool mitosis_try_module_get(struct module *mod);

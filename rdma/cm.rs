@@ -6,7 +6,7 @@
 
 use super::connection::*;
 use super::device::IbDevice;
-use super::verbs::{Cq, DmaPage};
+use super::verbs::{Cq, CqPoll, DmaPage};
 use super::CALLER;
 use crate::abi::wire;
 use crate::bindings;
@@ -160,8 +160,10 @@ impl Connection {
             return Err(ENODEV);
         }
         let domain = self.owner.devices().domain(dev.as_ptr()).ok_or(ENODEV)?;
-        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1)?;
-        let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1)?;
+        // Every send-side completion (READs, SENDs, registrations) wakes a `Waiter`,
+        // which may run in softirq context; receive handlers serve requests and sleep.
+        let send_cq = Cq::new(dev, SEND_DEPTH as i32 + 1, CqPoll::Softirq)?;
+        let recv_cq = Cq::new(dev, RECV_DEPTH as i32 + 1, CqPoll::Workqueue)?;
         let send_buf = DmaPage::new(dev, bindings::dma_data_direction_DMA_TO_DEVICE)?;
         let mut recv_bufs = KVec::with_capacity(RECV_DEPTH, GFP_KERNEL)?;
         for index in 0..RECV_DEPTH {

@@ -50,18 +50,30 @@ unsafe impl Send for Pd {}
 // SAFETY: the verbs core serialises what needs it.
 unsafe impl Sync for Pd {}
 
-/// A completion queue whose entries carry `ib_cqe` callbacks, polled in a workqueue so
-/// handlers may sleep (request handlers wait for their reply; softirq polling measured
-/// no faster here).
+/// A completion queue whose entries carry `ib_cqe` callbacks.
 ///
 /// # Invariants
 ///
 /// `0` was returned by `ib_alloc_cq` and is freed only in `Drop`.
 pub(crate) struct Cq(NonNull<bindings::ib_cq>);
 
+/// Where a CQ's completion handlers run.
+#[derive(Clone, Copy)]
+pub(crate) enum CqPoll {
+    /// In softirq context, right where the device reported the completion: for
+    /// handlers that only record a status and wake a sleeper (no extra task switch
+    /// between a READ's completion and its waiter).
+    Softirq,
+    /// In a workqueue, so handlers may sleep (request handlers wait for their reply).
+    Workqueue,
+}
+
 impl Cq {
-    pub(crate) fn new(dev: &IbDevice, entries: i32) -> Result<Self> {
-        let ctx = bindings::ib_poll_context_IB_POLL_WORKQUEUE;
+    pub(crate) fn new(dev: &IbDevice, entries: i32, poll: CqPoll) -> Result<Self> {
+        let ctx = match poll {
+            CqPoll::Softirq => bindings::ib_poll_context_IB_POLL_SOFTIRQ,
+            CqPoll::Workqueue => bindings::ib_poll_context_IB_POLL_WORKQUEUE,
+        };
         // SAFETY: `dev` is a registered device.
         let cq = from_err_ptr(unsafe {
             bindings::__ib_alloc_cq(

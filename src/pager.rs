@@ -120,9 +120,9 @@ const STREAMS: usize = 64;
 const STREAM_WAYS: usize = 4;
 const _: () = assert!(STREAMS % STREAM_WAYS == 0);
 
-/// One demand-fault stream: the page a sequential reader faults on next, how far past
-/// its faulting page the last window read, the page of the last fault, and the first
-/// page of the oldest window read ahead that the reader has not entered.
+/// One demand-fault stream: the page a sequential reader faults on next (past the
+/// windows read ahead of it), how far past its faulting page the last window read,
+/// and the page of the last fault.
 struct Stream {
     /// Whose stream it is: the child's address space and the VMA, hashed (0: nobody's).
     owner: AtomicUsize,
@@ -132,9 +132,6 @@ struct Stream {
     next: AtomicU64,
     window: AtomicU64,
     last: AtomicU64,
-    /// The first page of the oldest window read ahead and not entered yet (`u64::MAX`:
-    /// none). Windows ahead are `window` pages each and end at `next`.
-    marker: AtomicU64,
 }
 
 impl Stream {
@@ -144,7 +141,6 @@ impl Stream {
         next: AtomicU64::new(u64::MAX),
         window: AtomicU64::new(0),
         last: AtomicU64::new(u64::MAX),
-        marker: AtomicU64::new(u64::MAX),
     };
 }
 
@@ -362,55 +358,50 @@ impl Pager {
     }
 
     /// A child on this host touched page-cache page `index` for the first time (its
-    /// first fault on it: `snapfs::snapshot_fault`, which holds the page locked in
-    /// `mapping`): it goes into the working set; if it is the first page of a window
-    /// read ahead of the child, the next window is read ahead.
-    pub(crate) fn touched(&self, index: u64, mapping: Mapping<'_>) {
+    /// first fault on it: `snapfs::snapshot_fault`): it goes into the working set.
+    pub(crate) fn touched(&self, index: u64) {
         if params::working_set() {
             self.trace.lock().record(core::iter::once(index));
         }
-        self.entered(index, mapping);
     }
 
-    /// Page `index` was touched first: if it starts the oldest window read ahead of its
-    /// stream, the reader entered that window; the window after the last one read
-    /// ahead is read now, so that `readahead_windows` stay ahead of it.
-    fn entered(&self, index: u64, mapping: Mapping<'_>) {
+    /// A child touched page `index` of `mapping`, the first of a window read ahead of
+    /// it (`snapfs::snapshot_fault` cleared the window's mark): the window after the
+    /// last one read ahead of its stream is read now, so that `readahead_windows`
+    /// stay ahead of the reader. A mark the stream cannot have set (another child's,
+    /// or one left behind when the stream moved on) reads nothing.
+    pub(crate) fn window_entered(&self, index: u64, mapping: Mapping<'_>) {
         let Some(stream) = self.find_stream(index / (VMA_WINDOW / PAGE)) else {
             return;
         };
         let window = stream.window.load(Ordering::Relaxed);
-        if window == 0 || stream.marker.load(Ordering::Relaxed) != index {
+        let next = stream.next.load(Ordering::Relaxed);
+        let ahead = window.saturating_mul(u64::from(params::readahead_windows()) + 1);
+        if window == 0 || index >= next || index < next.saturating_sub(ahead) {
             return;
         }
         let Ok(desc) = self.descriptor() else {
             return;
         };
-        // The window to read now, after the last one read ahead (empty at the VMA's
-        // end); then the oldest window ahead not entered is the one after this.
-        let next = stream.next.load(Ordering::Relaxed);
         let end = next
             .saturating_add(window)
             .min(self.vma_end(&desc, index))
             .max(next);
-        let following = index.saturating_add(window);
-        let marker = if following < end { following } else { u64::MAX };
         // One of the reader's threads moves the stream on.
-        if stream
-            .marker
-            .compare_exchange(index, marker, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+        if end > next
+            && stream
+                .next
+                .compare_exchange(next, end, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            return;
-        }
-        if end > next {
-            stream.next.store(end, Ordering::Relaxed);
             self.read_ahead(mapping, next, end);
         }
     }
 
     /// Reads pages `[first, end)` of `mapping` (at most one batch) in the background:
-    /// those whose folios can be taken without waiting and are not up to date.
+    /// those whose folios can be taken without waiting and are not up to date. The
+    /// first of them is marked: the reader's first access to it reads the next window
+    /// ahead ([`Pager::window_entered`]).
     fn read_ahead(&self, mapping: Mapping<'_>, first: u64, end: u64) {
         let mut folios = KVec::new();
         let n = end.saturating_sub(first).min(MAX_READ_BATCH as u64) as usize;
@@ -431,6 +422,9 @@ impl Pager {
         let Some(inode) = mapping.inode() else {
             return;
         };
+        if let Some(f) = folios.first_mut() {
+            f.mark_readahead();
+        }
         // On failure the folios are dropped, unlocked unread: left to the faults.
         if !folios.is_empty() && crate::readahead::start(&self.host, inode, folios, None).is_ok() {
             count(&COUNTERS.readahead_windows, 1);
@@ -461,7 +455,7 @@ impl Pager {
     ///
     /// The third range is what to read ahead in the background: once a sequential
     /// window reached `prefetch_pages`, the next `readahead_windows` windows (the
-    /// stream's `next` then follows them, and its marker is their first page).
+    /// stream's `next` then follows them).
     fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64, (u64, u64)) {
         let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
         let per_window = VMA_WINDOW / PAGE;
@@ -475,7 +469,6 @@ impl Pager {
             let w = LOCAL_WINDOW.min(max);
             (index.saturating_sub(w / 2), w)
         } else {
-            stream.marker.store(u64::MAX, Ordering::Relaxed);
             (index, 1)
         };
         let vma_end = self.vma_end(desc, index);
@@ -493,9 +486,6 @@ impl Pager {
         } else {
             end
         };
-        if ahead_end > end {
-            stream.marker.store(end, Ordering::Relaxed);
-        }
         stream.next.store(ahead_end, Ordering::Relaxed);
         (first, end, (end, ahead_end))
     }
@@ -550,7 +540,6 @@ impl Pager {
         victim.next.store(u64::MAX, Ordering::Relaxed);
         victim.window.store(0, Ordering::Relaxed);
         victim.last.store(u64::MAX, Ordering::Relaxed);
-        victim.marker.store(u64::MAX, Ordering::Relaxed);
         victim
     }
 

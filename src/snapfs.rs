@@ -81,6 +81,17 @@ impl LockedFolio {
         unsafe { bindings::mitosis_folio_test_uptodate(self.folio.as_ptr()) }
     }
 
+    /// Marks the folio as the first of a window read ahead (`PG_readahead`, as the
+    /// kernel's readahead does): fault-around never maps such a folio, so the first
+    /// access to it faults, and the fault handler (`snapshot_fault`) clears the mark
+    /// and reads the next window ahead.
+    pub(crate) fn mark_readahead(&mut self) {
+        // SAFETY: locked (type invariant); the flag is the page cache's to use for
+        // readahead, which is off for our files (`ra_pages` 0), so no one else sets
+        // or reads it but the fault paths above.
+        unsafe { bindings::mitosis_folio_set_readahead(self.folio.as_ptr()) };
+    }
+
     /// The page's bytes. Not up to date, they are not the snapshot's yet.
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: an order-0 folio we hold locked (type invariant): its one page is
@@ -354,7 +365,9 @@ unsafe fn snapshot_file_mmap(
 /// `read_folio`, then the first touch of each page on this host goes into the
 /// snapshot's working set (`Pager::touched`). The folio's `checked` flag (ours: the
 /// folio belongs to our filesystem) marks it as recorded, under the folio lock the
-/// fault returns with.
+/// fault returns with. A folio marked as the first of a window read ahead (never
+/// mapped by fault-around) has its mark cleared here, and the pager reads the next
+/// window ahead (`Pager::window_entered`).
 ///
 /// # Safety
 ///
@@ -368,13 +381,21 @@ unsafe extern "C" fn snapshot_fault(vmf: *mut bindings::vm_fault) -> bindings::v
     unsafe {
         if bindings::mitosis_fault_locked(ret) && !(*vmf).page.is_null() {
             let folio = bindings::mitosis_page_folio((*vmf).page);
-            if !bindings::mitosis_folio_test_checked(folio) {
+            let first = !bindings::mitosis_folio_test_checked(folio);
+            if first {
                 bindings::mitosis_folio_set_checked(folio);
-                let mapping = NonNull::new(bindings::mitosis_folio_mapping(folio));
-                if let (Some(f), Some(m)) = (NonNull::new(folio), mapping) {
+            }
+            let entered = bindings::mitosis_folio_test_clear_readahead(folio);
+            let mapping = NonNull::new(bindings::mitosis_folio_mapping(folio));
+            if let (Some(f), Some(m), true) = (NonNull::new(folio), mapping, first || entered) {
+                let pager = folio_pager(f);
+                let index = bindings::mitosis_folio_index(folio) as u64;
+                if first {
+                    pager.touched(index);
+                }
+                if entered {
                     // INVARIANT: the mapping of a folio locked in it, for this block.
-                    let m = Mapping(m, core::marker::PhantomData);
-                    folio_pager(f).touched(bindings::mitosis_folio_index(folio) as u64, m);
+                    pager.window_entered(index, Mapping(m, core::marker::PhantomData));
                 }
             }
         }
