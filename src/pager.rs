@@ -405,6 +405,9 @@ impl Pager {
     fn read_ahead(&self, mapping: Mapping<'_>, first: u64, end: u64) {
         let mut folios = KVec::new();
         let n = end.saturating_sub(first).min(MAX_READ_BATCH as u64) as usize;
+        let Some(inode) = mapping.inode() else {
+            return;
+        };
         if n == 0 || folios.reserve(n, GFP_KERNEL).is_err() {
             return;
         }
@@ -419,9 +422,6 @@ impl Pager {
                 }
             }
         }
-        let Some(inode) = mapping.inode() else {
-            return;
-        };
         if let Some(f) = folios.first_mut() {
             f.mark_readahead();
         }

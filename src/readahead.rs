@@ -7,9 +7,10 @@
 //! work item on the module's workqueue reads them in one doorbell, so that several
 //! doorbells are in flight while the task that queued them goes on:
 //! - ahead of a sequential reader ([`Pager::demand_fault`] starts it once a child's
-//!   fault window reached its largest size, and each window the child enters starts
-//!   the next: `Pager::touched`); the folios are taken without waiting for any
-//!   (`Mapping::try_grab`), the child works through the windows before meanwhile;
+//!   fault window reached its largest size, and the child's first access to each
+//!   window, whose first folio is marked, starts the next: `Pager::window_entered`);
+//!   the folios are taken without waiting for any (`Mapping::try_grab`), the child
+//!   works through the windows before meanwhile;
 //! - for a fetch of many pages (`Pager::fetch_indices`: eager mode, working-set
 //!   replay), whose caller keeps up to a few batches in flight and waits for them
 //!   through [`Batches`].
