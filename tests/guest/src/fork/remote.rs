@@ -206,6 +206,7 @@ pub fn remote(r: &mut Report, peer: Ipv4Addr, port: u16, n_children: usize) -> E
         &[("readahead_windows", ahead as f64)],
     );
     check_first_touches_in_resume_batch(r, &h, recorded_before);
+    check_serial_eager_fetch(r, &h);
 
     // Two hops: B's child prepares, A resumes a grandchild.
     let hop_ok = match launch(&h, false) {
@@ -386,6 +387,30 @@ fn lingering_open(
 }
 
 /// This host's count of working-set records stored (a pager's end stores one).
+/// An eager child with one READ batch per connection (`read_batches=1`): its fetch
+/// reads the batches one after another itself, where by default it keeps several in
+/// flight on the workqueue (the eager child above). Both must bring every page.
+fn check_serial_eager_fetch(r: &mut Report, h: &SnapshotHandle) {
+    const BATCHES: &str = "/sys/module/mitosis/parameters/read_batches";
+    let before = std::fs::read_to_string(BATCHES).unwrap_or_default();
+    let set = std::fs::write(BATCHES, "1");
+    let child = launch(h, true).map(|c| run_child(c, "verify 210"));
+    let restored = std::fs::write(BATCHES, before.trim());
+    let (ok, eager) = match &child {
+        Ok((st, lines)) => (
+            status_ok(st),
+            metric(lines, "rf-child-resumed", "eager_pages").unwrap_or(0.0),
+        ),
+        Err(_) => (false, 0.0),
+    };
+    r.check(
+        "rf-eager-child-serial-fetch",
+        set.is_ok() && restored.is_ok() && ok && eager > 0.0,
+        format!("read_batches 1 ({set:?}, back to {:?}: {restored:?}); child verified {ok}, {eager} pages fetched eagerly", before.trim()),
+        &[("eager_pages", eager)],
+    );
+}
+
 fn ws_recorded() -> u64 {
     counter(|c| c.ws_recorded)
 }
