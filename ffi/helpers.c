@@ -276,8 +276,9 @@ bool mitosis_folio_test_checked(struct folio *folio)
 void mitosis_folio_set_checked(struct folio *folio)
 { folio_set_checked(folio); }
 
+/* Every fault asks: the plain test first, so that an unmarked folio costs no atomic. */
 bool mitosis_folio_test_clear_readahead(struct folio *folio)
-{ return folio_test_clear_readahead(folio); }
+{ return folio_test_readahead(folio) && folio_test_clear_readahead(folio); }
 
 void mitosis_folio_set_readahead(struct folio *folio)
 { folio_set_readahead(folio); }

@@ -823,7 +823,7 @@ impl Pager {
                     &mut batch,
                     KVec::with_capacity(MAX_READ_BATCH, GFP_KERNEL)?,
                 );
-                let read = self.read_batch(mapping, full, in_flight.as_ref(), depth)?;
+                let read = self.fetch_batch(mapping, full, in_flight.as_ref(), depth)?;
                 fetched += read;
                 if !between(read) {
                     if params::working_set() {
@@ -833,7 +833,7 @@ impl Pager {
                 }
             }
         }
-        let mut read = self.read_batch(mapping, batch, in_flight.as_ref(), depth)?;
+        let mut read = self.fetch_batch(mapping, batch, in_flight.as_ref(), depth)?;
         if let Some(batches) = &in_flight {
             read += batches.wait_below(1, batch_timeout_ms())?;
         }
@@ -845,7 +845,7 @@ impl Pager {
     /// workqueue once fewer than `depth` batches of `in_flight` are, else (no
     /// pipeline, or the queue refused it) here. Returns the pages read since the
     /// last call: by this batch, or by the batches in flight that finished.
-    fn read_batch(
+    fn fetch_batch(
         &self,
         mapping: Mapping<'_>,
         mut folios: KVec<LockedFolio>,
