@@ -453,10 +453,10 @@ impl Pager {
     ///   it;
     /// - anywhere else, the page alone: random access costs one page per fault.
     ///
-    /// The third range is what to read ahead in the background: once a sequential
-    /// window reached `prefetch_pages`, the next `readahead_windows` windows (the
-    /// stream's `next` then follows them).
-    fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64, (u64, u64)) {
+    /// The third value ends what to read ahead in the background, from `end`: once a
+    /// sequential window reached `prefetch_pages`, the next `readahead_windows`
+    /// windows (the stream's `next` then follows them); else it is `end`.
+    fn demand_window(&self, desc: &Descriptor<'_>, index: u64) -> (u64, u64, u64) {
         let max = (params::prefetch_pages() as u64).clamp(1, MAX_READ_BATCH as u64);
         let per_window = VMA_WINDOW / PAGE;
         let stream = self.stream(index / per_window);
@@ -487,7 +487,7 @@ impl Pager {
             end
         };
         stream.next.store(ahead_end, Ordering::Relaxed);
-        (first, end, (end, ahead_end))
+        (first, end, ahead_end)
     }
 
     /// The end (page index, exclusive) of the window of the snapshot file that holds
@@ -549,23 +549,22 @@ impl Pager {
     /// locked is left out (never waited for: we hold `folio`'s lock).
     pub(crate) fn demand_fault(&self, folio: LockedFolio) -> Result {
         let index = folio.index();
-        let (first, end, (ahead, ahead_end)) = match self.descriptor() {
+        let (first, end, ahead_end) = match self.descriptor() {
             Ok(desc) => self.demand_window(&desc, index),
-            Err(_) => (index, index.saturating_add(1), (0, 0)),
+            Err(_) => (index, index.saturating_add(1), index.saturating_add(1)),
         };
+        let mut batch = KVec::new();
         if let Some(mapping) = folio.mapping() {
-            let window = end.saturating_sub(index).max(1);
-            let mut at = ahead;
+            // The windows ahead first, so that their READs go out with this one.
+            let ahead_window = end.saturating_sub(index).max(1);
+            let mut at = end;
             while at < ahead_end {
-                let to = at.saturating_add(window).min(ahead_end);
+                let to = at.saturating_add(ahead_window).min(ahead_end);
                 self.read_ahead(mapping, at, to);
                 at = to;
             }
-        }
-        let mut batch = KVec::new();
-        let window = end.saturating_sub(first) as usize;
-        if window > 1 && batch.reserve(window, GFP_KERNEL).is_ok() {
-            if let Some(mapping) = folio.mapping() {
+            let window = end.saturating_sub(first) as usize;
+            if window > 1 && batch.reserve(window, GFP_KERNEL).is_ok() {
                 for i in (first..end).filter(|&i| i != index) {
                     let Some(f) = mapping.try_grab(i) else {
                         continue;
