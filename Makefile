@@ -139,13 +139,18 @@ plot-libs:
 	@[ -d $(PLOT_LIBS) ] || /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check \
 		--only-binary=:all: --target $(PLOT_LIBS) pillow==11.0.0
 
-bench_out = $(OUT)/bench-$(KVARIANT)$(if $(BENCH_SMP_B),-smp-b$(BENCH_SMP_B))
+# BENCH_PROFILE=1 adds CPU profiles of guest B (perf, scripts/build-perf.sh) to the
+# same run; results in bench-VARIANT-profile, docs/bench-resume.png left as it is.
+bench_out = $(OUT)/bench-$(KVARIANT)$(if $(BENCH_SMP_B),-smp-b$(BENCH_SMP_B))$(if $(BENCH_PROFILE),-profile)
+bench_initrd = $(OUT)/initramfs-$(if $(BENCH_PROFILE),profile-)$(KVARIANT).cpio.gz
 bench: image plot-libs
-	$(vmrun) --scenario bench --mem 3072 --out $(bench_out) --timeout 3000 \
-		$(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES)) \
-		$(if $(BENCH_SMP_B),--smp b=$(BENCH_SMP_B))
+	$(if $(BENCH_PROFILE),@perf=$$(scripts/build-perf.sh) && \
+		cat $(OUT)/initramfs-$(KVARIANT).cpio.gz "$$perf" > $(bench_initrd))
+	$(vmrun_with) --initrd $(bench_initrd) --scenario bench --mem 3072 --out $(bench_out) \
+		--timeout 3000 $(if $(BENCH_SIZES),--append MSIZES=$(BENCH_SIZES)) \
+		$(if $(BENCH_SMP_B),--smp b=$(BENCH_SMP_B)) $(if $(BENCH_PROFILE),--append MPROFILE=1)
 	PYTHONPATH=$(PLOT_LIBS) /usr/bin/python3.11 scripts/bench-report.py \
-		$(bench_out)/results.json $(if $(BENCH_SMP_B),,docs/bench-resume.png)
+		$(bench_out)/results.json $(if $(BENCH_SMP_B)$(BENCH_PROFILE),,docs/bench-resume.png)
 
 # Function benchmark (docs/benchmarks.md): 3 cold starts and 3 children per launcher
 # variant and function; the table and docs/functions-bench.png from its results.

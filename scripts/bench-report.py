@@ -86,6 +86,32 @@ def markdown(checks, sizes):
         lines.append(f"| {label} | " + " | ".join(
             f"{v:.2f}{unit}" if v is not None else "-" for v in cpu) + " |")
     lines += ["", concurrency(checks)]
+    prof = profiles(checks)
+    if prof:
+        lines += ["", prof]
+    return "\n".join(lines)
+
+
+PROFILES = (("cold child's sequential touch (64 MiB)", "touch-64"),
+            ("eager child (64 MiB)", "eager-64"),
+            ("1 child faulting at random", "random-64-1"),
+            ("8 children faulting at random", "random-64-8"))
+
+
+def profiles(checks):
+    """Where guest B's CPU went in each profiled phase (BENCH_PROFILE=1): its busy
+    share, and how the busy samples split (tests/guest/src/profile.rs: the module by
+    its object, user space by the sample, the rest of the kernel by symbol name)."""
+    rows = [(label, checks[f"bench-profile-{name}"]) for label, name in PROFILES
+            if f"bench-profile-{name}" in checks]
+    if not rows:
+        return ""
+    parts = ("module", "rdma", "network", "scheduling", "kernel_other", "user")
+    lines = ["| guest B, phase | samples | busy | of the busy samples: mitosis module | rxe + RDMA core | network stack | scheduling, softirqs | rest of the kernel | user |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, c in rows:
+        cells = " | ".join(f"{c.get(p + '_pct_of_busy', 0):.1f}%" for p in parts)
+        lines.append(f"| {label} | {c.get('samples', 0):.0f} | {c.get('busy_pct', 0):.0f}% | {cells} |")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ use mitosis_abi::ioctl::pattern_word;
 use crate::fork::{
     launch, prepare_world, prepare_world_with, run_child, run_children, World, SEED_HEAP, SEED_MAP,
 };
+use crate::profile::Profile;
 use crate::report::Report;
 
 const PORT: u16 = 7002;
@@ -401,6 +402,8 @@ const SCATTER_PASSES: usize = 4;
 /// How far ahead of the launch the children of a random-access burst start faulting
 /// together: 8 resumes at once take about 120 ms on B.
 const SCATTER_BARRIER: Duration = Duration::from_millis(800);
+/// How long before that instant a burst's profile starts (perf's own start included).
+const PROFILE_LEAD: Duration = Duration::from_millis(400);
 
 /// Sleeps until `CLOCK_MONOTONIC` reaches `ns`.
 fn sleep_until(ns: u64) {
@@ -453,17 +456,22 @@ fn concurrent_random(
 ) {
     let before = counters();
     let start = mitosis::fork::monotonic_ns() + SCATTER_BARRIER.as_nanos() as u64;
-    // Both guests' busy time from the common start until the last child is gone.
-    let (ok, lines, busy) = std::thread::scope(|sc| {
+    // Both guests' busy time from the common start until the last child is gone, and
+    // B's profile of the same span (with the default READ batches), started once the
+    // children's resumes are over.
+    let profile_name = (batches == 8).then(|| format!("random-{mib}-{k}"));
+    let (ok, lines, busy, prof) = std::thread::scope(|sc| {
         let sampler = sc.spawn(move || {
+            sleep_until(start.saturating_sub(PROFILE_LEAD.as_nanos() as u64));
+            let prof = profile_name.and_then(|name| Profile::start(&name));
             sleep_until(start);
             let b = crate::report::busy_ns();
             let a = peer_busy_ns(rd, out);
-            (mitosis::fork::monotonic_ns(), b, a, rd, out)
+            (mitosis::fork::monotonic_ns(), b, a, rd, out, prof)
         });
         let (ok, _, lines) = burst_lines(h, k, |i| format!("scatter {i} {k} {start}"));
-        let Ok((t0, b0, a0, rd, out)) = sampler.join() else {
-            return (false, lines, (f64::NAN, f64::NAN));
+        let Ok((t0, b0, a0, rd, out, prof)) = sampler.join() else {
+            return (false, lines, (f64::NAN, f64::NAN), None);
         };
         let (b1, a1) = (crate::report::busy_ns(), peer_busy_ns(rd, out));
         let wall = mitosis::fork::monotonic_ns().saturating_sub(t0) as f64;
@@ -471,9 +479,12 @@ fn concurrent_random(
             x.zip(y)
                 .map_or(f64::NAN, |(x, y)| 100.0 * y.saturating_sub(x) as f64 / wall)
         };
-        (ok, lines, (pct(b0, b1), pct(a0, a1)))
+        (ok, lines, (pct(b0, b1), pct(a0, a1)), prof)
     });
     let after = counters();
+    if let Some(p) = prof {
+        p.finish(r);
+    }
     let spans: Vec<[u64; 3]> = lines
         .iter()
         .filter_map(|l| {
@@ -1117,7 +1128,14 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             },
             _ => break,
         };
+        // With profiles on (`BENCH_PROFILE=1`), the 64 MiB seed's cold child (its
+        // sequential touch), its eager child and the random-access bursts are recorded.
+        let profile = |what: &str| (mib == "64").then(|| Profile::start(what)).flatten();
+        let prof = profile("touch-64");
         let child = bench_run(&h, false, mib);
+        if let Some(p) = prof {
+            p.finish(r);
+        }
         r.check(&format!("bench-child-ran-{mib}"), child, "", &[]);
         // The same child without the lead pages: the stack and the resume point come
         // by demand fault (the round trips before the first instruction, compared).
@@ -1142,7 +1160,11 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             format!("{set:?}"),
             &[],
         );
+        let prof = profile("eager-64");
         let eager = bench_run(&h, true, &format!("eager-{mib}"));
+        if let Some(p) = prof {
+            p.finish(r);
+        }
         r.check(&format!("bench-eager-ran-{mib}"), eager, "", &[]);
         let lat =
             launch(&h, false).map(|c| run_child(c, &format!("latency {mib} {h}")).0.success());

@@ -36,6 +36,7 @@ mod agent;
 mod bench;
 mod driver;
 mod fork;
+mod profile;
 mod report;
 
 use std::process::ExitCode;
