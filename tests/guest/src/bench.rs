@@ -1130,8 +1130,12 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
         };
         // With profiles on (`BENCH_PROFILE=1`), the 64 MiB seed's cold child (its
         // sequential touch), its eager child and the random-access bursts are recorded.
-        let profile = |what: &str| (mib == "64").then(|| Profile::start(what)).flatten();
-        let prof = profile("touch-64");
+        let profile = |what: &str| {
+            (mib == "64")
+                .then(|| Profile::start(&format!("{what}-{mib}")))
+                .flatten()
+        };
+        let prof = profile("touch");
         let child = bench_run(&h, false, mib);
         if let Some(p) = prof {
             p.finish(r);
@@ -1160,7 +1164,7 @@ pub fn bench_remote(r: &mut Report, peer: Ipv4Addr, burst_n: usize) -> ExitCode 
             format!("{set:?}"),
             &[],
         );
-        let prof = profile("eager-64");
+        let prof = profile("eager");
         let eager = bench_run(&h, true, &format!("eager-{mib}"));
         if let Some(p) = prof {
             p.finish(r);

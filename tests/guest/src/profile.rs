@@ -15,9 +15,12 @@ const FREQ: &str = "997";
 /// Symbols listed in a summary's detail.
 const TOP: usize = 12;
 
-/// A recording in progress.
+/// A recording in progress: stopped by [`Profile::finish`], or when dropped (a phase
+/// that ended early), so no perf outlives its phase.
 pub struct Profile {
     perf: Child,
+    /// `perf` has been signalled and reaped.
+    stopped: bool,
     name: String,
     data: String,
 }
@@ -40,17 +43,27 @@ impl Profile {
         std::thread::sleep(std::time::Duration::from_millis(300));
         Some(Profile {
             perf,
+            stopped: false,
             name: name.to_string(),
             data,
         })
     }
 
+    /// Ends the recording (perf writes its data on SIGINT, then exits with the
+    /// signal's status); whether perf was reaped.
+    fn stop(&mut self) -> bool {
+        if !self.stopped {
+            self.stopped = true;
+            // SAFETY: signals our own child, which is not reaped yet.
+            unsafe { libc::kill(self.perf.id() as i32, libc::SIGINT) };
+            return self.perf.wait().is_ok();
+        }
+        true
+    }
+
     /// Stops the recording and reports its summary as check `bench-profile-NAME`.
     pub fn finish(mut self, r: &mut Report) {
-        // SAFETY: signals our own child, which is still ours to reap.
-        unsafe { libc::kill(self.perf.id() as i32, libc::SIGINT) };
-        // perf record ends with the signal's status once it has written its data.
-        let stopped = self.perf.wait().is_ok();
+        let stopped = self.stop();
         let report = Command::new(PERF)
             .args([
                 "report",
@@ -72,7 +85,6 @@ impl Profile {
             .args(["--percent-limit", "0"])
             .stderr(Stdio::null())
             .output();
-        let _ = std::fs::remove_file(&self.data);
         let text = report
             .ok()
             .filter(|o| o.status.success())
@@ -113,6 +125,13 @@ impl Profile {
                 ),
             ],
         );
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.data);
     }
 }
 
