@@ -1,8 +1,9 @@
 //! CPU profiles of this guest during a benchmark phase (`make KVARIANT=perf bench
 //! BENCH_PROFILE=1`, docs/benchmarks.md): `perf record -a` of `cpu-clock` samples
 //! while the phase runs, summarised by where they fell: idle, the mitosis module, the
-//! software RDMA device and the RDMA core (rxe and its ICRC), the rest of the kernel,
-//! user space. It shows what bounds a phase that keeps the guest's CPU busy.
+//! software RDMA device and the RDMA core (rxe and its ICRC), the network stack under
+//! it, task switches and softirqs, the rest of the kernel, user space. It shows what
+//! bounds a phase that keeps the guest's CPU busy.
 
 use crate::report::Report;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 /// Where the benchmark's runs get perf (the image fragment of
 /// `scripts/build-perf.sh`).
 const PERF: &str = "/usr/bin/perf";
-/// Sampling frequency (Hz): below the tick, so the sampling itself costs little.
+/// Sampling frequency (Hz): about 1 kHz, a prime so that samples do not fall in step
+/// with the timer tick.
 const FREQ: &str = "997";
 /// Symbols listed in a summary's detail.
 const TOP: usize = 12;
