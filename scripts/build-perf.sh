@@ -14,7 +14,9 @@ cache=${MITOSIS_CACHE:-$HOME/.cache/mitosis}
 if ! dpkg-query -W -f='${Status}' linux-perf 2>/dev/null | grep -q "install ok installed"; then
   echo "build-perf: installing linux-perf" >&2
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
-  $sudo apt-get install -y -q linux-perf >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends linux-perf >&2 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends linux-perf >&2; }
 fi
 perf=/usr/bin/perf
 # Debian's /usr/bin/perf may be a wrapper that runs perf_VERSION for the running
