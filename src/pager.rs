@@ -405,9 +405,6 @@ impl Pager {
     fn read_ahead(&self, mapping: Mapping<'_>, first: u64, end: u64) {
         let mut folios = KVec::new();
         let n = end.saturating_sub(first).min(MAX_READ_BATCH as u64) as usize;
-        let Some(inode) = mapping.inode() else {
-            return;
-        };
         if n == 0 || folios.reserve(n, GFP_KERNEL).is_err() {
             return;
         }
@@ -422,11 +419,17 @@ impl Pager {
                 }
             }
         }
-        if let Some(f) = folios.first_mut() {
-            f.mark_readahead();
-        }
+        // A window already cached (another child's, say) needs no work item nor
+        // inode reference.
+        let Some(first_folio) = folios.first_mut() else {
+            return;
+        };
+        let Some(inode) = mapping.inode() else {
+            return;
+        };
+        first_folio.mark_readahead();
         // On failure the folios are dropped, unlocked unread: left to the faults.
-        if !folios.is_empty() && crate::readahead::start(&self.host, inode, folios, None).is_ok() {
+        if crate::readahead::start(&self.host, inode, folios, None).is_ok() {
             count(&COUNTERS.readahead_windows, 1);
         }
     }
